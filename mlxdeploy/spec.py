@@ -106,6 +106,28 @@ class SamplingDefaults(Section):
     )
 
 
+class EngineSettings(Section):
+    """How the generation thread batches requests and caches prompts."""
+
+    max_batch_size: int = Field(
+        default=32, ge=1, le=1024, description="Most requests decoded together in one step."
+    )
+    prefill_batch_size: int = Field(
+        default=8, ge=1, le=1024, description="Most prompts processed together in one step."
+    )
+    prefill_step_size: int = Field(
+        default=512, ge=16, le=65536, description="Prompt tokens per request in one prefill step."
+    )
+    prompt_cache_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="Byte budget of the prompt prefix cache (KV of earlier requests); 0 turns it off.",
+    )
+    prompt_cache_entries: int = Field(
+        default=64, ge=1, description="Most cached prompt prefixes kept at once."
+    )
+
+
 def _as_list(value: Any) -> Any:
     if isinstance(value, str):
         return [value]
@@ -172,6 +194,9 @@ class Spec(BaseSettings):
     )
     stop: StopWords = Field(
         default=["</s>"], description="Stop words added to every request's own: a string or a list."
+    )
+    engine: EngineSettings = Field(
+        default=EngineSettings(), description="Batching and prompt caching of the generation thread."
     )
 
     _source: ModelSource | None = PrivateAttr(None)

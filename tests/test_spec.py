@@ -638,6 +638,7 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "role_mapping",
         "defaults",
         "stop",
+        "engine",
     }
     assert all(field.get("description") for field in schema["properties"].values())
     assert schema["properties"]["port"] | {"description": ""} == {

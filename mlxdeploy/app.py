@@ -1,0 +1,172 @@
+"""create_app(spec, engine) -> the Quart app. No MLX here: the app talks to an Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from .chat import Completion, complete, stream
+from .errors import APIError, InvalidRequest, MethodNotAllowed, ModelNotFound, NotFound, Unavailable
+from .generation import Engine
+from .protocol import (
+    ChatCompletionRequest,
+    ErrorBody,
+    ErrorDetail,
+    GenerationParams,
+    ModelCard,
+    ModelList,
+    SamplingFields,
+    error_param,
+    now,
+)
+from .spec import Spec
+
+log = logging.getLogger("mlxdeploy.app")
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+M = TypeVar("M", bound=BaseModel)
+
+
+def create_app(spec: Spec, engine: Engine) -> Quart:
+    app = Quart("mlxdeploy")
+    app.config.update(
+        RESPONSE_TIMEOUT=None,  # streams last as long as generation does
+        BODY_TIMEOUT=60,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        JSON_SORT_KEYS=False,
+    )
+    created = now()
+
+    @app.get("/health")
+    async def health() -> Response:
+        state = engine.state
+        body = {"status": "ok" if state == "ready" else state, "model": engine.model_id}
+        return _json(body, 200 if state == "ready" else 503)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return _json(ModelList(data=[ModelCard(id=engine.model_id, created=created)]))
+
+    @app.get("/v1/models/<path:model_id>")
+    async def model(model_id: str) -> Response:
+        if model_id != engine.model_id:
+            raise ModelNotFound(model_id)
+        return _json(ModelCard(id=engine.model_id, created=created))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        body = await _parse(ChatCompletionRequest)
+        _check_model(body.model, engine)
+        _check_ready(engine)
+        prompt = await asyncio.to_thread(engine.prepare, body.messages, body.role_mapping)
+        params = resolve_params(body, spec)
+        completion = Completion(model=engine.model_id, include_usage=body.include_usage)
+        if body.stream:
+            return _event_stream(stream(engine, prompt, params, completion))
+        return _json(await complete(engine, prompt, params, completion))
+
+    register_error_handlers(app)
+    return app
+
+
+def resolve_params(body: SamplingFields, spec: Spec) -> GenerationParams:
+    """The request's own fields win over the spec's defaults; stop words add up."""
+    d = spec.defaults
+    return GenerationParams(
+        max_tokens=body.max_tokens or body.max_completion_tokens or d.max_tokens,
+        temperature=d.temperature if body.temperature is None else body.temperature,
+        top_p=d.top_p if body.top_p is None else body.top_p,
+        repetition_penalty=(
+            d.repetition_penalty if body.repetition_penalty is None else body.repetition_penalty
+        ),
+        repetition_context_size=body.repetition_context_size or d.repetition_context_size,
+        stop=tuple(body.stop_words()),
+    )
+
+
+async def _parse(model: type[M]) -> M:
+    raw = await request.get_data()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, param = _describe(exc)
+        raise InvalidRequest(message, param=param) from None
+
+
+def _describe(exc: ValidationError) -> tuple[str, str | None]:
+    """One message naming every bad field; union branches are folded into one entry."""
+    by_param: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False):
+        param = error_param(tuple(error["loc"])) or "body"
+        by_param.setdefault(param, []).append(error["msg"])
+    message = "; ".join(
+        f"{param}: {' or '.join(dict.fromkeys(msgs))}" for param, msgs in by_param.items()
+    )
+    first = next(iter(by_param))
+    return message, None if first == "body" else first
+
+
+def _check_model(requested: str | None, engine: Engine) -> None:
+    if requested is not None and requested != engine.model_id:
+        raise ModelNotFound(requested)
+
+
+def _check_ready(engine: Engine) -> None:
+    state = engine.state
+    if state != "ready":
+        raise Unavailable(f"the model is not ready to serve requests (state: {state})")
+
+
+def _json(payload: BaseModel | dict[str, Any], status: int = 200) -> Response:
+    data = payload.model_dump() if isinstance(payload, BaseModel) else payload
+    return Response(json.dumps(data, ensure_ascii=False), status, mimetype="application/json")
+
+
+def _event_stream(events: Any) -> Response:
+    response = Response(events, 200, mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    response.timeout = None  # type: ignore[assignment]
+    return response
+
+
+def error_response(status: int, detail: ErrorDetail) -> Response:
+    return _json(ErrorBody(error=detail), status)
+
+
+def register_error_handlers(app: Quart) -> None:
+    @app.errorhandler(APIError)
+    async def api_error(exc: APIError) -> Response:
+        return _json(exc.body(), exc.status)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        mapped: APIError
+        if status == 404:
+            mapped = NotFound(f"no route for {request.method} {request.path}")
+        elif status == 405:
+            mapped = MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
+        else:
+            mapped = InvalidRequest(exc.description or exc.name)
+            mapped.status = status
+            mapped.code = exc.name.lower().replace(" ", "_")
+        return _json(mapped.body(), mapped.status)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        detail = ErrorDetail(message="internal server error", type="server_error")
+        return error_response(500, detail)

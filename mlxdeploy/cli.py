@@ -1,0 +1,96 @@
+"""The mlxdeploy command line: parse arguments, call the library, one line per error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .spec import Problem, SpecError, format_problems, load_spec, spec_json_schema
+
+app = typer.Typer(
+    help="Serve language models on MLX from declarative YAML specs with an OpenAI-compatible API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+    github = "github"
+
+
+SpecArg = Annotated[Path, typer.Argument(help="Path to a deployment spec (YAML).", show_default=False)]
+
+
+def _fail(problems: list[Problem], fmt: Format = Format.text) -> typer.Exit:
+    typer.echo(format_problems(problems, fmt.value), err=fmt is Format.text)
+    return typer.Exit(1)
+
+
+@app.command()
+def validate(
+    specs: Annotated[list[Path], typer.Argument(help="Spec files to check.", show_default=False)],
+    fmt: Annotated[
+        Format, typer.Option("--format", help="text: path:line:col lines; github: annotations.")
+    ] = Format.text,
+) -> None:
+    """Check specs without loading any weights; exit 1 if any has a problem."""
+    problems: list[Problem] = []
+    for path in specs:
+        try:
+            load_spec(path)
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise _fail(problems, fmt)
+    if fmt is Format.json:
+        typer.echo("[]")
+    elif fmt is Format.text:
+        typer.echo(f"{len(specs)} spec{'s' if len(specs) != 1 else ''} valid")
+
+
+@app.command()
+def up(
+    spec: SpecArg,
+    host: Annotated[str | None, typer.Option(help="Interface to bind (beats spec and env).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (beats spec and env).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Validate SPEC, load its model and serve the OpenAI-compatible API until SIGINT/SIGTERM."""
+    overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    try:
+        loaded = load_spec(spec, **overrides)
+    except SpecError as exc:
+        raise _fail(exc.problems) from None
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from .server import serve
+
+    result = asyncio.run(serve(loaded))
+    if result.error:
+        typer.echo(f"{spec}: model: {result.error}" if result.exit_code else result.error, err=True)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the spec (for editors and yaml-language-server)."""
+    typer.echo(json.dumps(spec_json_schema(), indent=2))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,165 @@
+"""MLXEngine: the Engine the app talks to, backed by one generation thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidRequest
+from ..generation import EngineState, Event, Failed, Finished, Prompt
+from ..protocol import ChatMessage, GenerationParams, RoleMappingOverride
+from ..spec import Spec
+from .loader import ModelLoadError, load_model
+from .prompt import encode_chat
+from .text import TextStream
+from .worker import Job, Sink, Worker
+
+log = logging.getLogger("mlxdeploy.engine")
+
+
+class MLXEngine:
+    def __init__(self, spec: Spec, cache_root: Path | None = None):
+        self.spec = spec
+        self._cache_root = cache_root
+        self._state: EngineState = "loading"
+        self.error: str | None = None
+        self._loaded = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._worker: Worker | None = None
+        self._tokenizer: Any = None
+        self._use_template = False
+        self.context_length: int | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+    @property
+    def state(self) -> EngineState:
+        if self._state == "ready" and self._thread is not None and not self._thread.is_alive():
+            return "failed"
+        return self._state
+
+    @property
+    def active_requests(self) -> int:
+        return self._worker.active if self._worker is not None else 0
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._main, name="mlxdeploy-generation", daemon=True)
+        self._thread.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> EngineState:
+        self._loaded.wait(timeout)
+        return self.state
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _main(self) -> None:
+        try:
+            model, self._tokenizer = load_model(self.spec.source, self._cache_root)
+        except ModelLoadError as exc:
+            self._fail(str(exc))
+            return
+        except Exception as exc:  # anything else while loading is still a load failure
+            log.exception("model load failed")
+            self._fail(f"cannot load model '{self.spec.model}': {exc}")
+            return
+        try:
+            self._use_template = self._choose_format()
+        except ValueError as exc:
+            self._fail(str(exc))
+            return
+        self.context_length = _context_length(model)
+        self._worker = Worker(model, self._tokenizer, self.spec.engine, self._deliver)
+        self._state = "ready"
+        self._loaded.set()
+        log.info("model %s ready (%s)", self.model_id, self.prompt_format)
+        try:
+            self._worker.run()
+            self._state = "stopped"
+        except BaseException:
+            log.exception("the generation thread died")
+            self._state = "failed"
+
+    def _fail(self, message: str) -> None:
+        self.error = message
+        self._state = "failed"
+        self._loaded.set()
+        log.error("%s", message)
+
+    def _choose_format(self) -> bool:
+        has_template = bool(getattr(self._tokenizer, "chat_template", None))
+        mode = self.spec.prompt_format
+        if mode == "chat_template" and not has_template:
+            raise ValueError(
+                f"prompt_format is chat_template but model '{self.spec.model}' has no chat "
+                "template; set prompt_format: role_mapping"
+            )
+        return has_template and mode != "role_mapping"
+
+    @property
+    def prompt_format(self) -> str:
+        return "chat template" if self._use_template else "role mapping"
+
+    def _deliver(self, items: list[tuple[Sink, Event]]) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_put_all, items)
+
+    # -- requests ---------------------------------------------------------------------
+    def prepare(
+        self, messages: Sequence[ChatMessage], role_mapping: RoleMappingOverride | None
+    ) -> Prompt:
+        tokens = encode_chat(
+            self._tokenizer,
+            messages,
+            mapping=self.spec.role_mapping,
+            override=role_mapping,
+            use_template=self._use_template,
+        )
+        if not tokens:
+            raise InvalidRequest("the prompt is empty after formatting", param="messages")
+        return Prompt(tokens)
+
+    async def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Event]:
+        assert self._worker is not None
+        sink: asyncio.Queue[Event] = asyncio.Queue()
+        stop_words = tuple(dict.fromkeys((*params.stop, *self.spec.stop)))
+        job = Job(
+            prompt=prompt.tokens,
+            params=params,
+            sink=sink,
+            text=TextStream.create(self._tokenizer.decode, stop_words),
+        )
+        self._worker.submit(job)
+        done = False
+        try:
+            while not done:
+                event = await sink.get()
+                done = isinstance(event, Finished | Failed)
+                yield event
+        finally:
+            if not done:
+                job.cancelled = True
+                self._worker.cancel(job)
+
+
+def _put_all(items: list[tuple[Sink, Event]]) -> None:
+    for sink, event in items:
+        sink.put_nowait(event)
+
+
+def _context_length(model: Any) -> int | None:
+    args = getattr(model, "args", None)
+    value = getattr(args, "max_position_embeddings", None)
+    return int(value) if value else None

@@ -1,0 +1,80 @@
+"""Model loading: HF repo id, local HF-style dir, or GGUF file -> (model, tokenizer)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_map
+
+from ..sources import ModelSource
+
+log = logging.getLogger("mlxdeploy.engine")
+
+
+class ModelLoadError(Exception):
+    """A model could not be made available; the message is one actionable line."""
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("MLXDEPLOY_CACHE_DIR") or Path(base) / "mlxdeploy")
+
+
+def resolve_model_dir(source: ModelSource, cache_root: Path) -> Path:
+    if source.kind == "gguf":
+        from .gguf import GGUFError, convert_gguf
+
+        try:
+            return convert_gguf(Path(source.path), cache_root / "gguf")
+        except GGUFError as exc:
+            raise ModelLoadError(str(exc)) from None
+    if source.kind == "dir":
+        return Path(source.path)
+    return download_repo(str(source.repo))
+
+
+def download_repo(repo: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
+    try:
+        return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        log.info("model %s is not in the Hugging Face cache; downloading it", repo)
+    try:
+        return Path(snapshot_download(repo, allow_patterns=patterns))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"model '{repo}' is not in the Hugging Face cache and could not be downloaded "
+            f"({reason}); download it where the Hub is reachable (`hf download {repo}`) and copy "
+            f"the cache (HF_HOME), or set `model:` to a local directory or .gguf file"
+        ) from None
+
+
+def load_model(source: ModelSource, cache_root: Path | None = None) -> tuple[nn.Module, Any]:
+    from mlx_lm.utils import load
+
+    model_dir = resolve_model_dir(source, cache_root or default_cache_root())
+    try:
+        model, tokenizer = load(str(model_dir))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model from {model_dir}: {exc}") from None
+    if mx.default_device() == mx.cpu:
+        cast_floats(model, mx.float32)
+    return model, tokenizer
+
+
+def cast_floats(model: nn.Module, dtype: mx.Dtype) -> None:
+    """Half precision on a CPU is orders of magnitude slower than float32 there."""
+
+    def cast(a: mx.array) -> mx.array:
+        return a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a
+
+    model.update(tree_map(cast, model.parameters()))
+    mx.eval(model.parameters())

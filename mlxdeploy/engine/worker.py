@@ -1,0 +1,224 @@
+"""The generation thread: the only thread that touches MLX.
+
+Requests arrive through a thread-safe inbox and join a running batch (mlx-lm's BatchGenerator:
+continuous batching); each decode step's events for every request are handed back to the
+event loop in one call. Cancelled requests leave the batch before the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator, StopSequences
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
+
+from ..generation import Event, Failed, Finished, FinishReason, Progress, Text
+from ..protocol import GenerationParams
+from ..spec import EngineSettings
+from .sampling import SamplerCache
+from .text import TextStream
+
+log = logging.getLogger("mlxdeploy.engine")
+
+Sink = Any  # the request's asyncio.Queue; only the event loop touches it
+Deliver = Callable[[list[tuple[Sink, Event]]], None]
+
+
+@dataclass
+class Job:
+    prompt: list[int]
+    params: GenerationParams
+    sink: Sink
+    text: TextStream
+    uid: int = -1
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    cancelled: bool = False  # set by the event loop when the client went away
+    events: list[Event] = field(default_factory=list)
+
+
+class Worker:
+    def __init__(self, model: Any, tokenizer: Any, settings: EngineSettings, deliver: Deliver):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self._deliver = deliver
+        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._cancelled: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._jobs: dict[int, Job] = {}
+        self._samplers = SamplerCache()
+        self._prompt_cache = LRUPromptCache(max_size=settings.prompt_cache_entries)
+        self._stop = threading.Event()
+        eos = sorted(tokenizer.eos_token_ids)
+        self._stop_sequences = StopSequences([[t] for t in eos])
+        self._generator: BatchGenerator | None = None
+
+    # -- called from other threads -------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        self._inbox.put(job)
+
+    def cancel(self, job: Job) -> None:
+        self._cancelled.put(job)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._inbox.put(None)
+
+    @property
+    def active(self) -> int:
+        return len(self._jobs)
+
+    # -- the generation thread -----------------------------------------------------------
+    def run(self) -> None:
+        self._generator = self._new_generator()
+        while not self._stop.is_set():
+            self._admit(block=not self._jobs)
+            self._drop_cancelled()
+            if not self._jobs:
+                continue
+            try:
+                self._step()
+            except Exception as exc:  # contain the failure to the requests in the batch
+                log.exception("generation step failed")
+                self._fail_all(f"generation failed: {exc}")
+                self._generator = self._new_generator()
+        self._fail_all("the server is shutting down", include_waiting=True)
+
+    def _new_generator(self) -> BatchGenerator:
+        s = self.settings
+        return BatchGenerator(
+            self.model,
+            completion_batch_size=s.max_batch_size,
+            prefill_batch_size=s.prefill_batch_size,
+            prefill_step_size=s.prefill_step_size,
+            stream=mx.default_stream(mx.default_device()),
+        )
+
+    def _admit(self, block: bool) -> None:
+        try:
+            job = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while job is not None:
+            if not job.cancelled:
+                self._insert(job)
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _insert(self, job: Job) -> None:
+        assert self._generator is not None
+        cache, rest = self._fetch_cache(job.prompt)
+        job.cached_tokens = len(job.prompt) - len(rest)
+        p = job.params
+        (job.uid,) = self._generator.insert(
+            [rest],
+            max_tokens=[p.max_tokens],
+            caches=[cache] if cache is not None else None,
+            all_tokens=[job.prompt[: job.cached_tokens]],
+            samplers=[self._samplers.sampler(p.temperature, p.top_p)],
+            logits_processors=[
+                self._samplers.processors(p.repetition_penalty, p.repetition_context_size)
+            ],
+            stop_sequences=[self._stop_sequences],
+        )
+        self._jobs[job.uid] = job
+
+    def _fetch_cache(self, prompt: list[int]) -> tuple[list[Any] | None, list[int]]:
+        if self.settings.prompt_cache_bytes <= 0:
+            return None, prompt
+        cache, rest = self._prompt_cache.fetch_nearest_cache(0, prompt)
+        if cache is None:
+            return None, prompt
+        if not rest:  # the whole prompt is cached: recompute its last token for the logits
+            if not can_trim_prompt_cache(cache):
+                return None, prompt
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        return cache, rest
+
+    def _drop_cancelled(self) -> None:
+        assert self._generator is not None
+        uids = []
+        while True:
+            try:
+                job = self._cancelled.get_nowait()
+            except queue.Empty:
+                break
+            if self._jobs.pop(job.uid, None) is not None:
+                uids.append(job.uid)
+        if uids:
+            self._generator.remove(uids)
+
+    def _step(self) -> None:
+        assert self._generator is not None
+        prompt_responses, responses = self._generator.next()
+        out: list[tuple[Sink, Event]] = []
+        for pr in prompt_responses:
+            job = self._jobs.get(pr.uid)
+            if job is not None and not pr.end_of_prompt:
+                out.append((job.sink, Progress(*pr.progress)))
+        finished_early = []
+        for r in responses:
+            job = self._jobs.get(r.uid)
+            if job is None:
+                continue
+            reason = self._advance(job, r.token, r.finish_reason)
+            out.extend((job.sink, e) for e in job.events)
+            job.events.clear()
+            if reason is not None:
+                del self._jobs[r.uid]
+                if r.finish_reason is None:
+                    finished_early.append(r.uid)
+                else:
+                    self._store_cache(r.all_tokens, r.prompt_cache)
+        if finished_early:
+            self._generator.remove(finished_early)
+        if out:
+            self._deliver(out)
+
+    def _advance(self, job: Job, token: int, finish: str | None) -> FinishReason | None:
+        """Feed one generated token to the job; return its finish reason when it is done."""
+        job.completion_tokens += 1
+        reason: FinishReason | None = None
+        if finish == "stop":  # an end-of-sequence token: not part of the text
+            piece, reason = job.text.finish(), "stop"
+        else:
+            piece = job.text.add(token)
+            if job.text.stopped:
+                reason = "stop"
+            elif finish == "length":
+                piece, reason = piece + job.text.finish(), "length"
+        if piece:
+            job.events.append(Text(piece))
+        if reason is not None:
+            job.events.append(
+                Finished(reason, len(job.prompt), job.completion_tokens, job.cached_tokens)
+            )
+        return reason
+
+    def _store_cache(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
+        budget = self.settings.prompt_cache_bytes
+        if budget <= 0 or not tokens or cache is None:
+            return
+        self._prompt_cache.insert_cache(0, list(tokens), cache)
+        self._prompt_cache.trim_to(n_bytes=budget)
+
+    def _fail_all(self, message: str, include_waiting: bool = False) -> None:
+        jobs, self._jobs = list(self._jobs.values()), {}
+        while include_waiting:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                jobs.append(job)
+        if jobs:
+            self._deliver([(job.sink, Failed(message)) for job in jobs])

@@ -1,0 +1,57 @@
+"""The one error shape: every 4xx/5xx leaves the server as an OpenAI error body."""
+
+from __future__ import annotations
+
+from .protocol import ErrorBody, ErrorDetail
+
+
+class APIError(Exception):
+    status = 500
+    type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(
+            error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        )
+
+
+class InvalidRequest(APIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ModelNotFound(APIError):
+    status = 404
+    type = "invalid_request_error"
+
+    def __init__(self, model: str):
+        super().__init__(
+            f"The model '{model}' does not exist or is not served here", param="model",
+            code="model_not_found",
+        )
+
+
+class NotFound(APIError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class MethodNotAllowed(APIError):
+    status = 405
+    type = "invalid_request_error"
+
+
+class Unavailable(APIError):
+    status = 503
+    type = "server_error"
+
+
+class GenerationFailed(APIError):
+    status = 500
+    type = "server_error"

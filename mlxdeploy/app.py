@@ -46,7 +46,11 @@ def create_app(spec: Spec, engine: Engine) -> Quart:
     @app.get("/health")
     async def health() -> Response:
         state = engine.state
-        body = {"status": "ok" if state == "ready" else state, "model": engine.model_id}
+        body = {
+            "status": "ok" if state == "ready" else state,
+            "model": engine.model_id,
+            "running": engine.running,
+        }
         return _json(body, 200 if state == "ready" else 503)
 
     @app.get("/v1/models")

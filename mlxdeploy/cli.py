@@ -28,7 +28,9 @@ class Format(str, Enum):
     github = "github"
 
 
-SpecArg = Annotated[Path, typer.Argument(help="Path to a deployment spec (YAML).", show_default=False)]
+SpecArg = Annotated[
+    Path, typer.Argument(help="Path to a deployment spec (YAML).", show_default=False)
+]
 
 
 def _fail(problems: list[Problem], fmt: Format = Format.text) -> typer.Exit:
@@ -61,12 +63,16 @@ def validate(
 @app.command()
 def up(
     spec: SpecArg,
-    host: Annotated[str | None, typer.Option(help="Interface to bind (beats spec and env).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (beats spec and env).")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (beats spec and env).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Validate SPEC, load its model and serve the OpenAI-compatible API until SIGINT/SIGTERM."""
-    overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    overrides: dict[str, Any] = {
+        k: v for k, v in {"host": host, "port": port}.items() if v is not None
+    }
     try:
         loaded = load_spec(spec, **overrides)
     except SpecError as exc:

@@ -17,7 +17,9 @@ class APIError(Exception):
 
     def body(self) -> ErrorBody:
         return ErrorBody(
-            error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+            error=ErrorDetail(
+                message=self.message, type=self.type, param=self.param, code=self.code
+            )
         )
 
 
@@ -32,7 +34,8 @@ class ModelNotFound(APIError):
 
     def __init__(self, model: str):
         super().__init__(
-            f"The model '{model}' does not exist or is not served here", param="model",
+            f"The model '{model}' does not exist or is not served here",
+            param="model",
             code="model_not_found",
         )
 

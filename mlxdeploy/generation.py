@@ -6,7 +6,7 @@ types, so tests can drive the app with a scripted engine and the real engine nev
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -63,12 +63,17 @@ class Engine(Protocol):
     @property
     def state(self) -> EngineState: ...
 
+    @property
+    def running(self) -> int:
+        """Requests admitted to the generation thread and not yet finished."""
+        ...
+
     def prepare(
         self, messages: Sequence[ChatMessage], role_mapping: RoleMappingOverride | None
     ) -> Prompt:
         """Apply the chat format and tokenize; raises InvalidRequest for prompts it cannot serve."""
         ...
 
-    def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Event]:
+    def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncGenerator[Event, None]:
         """Stream events; closing the iterator early cancels the request within one step."""
         ...

@@ -121,7 +121,7 @@ class EngineSettings(Section):
     prompt_cache_bytes: int = Field(
         default=1 << 30,
         ge=0,
-        description="Byte budget of the prompt prefix cache (KV of earlier requests); 0 turns it off.",
+        description="Byte budget of the prompt prefix cache; 0 turns it off.",
     )
     prompt_cache_entries: int = Field(
         default=64, ge=1, description="Most cached prompt prefixes kept at once."
@@ -196,7 +196,8 @@ class Spec(BaseSettings):
         default=["</s>"], description="Stop words added to every request's own: a string or a list."
     )
     engine: EngineSettings = Field(
-        default=EngineSettings(), description="Batching and prompt caching of the generation thread."
+        default=EngineSettings(),
+        description="Batching and prompt caching of the generation thread.",
     )
 
     _source: ModelSource | None = PrivateAttr(None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -34,7 +35,7 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
 def test_health_is_ok(http: httpx.Client) -> None:
     response = http.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "model": "tiny"}
+    assert response.json() == {"status": "ok", "model": "tiny", "running": 0}
 
 
 @pytest.mark.parametrize(
@@ -61,7 +62,9 @@ def test_health_is_ok(http: httpx.Client) -> None:
         ({"messages": USER, "role_mapping": {"bogus": "x"}}, None),
     ],
 )
-def test_bad_fields_are_400_with_the_param(http: httpx.Client, body: dict, param: str | None) -> None:
+def test_bad_fields_are_400_with_the_param(
+    http: httpx.Client, body: dict, param: str | None
+) -> None:
     error = assert_error(http.post(CHAT, json=body), 400, param)
     assert error["type"] == "invalid_request_error"
 
@@ -122,3 +125,20 @@ def test_role_mapping_request_field_is_used(http: httpx.Client) -> None:
         CHAT, json={**body, "role_mapping": {"user": "Q: ", "assistant": "A:"}}
     ).json()["usage"]["prompt_tokens"]
     assert mapped != templated
+
+
+def test_disconnect_frees_the_slot(http: httpx.Client) -> None:
+    body = {"messages": USER, "max_tokens": 50000, "stream": True, "temperature": 0, "stop": []}
+    received = 0
+    with http.stream("POST", CHAT, json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                assert '"finish_reason":null' in line.replace(" ", "")
+                received += 1
+            if received >= 5:
+                assert http.get("/health").json()["running"] == 1
+                break
+    deadline = time.monotonic() + 10
+    while http.get("/health").json()["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert http.get("/health").json()["running"] == 0

@@ -17,7 +17,10 @@ def client(tiny_server: RunningServer) -> openai.OpenAI:
 
 def test_non_streaming_completion(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
-        model="tiny", messages=MESSAGES, max_tokens=12, temperature=0  # type: ignore[arg-type]
+        model="tiny",
+        messages=MESSAGES,
+        max_tokens=12,
+        temperature=0,  # type: ignore[arg-type]
     )
     assert reply.object == "chat.completion"
     assert reply.model == "tiny"
@@ -59,7 +62,9 @@ def test_models_lists_the_deployment(client: openai.OpenAI) -> None:
 def test_bad_request_raises_bad_request_error(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="tiny", messages=MESSAGES, temperature=-1  # type: ignore[arg-type]
+            model="tiny",
+            messages=MESSAGES,
+            temperature=-1,  # type: ignore[arg-type]
         )
     assert info.value.status_code == 400
     body = info.value.body

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class MLXEngine:
         return self._state
 
     @property
-    def active_requests(self) -> int:
+    def running(self) -> int:
         return self._worker.active if self._worker is not None else 0
 
     # -- lifecycle --------------------------------------------------------------------
@@ -131,7 +131,7 @@ class MLXEngine:
             raise InvalidRequest("the prompt is empty after formatting", param="messages")
         return Prompt(tokens)
 
-    async def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Event]:
+    async def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncGenerator[Event, None]:
         assert self._worker is not None
         sink: asyncio.Queue[Event] = asyncio.Queue()
         stop_words = tuple(dict.fromkeys((*params.stop, *self.spec.stop)))

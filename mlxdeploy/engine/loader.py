@@ -26,22 +26,30 @@ def default_cache_root() -> Path:
 
 
 def resolve_model_dir(source: ModelSource, cache_root: Path) -> Path:
+    if source.kind == "hf" or source.path is None:
+        return download_repo(str(source.repo))
     if source.kind == "gguf":
         from .gguf import GGUFError, convert_gguf
 
         try:
-            return convert_gguf(Path(source.path), cache_root / "gguf")
+            return convert_gguf(source.path, cache_root / "gguf")
         except GGUFError as exc:
             raise ModelLoadError(str(exc)) from None
-    if source.kind == "dir":
-        return Path(source.path)
-    return download_repo(str(source.repo))
+    return source.path
 
 
 def download_repo(repo: str) -> Path:
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
+    patterns = [
+        "*.json",
+        "*.safetensors",
+        "*.py",
+        "tokenizer.model",
+        "*.tiktoken",
+        "*.txt",
+        "*.jinja",
+    ]
     try:
         return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=True))
     except Exception:
@@ -49,7 +57,7 @@ def download_repo(repo: str) -> Path:
     try:
         return Path(snapshot_download(repo, allow_patterns=patterns))
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0]
         raise ModelLoadError(
             f"model '{repo}' is not in the Hugging Face cache and could not be downloaded "
             f"({reason}); download it where the Hub is reachable (`hf download {repo}`) and copy "
@@ -62,7 +70,7 @@ def load_model(source: ModelSource, cache_root: Path | None = None) -> tuple[nn.
 
     model_dir = resolve_model_dir(source, cache_root or default_cache_root())
     try:
-        model, tokenizer = load(str(model_dir))
+        model, tokenizer = load(str(model_dir))[:2]
     except Exception as exc:
         raise ModelLoadError(f"cannot load model from {model_dir}: {exc}") from None
     if mx.default_device() == mx.cpu:

@@ -38,8 +38,9 @@ def template_prompt(tokenizer: Any, messages: Sequence[ChatMessage]) -> str:
             tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
         )
     except Exception as exc:  # jinja2 raises for conversations a template rejects
-        raise InvalidRequest(f"the model's chat template rejected the messages: {exc}",
-                             param="messages") from None
+        raise InvalidRequest(
+            f"the model's chat template rejected the messages: {exc}", param="messages"
+        ) from None
 
 
 def encode_chat(

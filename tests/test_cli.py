@@ -1,0 +1,133 @@
+"""The command line: one actionable line per problem, exit codes, help on every command."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mlxdeploy.cli import app
+from tests.conftest import write_spec
+from tests.servers import free_port, mlxdeploy_command
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+BROKEN = """\
+model: ./missing.gguf
+port: 80800
+defaults:
+  temprature: 0.5
+  max_tokens: zero
+"""
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def run_up(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        mlxdeploy_command("up", *args),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_shipped_configs_are_valid(runner: CliRunner) -> None:
+    assert len(CONFIGS) >= 3
+    result = runner.invoke(app, ["validate", *map(str, CONFIGS)])
+    assert result.exit_code == 0, result.output
+    assert f"{len(CONFIGS)} specs valid" in result.output
+
+
+def test_validate_reports_every_problem_with_its_line(runner: CliRunner, tmp_path: Path) -> None:
+    spec = tmp_path / "broken.yaml"
+    spec.write_text(BROKEN)
+    result = runner.invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 4, result.output
+    assert lines[0].startswith(f"{spec}:1:8: model: ")
+    assert lines[1].startswith(f"{spec}:2:7: port: ")
+    assert lines[2].startswith(f"{spec}:4:3: defaults.temprature: unknown key 'temprature'")
+    assert "did you mean 'temperature'" in lines[2]
+    assert lines[3].startswith(f"{spec}:5:15: defaults.max_tokens: ")
+    assert "Traceback" not in result.output
+
+
+def test_validate_checks_all_files_and_fails_if_any_is_bad(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    good = write_spec(tmp_path / "good.yaml", "owner/model")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: owner/model\nport: [1\n")
+    result = runner.invoke(app, ["validate", str(good), str(bad)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"{bad}:")
+    assert str(good) not in result.output
+
+
+def test_validate_github_and_json_formats(runner: CliRunner, tmp_path: Path) -> None:
+    spec = tmp_path / "broken.yaml"
+    spec.write_text(BROKEN)
+    github = runner.invoke(app, ["validate", "--format", "github", str(spec)])
+    assert github.exit_code == 1
+    assert github.output.splitlines()[1].startswith(f"::error file={spec},line=2,col=7,")
+    problems = json.loads(runner.invoke(app, ["validate", "--format", "json", str(spec)]).output)
+    assert [p["field"] for p in problems][1:] == [
+        "port",
+        "defaults.temprature",
+        "defaults.max_tokens",
+    ]
+
+
+def test_schema_is_json_schema(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert schema["properties"]["port"]["maximum"] == 65535
+
+
+@pytest.mark.parametrize("command", [[], ["up"], ["validate"], ["schema"]])
+def test_help_on_every_command(runner: CliRunner, command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.output
+
+
+def test_up_refuses_an_invalid_spec_without_starting(tmp_path: Path) -> None:
+    spec = tmp_path / "broken.yaml"
+    spec.write_text(BROKEN)
+    result = run_up(str(spec))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[1].startswith(f"{spec}:2:7: port: ")
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_up_names_a_repo_it_cannot_download(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "hf.yaml", "no-such-owner/no-such-model")
+    result = run_up(str(spec), "--port", str(free_port()), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no-such-owner/no-such-model" in last
+    assert "hf download" in last
+
+
+def test_up_reports_a_busy_port(tiny_spec: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_up(str(tiny_spec), "--port", str(port))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.strip().splitlines()[-1]

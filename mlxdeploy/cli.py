@@ -94,6 +94,54 @@ def schema() -> None:
     typer.echo(json.dumps(spec_json_schema(), indent=2))
 
 
+@app.command()
+def bench(
+    url: Annotated[
+        str | None, typer.Option(help="Base URL of a running OpenAI-compatible server.")
+    ] = None,
+    spec: Annotated[
+        Path | None, typer.Option(help="Start `mlxdeploy up SPEC` on a free port and bench it.")
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option(help="Also start mlx_lm.server on the spec's model and bench it.")
+    ] = False,
+    concurrency: Annotated[
+        str, typer.Option(help="Comma-separated numbers of concurrent clients.")
+    ] = "1,8,32,64,256",
+    max_tokens: Annotated[int, typer.Option(help="Completion tokens per request.")] = 64,
+    prompt_tokens: Annotated[int, typer.Option(help="Approximate prompt length in tokens.")] = 128,
+    requests_per_client: Annotated[
+        int, typer.Option(help="Requests each client sends per level.")
+    ] = 4,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds per level instead of --requests-per-client.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds a request may take.")] = 600.0,
+    out: Annotated[
+        Path | None, typer.Option(help="Results dir (JSON, PNG, logs); default ./bench-<time>.")
+    ] = None,
+) -> None:
+    """Closed-loop load test with streaming chat completions; optionally beside mlx_lm.server."""
+    from rich.console import Console
+
+    from .bench import BenchError, LoadSettings, build_options, parse_concurrency, run_bench
+
+    try:
+        load = LoadSettings(
+            parse_concurrency(concurrency), max_tokens, prompt_tokens, requests_per_client,
+            duration, timeout,
+        )  # fmt: skip
+        run_bench(build_options(load, out, url, spec, compare), Console())
+    except SpecError as exc:
+        raise _fail(exc.problems) from None
+    except BenchError as exc:
+        typer.echo(f"bench: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("bench: interrupted; servers stopped", err=True)
+        raise typer.Exit(130) from None
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,65 @@
+"""The benchmark's PNG: throughput and TTFT against concurrency, one line per server.
+
+matplotlib is optional (`pip install 'mlxdeploy[bench]'`); callers import this module lazily
+and treat ImportError as "no plot". Uses Figure directly, not pyplot, so no global state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+if TYPE_CHECKING:
+    from .bench import BenchReport, LevelStats, ServerReport
+
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+
+
+def plot_report(report: BenchReport, path: Path) -> None:
+    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    throughput, ttft = figure.subplots(1, 2)
+    for server, color in zip(report.servers, COLORS, strict=False):
+        plot_server(throughput, ttft, server, color)
+    levels = list(report.settings.concurrency)
+    style_axes(throughput, levels, "output tokens/s (all clients)", "Throughput")
+    style_axes(ttft, levels, "time to first token (s)", "TTFT p50 (solid) / p99 (dashed)")
+    ttft.set_yscale("log")
+    machine = report.machine
+    figure.suptitle(
+        f"{report.settings.max_tokens} tokens/request, ~{report.settings.prompt_tokens}-word "
+        f"prompts, {machine.cpu_count} CPUs, {machine.platform}, mlx {machine.mlx}, "
+        f"mlx-lm {machine.mlx_lm}",
+        fontsize=9,
+    )
+    figure.savefig(path, dpi=120)
+
+
+def plot_server(throughput: Axes, ttft: Axes, server: ServerReport, color: str) -> None:
+    levels = server.levels
+    xs = [s.concurrency for s in levels]
+    throughput.plot(xs, [s.throughput_tok_s for s in levels], "o-", color=color, label=server.name)
+    p50 = _points(levels, "ttft_p50_s")
+    p99 = _points(levels, "ttft_p99_s")
+    ttft.plot(*p50, "o-", color=color, label=f"{server.name} p50")
+    ttft.plot(*p99, "s--", color=color, label=f"{server.name} p99")
+
+
+def _points(levels: list[LevelStats], name: str) -> tuple[list[int], list[float]]:
+    pairs = [(s.concurrency, getattr(s, name)) for s in levels if getattr(s, name) is not None]
+    return [x for x, _ in pairs], [y for _, y in pairs]
+
+
+def style_axes(axes: Axes, levels: list[int], ylabel: str, title: str) -> None:
+    axes.set_xscale("log", base=2)
+    axes.xaxis.set_major_locator(FixedLocator(levels))
+    axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.set_xlabel("concurrent clients")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)

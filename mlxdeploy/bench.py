@@ -527,8 +527,8 @@ def render_table(report: BenchReport) -> Table:
     caption = f"ratio: {MLXDEPLOY} / {MLX_LM}" if report.ratios else None
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
     for name in TABLE_COLUMNS:
-        server = name == "server"
-        table.add_column(name, justify="left" if server else "right", no_wrap=server, min_width=4)
+        text = name == "server"
+        table.add_column(name, justify="left" if text else "right", no_wrap=text, min_width=4)
     if report.ratios:
         table.add_column("ratio\ntok/s", justify="right", min_width=5)
         table.add_column("ratio\nTTFT99", justify="right", min_width=5)

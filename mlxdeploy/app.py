@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
+from .admission import Admission, Slot
 from .chat import Completion, complete, stream
 from .errors import APIError, InvalidRequest, MethodNotAllowed, ModelNotFound, NotFound, Unavailable
 from .generation import Engine
@@ -63,20 +65,39 @@ def create_app(spec: Spec, engine: Engine) -> Quart:
             raise ModelNotFound(model_id)
         return _json(ModelCard(id=engine.model_id, created=created))
 
+    admission = Admission(limit=spec.engine.max_batch_size + spec.engine.max_queue)
+
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
         body = await _parse(ChatCompletionRequest)
         _check_model(body.model, engine)
         _check_ready(engine)
-        prompt = await asyncio.to_thread(engine.prepare, body.messages, body.role_mapping)
-        params = resolve_params(body, spec)
-        completion = Completion(model=engine.model_id, include_usage=body.include_usage)
-        if body.stream:
-            return _event_stream(stream(engine, prompt, params, completion))
-        return _json(await complete(engine, prompt, params, completion))
+        slot = admission.enter()
+        handed_to_stream = False
+        try:
+            prompt = await asyncio.to_thread(engine.prepare, body.messages, body.role_mapping)
+            params = resolve_params(body, spec)
+            completion = Completion(model=engine.model_id, include_usage=body.include_usage)
+            if body.stream:
+                events = _releasing(slot, stream(engine, prompt, params, completion))
+                handed_to_stream = True
+                return _event_stream(events)
+            return _json(await complete(engine, prompt, params, completion))
+        finally:
+            if not handed_to_stream:
+                slot.release()
 
     register_error_handlers(app)
     return app
+
+
+async def _releasing(slot: Slot, events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Hold the admission slot for as long as the stream runs."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        slot.release()
 
 
 def resolve_params(body: SamplingFields, spec: Spec) -> GenerationParams:
@@ -153,7 +174,9 @@ def error_response(status: int, detail: ErrorDetail) -> Response:
 def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(APIError)
     async def api_error(exc: APIError) -> Response:
-        return _json(exc.body(), exc.status)
+        response = _json(exc.body(), exc.status)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

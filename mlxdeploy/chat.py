@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from .errors import GenerationFailed
-from .generation import Engine, Failed, Finished, Progress, Prompt, Text
+from .generation import Engine, Failed, Finished, Heartbeat, Progress, Prompt, Text
 from .protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -75,7 +75,7 @@ async def stream(
     yield _sse(_chunk(completion, Delta(role="assistant", content="")))
     async with contextlib.aclosing(engine.generate(prompt, params)) as events:
         async for event in events:
-            if isinstance(event, Progress):
+            if isinstance(event, Progress | Heartbeat):
                 yield KEEP_ALIVE
             elif isinstance(event, Text):
                 yield _sse(_chunk(completion, Delta(content=event.text)))

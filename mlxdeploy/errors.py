@@ -8,6 +8,7 @@ from .protocol import ErrorBody, ErrorDetail
 class APIError(Exception):
     status = 500
     type = "server_error"
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -58,3 +59,12 @@ class Unavailable(APIError):
 class GenerationFailed(APIError):
     status = 500
     type = "server_error"
+
+
+class TooManyRequests(APIError):
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message, code="server_busy")
+        self.headers = {"Retry-After": str(retry_after)}

@@ -32,6 +32,11 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Heartbeat:
+    """Nothing new for a while (queued, or a long prompt step); the request is alive."""
+
+
+@dataclass(frozen=True)
 class Text:
     """New text that is final: no later token or stop word can change it."""
 
@@ -53,7 +58,7 @@ class Failed:
     message: str
 
 
-Event = Progress | Text | Finished | Failed
+Event = Progress | Heartbeat | Text | Finished | Failed
 
 
 class Engine(Protocol):

@@ -126,6 +126,17 @@ class EngineSettings(Section):
     prompt_cache_entries: int = Field(
         default=64, ge=1, description="Most cached prompt prefixes kept at once."
     )
+    max_queue: int = Field(
+        default=1024,
+        ge=0,
+        description="Requests that may wait beyond the running batch; more get 429 + Retry-After.",
+    )
+    heartbeat_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Idle seconds before a stream gets an SSE keep-alive comment.",
+    )
 
 
 def _as_list(value: Any) -> Any:

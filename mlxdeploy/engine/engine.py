@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidRequest
-from ..generation import EngineState, Event, Failed, Finished, Prompt
+from ..generation import EngineState, Event, Failed, Finished, Heartbeat, Prompt
 from ..protocol import ChatMessage, GenerationParams, RoleMappingOverride
 from ..spec import Spec
 from .loader import ModelLoadError, load_model
@@ -131,7 +131,9 @@ class MLXEngine:
             raise InvalidRequest("the prompt is empty after formatting", param="messages")
         return Prompt(tokens)
 
-    async def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncGenerator[Event, None]:
+    async def generate(
+        self, prompt: Prompt, params: GenerationParams
+    ) -> AsyncGenerator[Event, None]:
         assert self._worker is not None
         sink: asyncio.Queue[Event] = asyncio.Queue()
         stop_words = tuple(dict.fromkeys((*params.stop, *self.spec.stop)))
@@ -145,7 +147,11 @@ class MLXEngine:
         done = False
         try:
             while not done:
-                event = await sink.get()
+                try:
+                    event = await asyncio.wait_for(sink.get(), self.spec.engine.heartbeat_seconds)
+                except asyncio.TimeoutError:
+                    yield Heartbeat()
+                    continue
                 done = isinstance(event, Finished | Failed)
                 yield event
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -131,3 +132,24 @@ def test_up_reports_a_busy_port(tiny_spec: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.strip().splitlines()[-1]
+
+
+def test_up_serves_an_hf_repo_from_the_cache(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """An HF repo id is loaded from the Hugging Face cache without touching the network."""
+    import httpx
+
+    from tests.servers import start_server
+
+    snapshot = tmp_path / "hub" / "models--acme--tiny-chat" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    spec = write_spec(tmp_path / "hf.yaml", "acme/tiny-chat", stop=[])
+    env = {"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    with start_server(spec, env=env) as server:
+        models = httpx.get(f"{server.api_url}/models").json()
+        assert [m["id"] for m in models["data"]] == ["acme/tiny-chat"]
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        reply = httpx.post(f"{server.api_url}/chat/completions", json=body, timeout=60)
+        assert reply.status_code == 200
+        assert reply.json()["usage"]["completion_tokens"] == 2

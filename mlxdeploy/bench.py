@@ -22,7 +22,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -84,6 +84,7 @@ class BenchOptions:
     spec_path: Path | None = None
     spec: Spec | None = None
     compare: bool = False
+    same_blas: bool = True
     command: str = ""
 
 
@@ -98,7 +99,12 @@ def parse_concurrency(text: str) -> tuple[int, ...]:
 
 
 def build_options(
-    load: LoadSettings, out: Path | None, url: str | None, spec_path: Path | None, compare: bool
+    load: LoadSettings,
+    out: Path | None,
+    url: str | None,
+    spec_path: Path | None,
+    compare: bool,
+    same_blas: bool = True,
 ) -> BenchOptions:
     """Check the combination of flags; load the spec (raises SpecError on a bad one)."""
     if (url is None) == (spec_path is None):
@@ -117,6 +123,7 @@ def build_options(
         spec_path=spec_path,
         spec=load_spec(spec_path) if spec_path else None,
         compare=compare,
+        same_blas=same_blas,
         command=shlex.join(sys.argv),
     )
 
@@ -356,7 +363,11 @@ def launched(target: Target, log_path: Path) -> Iterator[subprocess.Popen[bytes]
     with log_path.open("wb") as log:
         # Own session: Ctrl-C reaches the bench only, which then stops the server itself.
         process = subprocess.Popen(
-            target.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            target.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **target.env},
+            start_new_session=True,
         )
     try:
         wait_healthy(target, process, log_path, LOAD_TIMEOUT_S)
@@ -429,7 +440,9 @@ class ServerReport:
     url: str
     command: list[str] | None = None
     log: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
     health: object = None
+    blas: str | None = None  # as the server's health or log names it
     levels: list[LevelStats] = field(default_factory=list)
 
 
@@ -570,6 +583,7 @@ class Target:
     name: str
     url: str
     command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to the bench's environment
 
 
 def bench_server(report: ServerReport, load: LoadSettings, progress: Progress) -> None:
@@ -592,10 +606,23 @@ def run_target(target: Target, options: BenchOptions, progress: Progress) -> Ser
         return report
     log_path = options.out / f"{target.name}.log"
     with launched(target, log_path):
-        report = ServerReport(target.name, target.url, target.command, str(log_path))
+        report = ServerReport(target.name, target.url, target.command, str(log_path), target.env)
         report.health = fetch_health(target.url)
         bench_server(report, options.load, progress)
+    log = log_path.read_text(errors="replace")
+    report.blas = blas_line(json.dumps(report.health)) or blas_line(log)
     return report
+
+
+def same_blas(target: Target, servers: list[ServerReport]) -> Target:
+    """mlx_lm.server with the BLAS library mlxdeploy loaded (LD_PRELOAD has the same effect),
+    so the comparison measures the servers rather than the BLAS."""
+    loaded = next((s.blas for s in servers if s.name == MLXDEPLOY and s.blas), None)
+    library = re.search(r"\((/[^)]+)\)", loaded) if loaded else None
+    if library is None:
+        return target
+    preload = " ".join(filter(None, (library.group(1), os.environ.get("LD_PRELOAD"))))
+    return replace(target, env={**target.env, "LD_PRELOAD": preload})
 
 
 def planned_targets(options: BenchOptions) -> list[Target]:
@@ -626,6 +653,8 @@ def run_bench(options: BenchOptions, console: Console) -> BenchReport:
                TimeElapsedColumn())  # fmt: skip
     with sigterm_as_exit(), Progress(*columns, console=console) as progress:
         for target in planned_targets(options):
+            if target.name == MLX_LM and options.same_blas:
+                target = same_blas(target, report.servers)
             report.servers.append(run_target(target, options, progress))
     finish_report(report, options.out, console)
     return report
@@ -635,10 +664,7 @@ def finish_report(report: BenchReport, out: Path, console: Console) -> None:
     names = {s.name: s for s in report.servers}
     if MLXDEPLOY in names and MLX_LM in names:
         report.ratios = compare_levels(names[MLXDEPLOY], names[MLX_LM])
-    for server in report.servers:
-        text = Path(server.log).read_text(errors="replace") if server.log else ""
-        found = blas_line(json.dumps(server.health)) or blas_line(text)
-        report.machine.blas = report.machine.blas or found
+    report.machine.blas = next((s.blas for s in report.servers if s.blas), None)
     report.files["json"] = str(out / "bench.json")
     try:
         from .bench_plot import plot_report

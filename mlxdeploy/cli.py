@@ -105,6 +105,9 @@ def bench(
     compare: Annotated[
         bool, typer.Option(help="Also start mlx_lm.server on the spec's model and bench it.")
     ] = False,
+    same_blas: Annotated[
+        bool, typer.Option(help="Give mlx_lm.server the BLAS mlxdeploy loaded (LD_PRELOAD).")
+    ] = True,
     concurrency: Annotated[
         str, typer.Option(help="Comma-separated numbers of concurrent clients.")
     ] = "1,8,32,64,256",
@@ -131,7 +134,7 @@ def bench(
             parse_concurrency(concurrency), max_tokens, prompt_tokens, requests_per_client,
             duration, timeout,
         )  # fmt: skip
-        run_bench(build_options(load, out, url, spec, compare), Console())
+        run_bench(build_options(load, out, url, spec, compare, same_blas), Console())
     except SpecError as exc:
         raise _fail(exc.problems) from None
     except BenchError as exc:

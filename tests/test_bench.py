@@ -19,6 +19,7 @@ from mlxdeploy.bench import (
     LoadSettings,
     RequestResult,
     ServerReport,
+    Target,
     blas_line,
     build_options,
     compare_levels,
@@ -27,6 +28,7 @@ from mlxdeploy.bench import (
     parse_concurrency,
     percentile,
     read_stream,
+    same_blas,
     summarize,
 )
 from mlxdeploy.cli import app
@@ -163,6 +165,17 @@ def test_blas_line_finds_the_library_in_a_log() -> None:
     assert blas_line("nothing here") is None
 
 
+def test_mlx_lm_server_gets_the_blas_library_mlxdeploy_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    target = Target("mlx_lm.server", "http://x", ["python"])
+    ours = ServerReport("mlxdeploy", "u", blas="openblas (/usr/lib/libopenblas.so.0)")
+    assert same_blas(target, [ours]).env == {"LD_PRELOAD": "/usr/lib/libopenblas.so.0"}
+    ours.blas = "reference; OpenBLAS not found"
+    assert same_blas(target, [ours]) == target
+
+
 # --------------------------------------------------------------------------- options
 
 
@@ -253,3 +266,19 @@ def test_bench_starts_and_stops_mlxdeploy_from_a_spec(
     assert "serving tiny" in (tmp_path / "mlxdeploy.log").read_text()
     with pytest.raises(httpx.ConnectError):  # the bench stopped the server it started
         httpx.get(f"{server['url']}/health", timeout=5)
+
+
+@pytest.mark.slow
+def test_compare_with_mlx_lm_server_on_the_same_model(
+    tiny_spec: Path, tiny_model_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    data = _bench(tmp_path, "--spec", str(tiny_spec), "--compare")
+    _check_report(data, tmp_path, ["mlxdeploy", "mlx_lm.server"])
+    servers = data["servers"]
+    assert isinstance(servers, list)
+    assert str(tiny_model_dir) in servers[1]["command"]
+    assert (tmp_path / "mlx_lm.server.log").exists()
+    ratios = data["ratios"]
+    assert isinstance(ratios, list)
+    assert [r["concurrency"] for r in ratios] == [1, 2]
+    assert all(r["throughput"] > 0 for r in ratios)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
 if TYPE_CHECKING:
     from .bench import BenchReport, LevelStats, ServerReport
@@ -28,6 +28,8 @@ def plot_report(report: BenchReport, path: Path) -> None:
     style_axes(throughput, levels, "output tokens/s (all clients)", "Throughput")
     style_axes(ttft, levels, "time to first token (s)", "TTFT p50 (solid) / p99 (dashed)")
     ttft.set_yscale("log")
+    ttft.yaxis.set_major_formatter(ScalarFormatter())
+    ttft.yaxis.set_minor_formatter(NullFormatter())
     machine = report.machine
     figure.suptitle(
         f"{report.settings.max_tokens} tokens/request, ~{report.settings.prompt_tokens}-word "

@@ -227,7 +227,7 @@ def _check_report(data: dict[str, object], out: Path, servers: list[str]) -> Non
     machine = data["machine"]
     assert isinstance(machine, dict)
     assert machine["cpu_count"] and machine["mlx"] and machine["mlx_lm"] and machine["platform"]
-    assert "bench" in str(data["command"])
+    assert isinstance(data["command"], str) and data["command"]  # the invoking command line
     assert data["settings"] == {
         "concurrency": [1, 2], "max_tokens": 8, "prompt_tokens": 16, "requests_per_client": 2,
         "duration_s": None, "timeout_s": 600.0,

@@ -12,6 +12,7 @@ import mlx.nn as nn
 from mlx.utils import tree_map
 
 from ..sources import ModelSource
+from .kernels import use_fast_kernels
 
 log = logging.getLogger("mlxdeploy.engine")
 
@@ -75,6 +76,8 @@ def load_model(source: ModelSource, cache_root: Path | None = None) -> tuple[nn.
         raise ModelLoadError(f"cannot load model from {model_dir}: {exc}") from None
     if mx.default_device() == mx.cpu:
         cast_floats(model, mx.float32)
+        swapped = use_fast_kernels(model)
+        log.info("CPU: float32 weights, fast kernels in %d modules", swapped)
     return model, tokenizer
 
 

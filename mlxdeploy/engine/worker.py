@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator, StopSequences
+from mlx_lm.generate import StopSequences
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
 from ..generation import Event, Failed, Finished, FinishReason, Progress, Text
 from ..protocol import GenerationParams
 from ..spec import EngineSettings
+from .batch import FastBatchGenerator
 from .sampling import SamplerCache
 from .text import TextStream
 
@@ -57,7 +58,7 @@ class Worker:
         self._stop = threading.Event()
         eos = sorted(tokenizer.eos_token_ids)
         self._stop_sequences = StopSequences([[t] for t in eos])
-        self._generator: BatchGenerator | None = None
+        self._generator: FastBatchGenerator | None = None
 
     # -- called from other threads -------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -90,9 +91,9 @@ class Worker:
                 self._generator = self._new_generator()
         self._fail_all("the server is shutting down", include_waiting=True)
 
-    def _new_generator(self) -> BatchGenerator:
+    def _new_generator(self) -> FastBatchGenerator:
         s = self.settings
-        return BatchGenerator(
+        return FastBatchGenerator(
             self.model,
             completion_batch_size=s.max_batch_size,
             prefill_batch_size=s.prefill_batch_size,

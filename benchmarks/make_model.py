@@ -100,9 +100,9 @@ def write_weights(shape: Shape, out: Path, seed: int) -> tuple[int, int]:
     return total, total - embeddings
 
 
-def make_model(out: Path, shape: Shape, seed: int) -> Shape:
+def make_model(out: Path, shape: Shape, seed: int, tokenizer: Path | None = None) -> Shape:
     out.mkdir(parents=True, exist_ok=True)
-    vocab = copy_tokenizer(demo_tokenizer_dir(), out)
+    vocab = copy_tokenizer(tokenizer or demo_tokenizer_dir(), out)
     if shape.vocab < vocab:
         print(f"vocab {shape.vocab} < the tokenizer's {vocab} tokens: using {vocab}")
         shape = replace(shape, vocab=vocab)
@@ -113,7 +113,7 @@ def make_model(out: Path, shape: Shape, seed: int) -> Shape:
     return shape
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Path, Shape, int]:
+def parse_args(argv: list[str] | None = None) -> tuple[Path, Shape, int, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="directory to write the model into")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-30m")
@@ -124,15 +124,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, Shape, int]:
         "--tie-embeddings", action=argparse.BooleanOptionalAction, help="overrides the preset"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tokenizer", type=Path, help="dir with tokenizer files to use instead of the demo's"
+    )
     args = parser.parse_args(argv)
     fields = {k: v for k, v in vars(args).items() if k in Shape.__dataclass_fields__}
     shape = replace(PRESETS[args.preset], **{k: v for k, v in fields.items() if v is not None})
-    return args.out, shape, args.seed
+    return args.out, shape, args.seed, args.tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
-    out, shape, seed = parse_args(argv)
-    make_model(out, shape, seed)
+    out, shape, seed, tokenizer = parse_args(argv)
+    make_model(out, shape, seed, tokenizer)
 
 
 if __name__ == "__main__":

@@ -292,18 +292,27 @@ def _wants_more(sent: int, load: LoadSettings, deadline: float | None) -> bool:
 async def run_level(
     url: str, level: int, load: LoadSettings, on_done: Callable[[RequestResult], None]
 ) -> LevelStats:
-    """Warm up with one short request, then run `level` closed-loop clients."""
+    """Warm up with `level` concurrent short requests (so both servers meet every batch shape
+    before they are timed: MLX compiles kernels per shape on first use), then run `level`
+    closed-loop clients."""
     limits = httpx.Limits(max_connections=level + 1, max_keepalive_connections=level + 1)
     timeout = httpx.Timeout(load.timeout_s, connect=60.0, pool=None)
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-        warmup = await send_chat(client, url, chat_body("Say hello.", WARMUP_TOKENS))
+        warmups = await asyncio.gather(
+            *(
+                send_chat(
+                    client, url, chat_body(make_prompt(load.prompt_tokens, f"w{i}"), WARMUP_TOKENS)
+                )
+                for i in range(level)
+            )
+        )
         start = time.perf_counter()
         per_client = await asyncio.gather(
             *(run_client(client, url, i, load, level, on_done) for i in range(level))
         )
         wall_s = time.perf_counter() - start
     stats = summarize(level, [r for rs in per_client for r in rs], wall_s, load.max_tokens)
-    stats.warmup_error = warmup.error
+    stats.warmup_error = next((w.error for w in warmups if w.error), None)
     return stats
 
 

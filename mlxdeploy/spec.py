@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    field_validator,
 )
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -139,6 +140,83 @@ class EngineSettings(Section):
     )
 
 
+class AuthSettings(Section):
+    """API keys, sent by clients as `Authorization: Bearer <key>`. Keys never live in the spec."""
+
+    api_keys_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Name of an environment variable holding the keys, separated by commas.",
+    )
+    api_keys_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="File with one key per line ('#' starts a comment); relative to the spec.",
+    )
+    api_keys: list[str] | None = Field(
+        default=None,
+        description="Not allowed: literal keys end up in git. Use api_keys_env or api_keys_file.",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_literal_keys(cls, value: list[str] | None) -> None:
+        if value is not None:
+            raise ValueError(
+                "literal API keys are not allowed in a spec (they end up in git); "
+                "put them in an environment variable (api_keys_env) or a file (api_keys_file)"
+            )
+        return None
+
+    @property
+    def enabled(self) -> bool:
+        return self.api_keys_env is not None or self.api_keys_file is not None
+
+
+class CorsSettings(Section):
+    """Cross-origin access from browsers; none unless origins are listed."""
+
+    allow_origins: list[str] = Field(
+        default=[],
+        description="Origins allowed to call the API from a browser, e.g. https://app.example.com.",
+    )
+    allow_headers: list[str] = Field(
+        default=["Authorization", "Content-Type", "X-Request-ID"],
+        description="Request headers a browser may send.",
+    )
+    max_age_seconds: int = Field(
+        default=600, ge=0, description="How long a browser may cache a preflight answer."
+    )
+
+
+class LimitSettings(Section):
+    """Bounds on what one request may ask for."""
+
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest request body; larger ones get 413."
+    )
+    max_tokens: int = Field(
+        default=4096, ge=1, description="Most tokens one request may ask to generate."
+    )
+    request_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="A request still generating after this fails."
+    )
+
+
+class ServerSettings(Section):
+    """Process behaviour: shutdown and logs."""
+
+    shutdown_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text for people, json for log collectors."
+    )
+    access_log: bool = Field(default=True, description="Log one line per request.")
+
+
 def _as_list(value: Any) -> Any:
     if isinstance(value, str):
         return [value]
@@ -210,8 +288,13 @@ class Spec(BaseSettings):
         default=EngineSettings(),
         description="Batching and prompt caching of the generation thread.",
     )
+    auth: AuthSettings = Field(default=AuthSettings(), description="API keys; off by default.")
+    cors: CorsSettings = Field(default=CorsSettings(), description="Browser cross-origin access.")
+    limits: LimitSettings = Field(default=LimitSettings(), description="Per-request bounds.")
+    server: ServerSettings = Field(default=ServerSettings(), description="Shutdown and logging.")
 
     _source: ModelSource | None = PrivateAttr(None)
+    _base_dir: Path | None = PrivateAttr(None)
 
     @classmethod
     def settings_customise_sources(
@@ -230,6 +313,11 @@ class Spec(BaseSettings):
         if self._source is None:
             self._source = parse_model_source(self.model, Path.cwd())
         return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        """The spec file's directory: relative paths in the spec resolve against it."""
+        return self._base_dir or Path.cwd()
 
     @property
     def model_id(self) -> str:
@@ -282,6 +370,7 @@ def load_spec(path: Path, **overrides: Any) -> Spec:
     if problems or spec is None or source is None:
         raise SpecError(sorted(problems, key=_problem_order))
     spec._source = source
+    spec._base_dir = path.parent
     return spec
 
 

@@ -639,6 +639,10 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "defaults",
         "stop",
         "engine",
+        "auth",
+        "cors",
+        "limits",
+        "server",
     }
     assert all(field.get("description") for field in schema["properties"].values())
     assert schema["properties"]["port"] | {"description": ""} == {

@@ -7,6 +7,7 @@ the non-streamed answer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -40,6 +41,19 @@ class Completion:
     include_usage: bool = False
     id: str = field(default_factory=new_completion_id)
     created: int = field(default_factory=now)
+
+    def content_event(self, text: str) -> str:
+        """The SSE event of one content delta: rendered from a template, because it is sent
+        once per token per stream (equal to `_sse(_chunk(self, Delta(content=text)))`)."""
+        head, tail = self._content_template
+        return f"{head}{json.dumps(text, ensure_ascii=False)}{tail}"
+
+    @functools.cached_property
+    def _content_template(self) -> tuple[str, str]:
+        marker = "\u0000MARK\u0000"
+        rendered = _sse(_chunk(self, Delta(content=marker)))
+        head, tail = rendered.split(json.dumps(marker, ensure_ascii=False))
+        return head, tail
 
 
 async def complete(
@@ -78,7 +92,7 @@ async def stream(
             if isinstance(event, Progress | Heartbeat):
                 yield KEEP_ALIVE
             elif isinstance(event, Text):
-                yield _sse(_chunk(completion, Delta(content=event.text)))
+                yield completion.content_event(event.text)
             elif isinstance(event, Failed):
                 error = ErrorDetail(message=event.message, type="server_error")
                 yield _sse(ErrorBody(error=error))

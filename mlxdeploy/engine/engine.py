@@ -147,11 +147,16 @@ class MLXEngine:
         done = False
         try:
             while not done:
-                try:
-                    event = await asyncio.wait_for(sink.get(), self.spec.engine.heartbeat_seconds)
-                except asyncio.TimeoutError:
-                    yield Heartbeat()
-                    continue
+                try:  # wait_for costs a task per call: skip it when an event is ready
+                    event = sink.get_nowait()
+                except asyncio.QueueEmpty:
+                    try:
+                        event = await asyncio.wait_for(
+                            sink.get(), self.spec.engine.heartbeat_seconds
+                        )
+                    except asyncio.TimeoutError:
+                        yield Heartbeat()
+                        continue
                 done = isinstance(event, Finished | Failed)
                 yield event
         finally:

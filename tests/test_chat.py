@@ -1,0 +1,15 @@
+"""The per-token SSE template renders exactly what the pydantic chunk model renders."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mlxdeploy.chat import Completion, _chunk, _sse
+from mlxdeploy.protocol import Delta
+
+
+@given(st.text(), st.text(min_size=1))
+def test_content_event_matches_the_chunk_model(text: str, model: str) -> None:
+    completion = Completion(model=model)
+    assert completion.content_event(text) == _sse(_chunk(completion, Delta(content=text)))

@@ -13,9 +13,20 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .admission import Admission, Slot
+from .auth import ApiKeys, load_api_keys
 from .chat import Completion, complete, stream
-from .errors import APIError, InvalidRequest, MethodNotAllowed, ModelNotFound, NotFound, Unavailable
+from .errors import (
+    APIError,
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
+from .gate import install_gate
 from .generation import Engine
+from .limits import Deadline, check_context, check_max_tokens, stream_within, within
 from .protocol import (
     ChatCompletionRequest,
     ErrorBody,
@@ -31,16 +42,16 @@ from .spec import Spec
 
 log = logging.getLogger("mlxdeploy.app")
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
 M = TypeVar("M", bound=BaseModel)
 
 
-def create_app(spec: Spec, engine: Engine) -> Quart:
+def create_app(spec: Spec, engine: Engine, api_keys: ApiKeys | None = None) -> Quart:
+    """`api_keys`: the keys `load_api_keys` read at startup; None reads them from the spec."""
     app = Quart("mlxdeploy")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as generation does
         BODY_TIMEOUT=60,
-        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        MAX_CONTENT_LENGTH=spec.limits.max_body_bytes,  # 413, also for chunked bodies
         JSON_SORT_KEYS=False,
     )
     created = now()
@@ -69,24 +80,28 @@ def create_app(spec: Spec, engine: Engine) -> Quart:
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
+        deadline = Deadline.start(spec.limits.request_timeout_seconds)
         body = await _parse(ChatCompletionRequest)
+        check_max_tokens(body, spec.limits)
         _check_model(body.model, engine)
         _check_ready(engine)
         slot = admission.enter()
         handed_to_stream = False
         try:
             prompt = await asyncio.to_thread(engine.prepare, body.messages, body.role_mapping)
+            check_context(prompt, engine.context_length)
             params = resolve_params(body, spec)
             completion = Completion(model=engine.model_id, include_usage=body.include_usage)
             if body.stream:
-                events = _releasing(slot, stream(engine, prompt, params, completion))
+                events = stream_within(stream(engine, prompt, params, completion), deadline)
                 handed_to_stream = True
-                return _event_stream(events)
-            return _json(await complete(engine, prompt, params, completion))
+                return _event_stream(_releasing(slot, events))
+            return _json(await within(complete(engine, prompt, params, completion), deadline))
         finally:
             if not handed_to_stream:
                 slot.release()
 
+    install_gate(app, spec, api_keys or load_api_keys(spec.auth, spec.base_dir))
     register_error_handlers(app)
     return app
 
@@ -101,10 +116,15 @@ async def _releasing(slot: Slot, events: AsyncIterator[str]) -> AsyncIterator[st
 
 
 def resolve_params(body: SamplingFields, spec: Spec) -> GenerationParams:
-    """The request's own fields win over the spec's defaults; stop words add up."""
+    """The request's own fields win over the spec's defaults; stop words add up.
+
+    The spec's default max_tokens is capped by limits.max_tokens (requests above it are 400).
+    """
     d = spec.defaults
     return GenerationParams(
-        max_tokens=body.max_tokens or body.max_completion_tokens or d.max_tokens,
+        max_tokens=body.max_tokens
+        or body.max_completion_tokens
+        or min(d.max_tokens, spec.limits.max_tokens),
         temperature=d.temperature if body.temperature is None else body.temperature,
         top_p=d.top_p if body.top_p is None else body.top_p,
         repetition_penalty=(
@@ -186,6 +206,8 @@ def register_error_handlers(app: Quart) -> None:
             mapped = NotFound(f"no route for {request.method} {request.path}")
         elif status == 405:
             mapped = MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
+        elif status == 413:
+            mapped = PayloadTooLarge(request.max_content_length or 0)
         else:
             mapped = InvalidRequest(exc.description or exc.name)
             mapped.status = status

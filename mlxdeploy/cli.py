@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from enum import Enum
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from .auth import AuthConfigError, load_api_keys
+from .logs import configure_logging
 from .spec import Problem, SpecError, format_problems, load_spec, spec_json_schema
 
 app = typer.Typer(
@@ -20,6 +21,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
 
 
 class Format(str, Enum):
@@ -68,21 +74,28 @@ def up(
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (beats spec and env).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(help="text, or json: one JSON object per line (beats server.log_format)."),
+    ] = None,
 ) -> None:
     """Validate SPEC, load its model and serve the OpenAI-compatible API until SIGINT/SIGTERM."""
     overrides: dict[str, Any] = {
         k: v for k, v in {"host": host, "port": port}.items() if v is not None
     }
+    if log_format is not None:
+        overrides["server"] = {"log_format": log_format.value}
     try:
         loaded = load_spec(spec, **overrides)
+        api_keys = load_api_keys(loaded.auth, loaded.base_dir)
     except SpecError as exc:
         raise _fail(exc.problems) from None
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    except AuthConfigError as exc:
+        raise _fail([Problem(str(spec), None, None, exc.field, exc.message)]) from None
+    configure_logging(loaded.server, log_level)
     from .server import serve
 
-    result = asyncio.run(serve(loaded))
+    result = asyncio.run(serve(loaded, api_keys))
     if result.error:
         typer.echo(f"{spec}: model: {result.error}" if result.exit_code else result.error, err=True)
     raise typer.Exit(result.exit_code)

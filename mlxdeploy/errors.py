@@ -68,3 +68,38 @@ class TooManyRequests(APIError):
     def __init__(self, message: str, retry_after: int):
         super().__init__(message, code="server_busy")
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class Unauthorized(APIError):
+    status = 401
+    type = "invalid_request_error"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+    def __init__(self, message: str):
+        super().__init__(message, code="invalid_api_key")
+
+
+class Forbidden(APIError):
+    status = 403
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+    type = "invalid_request_error"
+
+    def __init__(self, limit: int):
+        super().__init__(
+            f"the request body is larger than this server's limit of {limit} bytes",
+            code="request_too_large",
+        )
+
+
+class RequestTimeout(APIError):
+    status = 504
+    type = "timeout"
+
+    def __init__(self, seconds: float):
+        super().__init__(
+            f"the request did not finish within {seconds:g} seconds", code="request_timeout"
+        )

@@ -73,6 +73,11 @@ class Engine(Protocol):
         """Requests admitted to the generation thread and not yet finished."""
         ...
 
+    @property
+    def context_length(self) -> int | None:
+        """Most tokens the model attends to (prompt + completion); None when unknown."""
+        ...
+
     def prepare(
         self, messages: Sequence[ChatMessage], role_mapping: RoleMappingOverride | None
     ) -> Prompt:

@@ -12,7 +12,9 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
 from .app import create_app
+from .auth import ApiKeys
 from .blas import load_fast_blas
+from .logs import ACCESS_LOGGER, AccessLogger
 from .spec import Spec
 
 if TYPE_CHECKING:
@@ -36,13 +38,13 @@ def hypercorn_config(spec: Spec) -> Config:
     config.backlog = LISTEN_BACKLOG
     config.graceful_timeout = 30.0
     config.keep_alive_timeout = 75.0
-    config.accesslog = logging.getLogger("mlxdeploy.access")
-    config.access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
+    config.logger_class = AccessLogger  # access lines without headers; JSON fields
+    config.accesslog = logging.getLogger(ACCESS_LOGGER) if spec.server.access_log else None
     config.errorlog = logging.getLogger("mlxdeploy.server")
     return config
 
 
-async def serve(spec: Spec) -> ServeResult:
+async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
     log.info(load_fast_blas().describe())  # before MLX is imported
     from .engine.engine import MLXEngine  # the only place the server reaches for MLX
 
@@ -53,7 +55,7 @@ async def serve(spec: Spec) -> ServeResult:
     engine = MLXEngine(spec)
     engine.start(loop)
     watcher = asyncio.create_task(_watch_load(engine, stop))
-    app = create_app(spec, engine)
+    app = create_app(spec, engine, api_keys)
     try:
         await hypercorn_serve(app, hypercorn_config(spec), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
     except OSError as exc:

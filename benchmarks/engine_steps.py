@@ -1,0 +1,75 @@
+"""In-process step timings: mlx-lm's BatchGenerator against mlxdeploy's engine pieces.
+
+    python benchmarks/engine_steps.py /tmp/bench-30m --batch 1 8 32
+
+Prints decode ms/step for both generators (greedy, random prompts) and prefill tok/s of the
+model with and without mlxdeploy's CPU kernels. No HTTP: this isolates the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+from mlxdeploy.blas import load_fast_blas
+
+
+def decode_ms(model: object, cls: type, batch: int, sampler: object) -> float:
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1000, 40000) for _ in range(64)] for _ in range(batch)]
+    gen = cls(model, completion_batch_size=max(batch, 8), prefill_batch_size=max(batch, 8))
+    gen.insert(prompts, max_tokens=[100_000] * batch, samplers=[sampler] * batch)
+    while len(gen._generation_batch) < batch:
+        gen.next()
+    for _ in range(3):
+        gen.next()
+    start, steps = time.perf_counter(), 20
+    for _ in range(steps):
+        gen.next()
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def prefill_tok_s(model: object, batch: int = 8, length: int = 128) -> float:
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    tokens = mx.random.randint(0, 40000, (batch, length))
+
+    def run() -> None:
+        cache = make_prompt_cache(model)
+        model.model(tokens, cache=cache)  # type: ignore[attr-defined]
+        mx.eval([c.state for c in cache])
+
+    run()
+    start = time.perf_counter()
+    for _ in range(3):
+        run()
+    return 3 * batch * length / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a local mlx-lm model dir")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    args = parser.parse_args()
+    print(load_fast_blas().describe())
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.utils import load
+
+    from mlxdeploy.engine.batch import FastBatchGenerator
+    from mlxdeploy.engine.kernels import use_fast_kernels
+    from mlxdeploy.engine.sampling import greedy
+
+    model = load(args.model)[0]
+    print(f"prefill 8x128, mlx-lm model: {prefill_tok_s(model):.0f} tok/s")
+    for batch in args.batch:
+        base = decode_ms(model, BatchGenerator, batch, greedy)
+        fast = decode_ms(model, FastBatchGenerator, batch, greedy)
+        print(f"decode, {batch} sequences: mlx-lm {base:.1f} ms/step, mlxdeploy {fast:.1f} ms/step")
+    use_fast_kernels(model)
+    print(f"prefill 8x128, with mlxdeploy's CPU kernels: {prefill_tok_s(model):.0f} tok/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The gate every request passes: a request id, CORS preflight, then the API key."""
+
+from __future__ import annotations
+
+from quart import Quart, Response, g, request
+
+from .auth import ApiKeys
+from .cors import CorsPolicy, is_preflight
+from .request_ids import HEADER, choose_request_id, new_request_id
+from .spec import Spec
+
+PUBLIC_PATHS = frozenset({"/health"})
+
+
+def install_gate(app: Quart, spec: Spec, api_keys: ApiKeys | None) -> None:
+    """Register the hooks. Preflights never need a key: browsers cannot send one with them."""
+    cors = CorsPolicy.from_settings(spec.cors)
+
+    @app.before_request
+    async def admit() -> Response | None:
+        g.request_id = choose_request_id(request.headers.get(HEADER))
+        if is_preflight(request):
+            return cors.preflight(request.headers.get("Origin"))
+        if api_keys is not None and request.path not in PUBLIC_PATHS:
+            api_keys.check(request.headers.get("Authorization"))
+        return None
+
+    @app.after_request
+    async def tag(response: Response) -> Response:
+        response.headers[HEADER] = g.get("request_id") or new_request_id()
+        cors.decorate(response, request.headers.get("Origin"))
+        return response

@@ -1,0 +1,94 @@
+"""Logging for `mlxdeploy up`: text for people or one JSON object per line, and the access log.
+
+`configure_logging` is the only place handlers are installed. The access log is written by
+`AccessLogger` (Hypercorn's logger class) from the scope and the response summary, and names
+only safe fields: Hypercorn's own access atoms carry every request header (Authorization
+included) and every environment variable (API keys included).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from hypercorn.logging import Logger as HypercornLogger
+from hypercorn.typing import ResponseSummary, WWWScope
+
+from .request_ids import HEADER
+from .spec import ServerSettings
+
+ACCESS_LOGGER = "mlxdeploy.access"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+ACCESS_FIELDS = ("request_id", "method", "path", "status", "duration_ms")
+_REQUEST_ID_HEADER = HEADER.lower().encode()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, and access fields if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in ACCESS_FIELDS:
+            if hasattr(record, field):
+                entry[field] = getattr(record, field)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure_logging(settings: ServerSettings, level: str) -> None:
+    """Install the one root handler; every logger (app, engine, access, Hypercorn) uses it."""
+    handler = logging.StreamHandler()
+    json_lines = settings.log_format == "json"
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.captureWarnings(json_lines)  # warnings.warn() would print plain text otherwise
+
+
+class AccessLogger(HypercornLogger):
+    """Hypercorn's logger with an access line that has structured fields and no secrets."""
+
+    async def access(
+        self, request: WWWScope, response: ResponseSummary | None, request_time: float
+    ) -> None:
+        if self.access_logger is None:
+            return
+        fields = access_fields(request, response, request_time)
+        self.access_logger.info(render_access(request, fields), extra=fields)
+
+
+def access_fields(
+    request: WWWScope, response: ResponseSummary | None, request_time: float
+) -> dict[str, Any]:
+    """`status` is None when the client went away before the response was complete."""
+    headers = dict(response.get("headers", [])) if response is not None else {}
+    request_id = headers.get(_REQUEST_ID_HEADER, b"").decode("latin-1") or None
+    return {
+        "request_id": request_id,
+        "method": request.get("method", "GET"),
+        "path": request.get("path", ""),
+        "status": response["status"] if response is not None else None,
+        "duration_ms": round(request_time * 1000, 3),
+    }
+
+
+def render_access(request: WWWScope, fields: dict[str, Any]) -> str:
+    client = request.get("client")
+    peer = f"{client[0]}:{client[1]}" if client and len(client) == 2 else "-"
+    version = request.get("http_version", "1.1")
+    status = fields["status"] if fields["status"] is not None else "-"
+    return (
+        f'{peer} "{fields["method"]} {fields["path"]} HTTP/{version}" {status} '
+        f"{fields['duration_ms']:.1f}ms id={fields['request_id'] or '-'}"
+    )

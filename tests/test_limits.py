@@ -1,0 +1,165 @@
+"""Per-request limits through a real `mlxdeploy up`: body size, max_tokens, context, timeouts."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TINY_CONFIG, write_spec
+from tests.servers import RunningServer, start_server
+
+CHAT = "/v1/chat/completions"
+USER = [{"role": "user", "content": "hi"}]
+BODY_LIMIT = 2048
+TOKEN_CAP = 8
+TIMEOUT = 0.5
+# Enough tokens to run far past TIMEOUT at this model's few hundred tokens a second.
+LONG = {"messages": USER, "max_tokens": 20000, "temperature": 0, "stop": []}
+
+
+@pytest.fixture(scope="module")
+def capped(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
+    spec = write_spec(
+        tmp_path_factory.mktemp("limits") / "capped.yaml",
+        tiny_model_dir,
+        name="tiny",
+        defaults={"max_tokens": 50},  # above the cap: the cap wins
+        limits={"max_body_bytes": BODY_LIMIT, "max_tokens": TOKEN_CAP},
+    )
+    with start_server(spec) as server, httpx.Client(base_url=server.base_url, timeout=60) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def slow_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    spec = write_spec(
+        tmp_path_factory.mktemp("limits") / "timeout.yaml",
+        tiny_model_dir,
+        name="tiny",
+        limits={"request_timeout_seconds": TIMEOUT, "max_tokens": 100000},
+    )
+    with start_server(spec) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def timed(slow_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=slow_server.base_url, timeout=60) as http:
+        yield http
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["x-request-id"]
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    return error
+
+
+def padded_body(size: int) -> bytes:
+    """A valid chat request of exactly `size` bytes."""
+    body = {"messages": [{"role": "user", "content": ""}], "max_tokens": 1}
+    pad = size - len(json.dumps(body).encode())
+    body["messages"][0]["content"] = "x" * pad
+    raw = json.dumps(body).encode()
+    assert len(raw) == size
+    return raw
+
+
+JSON = {"content-type": "application/json"}
+
+
+def test_body_at_the_limit_is_served(capped: httpx.Client) -> None:
+    assert capped.post(CHAT, content=padded_body(BODY_LIMIT), headers=JSON).status_code == 200
+
+
+def test_body_over_the_limit_is_413(capped: httpx.Client) -> None:
+    response = capped.post(CHAT, content=padded_body(BODY_LIMIT + 1), headers=JSON)
+    error = assert_error(response, 413, "request_too_large")
+    assert str(BODY_LIMIT) in error["message"]
+    assert capped.get("/health").status_code == 200
+
+
+def test_chunked_body_over_the_limit_is_413(capped: httpx.Client) -> None:
+    """No Content-Length: the limit is enforced while the body streams in."""
+    raw = padded_body(64 * 1024)
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(raw), 1000):
+            yield raw[start : start + 1000]
+
+    response = capped.post(CHAT, content=chunks(), headers=JSON)
+    assert "content-length" not in response.request.headers
+    assert_error(response, 413, "request_too_large")
+
+
+@pytest.mark.parametrize("param", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_above_the_cap_is_400(capped: httpx.Client, param: str) -> None:
+    response = capped.post(CHAT, json={"messages": USER, param: TOKEN_CAP + 1})
+    error = assert_error(response, 400, "integer_above_max_value")
+    assert error["param"] == param
+    assert str(TOKEN_CAP) in error["message"]
+    ok = capped.post(CHAT, json={"messages": USER, param: TOKEN_CAP})
+    assert ok.status_code == 200
+
+
+def test_default_max_tokens_is_capped(capped: httpx.Client) -> None:
+    reply = capped.post(CHAT, json={"messages": USER, "temperature": 0, "stop": []}).json()
+    assert reply["usage"]["completion_tokens"] <= TOKEN_CAP
+    if reply["choices"][0]["finish_reason"] == "length":
+        assert reply["usage"]["completion_tokens"] == TOKEN_CAP
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_longer_than_the_context_is_400(timed: httpx.Client, stream: bool) -> None:
+    context = TINY_CONFIG["max_position_embeddings"]
+    messages = [{"role": "user", "content": "hello " * (context + 100)}]
+    response = timed.post(CHAT, json={"messages": messages, "max_tokens": 1, "stream": stream})
+    error = assert_error(response, 400, "context_length_exceeded")
+    assert error["param"] == "messages"
+    assert str(context) in error["message"]
+
+
+def wait_idle(http: httpx.Client, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while http.get("/health").json()["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert http.get("/health").json()["running"] == 0
+
+
+def test_short_request_finishes_within_the_timeout(timed: httpx.Client) -> None:
+    assert timed.post(CHAT, json={"messages": USER, "max_tokens": 2}).status_code == 200
+
+
+def test_timeout_without_streaming_is_504_and_frees_the_slot(timed: httpx.Client) -> None:
+    started = time.monotonic()
+    response = timed.post(CHAT, json=LONG)
+    elapsed = time.monotonic() - started
+    error = assert_error(response, 504, "request_timeout")
+    assert error["type"] == "timeout"
+    assert TIMEOUT <= elapsed < TIMEOUT + 5
+    wait_idle(timed)
+
+
+def test_timeout_while_streaming_sends_one_error_event(timed: httpx.Client) -> None:
+    with timed.stream("POST", CHAT, json={**LONG, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["x-request-id"]
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] != "data: [DONE]"
+    events = [json.loads(line[6:]) for line in lines]
+    assert [e for e in events if "error" in e] == [events[-1]]
+    assert events[-1]["error"]["type"] == "timeout"
+    assert events[-1]["error"]["code"] == "request_timeout"
+    assert len(events) > 2  # it was generating when the time ran out
+    wait_idle(timed)

@@ -61,6 +61,19 @@ class Failed:
 Event = Progress | Heartbeat | Text | Finished | Failed
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the generation thread, read at scrape time. Totals count since start."""
+
+    waiting: int = 0  # requests waiting for a batch slot
+    batch_size: int = 0  # requests in the running batch (reading their prompt or decoding)
+    prompt_tokens: int = 0  # prompt tokens of admitted requests, cached ones included
+    completion_tokens: int = 0  # tokens generated
+    prefix_cache_hits: int = 0  # requests that reused cached prompt tokens
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache
+    step_failures: int = 0  # generation steps that raised (their requests failed)
+
+
 class Engine(Protocol):
     @property
     def model_id(self) -> str: ...
@@ -86,4 +99,14 @@ class Engine(Protocol):
 
     def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncGenerator[Event, None]:
         """Stream events; closing the iterator early cancels the request within one step."""
+        ...
+
+    def stats(self) -> EngineStats:
+        """Current numbers of the generation thread (cheap; safe from the event loop)."""
+        ...
+
+    def abort(self, message: str) -> None:
+        """End every request in flight now with `Failed(message)`; later ones fail the same way.
+
+        For the end of a shutdown's grace period: called on the event loop."""
         ...

@@ -56,3 +56,8 @@ class FastBatchGenerator(BatchGenerator):
         # Sequences that finish prefill are merged into this batch object, so its class
         # decides how every decode step runs.
         self._generation_batch = LogitsGenerationBatch.empty(self.model, self.sampler)
+
+    @property
+    def waiting(self) -> int:
+        """Sequences inserted but not yet given a slot in the prompt or decode batch."""
+        return len(self._unprocessed_sequences)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidRequest
-from ..generation import EngineState, Event, Failed, Finished, Heartbeat, Prompt
+from ..generation import EngineState, EngineStats, Event, Failed, Finished, Heartbeat, Prompt
 from ..protocol import ChatMessage, GenerationParams, RoleMappingOverride
 from ..spec import Spec
+from .faults import FaultPlan
 from .loader import ModelLoadError, load_model
 from .prompt import encode_chat
 from .text import TextStream
@@ -34,6 +36,8 @@ class MLXEngine:
         self._tokenizer: Any = None
         self._use_template = False
         self.context_length: int | None = None
+        self._live: set[Job] = set()  # requests being streamed; touched on the event loop only
+        self._aborted: str | None = None
 
     @property
     def model_id(self) -> str:
@@ -48,6 +52,17 @@ class MLXEngine:
     @property
     def running(self) -> int:
         return self._worker.active if self._worker is not None else 0
+
+    def stats(self) -> EngineStats:
+        return self._worker.stats() if self._worker is not None else EngineStats()
+
+    def abort(self, message: str) -> None:
+        self._aborted = message
+        for job in self._live:
+            job.sink.put_nowait(Failed(message))
+            job.cancelled = True
+            if self._worker is not None:
+                self._worker.cancel(job)
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -67,6 +82,11 @@ class MLXEngine:
 
     def _main(self) -> None:
         try:
+            fault = FaultPlan.from_env(os.environ)
+        except ValueError as exc:
+            self._fail(str(exc))
+            return
+        try:
             model, self._tokenizer = load_model(self.spec.source, self._cache_root)
         except ModelLoadError as exc:
             self._fail(str(exc))
@@ -81,7 +101,7 @@ class MLXEngine:
             self._fail(str(exc))
             return
         self.context_length = _context_length(model)
-        self._worker = Worker(model, self._tokenizer, self.spec.engine, self._deliver)
+        self._worker = Worker(model, self._tokenizer, self.spec.engine, self._deliver, fault)
         self._state = "ready"
         self._loaded.set()
         log.info("model %s ready (%s)", self.model_id, self.prompt_format)
@@ -91,6 +111,7 @@ class MLXEngine:
         except BaseException:
             log.exception("the generation thread died")
             self._state = "failed"
+            self._worker.fail_all("the generation thread stopped; the server cannot generate")
 
     def _fail(self, message: str) -> None:
         self.error = message
@@ -135,6 +156,10 @@ class MLXEngine:
         self, prompt: Prompt, params: GenerationParams
     ) -> AsyncGenerator[Event, None]:
         assert self._worker is not None
+        refusal = self._refusal()
+        if refusal is not None:
+            yield Failed(refusal)
+            return
         sink: asyncio.Queue[Event] = asyncio.Queue()
         stop_words = tuple(dict.fromkeys((*params.stop, *self.spec.stop)))
         job = Job(
@@ -144,6 +169,7 @@ class MLXEngine:
             text=TextStream.create(self._tokenizer.decode, stop_words),
         )
         self._worker.submit(job)
+        self._live.add(job)
         done = False
         try:
             while not done:
@@ -155,14 +181,26 @@ class MLXEngine:
                             sink.get(), self.spec.engine.heartbeat_seconds
                         )
                     except asyncio.TimeoutError:
-                        yield Heartbeat()
-                        continue
+                        refusal = self._refusal()  # the thread may have died meanwhile
+                        if refusal is None:
+                            yield Heartbeat()
+                            continue
+                        event = Failed(refusal)
                 done = isinstance(event, Finished | Failed)
                 yield event
         finally:
+            self._live.discard(job)
             if not done:
                 job.cancelled = True
                 self._worker.cancel(job)
+
+    def _refusal(self) -> str | None:
+        """Why a request cannot be generated now, or None."""
+        if self._aborted is not None:
+            return self._aborted
+        if self.state == "failed":
+            return "the generation thread stopped; the server cannot generate"
+        return None
 
 
 def _put_all(items: list[tuple[Sink, Event]]) -> None:

@@ -18,10 +18,11 @@ import mlx.core as mx
 from mlx_lm.generate import StopSequences
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
-from ..generation import Event, Failed, Finished, FinishReason, Progress, Text
+from ..generation import EngineStats, Event, Failed, Finished, FinishReason, Progress, Text
 from ..protocol import GenerationParams
 from ..spec import EngineSettings
 from .batch import FastBatchGenerator
+from .faults import FaultPlan
 from .sampling import SamplerCache
 from .text import TextStream
 
@@ -31,7 +32,7 @@ Sink = Any  # the request's asyncio.Queue; only the event loop touches it
 Deliver = Callable[[list[tuple[Sink, Event]]], None]
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: hashable by identity, never equal to another
 class Job:
     prompt: list[int]
     params: GenerationParams
@@ -44,8 +45,27 @@ class Job:
     events: list[Event] = field(default_factory=list)
 
 
+@dataclass
+class Counters:
+    """Totals since start; plain ints written by the generation thread, read at scrape time."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefix_cache_hits: int = 0
+    cached_tokens: int = 0
+    step_failures: int = 0
+    queued: int = 0  # inserted into the generator, not yet given a batch slot
+
+
 class Worker:
-    def __init__(self, model: Any, tokenizer: Any, settings: EngineSettings, deliver: Deliver):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        settings: EngineSettings,
+        deliver: Deliver,
+        fault: FaultPlan | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
@@ -59,6 +79,8 @@ class Worker:
         eos = sorted(tokenizer.eos_token_ids)
         self._stop_sequences = StopSequences([[t] for t in eos])
         self._generator: FastBatchGenerator | None = None
+        self._fault = fault
+        self.counters = Counters()
 
     # -- called from other threads -------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -75,21 +97,44 @@ class Worker:
     def active(self) -> int:
         return len(self._jobs)
 
+    def stats(self) -> EngineStats:
+        c = self.counters
+        queued = min(c.queued, len(self._jobs))
+        return EngineStats(
+            waiting=self._inbox.qsize() + queued,
+            batch_size=len(self._jobs) - queued,
+            prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens,
+            prefix_cache_hits=c.prefix_cache_hits,
+            cached_tokens=c.cached_tokens,
+            step_failures=c.step_failures,
+        )
+
     # -- the generation thread -----------------------------------------------------------
     def run(self) -> None:
         self._generator = self._new_generator()
         while not self._stop.is_set():
             self._admit(block=not self._jobs)
-            self._drop_cancelled()
-            if not self._jobs:
-                continue
             try:
-                self._step()
+                self._drop_cancelled()
+                if self._jobs:
+                    self._step()
             except Exception as exc:  # contain the failure to the requests in the batch
                 log.exception("generation step failed")
+                self.counters.step_failures += 1
                 self._fail_all(f"generation failed: {exc}")
-                self._generator = self._new_generator()
-        self._fail_all("the server is shutting down", include_waiting=True)
+                self._replace_generator()
+            self.counters.queued = self._generator.waiting if self._generator else 0
+        self.fail_all("the server is shutting down")
+
+    def _replace_generator(self) -> None:
+        """After a failed step the batch's state is unknown: start from an empty one."""
+        if self._generator is not None:
+            try:
+                self._generator.close()
+            except Exception:
+                log.exception("closing the failed batch generator")
+        self._generator = self._new_generator()
 
     def _new_generator(self) -> FastBatchGenerator:
         s = self.settings
@@ -108,11 +153,18 @@ class Worker:
             return
         while job is not None:
             if not job.cancelled:
-                self._insert(job)
+                self._insert_or_fail(job)
             try:
                 job = self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _insert_or_fail(self, job: Job) -> None:
+        try:
+            self._insert(job)
+        except Exception as exc:  # only this request fails; the batch goes on
+            log.exception("admitting a request failed")
+            self._deliver([(job.sink, Failed(f"generation failed: {exc}"))])
 
     def _insert(self, job: Job) -> None:
         assert self._generator is not None
@@ -131,6 +183,14 @@ class Worker:
             stop_sequences=[self._stop_sequences],
         )
         self._jobs[job.uid] = job
+        self._count_prompt(job)
+
+    def _count_prompt(self, job: Job) -> None:
+        c = self.counters
+        c.prompt_tokens += len(job.prompt)
+        if job.cached_tokens:
+            c.prefix_cache_hits += 1
+            c.cached_tokens += job.cached_tokens
 
     def _fetch_cache(self, prompt: list[int]) -> tuple[list[Any] | None, list[int]]:
         if self.settings.prompt_cache_bytes <= 0:
@@ -153,13 +213,17 @@ class Worker:
                 job = self._cancelled.get_nowait()
             except queue.Empty:
                 break
-            if self._jobs.pop(job.uid, None) is not None:
+            # The identity check matters: after a failed step the new generator reuses uids.
+            if self._jobs.get(job.uid) is job:
+                del self._jobs[job.uid]
                 uids.append(job.uid)
         if uids:
             self._generator.remove(uids)
 
     def _step(self) -> None:
         assert self._generator is not None
+        if self._fault is not None:
+            self._fault.check(job.completion_tokens for job in self._jobs.values())
         prompt_responses, responses = self._generator.next()
         out: list[tuple[Sink, Event]] = []
         for pr in prompt_responses:
@@ -188,6 +252,7 @@ class Worker:
     def _advance(self, job: Job, token: int, finish: str | None) -> FinishReason | None:
         """Feed one generated token to the job; return its finish reason when it is done."""
         job.completion_tokens += 1
+        self.counters.completion_tokens += 1
         reason: FinishReason | None = None
         if finish == "stop":  # an end-of-sequence token: not part of the text
             piece, reason = job.text.finish(), "stop"
@@ -211,6 +276,10 @@ class Worker:
             return
         self._prompt_cache.insert_cache(0, list(tokens), cache)
         self._prompt_cache.trim_to(n_bytes=budget)
+
+    def fail_all(self, message: str) -> None:
+        """Fail every request, waiting ones included; for the end of the generation thread."""
+        self._fail_all(message, include_waiting=True)
 
     def _fail_all(self, message: str, include_waiting: bool = False) -> None:
         jobs, self._jobs = list(self._jobs.values()), {}

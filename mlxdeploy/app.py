@@ -14,7 +14,9 @@ from werkzeug.exceptions import HTTPException
 
 from .admission import Admission, Slot
 from .auth import ApiKeys, load_api_keys
+from .body import decode_json, install_body_reader
 from .chat import Completion, complete, stream
+from .drain import install_drain
 from .errors import (
     APIError,
     InvalidRequest,
@@ -26,7 +28,8 @@ from .errors import (
 )
 from .gate import install_gate
 from .generation import Engine
-from .limits import Deadline, check_context, check_max_tokens, stream_within, within
+from .limits import Deadline, check_context, check_max_tokens, ending_on_timeout
+from .metrics import Metrics, RequestMetrics, TimedEngine
 from .protocol import (
     ChatCompletionRequest,
     ErrorBody,
@@ -55,10 +58,15 @@ def create_app(spec: Spec, engine: Engine, api_keys: ApiKeys | None = None) -> Q
         JSON_SORT_KEYS=False,
     )
     created = now()
+    admission = Admission(limit=spec.engine.max_batch_size + spec.engine.max_queue)
+    drain = install_drain(app, admission)
+    install_body_reader(app)  # before the gate's hooks: a 401 must not leave a body unread
+    metrics = Metrics(engine)
+    engine = TimedEngine(engine, metrics)  # times every generation's first token
 
     @app.get("/health")
     async def health() -> Response:
-        state = engine.state
+        state = "draining" if drain.draining else engine.state
         body = {
             "status": "ok" if state == "ready" else state,
             "model": engine.model_id,
@@ -76,7 +84,10 @@ def create_app(spec: Spec, engine: Engine, api_keys: ApiKeys | None = None) -> Q
             raise ModelNotFound(model_id)
         return _json(ModelCard(id=engine.model_id, created=created))
 
-    admission = Admission(limit=spec.engine.max_batch_size + spec.engine.max_queue)
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        payload, content_type = metrics.render(request.headers.get("Accept"))
+        return Response(payload, 200, content_type=content_type)
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
@@ -92,17 +103,19 @@ def create_app(spec: Spec, engine: Engine, api_keys: ApiKeys | None = None) -> Q
             check_context(prompt, engine.context_length)
             params = resolve_params(body, spec)
             completion = Completion(model=engine.model_id, include_usage=body.include_usage)
+            bounded = deadline.bound(engine)  # RequestTimeout at the deadline: 504 or SSE error
             if body.stream:
-                events = stream_within(stream(engine, prompt, params, completion), deadline)
+                events = ending_on_timeout(stream(bounded, prompt, params, completion))
                 handed_to_stream = True
                 return _event_stream(_releasing(slot, events))
-            return _json(await within(complete(engine, prompt, params, completion), deadline))
+            return _json(await complete(bounded, prompt, params, completion))
         finally:
             if not handed_to_stream:
                 slot.release()
 
     install_gate(app, spec, api_keys or load_api_keys(spec.auth, spec.base_dir))
     register_error_handlers(app)
+    app.asgi_app = RequestMetrics(app.asgi_app, metrics, app.url_map)  # type: ignore[method-assign]
     return app
 
 
@@ -136,11 +149,7 @@ def resolve_params(body: SamplingFields, spec: Spec) -> GenerationParams:
 
 
 async def _parse(model: type[M]) -> M:
-    raw = await request.get_data()
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    data = decode_json(await request.get_data())
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     try:

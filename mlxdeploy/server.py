@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hypercorn.asyncio import serve as hypercorn_serve
-from hypercorn.config import Config
 
 from .app import create_app
 from .auth import ApiKeys
 from .blas import load_fast_blas
+from .drain import drain_of
 from .logs import ACCESS_LOGGER, AccessLogger
+from .shutdown import TrackedConfig, drain_and_abort, install_signal_handlers
 from .spec import Spec
 
 if TYPE_CHECKING:
@@ -32,11 +32,12 @@ class ServeResult:
     error: str | None = None
 
 
-def hypercorn_config(spec: Spec) -> Config:
-    config = Config()
+def hypercorn_config(spec: Spec) -> TrackedConfig:
+    config = TrackedConfig()
     config.bind = [f"[{spec.host}]:{spec.port}" if ":" in spec.host else f"{spec.host}:{spec.port}"]
     config.backlog = LISTEN_BACKLOG
-    config.graceful_timeout = 30.0
+    # The drain (shutdown.py) has already waited for requests; this bounds closing what is left.
+    config.graceful_timeout = 5.0
     config.keep_alive_timeout = 75.0
     config.logger_class = AccessLogger  # access lines without headers; JSON fields
     config.accesslog = logging.getLogger(ACCESS_LOGGER) if spec.server.access_log else None
@@ -49,15 +50,21 @@ async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
     from .engine.engine import MLXEngine  # the only place the server reaches for MLX
 
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    signals = install_signal_handlers(loop)
+    stop = signals.requested
     engine = MLXEngine(spec)
     engine.start(loop)
     watcher = asyncio.create_task(_watch_load(engine, stop))
     app = create_app(spec, engine, api_keys)
+    config = hypercorn_config(spec)
+
+    async def drained() -> None:  # Hypercorn stops serving when this returns
+        await stop.wait()
+        timeout = spec.server.shutdown_timeout_seconds
+        await drain_and_abort(drain_of(app), engine, config, timeout, signals.forced)
+
     try:
-        await hypercorn_serve(app, hypercorn_config(spec), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        await hypercorn_serve(app, config, shutdown_trigger=drained)  # type: ignore[arg-type]
     except OSError as exc:
         return ServeResult(1, f"cannot listen on {spec.host}:{spec.port}: {exc.strerror or exc}")
     finally:

@@ -1,0 +1,73 @@
+"""Request bodies: read whole on every route, and decoded to JSON with every way a body can be
+malformed answered by a 400, never a 500."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from quart import Quart, Response, request
+
+from .errors import InvalidRequest
+
+# A \uD800-\uDFFF escape: the only way JSON text yields a str that cannot be encoded back.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def install_body_reader(app: Quart) -> None:
+    """Read each request's body before answering, also where the route ignores it.
+
+    Hypercorn keeps a connection alive only when the request was read to its end; otherwise it
+    closes it after a keep-alive response, and the client's next request on it fails."""
+
+    @app.before_request
+    async def read_whole_body() -> None:
+        await request.get_data()  # bounded by MAX_CONTENT_LENGTH: larger bodies get 413
+
+    @app.after_request
+    async def close_after_unread_body(response: Response) -> Response:
+        if response.status_code == 413:  # the rest of the body was never read
+            response.headers["Connection"] = "close"
+        return response
+
+
+def decode_json(raw: bytes | str) -> Any:
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    try:
+        data = json.loads(raw)
+    except RecursionError:  # the C decoder recurses once per nesting level
+        raise InvalidRequest("the request body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(data):
+        raise InvalidRequest(
+            "the request body has a string with an unpaired UTF-16 surrogate escape "
+            "(\\ud800-\\udfff); text must be valid Unicode"
+        )
+    return data
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Walk without recursion: the value may be nested as deeply as the decoder allowed."""
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _unencodable(value):
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

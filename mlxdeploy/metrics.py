@@ -1,0 +1,207 @@
+"""Prometheus metrics of one app: HTTP requests, latency, time to first token, and the engine's
+tokens, queue, batch and prefix cache.
+
+Every metric lives on a `CollectorRegistry` made per app. The engine's numbers are plain ints
+kept by the generation thread; `EngineCollector` reads them when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Map
+
+from .generation import Engine, EngineState, EngineStats, Event, Finished, Prompt, Text
+from .protocol import ChatMessage, GenerationParams, RoleMappingOverride
+
+PREFIX = "mlxdeploy"
+UNMATCHED = "unmatched"  # the route label of requests no route matched (bounds cardinality)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
+
+
+class Metrics:
+    """The app's registry and the metrics the HTTP side records itself."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP requests by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its response (a stream's last byte).",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds",
+            "Time from handing a prompt to the engine to its first generated token.",
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(EngineCollector(engine))
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition a scraper asked for (`Accept`), and its content type."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
+
+
+class EngineCollector(Collector):
+    """Reads the engine's stats at scrape time, so the generation thread never touches metrics."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._engine.stats()
+        yield from _gauges(stats, self._engine.state)
+        yield from _counters(stats)
+
+
+def _gauges(stats: EngineStats, state: EngineState) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        f"{PREFIX}_queue_depth", "Requests waiting for a batch slot.", value=stats.waiting
+    )
+    yield GaugeMetricFamily(
+        f"{PREFIX}_batch_size",
+        "Requests in the running batch (reading their prompt or generating).",
+        value=stats.batch_size,
+    )
+    yield GaugeMetricFamily(
+        f"{PREFIX}_engine_ready", "1 when the model is ready to serve.", value=state == "ready"
+    )
+
+
+def _counters(stats: EngineStats) -> Iterator[Metric]:
+    for name, documentation, value in (
+        ("prompt_tokens", "Prompt tokens of admitted requests, cached ones included.",
+         stats.prompt_tokens),
+        ("completion_tokens", "Tokens generated.", stats.completion_tokens),
+        ("prefix_cache_hits", "Requests that reused cached prompt tokens.",
+         stats.prefix_cache_hits),
+        ("prefix_cache_tokens", "Prompt tokens taken from the prefix cache.",
+         stats.cached_tokens),
+        ("generation_step_failures", "Generation steps that failed their batch.",
+         stats.step_failures),
+    ):  # fmt: skip
+        yield CounterMetricFamily(f"{PREFIX}_{name}", documentation, value=value)
+
+
+class TimedEngine:
+    """An Engine that records each generation's time to first token; all else passes through."""
+
+    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+        self._engine = engine
+        self._ttft = metrics.ttft
+
+    @property
+    def model_id(self) -> str:
+        return self._engine.model_id
+
+    @property
+    def state(self) -> EngineState:
+        return self._engine.state
+
+    @property
+    def running(self) -> int:
+        return self._engine.running
+
+    @property
+    def context_length(self) -> int | None:
+        return self._engine.context_length
+
+    def prepare(
+        self, messages: Sequence[ChatMessage], role_mapping: RoleMappingOverride | None
+    ) -> Prompt:
+        return self._engine.prepare(messages, role_mapping)
+
+    async def generate(
+        self, prompt: Prompt, params: GenerationParams
+    ) -> AsyncGenerator[Event, None]:
+        started = time.perf_counter()
+        waiting = True
+        async with contextlib.aclosing(self._engine.generate(prompt, params)) as events:
+            async for event in events:
+                if waiting and isinstance(event, Text | Finished):
+                    self._ttft.observe(time.perf_counter() - started)
+                    waiting = False
+                yield event
+
+    def stats(self) -> EngineStats:
+        return self._engine.stats()
+
+    def abort(self, message: str) -> None:
+        self._engine.abort(message)
+
+    def __getattr__(self, name: str) -> Any:  # what the engine offers beyond the protocol
+        return getattr(self._engine, name)
+
+
+class RequestMetrics:
+    """ASGI middleware: counts every HTTP request by route and status and times it, streams
+    included (the clock stops at the response's last byte)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, url_map: Map) -> None:
+        self._app = app
+        self._metrics = metrics
+        self._url_map = url_map
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app fails before it starts a response
+
+        async def recording_send(message: ASGISendEvent) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, recording_send)
+        finally:
+            route = route_of(self._url_map, scope["method"], scope["path"])
+            self._metrics.observe_request(route, status, time.perf_counter() - started)
+
+
+def route_of(url_map: Map, method: str, path: str) -> str:
+    """The route rule a request matched (`/v1/models/<path:model_id>`), for a bounded label."""
+    adapter = url_map.bind("localhost")
+    try:
+        rule, _ = adapter.match(path, method=method, return_rule=True)
+    except MethodNotAllowed as exc:  # the path has a route, only not for this method
+        methods = sorted(exc.valid_methods or ())
+        if not methods:
+            return UNMATCHED
+        with contextlib.suppress(HTTPException):
+            rule, _ = adapter.match(path, method=methods[0], return_rule=True)
+            return str(rule.rule)
+        return UNMATCHED
+    except HTTPException:  # no route (404) or a redirect to one
+        return UNMATCHED
+    return str(rule.rule)

@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from tests.scrape import scrape
 from tests.servers import RunningServer
 
 CHAT = "/v1/chat/completions"
@@ -128,17 +129,21 @@ def test_role_mapping_request_field_is_used(http: httpx.Client) -> None:
 
 
 def test_disconnect_frees_the_slot(http: httpx.Client) -> None:
-    body = {"messages": USER, "max_tokens": 50000, "stream": True, "temperature": 0, "stop": []}
+    # Under the default limits.max_tokens, and far more than the stream lives here.
+    body = {"messages": USER, "max_tokens": 4000, "stream": True, "temperature": 0, "stop": []}
     received = 0
     with http.stream("POST", CHAT, json=body) as response:
+        assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 assert '"finish_reason":null' in line.replace(" ", "")
                 received += 1
             if received >= 5:
                 assert http.get("/health").json()["running"] == 1
+                assert scrape(http).value("mlxdeploy_batch_size") == 1
                 break
     deadline = time.monotonic() + 10
     while http.get("/health").json()["running"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert http.get("/health").json()["running"] == 0
+    assert scrape(http).value("mlxdeploy_batch_size") == 0

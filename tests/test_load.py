@@ -51,6 +51,7 @@ def single_slot_server(
             "max_queue": 1,
             "heartbeat_seconds": 0.2,
         },
+        limits={"max_tokens": 100000},  # the running stream must outlive the test
     )
     with start_server(spec) as server:
         yield server

@@ -177,20 +177,26 @@ def methods() -> st.SearchStrategy[Probe]:
 
 
 def unicode() -> st.SearchStrategy[Probe]:
-    """Any text where text goes, and lone surrogates and invalid UTF-8 inside strings."""
+    """Any text where text goes, with lone surrogate escapes and invalid UTF-8 spliced into it,
+    in UTF-8 or UTF-16 bodies."""
+    marker = "\ue000"  # a private-use character the text strategy never draws
 
-    def probe(name: str, text: str, raw_escape: str | None) -> Probe:
+    def probe(name: str, text: str, raw_escape: str | None, utf16: bool) -> Probe:
+        text += marker
         body = dict(BASE)
-        value: object = text if name != "stop" else [text]
         if name == "content":
             body["messages"] = [{"role": "user", "content": text}]
         elif name == "role_mapping":
             body[name] = {"user": text}
         else:
-            body[name] = value
-        raw = encode(body)
-        if raw_escape is not None:  # splice an escape into the first string value
-            raw = raw.replace(b'"hi"', b'"hi' + raw_escape.encode("latin-1") + b'"', 1)
+            body[name] = [text] if name == "stop" else text
+        splice = (raw_escape or "").encode("latin-1")
+        raw = encode(body).replace(marker.encode(), splice, 1)
+        if utf16:
+            try:
+                raw = raw.decode("utf-8").encode("utf-16")
+            except UnicodeDecodeError:
+                pass  # invalid UTF-8 on purpose: sent as it is
         return Probe("unicode", raw)
 
     escapes = st.sampled_from(
@@ -199,8 +205,9 @@ def unicode() -> st.SearchStrategy[Probe]:
     return st.builds(
         probe,
         st.sampled_from(("content", "model", "stop", "role_mapping", "unknown")),
-        unicode_text,
+        unicode_text.filter(lambda t: marker not in t),
         st.none() | escapes,
+        st.booleans(),
     )
 
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, cast
 
 from .errors import InvalidRequest, RequestTimeout
-from .generation import Prompt
-from .protocol import SamplingFields
+from .generation import Engine, Event, Prompt
+from .protocol import GenerationParams, SamplingFields
 from .spec import LimitSettings
 
-T = TypeVar("T")
-# Python 3.11+: one timer per step instead of wait_for's task per streamed event.
+# Python 3.11+: one timer per step instead of wait_for's task per event.
 _timeout_at = getattr(asyncio, "timeout_at", None)
 
 
@@ -54,35 +53,60 @@ class Deadline:
     def start(cls, seconds: float) -> Deadline:
         return cls(asyncio.get_running_loop().time() + seconds, seconds)
 
-    def remaining(self) -> float:
-        return max(self.at - asyncio.get_running_loop().time(), 0.0)
+    def passed(self) -> bool:
+        return asyncio.get_running_loop().time() >= self.at
+
+    def bound(self, engine: Engine) -> Engine:
+        """`engine`, whose generations raise RequestTimeout at this deadline."""
+        return cast(Engine, _BoundedEngine(engine, self))
 
 
-async def within(work: Awaitable[T], deadline: Deadline) -> T:
-    """`work`, cancelled at the deadline (which closes the engine's generator: slot freed)."""
-    try:
-        return await asyncio.wait_for(work, deadline.remaining())
-    except asyncio.TimeoutError:
-        raise RequestTimeout(deadline.seconds) from None
+class _BoundedEngine:
+    """Passes everything through; `generate` ends at the deadline and closes the engine's
+    generator, which cancels the request and frees its batch slot.
+
+    The deadline is checked between events as well as by a timer: a cancellation that
+    arrives as an event does can be lost inside the engine (Python 3.11's wait_for returns
+    the event instead), so the timer alone is not enough.
+    """
+
+    def __init__(self, engine: Engine, deadline: Deadline) -> None:
+        self._engine = engine
+        self._deadline = deadline
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    async def generate(
+        self, prompt: Prompt, params: GenerationParams
+    ) -> AsyncGenerator[Event, None]:
+        async with contextlib.aclosing(self._engine.generate(prompt, params)) as events:
+            while True:
+                try:
+                    event = await _next_before(events, self._deadline)
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError:
+                    raise RequestTimeout(self._deadline.seconds) from None
+                yield event
 
 
-async def stream_within(events: AsyncIterator[str], deadline: Deadline) -> AsyncIterator[str]:
-    """Pass `events` on until the deadline; then one SSE error event and the end."""
-    async with contextlib.aclosing(events):  # type: ignore[type-var]
-        while True:
-            try:
-                event = await _next_before(events, deadline)
-            except StopAsyncIteration:
-                return
-            except asyncio.TimeoutError:
-                body = RequestTimeout(deadline.seconds).body().model_dump()
-                yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
-                return
-            yield event
-
-
-async def _next_before(events: AsyncIterator[str], deadline: Deadline) -> str:
-    if _timeout_at is None:
-        return await asyncio.wait_for(anext(events), deadline.remaining())
+async def _next_before(events: AsyncIterator[Event], deadline: Deadline) -> Event:
+    if deadline.passed():
+        raise asyncio.TimeoutError
+    if _timeout_at is None:  # Python 3.10
+        remaining = deadline.at - asyncio.get_running_loop().time()
+        return await asyncio.wait_for(anext(events), remaining)
     async with _timeout_at(deadline.at):
         return await anext(events)
+
+
+async def ending_on_timeout(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """A stream whose RequestTimeout becomes one SSE error event, the end of the stream."""
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        try:
+            async for event in events:
+                yield event
+        except RequestTimeout as exc:
+            body = json.dumps(exc.body().model_dump(), separators=(",", ":"))
+            yield f"data: {body}\n\n"

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
 
+from mlxdeploy.errors import RequestTimeout
+from mlxdeploy.generation import Engine, Event, Text
+from mlxdeploy.limits import Deadline
 from tests.conftest import TINY_CONFIG, write_spec
 from tests.servers import RunningServer, start_server
 
@@ -163,3 +168,36 @@ def test_timeout_while_streaming_sends_one_error_event(timed: httpx.Client) -> N
     assert events[-1]["error"]["code"] == "request_timeout"
     assert len(events) > 2  # it was generating when the time ran out
     wait_idle(timed)
+
+
+class SwallowingEngine:
+    """Events always ready, and a cancellation that arrives with one is lost (as in 3.11's
+    wait_for): the deadline must still end the generation and close it."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def generate(self, prompt: object, params: object) -> AsyncIterator[Event]:
+        try:
+            while True:
+                try:
+                    await asyncio.sleep(0.001)
+                except asyncio.CancelledError:
+                    pass
+                yield Text("x")
+        finally:
+            self.closed = True
+
+
+def test_deadline_survives_a_lost_cancellation() -> None:
+    async def run(engine: SwallowingEngine) -> float:
+        started = time.monotonic()
+        bounded = Deadline.start(0.2).bound(cast(Engine, engine))
+        with pytest.raises(RequestTimeout):
+            async for _ in bounded.generate(None, None):  # type: ignore[arg-type]
+                pass
+        return time.monotonic() - started
+
+    engine = SwallowingEngine()
+    assert 0.2 <= asyncio.run(run(engine)) < 1
+    assert engine.closed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def cached(reply: dict) -> int:
 
 
 def test_a_shared_system_prompt_is_served_from_the_cache(tiny_server: RunningServer) -> None:
+    system = f"{uuid.uuid4().hex} {SYSTEM}"  # new to this server, whatever ran before
     first = chat(
         tiny_server.base_url,
         [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Where is order 1?"}],
@@ -34,7 +36,7 @@ def test_a_shared_system_prompt_is_served_from_the_cache(tiny_server: RunningSer
         tiny_server.base_url,
         [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Cancel order 2."}],
     )
-    assert cached(first) == 0
+    assert cached(first) < 10  # at most the template's opening tokens, from earlier requests
     # Everything up to the user's words is shared: the system prompt's ~80 tokens at least.
     assert 80 <= cached(second) < second["usage"]["prompt_tokens"]
 

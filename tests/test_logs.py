@@ -13,6 +13,7 @@ import pytest
 
 from mlxdeploy.logs import JsonFormatter
 from tests.conftest import write_spec
+from tests.logwait import wait_for_log
 from tests.servers import RunningServer, start_server
 
 CHAT = "/v1/chat/completions"
@@ -48,8 +49,8 @@ def quiet_server(
         yield server
 
 
-def json_lines(server: RunningServer) -> list[dict]:
-    lines = [line for line in server.log().splitlines() if line.strip()]
+def json_lines(server: RunningServer, *needles: str) -> list[dict]:
+    lines = [line for line in wait_for_log(server, *needles).splitlines() if line.strip()]
     assert lines
     records = []
     for line in lines:
@@ -73,7 +74,8 @@ def exercise(server: RunningServer) -> list[httpx.Response]:
 
 def test_json_logs_with_access_fields(json_server: RunningServer) -> None:
     responses = exercise(json_server)
-    records = json_lines(json_server)
+    ids = [response.headers["x-request-id"] for response in responses]
+    records = json_lines(json_server, *(f'"request_id": "{id_}"' for id_ in ids))
     assert any(r["logger"] == "mlxdeploy.engine" for r in records)
     access = {r["request_id"]: r for r in records if r["logger"] == "mlxdeploy.access"}
     for response in responses:

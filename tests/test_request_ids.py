@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from mlxdeploy.request_ids import choose_request_id
+from tests.logwait import wait_for_log
 from tests.servers import RunningServer
 
 CHAT = "/v1/chat/completions"
@@ -62,7 +63,8 @@ def test_the_access_log_names_the_request_id(
     http: httpx.Client, tiny_server: RunningServer
 ) -> None:
     request_id = http.get("/v1/models").headers["x-request-id"]
-    line = next(line for line in tiny_server.log().splitlines() if f"id={request_id}" in line)
+    log = wait_for_log(tiny_server, f"id={request_id}")
+    line = next(line for line in log.splitlines() if f"id={request_id}" in line)
     assert "mlxdeploy.access" in line and '"GET /v1/models HTTP/1.1" 200' in line
 
 

@@ -65,9 +65,10 @@ class _BoundedEngine:
     """Passes everything through; `generate` ends at the deadline and closes the engine's
     generator, which cancels the request and frees its batch slot.
 
-    The deadline is checked between events as well as by a timer: a cancellation that
-    arrives as an event does can be lost inside the engine (Python 3.11's wait_for returns
-    the event instead), so the timer alone is not enough.
+    A cancellation that arrives as an event does can be lost inside the engine (Python
+    3.11's wait_for returns the event instead). So the deadline is checked between events as
+    well as by a timer, and a lost cancellation (a client that went away) is honoured at the
+    next event, which the task still counts.
     """
 
     def __init__(self, engine: Engine, deadline: Deadline) -> None:
@@ -92,6 +93,8 @@ class _BoundedEngine:
 
 
 async def _next_before(events: AsyncIterator[Event], deadline: Deadline) -> Event:
+    if _lost_cancellation():
+        raise asyncio.CancelledError
     if deadline.passed():
         raise asyncio.TimeoutError
     if _timeout_at is None:  # Python 3.10
@@ -99,6 +102,11 @@ async def _next_before(events: AsyncIterator[Event], deadline: Deadline) -> Even
         return await asyncio.wait_for(anext(events), remaining)
     async with _timeout_at(deadline.at):
         return await anext(events)
+
+
+def _lost_cancellation() -> bool:
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
+    return bool(cancelling is not None and cancelling())
 
 
 async def ending_on_timeout(events: AsyncIterator[str]) -> AsyncIterator[str]:

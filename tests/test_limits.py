@@ -201,3 +201,26 @@ def test_deadline_survives_a_lost_cancellation() -> None:
     engine = SwallowingEngine()
     assert 0.2 <= asyncio.run(run(engine)) < 1
     assert engine.closed
+
+
+def test_a_lost_cancellation_still_ends_the_generation() -> None:
+    """A client that goes away cancels the handler's task; the engine may lose that."""
+
+    async def run(engine: SwallowingEngine) -> float:
+        bounded = Deadline.start(600).bound(cast(Engine, engine))
+
+        async def consume() -> None:
+            async for _ in bounded.generate(None, None):  # type: ignore[arg-type]
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        return time.monotonic() - started
+
+    engine = SwallowingEngine()
+    assert asyncio.run(run(engine)) < 1
+    assert engine.closed

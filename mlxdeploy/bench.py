@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
@@ -654,7 +654,7 @@ def run_bench(options: BenchOptions, console: Console) -> BenchReport:
     options.out.mkdir(parents=True, exist_ok=True)
     report = BenchReport(
         command=options.command,
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         machine=machine_info(),
         settings=options.load,
     )

@@ -87,7 +87,7 @@ class _BoundedEngine:
                     event = await _next_before(events, self._deadline)
                 except StopAsyncIteration:
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise RequestTimeout(self._deadline.seconds) from None
                 yield event
 
@@ -96,7 +96,7 @@ async def _next_before(events: AsyncIterator[Event], deadline: Deadline) -> Even
     if _lost_cancellation():
         raise asyncio.CancelledError
     if deadline.passed():
-        raise asyncio.TimeoutError
+        raise TimeoutError
     if _timeout_at is None:  # Python 3.10
         remaining = deadline.at - asyncio.get_running_loop().time()
         return await asyncio.wait_for(anext(events), remaining)

@@ -30,11 +30,11 @@ def test_a_shared_system_prompt_is_served_from_the_cache(tiny_server: RunningSer
     system = f"{uuid.uuid4().hex} {SYSTEM}"  # new to this server, whatever ran before
     first = chat(
         tiny_server.base_url,
-        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Where is order 1?"}],
+        [{"role": "system", "content": system}, {"role": "user", "content": "Where is order 1?"}],
     )
     second = chat(
         tiny_server.base_url,
-        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Cancel order 2."}],
+        [{"role": "system", "content": system}, {"role": "user", "content": "Cancel order 2."}],
     )
     assert cached(first) < 10  # at most the template's opening tokens, from earlier requests
     # Everything up to the user's words is shared: the system prompt's ~80 tokens at least.

@@ -173,14 +173,15 @@ class MLXEngine:
         done = False
         try:
             while not done:
-                try:  # wait_for costs a task per call: skip it when an event is ready
+                try:  # skip arming a timer when an event is ready
                     event = sink.get_nowait()
                 except asyncio.QueueEmpty:
                     try:
-                        event = await asyncio.wait_for(
-                            sink.get(), self.spec.engine.heartbeat_seconds
-                        )
-                    except asyncio.TimeoutError:
+                        # asyncio.timeout, unlike wait_for on 3.11, never swallows a
+                        # cancellation that arrives together with an event.
+                        async with asyncio.timeout(self.spec.engine.heartbeat_seconds):
+                            event = await sink.get()
+                    except TimeoutError:
                         refusal = self._refusal()  # the thread may have died meanwhile
                         if refusal is None:
                             yield Heartbeat()

@@ -77,6 +77,17 @@ def test_invalid_json_is_400(http: httpx.Client, raw: bytes) -> None:
     assert_error(http.post(CHAT, content=raw, headers={"content-type": "application/json"}), 400)
 
 
+@pytest.mark.parametrize(
+    "model", ["/etc/passwd", "http://127.0.0.1:9/weights.gguf", "mistralai/Mistral-7B-v0.1"]
+)
+def test_a_request_cannot_load_a_model_the_spec_does_not_declare(
+    http: httpx.Client, model: str
+) -> None:
+    error = assert_error(http.post(CHAT, json={"model": model, "messages": USER}), 404, "model")
+    assert error["code"] == "model_not_found"
+    assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["tiny"]
+
+
 def test_unknown_model_is_404(http: httpx.Client) -> None:
     error = assert_error(http.post(CHAT, json={"model": "nope", "messages": USER}), 404, "model")
     assert error["code"] == "model_not_found"

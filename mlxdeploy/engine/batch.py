@@ -1,3 +1,5 @@
+# mlx-lm declares these batch attributes Optional and fills them before any step runs:
+# mypy: disable-error-code="assignment,index,arg-type,attr-defined,union-attr"
 """mlx-lm's BatchGenerator with a cheaper decode step.
 
 mlx-lm normalizes every step's logits into log-probabilities (a logsumexp over the whole

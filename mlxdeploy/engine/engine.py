@@ -30,6 +30,7 @@ class MLXEngine:
         self._state: EngineState = "loading"
         self.error: str | None = None
         self._loaded = threading.Event()
+        self._stop_requested = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._worker: Worker | None = None
@@ -74,7 +75,8 @@ class MLXEngine:
         self._loaded.wait(timeout)
         return self.state
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop_requested.set()  # seen by a load still in progress
         if self._worker is not None:
             self._worker.stop()
         if self._thread is not None:
@@ -102,6 +104,8 @@ class MLXEngine:
             return
         self.context_length = _context_length(model)
         self._worker = Worker(model, self._tokenizer, self.spec.engine, self._deliver, fault)
+        if self._stop_requested.is_set():  # stopped while loading: never start generating
+            self._worker.stop()
         self._state = "ready"
         self._loaded.set()
         log.info("model %s ready (%s)", self.model_id, self.prompt_format)

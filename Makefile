@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SPEC ?= configs/demo.yaml
 
-.PHONY: install up test validate lint bench clean
+.PHONY: install up test validate lint schema clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,9 @@ test: install
 
 validate: install
 	$(VENV)/bin/mlxdeploy validate configs/*.yaml
+
+schema: install
+	$(VENV)/bin/mlxdeploy schema > mlxdeploy.schema.json
 
 lint: install
 	$(PY) -m ruff check mlxdeploy tests benchmarks

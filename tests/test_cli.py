@@ -153,3 +153,20 @@ def test_up_serves_an_hf_repo_from_the_cache(tiny_model_dir: Path, tmp_path: Pat
         reply = httpx.post(f"{server.api_url}/chat/completions", json=body, timeout=60)
         assert reply.status_code == 200
         assert reply.json()["usage"]["completion_tokens"] == 2
+
+
+def test_the_committed_schema_is_current(runner: CliRunner) -> None:
+    """configs/ point yaml-language-server at mlxdeploy.schema.json; `make schema` refreshes it."""
+    committed = (Path(__file__).parent.parent / "mlxdeploy.schema.json").read_text()
+    assert json.loads(committed) == json.loads(runner.invoke(app, ["schema"]).output)
+    for config in CONFIGS:
+        assert config.read_text().startswith(
+            "# yaml-language-server: $schema=../mlxdeploy.schema.json\n"
+        )
+
+
+def test_pre_commit_hook_runs_validate() -> None:
+    import yaml
+
+    hooks = yaml.safe_load((Path(__file__).parent.parent / ".pre-commit-hooks.yaml").read_text())
+    assert [(h["id"], h["entry"]) for h in hooks] == [("mlxdeploy-validate", "mlxdeploy validate")]

@@ -102,6 +102,18 @@ def up(
 
 
 @app.command()
+def render(spec: SpecArg) -> None:
+    """Print SPEC as resolved (file, environment, defaults; secrets masked) and its routes."""
+    try:
+        loaded = load_spec(spec)
+    except SpecError as exc:
+        raise _fail(exc.problems) from None
+    from .render import render as render_spec
+
+    typer.echo(render_spec(loaded), nl=False)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of the spec (for editors and yaml-language-server)."""
     typer.echo(json.dumps(spec_json_schema(), indent=2))

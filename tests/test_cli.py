@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from mlxdeploy.cli import app
@@ -97,7 +98,7 @@ def test_schema_is_json_schema(runner: CliRunner) -> None:
     assert schema["properties"]["port"]["maximum"] == 65535
 
 
-@pytest.mark.parametrize("command", [[], ["up"], ["validate"], ["schema"]])
+@pytest.mark.parametrize("command", [[], ["up"], ["validate"], ["schema"], ["render"], ["bench"]])
 def test_help_on_every_command(runner: CliRunner, command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -170,3 +171,41 @@ def test_pre_commit_hook_runs_validate() -> None:
 
     hooks = yaml.safe_load((Path(__file__).parent.parent / ".pre-commit-hooks.yaml").read_text())
     assert [(h["id"], h["entry"]) for h in hooks] == [("mlxdeploy-validate", "mlxdeploy validate")]
+
+
+def test_render_shows_the_resolved_spec_and_routes(runner: CliRunner, tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path / "prod.yaml",
+        "owner/model",
+        port=9000,
+        auth={"api_keys_env": "TEAM_KEYS"},
+        defaults={"max_tokens": 64},
+    )
+    result = runner.invoke(app, ["render", str(spec)], env={"MLXDEPLOY_HOST": "0.0.0.0"})
+    assert result.exit_code == 0, result.output
+    rendered = yaml.safe_load(result.output)
+    assert rendered["host"] == "0.0.0.0" and rendered["port"] == 9000
+    assert rendered["defaults"]["max_tokens"] == 64
+    assert rendered["auth"]["api_keys_env"] == "TEAM_KEYS"
+    assert rendered["model_source"] == {"kind": "hf", "location": "owner/model"}
+    assert {"POST /v1/chat/completions", "GET /v1/models", "GET /health", "GET /metrics"} <= set(
+        rendered["routes"]
+    )
+
+
+def test_render_masks_values_under_secret_names() -> None:
+    from mlxdeploy.render import MASK, masked
+
+    data = {"auth": {"api_keys_env": "K", "token": "abc"}, "x": {"password": "p", "max_tokens": 5}}
+    assert masked(data) == {
+        "auth": {"api_keys_env": "K", "token": MASK},
+        "x": {"password": MASK, "max_tokens": 5},
+    }
+
+
+def test_render_refuses_an_invalid_spec(runner: CliRunner, tmp_path: Path) -> None:
+    spec = tmp_path / "broken.yaml"
+    spec.write_text(BROKEN)
+    result = runner.invoke(app, ["render", str(spec)])
+    assert result.exit_code == 1
+    assert f"{spec}:2:7: port: " in result.output

@@ -1,0 +1,73 @@
+"""`mlxdeploy render`: the resolved spec and the routes it serves, without loading a model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+import yaml
+
+from .app import create_app
+from .auth import ApiKeys
+from .generation import EngineState, EngineStats, Event, Prompt
+from .protocol import ChatMessage, GenerationParams, RoleMappingOverride
+from .spec import Spec
+
+MASK = "***"
+SECRET_WORDS = {"key", "keys", "token", "secret", "password"}
+HIDDEN_METHODS = {"HEAD", "OPTIONS"}
+
+
+class UnloadedEngine:
+    """Stands in for the engine so the app (and so its routes) can be built without weights."""
+
+    def __init__(self, spec: Spec):
+        self.model_id = spec.model_id
+        self.state: EngineState = "stopped"
+        self.running = 0
+        self.context_length: int | None = None
+
+    def prepare(
+        self, messages: Sequence[ChatMessage], role_mapping: RoleMappingOverride | None
+    ) -> Prompt:
+        raise RuntimeError("rendering does not serve requests")
+
+    def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncGenerator[Event, None]:
+        raise RuntimeError("rendering does not serve requests")
+
+    def stats(self) -> EngineStats:
+        return EngineStats()
+
+    def abort(self, message: str) -> None:
+        return None
+
+
+def masked(value: Any, key: str = "") -> Any:
+    """Values under keys that name secrets are shown as ***; names of variables and files stay."""
+    if isinstance(value, dict):
+        return {k: masked(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v, key) for v in value]
+    words = key.lower().split("_")
+    is_reference = words[-1] in ("env", "file")  # the name of where a secret is, not the secret
+    if value is not None and not is_reference and SECRET_WORDS & set(words):
+        return MASK
+    return value
+
+
+def route_table(spec: Spec) -> list[tuple[str, str]]:
+    app = create_app(spec, UnloadedEngine(spec), api_keys=ApiKeys(()))  # keys are not read
+    rows = {
+        (",".join(sorted(set(rule.methods or ()) - HIDDEN_METHODS)), rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+    }
+    return sorted(rows, key=lambda row: row[1])
+
+
+def render(spec: Spec) -> str:
+    """YAML: the settings as `up` would use them, the model's source, and the route table."""
+    settings = masked(spec.model_dump(mode="json"))
+    settings["model_source"] = {"kind": spec.source.kind, "location": str(spec.source)}
+    settings["routes"] = [f"{methods} {path}" for methods, path in route_table(spec)]
+    return yaml.safe_dump(settings, sort_keys=False, allow_unicode=True, width=100)

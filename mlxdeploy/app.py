@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from .admission import Admission, Slot
 from .auth import ApiKeys, load_api_keys
 from .body import decode_json, install_body_reader
-from .chat import Completion, complete, stream
+from .chat import Completion, TextCompletionFormat, complete, stream
 from .drain import install_drain
 from .errors import (
     APIError,
@@ -27,11 +27,12 @@ from .errors import (
     Unavailable,
 )
 from .gate import install_gate
-from .generation import Engine
+from .generation import Engine, Prompt
 from .limits import Deadline, check_context, check_max_tokens, ending_on_timeout
 from .metrics import Metrics, RequestMetrics, TimedEngine
 from .protocol import (
     ChatCompletionRequest,
+    CompletionRequest,
     ErrorBody,
     ErrorDetail,
     GenerationParams,
@@ -91,18 +92,30 @@ def create_app(spec: Spec, engine: Engine, api_keys: ApiKeys | None = None) -> Q
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
-        deadline = Deadline.start(spec.limits.request_timeout_seconds)
         body = await _parse(ChatCompletionRequest)
+        return await _serve(
+            body,
+            lambda: engine.prepare(body.messages, body.role_mapping),
+            Completion(model=engine.model_id, include_usage=body.include_usage),
+        )
+
+    async def _serve(
+        body: SamplingFields,
+        prepare: Callable[[], Prompt],
+        completion: Completion,
+        prompt_param: str = "messages",
+    ) -> Response:
+        """Checks, admission, then a whole answer or a stream; shared by both APIs."""
+        deadline = Deadline.start(spec.limits.request_timeout_seconds)
         check_max_tokens(body, spec.limits)
         _check_model(body.model, engine)
         _check_ready(engine)
         slot = admission.enter()
         handed_to_stream = False
         try:
-            prompt = await asyncio.to_thread(engine.prepare, body.messages, body.role_mapping)
-            check_context(prompt, engine.context_length)
+            prompt = await asyncio.to_thread(prepare)
+            check_context(prompt, engine.context_length, prompt_param)
             params = resolve_params(body, spec)
-            completion = Completion(model=engine.model_id, include_usage=body.include_usage)
             bounded = deadline.bound(engine)  # RequestTimeout at the deadline: 504 or SSE error
             if body.stream:
                 events = ending_on_timeout(stream(bounded, prompt, params, completion))
@@ -112,6 +125,16 @@ def create_app(spec: Spec, engine: Engine, api_keys: ApiKeys | None = None) -> Q
         finally:
             if not handed_to_stream:
                 slot.release()
+
+    @app.post("/v1/completions")
+    async def text_completions() -> Response:
+        body = await _parse(CompletionRequest)
+        return await _serve(
+            body,
+            lambda: engine.prepare_text(body.prompt_text()),
+            TextCompletionFormat(model=engine.model_id, include_usage=body.include_usage),
+            prompt_param="prompt",
+        )
 
     install_gate(app, spec, api_keys or load_api_keys(spec.auth, spec.base_dir))
     register_error_handlers(app)

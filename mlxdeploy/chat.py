@@ -1,4 +1,5 @@
-"""Chat completions on top of an Engine: one generator contract for streamed and whole answers.
+"""Chat and text completions on top of an Engine: one generator contract for streamed and
+whole answers; the two APIs differ only in how a `Completion` renders its objects.
 
 Both paths consume the same event stream, so the streamed deltas join to exactly the text of
 the non-streamed answer.
@@ -12,6 +13,8 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel
+
 from .errors import GenerationFailed
 from .generation import Engine, Failed, Finished, Heartbeat, Progress, Prompt, Text
 from .protocol import (
@@ -24,6 +27,8 @@ from .protocol import (
     ErrorDetail,
     GenerationParams,
     ResponseMessage,
+    TextChoice,
+    TextCompletion,
     Usage,
     make_usage,
     new_completion_id,
@@ -35,30 +40,80 @@ KEEP_ALIVE = ": keep-alive\n\n"
 
 @dataclass
 class Completion:
-    """Identity of one response, shared by all its chunks."""
+    """One chat completion: its identity, shared by all chunks, and how each is rendered."""
 
     model: str
     include_usage: bool = False
     id: str = field(default_factory=new_completion_id)
     created: int = field(default_factory=now)
 
+    def opening_event(self) -> str | None:
+        return _sse(_chunk(self, Delta(role="assistant", content="")))
+
     def content_event(self, text: str) -> str:
         """The SSE event of one content delta: rendered from a template, because it is sent
-        once per token per stream (equal to `_sse(_chunk(self, Delta(content=text)))`)."""
+        once per token per stream (equal to rendering the chunk model)."""
         head, tail = self._content_template
         return f"{head}{json.dumps(text, ensure_ascii=False)}{tail}"
+
+    def content_chunk(self, text: str) -> BaseModel:
+        return _chunk(self, Delta(content=text))
+
+    def finish_event(self, reason: str) -> str:
+        return _sse(_chunk(self, Delta(), finish_reason=reason))
+
+    def usage_event(self, event: Finished) -> str:
+        return _sse(_usage_chunk(self, event))
+
+    def whole(self, text: str, event: Finished) -> BaseModel:
+        choice = Choice(message=ResponseMessage(content=text), finish_reason=event.reason)
+        return ChatCompletion(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[choice],
+            usage=_usage(event),
+        )
 
     @functools.cached_property
     def _content_template(self) -> tuple[str, str]:
         marker = "\u0000MARK\u0000"
-        rendered = _sse(_chunk(self, Delta(content=marker)))
+        rendered = _sse(self.content_chunk(marker))
         head, tail = rendered.split(json.dumps(marker, ensure_ascii=False))
         return head, tail
 
 
+@dataclass
+class TextCompletionFormat(Completion):
+    """/v1/completions: `text_completion` objects, no role chunk."""
+
+    id: str = field(default_factory=lambda: new_completion_id("cmpl"))
+
+    def opening_event(self) -> str | None:
+        return None
+
+    def content_chunk(self, text: str) -> BaseModel:
+        return self._text(TextChoice(text=text))
+
+    def finish_event(self, reason: str) -> str:
+        return _sse(self._text(TextChoice(text="", finish_reason=reason)))  # type: ignore[arg-type]
+
+    def usage_event(self, event: Finished) -> str:
+        return _sse(self._text(None, usage=_usage(event)))
+
+    def whole(self, text: str, event: Finished) -> BaseModel:
+        return self._text(TextChoice(text=text, finish_reason=event.reason), usage=_usage(event))
+
+    def _text(self, choice: TextChoice | None, usage: Usage | None = None) -> TextCompletion:
+        choices = [choice] if choice is not None else []
+        return TextCompletion(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+
+
 async def complete(
     engine: Engine, prompt: Prompt, params: GenerationParams, completion: Completion
-) -> ChatCompletion:
+) -> BaseModel:
     parts: list[str] = []
     async with contextlib.aclosing(engine.generate(prompt, params)) as events:
         async for event in events:
@@ -67,26 +122,17 @@ async def complete(
             elif isinstance(event, Failed):
                 raise GenerationFailed(event.message)
             elif isinstance(event, Finished):
-                return ChatCompletion(
-                    id=completion.id,
-                    created=completion.created,
-                    model=completion.model,
-                    choices=[
-                        Choice(
-                            message=ResponseMessage(content="".join(parts)),
-                            finish_reason=event.reason,
-                        )
-                    ],
-                    usage=_usage(event),
-                )
+                return completion.whole("".join(parts), event)
     raise GenerationFailed("the engine ended the request without finishing it")
 
 
 async def stream(
     engine: Engine, prompt: Prompt, params: GenerationParams, completion: Completion
 ) -> AsyncIterator[str]:
-    """Server-Sent Events: role first, then deltas, a real finish_reason, usage, [DONE]."""
-    yield _sse(_chunk(completion, Delta(role="assistant", content="")))
+    """Server-Sent Events: (role first,) then deltas, a real finish_reason, usage, [DONE]."""
+    opening = completion.opening_event()
+    if opening is not None:
+        yield opening
     async with contextlib.aclosing(engine.generate(prompt, params)) as events:
         async for event in events:
             if isinstance(event, Progress | Heartbeat):
@@ -98,9 +144,9 @@ async def stream(
                 yield _sse(ErrorBody(error=error))
                 return
             elif isinstance(event, Finished):
-                yield _sse(_chunk(completion, Delta(), finish_reason=event.reason))
+                yield completion.finish_event(event.reason)
                 if completion.include_usage:
-                    yield _sse(_usage_chunk(completion, event))
+                    yield completion.usage_event(event)
                 yield "data: [DONE]\n\n"
                 return
 
@@ -130,6 +176,6 @@ def _usage(event: Finished) -> Usage:
     return make_usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
 
 
-def _sse(model: ChatCompletionChunk | ErrorBody) -> str:
+def _sse(model: BaseModel) -> str:
     payload = model.model_dump()
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"

@@ -97,6 +97,10 @@ class Engine(Protocol):
         """Apply the chat format and tokenize; raises InvalidRequest for prompts it cannot serve."""
         ...
 
+    def prepare_text(self, text: str) -> Prompt:
+        """Tokenize a plain-text prompt (with the tokenizer's own special tokens)."""
+        ...
+
     def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncGenerator[Event, None]:
         """Stream events; closing the iterator early cancels the request within one step."""
         ...

@@ -30,14 +30,14 @@ def check_max_tokens(body: SamplingFields, limits: LimitSettings) -> None:
             )
 
 
-def check_context(prompt: Prompt, context_length: int | None) -> None:
+def check_context(prompt: Prompt, context_length: int | None, param: str = "messages") -> None:
     """The prompt must leave room for at least one generated token."""
     size = len(prompt.tokens)
     if context_length is not None and size >= context_length:
         raise InvalidRequest(
             f"this model's maximum context length is {context_length} tokens, "
-            f"but the messages are {size} tokens",
-            param="messages",
+            f"but the {param} are {size} tokens",
+            param=param,
             code="context_length_exceeded",
         )
 

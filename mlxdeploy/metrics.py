@@ -136,6 +136,9 @@ class TimedEngine:
     ) -> Prompt:
         return self._engine.prepare(messages, role_mapping)
 
+    def prepare_text(self, text: str) -> Prompt:
+        return self._engine.prepare_text(text)
+
     async def generate(
         self, prompt: Prompt, params: GenerationParams
     ) -> AsyncGenerator[Event, None]:

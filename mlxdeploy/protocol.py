@@ -99,6 +99,15 @@ class ChatCompletionRequest(SamplingFields):
     role_mapping: RoleMappingOverride | None = None
 
 
+class CompletionRequest(SamplingFields):
+    """/v1/completions: plain text in, text out (one prompt per request)."""
+
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """Resolved sampling for one request: the request's fields over the spec's defaults."""
@@ -160,6 +169,24 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class TextChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class TextCompletion(BaseModel):
+    """Both the whole answer and each stream chunk of /v1/completions."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage | None = None
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -183,8 +210,8 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def new_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+def new_completion_id(prefix: str = "chatcmpl") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def now() -> int:

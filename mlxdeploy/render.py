@@ -32,6 +32,9 @@ class UnloadedEngine:
     ) -> Prompt:
         raise RuntimeError("rendering does not serve requests")
 
+    def prepare_text(self, text: str) -> Prompt:
+        raise RuntimeError("rendering does not serve requests")
+
     def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncGenerator[Event, None]:
         raise RuntimeError("rendering does not serve requests")
 

@@ -156,6 +156,12 @@ class MLXEngine:
             raise InvalidRequest("the prompt is empty after formatting", param="messages")
         return Prompt(tokens)
 
+    def prepare_text(self, text: str) -> Prompt:
+        tokens = list(self._tokenizer.encode(text))
+        if not tokens:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        return Prompt(tokens)
+
     async def generate(
         self, prompt: Prompt, params: GenerationParams
     ) -> AsyncGenerator[Event, None]:

@@ -32,6 +32,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from mlxdeploy.footprint import estimate_bytes, gib, machine_memory
 from mlxdeploy.sources import ModelSource, parse_model_source
 
 ENV_PREFIX = "MLXDEPLOY_"
@@ -367,6 +368,8 @@ def load_spec(path: Path, **overrides: Any) -> Spec:
     except SettingsError as error:
         problems.append(Problem(shown, None, None, "environment", str(error)))
     source = _check_source(merged.get("model"), path.parent, layers, problems)
+    if source is not None:
+        _check_memory(source, layers, problems)
     if problems or spec is None or source is None:
         raise SpecError(sorted(problems, key=_problem_order))
     spec._source = source
@@ -385,6 +388,23 @@ def _check_source(
     except ValueError as error:
         problems.append(_validation_problem(_value_error(("model",), error), layers))
         return None
+
+
+def _check_memory(source: ModelSource, layers: _Layers, problems: list[Problem]) -> None:
+    """Weights that cannot fit this machine's memory are a problem before anything loads."""
+    try:
+        needed = estimate_bytes(source)
+    except (OSError, ValueError, KeyError) as error:  # an unreadable header: say so, once
+        problems.append(_validation_problem(_value_error(("model",), ValueError(
+            f"cannot read the size of the model's weights: {error}")), layers))  # fmt: skip
+        return
+    available = machine_memory()
+    if needed is not None and needed > available:
+        message = (
+            f"the model's weights need about {gib(needed)} of memory, this machine has "
+            f"{gib(available)}; use a smaller or quantized model"
+        )
+        problems.append(_validation_problem(_value_error(("model",), ValueError(message)), layers))
 
 
 def _problem_order(problem: Problem) -> tuple[bool, int, int]:

@@ -1,0 +1,88 @@
+"""How much memory a model's weights will take, from file headers only (no weights read).
+
+Used by `validate` and `up` to refuse a spec whose model cannot fit the machine before any
+weights are loaded. On Linux CPUs mlxdeploy runs float models in float32, so half-precision
+weights count double there.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+
+from .sources import ModelSource
+
+HALF = {"F16", "BF16"}
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4,
+               "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}  # fmt: skip
+
+
+def runs_on_cpu() -> bool:
+    """Linux without mlx's CUDA backend installed runs on the CPU (macOS uses the GPU)."""
+    if sys.platform != "linux":
+        return False
+    try:
+        importlib.metadata.distribution("mlx-cuda-13")
+    except importlib.metadata.PackageNotFoundError:
+        return True
+    return False
+
+
+def machine_memory() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def safetensors_bytes(path: Path, float32: bool) -> int:
+    """Bytes of the tensors a .safetensors file declares, read from its JSON header."""
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        count = 1
+        for dim in info["shape"]:
+            count *= dim
+        width = DTYPE_BYTES.get(info["dtype"], 4)
+        total += count * (4 if float32 and info["dtype"] in HALF else width)
+    return total
+
+
+def model_files(source: ModelSource) -> list[Path] | None:
+    if source.kind == "gguf" and source.path is not None:
+        return [source.path]
+    if source.kind == "dir" and source.path is not None:
+        return sorted(source.path.glob("*.safetensors"))
+    return _cached_repo_files(str(source.repo))
+
+
+def _cached_repo_files(repo: str) -> list[Path] | None:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    snapshots = Path(HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots"
+    found = sorted(snapshots.glob("*/*.safetensors")) if snapshots.is_dir() else []
+    return found or None  # not downloaded yet: nothing to measure
+
+
+def estimate_bytes(source: ModelSource, on_cpu: bool | None = None) -> int | None:
+    """Weights in memory, or None when the files are not on this machine."""
+    float32 = runs_on_cpu() if on_cpu is None else on_cpu
+    files = model_files(source)
+    if files is None:
+        return None
+    total = 0
+    for path in files:
+        if path.suffix == ".gguf":  # packed weights stay packed; the file is a close estimate
+            total += path.stat().st_size
+        else:
+            total += safetensors_bytes(path, float32)
+    return total
+
+
+def gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"

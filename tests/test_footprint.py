@@ -1,0 +1,54 @@
+"""The memory check reads only file headers, and `validate` refuses a model that cannot fit."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mlxdeploy.cli import app
+from mlxdeploy.footprint import estimate_bytes, machine_memory, safetensors_bytes
+from mlxdeploy.sources import parse_model_source
+from tests.conftest import write_spec
+
+
+def write_header_only(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
+    """A .safetensors file with a header and no data: enough for the estimate."""
+    header = {
+        name: {"dtype": d, "shape": s, "data_offsets": [0, 0]} for name, (d, s) in tensors.items()
+    }
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+
+
+def test_bytes_come_from_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    write_header_only(path, {"a": ("BF16", [1000, 10]), "b": ("U32", [10]), "c": ("F32", [3])})
+    assert safetensors_bytes(path, float32=False) == 20000 + 40 + 12
+    assert safetensors_bytes(path, float32=True) == 40000 + 40 + 12  # half becomes float32
+
+
+def test_the_tiny_model_is_measured(tiny_model_dir: Path) -> None:
+    source = parse_model_source(str(tiny_model_dir), Path.cwd())
+    size = estimate_bytes(source, on_cpu=True)
+    assert size is not None
+    assert abs(size - (tiny_model_dir / "model.safetensors").stat().st_size) < 64 * 1024
+
+
+def test_validate_refuses_a_model_larger_than_memory(tmp_path: Path) -> None:
+    model = tmp_path / "huge"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    rows = machine_memory() // 4 // 4096 + 1  # one float32 matrix larger than the machine
+    write_header_only(model / "model.safetensors", {"w": ("F32", [rows, 4096])})
+    spec = write_spec(tmp_path / "huge.yaml", model)
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"{spec}:1:8: model: the model's weights need about ")
+    assert "this machine has" in result.output
+
+
+def test_a_repo_that_is_not_downloaded_is_not_measured(tmp_path: Path) -> None:
+    assert estimate_bytes(parse_model_source("mlxdeploy-tests/not-downloaded", tmp_path)) is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -254,6 +255,14 @@ class Spec(BaseSettings):
         title="mlxdeploy spec",
     )
 
+    extends: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "A base spec (path relative to this file) that this one deep-merges over; "
+            "mappings merge, lists and scalars replace."
+        ),
+    )
     model: str = Field(
         min_length=1,
         description=(
@@ -340,10 +349,25 @@ class _Layers:
     """Where each value came from, to place each validation error."""
 
     path: str
-    root: yaml.Node
+    files: list[_SpecFile]  # the spec first, then what it extends, and so on
     env: dict[str, Any]
     env_names: dict[tuple[str, ...], str]
     overrides: dict[str, Any]
+
+    def file_for(self, loc: tuple[str | int, ...]) -> _SpecFile:
+        """The most specific file that sets `loc` (the spec itself when none does)."""
+        return next((f for f in self.files if _covers(f.data, loc)), self.files[0])
+
+
+@dataclass(frozen=True)
+class _SpecFile:
+    path: str
+    root: yaml.Node
+    data: dict[str, Any]
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.path).parent
 
 
 def load_spec(path: Path, **overrides: Any) -> Spec:
@@ -353,9 +377,12 @@ def load_spec(path: Path, **overrides: Any) -> Spec:
     Raises SpecError listing every problem; never a raw YAML or pydantic exception.
     """
     shown = str(path)
-    root, data, problems = _parse_yaml(shown, _read_text(path))
+    files, problems = _read_chain(path)
     env, env_problems = _read_env(shown)
-    layers = _Layers(shown, root, env, _env_names(), _drop_none(overrides))
+    layers = _Layers(shown, files, env, _env_names(), _drop_none(overrides))
+    data: dict[str, Any] = {}
+    for spec_file in reversed(files):  # base first; each file deep-merges over it, lists replace
+        data = _merge(data, spec_file.data)
     merged = _merge(_merge(data, env), layers.overrides)
     problems += env_problems
     spec: Spec | None = None
@@ -367,7 +394,8 @@ def load_spec(path: Path, **overrides: Any) -> Spec:
         problems += [_validation_problem(detail, layers) for detail in error.errors()]
     except SettingsError as error:
         problems.append(Problem(shown, None, None, "environment", str(error)))
-    source = _check_source(merged.get("model"), path.parent, layers, problems)
+    base_dir = layers.file_for(("model",)).directory
+    source = _check_source(merged.get("model"), base_dir, layers, problems)
     if source is not None:
         _check_memory(source, layers, problems)
     if problems or spec is None or source is None:
@@ -375,6 +403,86 @@ def load_spec(path: Path, **overrides: Any) -> Spec:
     spec._source = source
     spec._base_dir = path.parent
     return spec
+
+
+def _read_chain(path: Path) -> tuple[list[_SpecFile], list[Problem]]:
+    """The spec and the files it `extends`, interpolated; a missing base or a cycle is a problem."""
+    files: list[_SpecFile] = []
+    problems: list[Problem] = []
+    seen: set[Path] = set()
+    current: Path | None = path
+    while current is not None:
+        seen.add(current.resolve())
+        shown = str(current)
+        root, data, found = _parse_yaml(shown, _read_text(current))
+        problems += found + _interpolate(shown, root, data)
+        parent = data.pop("extends", None)
+        files.append(_SpecFile(shown, root, data))
+        current = _parent(shown, root, parent, seen, problems)
+    return files, problems
+
+
+def _parent(
+    shown: str, root: yaml.Node, parent: Any, seen: set[Path], problems: list[Problem]
+) -> Path | None:
+    if parent is None:
+        return None
+    line, col = _position(root, ("extends",), "")
+    if not isinstance(parent, str) or not parent:
+        problems.append(Problem(shown, line, col, "extends", "expected a path to a base spec"))
+        return None
+    target = Path(shown).parent / parent
+    if target.resolve() in seen:
+        problems.append(Problem(shown, line, col, "extends", f"'{parent}' extends itself (cycle)"))
+        return None
+    if not target.is_file():
+        problems.append(Problem(shown, line, col, "extends", f"base spec '{target}' not found"))
+        return None
+    return target
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(
+    path: str, root: yaml.Node, data: Any, loc: tuple[str | int, ...] = ()
+) -> list[Problem]:
+    """Replace `${VAR}` / `${VAR:-default}` in string values, in place; a value that is one
+    reference takes the YAML type of its text (`port: ${PORT:-8080}` is an int)."""
+    problems: list[Problem] = []
+    items = (
+        data.items()
+        if isinstance(data, dict)
+        else enumerate(data)
+        if isinstance(data, list)
+        else ()
+    )
+    for key, value in list(items):
+        here = (*loc, key)
+        if isinstance(value, dict | list):
+            problems += _interpolate(path, root, value, here)
+        elif isinstance(value, str) and "${" in value:
+            missing = [m.group(1) for m in _REFERENCE.finditer(value)
+                       if m.group(2) is None and m.group(1) not in os.environ]  # fmt: skip
+            if missing:
+                line, col = _position(root, here, "")
+                message = (
+                    f"environment variable {missing[0]} is not set (use ${{{missing[0]}:-default}})"
+                )
+                problems.append(Problem(path, line, col, _dotted(here), message))
+                continue
+            text = _REFERENCE.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+            whole = _REFERENCE.fullmatch(value) is not None
+            data[key] = _typed(text) if whole else text
+    return problems
+
+
+def _typed(text: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, int | float | bool) else text
 
 
 def _check_source(
@@ -569,8 +677,9 @@ def _validation_problem(error: ErrorDetails, layers: _Layers) -> Problem:
         return Problem(layers.path, None, None, _dotted(loc), f"{message} (from an override)")
     if _covers(layers.env, loc):
         return Problem(layers.path, None, None, _env_name(loc, layers.env_names), message)
-    line, col = _position(layers.root, loc, error["type"])
-    return Problem(layers.path, line, col, _dotted(loc), message)
+    spec_file = layers.file_for(loc)
+    line, col = _position(spec_file.root, loc, error["type"])
+    return Problem(spec_file.path, line, col, _dotted(loc), message)
 
 
 def _covers(layer: Any, loc: tuple[str | int, ...]) -> bool:

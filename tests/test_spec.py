@@ -630,6 +630,7 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
     assert schema["additionalProperties"] is False
     assert schema["required"] == ["model"]
     assert set(schema["properties"]) == {
+        "extends",
         "model",
         "name",
         "host",

@@ -24,7 +24,7 @@ test: install
 	$(PY) -m pytest
 
 validate: install
-	$(VENV)/bin/mlxdeploy validate configs/*.yaml
+	$(VENV)/bin/mlxdeploy validate configs/*.yaml configs/team/*.yaml
 
 schema: install
 	$(VENV)/bin/mlxdeploy schema > mlxdeploy.schema.json

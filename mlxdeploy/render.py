@@ -70,7 +70,7 @@ def route_table(spec: Spec) -> list[tuple[str, str]]:
 
 def render(spec: Spec) -> str:
     """YAML: the settings as `up` would use them, the model's source, and the route table."""
-    settings = masked(spec.model_dump(mode="json"))
+    settings = masked(spec.model_dump(mode="json", exclude={"extends"}))
     settings["model_source"] = {"kind": spec.source.kind, "location": str(spec.source)}
     settings["routes"] = [f"{methods} {path}" for methods, path in route_table(spec)]
     return yaml.safe_dump(settings, sort_keys=False, allow_unicode=True, width=100)

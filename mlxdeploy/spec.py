@@ -35,6 +35,7 @@ from pydantic_settings import (
 
 from mlxdeploy.footprint import estimate_bytes, gib, machine_memory
 from mlxdeploy.sources import ModelSource, parse_model_source
+from mlxdeploy.templates import TemplateProblem, read_chat_template
 
 ENV_PREFIX = "MLXDEPLOY_"
 ENV_DELIMITER = "__"
@@ -285,6 +286,14 @@ class Spec(BaseSettings):
             "chat_template: require the tokenizer's template; role_mapping: always role_mapping."
         ),
     )
+    chat_template: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "A Jinja2 chat template file (relative to the spec that names it) used instead of "
+            "the tokenizer's own, e.g. templates/chatml.jinja; checked by validate."
+        ),
+    )
     role_mapping: RoleMapping = Field(
         default=RoleMapping(), description="Prompt pieces used when no chat template is used."
     )
@@ -305,6 +314,7 @@ class Spec(BaseSettings):
 
     _source: ModelSource | None = PrivateAttr(None)
     _base_dir: Path | None = PrivateAttr(None)
+    _chat_template_text: str | None = PrivateAttr(None)
 
     @classmethod
     def settings_customise_sources(
@@ -328,6 +338,11 @@ class Spec(BaseSettings):
     def base_dir(self) -> Path:
         """The spec file's directory: relative paths in the spec resolve against it."""
         return self._base_dir or Path.cwd()
+
+    @property
+    def chat_template_text(self) -> str | None:
+        """The text of `chat_template`, read and checked by `load_spec`."""
+        return self._chat_template_text
 
     @property
     def model_id(self) -> str:
@@ -398,11 +413,23 @@ def load_spec(path: Path, **overrides: Any) -> Spec:
     source = _check_source(merged.get("model"), base_dir, layers, problems)
     if source is not None:
         _check_memory(source, layers, problems)
+    template = _check_template(merged.get("chat_template"), layers, problems)
     if problems or spec is None or source is None:
         raise SpecError(sorted(problems, key=_problem_order))
     spec._source = source
     spec._base_dir = path.parent
+    spec._chat_template_text = template
     return spec
+
+
+def _check_template(value: Any, layers: _Layers, problems: list[Problem]) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return read_chat_template(layers.file_for(("chat_template",)).directory / value)
+    except TemplateProblem as error:
+        problems.append(_validation_problem(_value_error(("chat_template",), error), layers))
+        return None
 
 
 def _read_chain(path: Path) -> tuple[list[_SpecFile], list[Problem]]:

@@ -636,6 +636,7 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "host",
         "port",
         "prompt_format",
+        "chat_template",
         "role_mapping",
         "defaults",
         "stop",

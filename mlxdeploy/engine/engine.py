@@ -97,6 +97,8 @@ class MLXEngine:
             log.exception("model load failed")
             self._fail(f"cannot load model '{self.spec.model}': {exc}")
             return
+        if self.spec.chat_template_text is not None:  # the spec's template wins
+            self._tokenizer.chat_template = self.spec.chat_template_text
         try:
             self._use_template = self._choose_format()
         except ValueError as exc:

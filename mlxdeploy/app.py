@@ -33,8 +33,6 @@ from .metrics import Metrics, RequestMetrics, TimedEngine
 from .protocol import (
     ChatCompletionRequest,
     CompletionRequest,
-    ErrorBody,
-    ErrorDetail,
     GenerationParams,
     ModelCard,
     ModelList,
@@ -219,16 +217,17 @@ def _event_stream(events: Any) -> Response:
     return response
 
 
-def error_response(status: int, detail: ErrorDetail) -> Response:
-    return _json(ErrorBody(error=detail), status)
+def error_response(exc: APIError) -> Response:
+    """The one error shape, with the error's own headers (Retry-After, WWW-Authenticate)."""
+    response = _json(exc.body(), exc.status)
+    response.headers.update(exc.headers)
+    return response
 
 
 def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(APIError)
     async def api_error(exc: APIError) -> Response:
-        response = _json(exc.body(), exc.status)
-        response.headers.update(exc.headers)
-        return response
+        return error_response(exc)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -244,10 +243,9 @@ def register_error_handlers(app: Quart) -> None:
             mapped = InvalidRequest(exc.description or exc.name)
             mapped.status = status
             mapped.code = exc.name.lower().replace(" ", "_")
-        return _json(mapped.body(), mapped.status)
+        return error_response(mapped)
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        detail = ErrorDetail(message="internal server error", type="server_error")
-        return error_response(500, detail)
+        return error_response(APIError("internal server error"))

@@ -48,7 +48,7 @@ class Completion:
     created: int = field(default_factory=now)
 
     def opening_event(self) -> str | None:
-        return _sse(_chunk(self, Delta(role="assistant", content="")))
+        return sse_event(_chunk(self, Delta(role="assistant", content="")))
 
     def content_event(self, text: str) -> str:
         """The SSE event of one content delta: rendered from a template, because it is sent
@@ -60,10 +60,10 @@ class Completion:
         return _chunk(self, Delta(content=text))
 
     def finish_event(self, reason: str) -> str:
-        return _sse(_chunk(self, Delta(), finish_reason=reason))
+        return sse_event(_chunk(self, Delta(), finish_reason=reason))
 
     def usage_event(self, event: Finished) -> str:
-        return _sse(_usage_chunk(self, event))
+        return sse_event(_usage_chunk(self, event))
 
     def whole(self, text: str, event: Finished) -> BaseModel:
         choice = Choice(message=ResponseMessage(content=text), finish_reason=event.reason)
@@ -78,7 +78,7 @@ class Completion:
     @functools.cached_property
     def _content_template(self) -> tuple[str, str]:
         marker = "\u0000MARK\u0000"
-        rendered = _sse(self.content_chunk(marker))
+        rendered = sse_event(self.content_chunk(marker))
         head, tail = rendered.split(json.dumps(marker, ensure_ascii=False))
         return head, tail
 
@@ -96,10 +96,10 @@ class TextCompletionFormat(Completion):
         return self._text(TextChoice(text=text))
 
     def finish_event(self, reason: str) -> str:
-        return _sse(self._text(TextChoice(text="", finish_reason=reason)))  # type: ignore[arg-type]
+        return sse_event(self._text(TextChoice(text="", finish_reason=reason)))  # type: ignore[arg-type]
 
     def usage_event(self, event: Finished) -> str:
-        return _sse(self._text(None, usage=_usage(event)))
+        return sse_event(self._text(None, usage=_usage(event)))
 
     def whole(self, text: str, event: Finished) -> BaseModel:
         return self._text(TextChoice(text=text, finish_reason=event.reason), usage=_usage(event))
@@ -141,7 +141,7 @@ async def stream(
                 yield completion.content_event(event.text)
             elif isinstance(event, Failed):
                 error = ErrorDetail(message=event.message, type="server_error")
-                yield _sse(ErrorBody(error=error))
+                yield sse_event(ErrorBody(error=error))
                 return
             elif isinstance(event, Finished):
                 yield completion.finish_event(event.reason)
@@ -176,6 +176,7 @@ def _usage(event: Finished) -> Usage:
     return make_usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
 
 
-def _sse(model: BaseModel) -> str:
+def sse_event(model: BaseModel) -> str:
+    """One Server-Sent Event carrying `model` as compact JSON."""
     payload = model.model_dump()
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"

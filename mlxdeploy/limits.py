@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+from .chat import sse_event
 from .errors import InvalidRequest, RequestTimeout
 from .generation import Engine, Event, Prompt
 from .protocol import GenerationParams, SamplingFields
 from .spec import LimitSettings
-
-# Python 3.11+: one timer per step instead of wait_for's task per event.
-_timeout_at = getattr(asyncio, "timeout_at", None)
 
 
 def check_max_tokens(body: SamplingFields, limits: LimitSettings) -> None:
@@ -65,8 +62,8 @@ class _BoundedEngine:
     """Passes everything through; `generate` ends at the deadline and closes the engine's
     generator, which cancels the request and frees its batch slot.
 
-    A cancellation that arrives as an event does can be lost inside the engine (Python
-    3.11's wait_for returns the event instead). So the deadline is checked between events as
+    An engine that waits with 3.11's wait_for can lose a cancellation that arrives together
+    with an event (MLXEngine no longer does). So the deadline is checked between events as
     well as by a timer, and a lost cancellation (a client that went away) is honoured at the
     next event, which the task still counts.
     """
@@ -97,16 +94,13 @@ async def _next_before(events: AsyncIterator[Event], deadline: Deadline) -> Even
         raise asyncio.CancelledError
     if deadline.passed():
         raise TimeoutError
-    if _timeout_at is None:  # Python 3.10
-        remaining = deadline.at - asyncio.get_running_loop().time()
-        return await asyncio.wait_for(anext(events), remaining)
-    async with _timeout_at(deadline.at):
+    async with asyncio.timeout_at(deadline.at):
         return await anext(events)
 
 
 def _lost_cancellation() -> bool:
-    cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
-    return bool(cancelling is not None and cancelling())
+    task = asyncio.current_task()
+    return bool(task is not None and task.cancelling())
 
 
 async def ending_on_timeout(events: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -116,5 +110,4 @@ async def ending_on_timeout(events: AsyncIterator[str]) -> AsyncIterator[str]:
             async for event in events:
                 yield event
         except RequestTimeout as exc:
-            body = json.dumps(exc.body().model_dump(), separators=(",", ":"))
-            yield f"data: {body}\n\n"
+            yield sse_event(exc.body())

@@ -5,11 +5,11 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlxdeploy.chat import Completion, _chunk, _sse
+from mlxdeploy.chat import Completion, _chunk, sse_event
 from mlxdeploy.protocol import Delta
 
 
 @given(st.text(), st.text(min_size=1))
 def test_content_event_matches_the_chunk_model(text: str, model: str) -> None:
     completion = Completion(model=model)
-    assert completion.content_event(text) == _sse(_chunk(completion, Delta(content=text)))
+    assert completion.content_event(text) == sse_event(_chunk(completion, Delta(content=text)))

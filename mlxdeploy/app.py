@@ -1,18 +1,18 @@
-"""create_app(spec, engine) -> the Quart app. No MLX here: the app talks to an Engine."""
+"""create_app(spec, engines) -> the Quart app. No MLX here: the app talks to Engines."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from .admission import Admission, Slot
+from .admission import Slot
 from .auth import ApiKeys, load_api_keys
 from .body import decode_json, install_body_reader
 from .chat import Completion, TextCompletionFormat, complete, stream
@@ -24,7 +24,6 @@ from .errors import (
     ModelNotFound,
     NotFound,
     PayloadTooLarge,
-    Unavailable,
 )
 from .gate import install_gate
 from .generation import Engine, Prompt
@@ -40,15 +39,17 @@ from .protocol import (
     error_param,
     now,
 )
-from .spec import Spec
+from .settings import LimitSettings, SamplingDefaults, Spec
+from .targets import Target, Targets
 
 log = logging.getLogger("mlxdeploy.app")
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def create_app(spec: Spec, engine: Engine, api_keys: ApiKeys | None = None) -> Quart:
-    """`api_keys`: the keys `load_api_keys` read at startup; None reads them from the spec."""
+def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None = None) -> Quart:
+    """One engine per model of `spec.catalog`. `api_keys`: the keys `load_api_keys` read at
+    startup; None reads them from the spec."""
     app = Quart("mlxdeploy")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as generation does
@@ -57,31 +58,33 @@ def create_app(spec: Spec, engine: Engine, api_keys: ApiKeys | None = None) -> Q
         JSON_SORT_KEYS=False,
     )
     created = now()
-    admission = Admission(limit=spec.engine.max_batch_size + spec.engine.max_queue)
-    drain = install_drain(app, admission)
+    catalog = spec.catalog
+    metrics = Metrics(engines)
+    # TimedEngine times every generation's first token.
+    timed = {engine.model_id: TimedEngine(engine, metrics) for engine in engines}
+    targets = Targets(catalog, timed, spec.engine)
+    drain = install_drain(app, targets.admissions)
     install_body_reader(app)  # before the gate's hooks: a 401 must not leave a body unread
-    metrics = Metrics(engine)
-    engine = TimedEngine(engine, metrics)  # times every generation's first token
+    cards = [ModelCard(id=model.id, created=created) for model in catalog.models] + [
+        ModelCard(id=p.name, created=created, parent=p.model_id, description=p.description)
+        for p in catalog.presets
+    ]
 
     @app.get("/health")
     async def health() -> Response:
-        state = "draining" if drain.draining else engine.state
-        body = {
-            "status": "ok" if state == "ready" else state,
-            "model": engine.model_id,
-            "running": engine.running,
-        }
-        return _json(body, 200 if state == "ready" else 503)
+        body = health_report(list(timed.values()), drain.draining)
+        return _json(body, 200 if body["status"] == "ok" else 503)
 
     @app.get("/v1/models")
     async def models() -> Response:
-        return _json(ModelList(data=[ModelCard(id=engine.model_id, created=created)]))
+        return _json(ModelList(data=cards))
 
     @app.get("/v1/models/<path:model_id>")
     async def model(model_id: str) -> Response:
-        if model_id != engine.model_id:
+        card = next((card for card in cards if card.id == model_id), None)
+        if card is None:
             raise ModelNotFound(model_id)
-        return _json(ModelCard(id=engine.model_id, created=created))
+        return _json(card)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -91,30 +94,66 @@ def create_app(spec: Spec, engine: Engine, api_keys: ApiKeys | None = None) -> Q
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
         body = await _parse(ChatCompletionRequest)
+        return await _chat(body, targets.lookup(body.model))
+
+    async def _chat(body: ChatCompletionRequest, target: Target) -> Response:
         return await _serve(
             body,
-            lambda: engine.prepare(body.messages, body.role_mapping),
-            Completion(model=engine.model_id, include_usage=body.include_usage),
+            target,
+            lambda: target.engine.prepare(target.messages(body.messages), body.role_mapping),
+            Completion(model=target.id, include_usage=body.include_usage),
+        )
+
+    @app.post("/v1/completions")
+    async def text_completions() -> Response:
+        body = await _parse(CompletionRequest)
+        target = targets.lookup(body.model)
+        return await _serve(
+            body,
+            target,
+            lambda: target.engine.prepare_text(target.prompt(body.prompt_text())),
+            TextCompletionFormat(model=target.id, include_usage=body.include_usage),
+            prompt_param="prompt",
+        )
+
+    def _endpoint_view(name: str) -> Callable[[], Awaitable[Response]]:
+        async def endpoint() -> Response:
+            """A preset at its own path: a chat completion request whose `model` may be left out."""
+            body = await _parse(ChatCompletionRequest)
+            if body.model not in (None, name):
+                raise InvalidRequest(
+                    f"this endpoint serves '{name}'; leave out model or send '{name}'",
+                    param="model",
+                )
+            return await _chat(body, targets.lookup(name))
+
+        return endpoint
+
+    for preset in catalog.presets:
+        app.add_url_rule(
+            preset.path, f"endpoint:{preset.name}", _endpoint_view(preset.name), methods=["POST"]
         )
 
     async def _serve(
         body: SamplingFields,
+        target: Target,
         prepare: Callable[[], Prompt],
         completion: Completion,
         prompt_param: str = "messages",
     ) -> Response:
-        """Checks, admission, then a whole answer or a stream; shared by both APIs."""
+        """Checks, admission, then a whole answer or a stream; shared by every route."""
         deadline = Deadline.start(spec.limits.request_timeout_seconds)
         check_max_tokens(body, spec.limits)
-        _check_model(body.model, engine)
-        _check_ready(engine)
-        slot = admission.enter()
+        target.check_ready()
+        slot = target.admission.enter()
         handed_to_stream = False
         try:
             prompt = await asyncio.to_thread(prepare)
-            check_context(prompt, engine.context_length, prompt_param)
-            params = resolve_params(body, spec)
-            bounded = deadline.bound(engine)  # RequestTimeout at the deadline: 504 or SSE error
+            check_context(prompt, target.engine.context_length, prompt_param)
+            params = resolve_params(body, target.defaults, target.stop, spec.limits)
+            bounded = deadline.bound(
+                target.engine
+            )  # RequestTimeout at the deadline: 504 or SSE error
             if body.stream:
                 events = ending_on_timeout(stream(bounded, prompt, params, completion))
                 handed_to_stream = True
@@ -124,20 +163,26 @@ def create_app(spec: Spec, engine: Engine, api_keys: ApiKeys | None = None) -> Q
             if not handed_to_stream:
                 slot.release()
 
-    @app.post("/v1/completions")
-    async def text_completions() -> Response:
-        body = await _parse(CompletionRequest)
-        return await _serve(
-            body,
-            lambda: engine.prepare_text(body.prompt_text()),
-            TextCompletionFormat(model=engine.model_id, include_usage=body.include_usage),
-            prompt_param="prompt",
-        )
-
     install_gate(app, spec, api_keys or load_api_keys(spec.auth, spec.base_dir))
     register_error_handlers(app)
     app.asgi_app = RequestMetrics(app.asgi_app, metrics, app.url_map)  # type: ignore[method-assign]
     return app
+
+
+def health_report(engines: Sequence[Engine], draining: bool) -> dict[str, Any]:
+    """`ok` only when every model is ready; otherwise the state that keeps it from being so."""
+    models = [{"id": e.model_id, "status": _status(e.state), "running": e.running} for e in engines]
+    states = {e.state for e in engines}
+    overall = next((s for s in ("failed", "loading", "stopped") if s in states), "ready")
+    return {
+        "status": "draining" if draining else _status(overall),
+        "running": sum(m["running"] for m in models),
+        "models": models,
+    }
+
+
+def _status(state: str) -> str:
+    return "ok" if state == "ready" else state
 
 
 async def _releasing(slot: Slot, events: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -149,23 +194,24 @@ async def _releasing(slot: Slot, events: AsyncIterator[str]) -> AsyncIterator[st
         slot.release()
 
 
-def resolve_params(body: SamplingFields, spec: Spec) -> GenerationParams:
-    """The request's own fields win over the spec's defaults; stop words add up.
+def resolve_params(
+    body: SamplingFields, d: SamplingDefaults, stop: Sequence[str], limits: LimitSettings
+) -> GenerationParams:
+    """The request's own fields win over the defaults of its model or preset; stop words add up.
 
-    The spec's default max_tokens is capped by limits.max_tokens (requests above it are 400).
+    A default max_tokens is capped by limits.max_tokens (requests above it are 400).
     """
-    d = spec.defaults
     return GenerationParams(
         max_tokens=body.max_tokens
         or body.max_completion_tokens
-        or min(d.max_tokens, spec.limits.max_tokens),
+        or min(d.max_tokens, limits.max_tokens),
         temperature=d.temperature if body.temperature is None else body.temperature,
         top_p=d.top_p if body.top_p is None else body.top_p,
         repetition_penalty=(
             d.repetition_penalty if body.repetition_penalty is None else body.repetition_penalty
         ),
         repetition_context_size=body.repetition_context_size or d.repetition_context_size,
-        stop=tuple(body.stop_words()),
+        stop=tuple(dict.fromkeys((*body.stop_words(), *stop))),
     )
 
 
@@ -191,17 +237,6 @@ def _describe(exc: ValidationError) -> tuple[str, str | None]:
     )
     first = next(iter(by_param))
     return message, None if first == "body" else first
-
-
-def _check_model(requested: str | None, engine: Engine) -> None:
-    if requested is not None and requested != engine.model_id:
-        raise ModelNotFound(requested)
-
-
-def _check_ready(engine: Engine) -> None:
-    state = engine.state
-    if state != "ready":
-        raise Unavailable(f"the model is not ready to serve requests (state: {state})")
 
 
 def _json(payload: BaseModel | dict[str, Any], status: int = 200) -> Response:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import Unauthorized
-from .spec import AuthSettings
+from .settings import AuthSettings
 
 BEARER = "bearer"
 

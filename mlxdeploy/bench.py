@@ -344,10 +344,11 @@ def mlx_lm_command(model_dir: Path, spec: Spec, load: LoadSettings, port: int) -
 
 
 def resolve_model_dir(spec: Spec) -> Path:
-    """The spec's model as a local dir; GGUF and HF sources are resolved by a child process,
-    because resolving them imports mlx."""
-    if spec.source.kind == "dir" and spec.source.path is not None:
-        return spec.source.path
+    """The spec's (first) model as a local dir; GGUF and HF sources are resolved by a child
+    process, because resolving them imports mlx."""
+    model = spec.catalog.models[0]  # requests without `model` go to it on both servers
+    if model.source.kind == "dir" and model.source.path is not None:
+        return model.source.path
     code = "\n".join([
         "import sys",
         "from pathlib import Path",
@@ -357,10 +358,10 @@ def resolve_model_dir(spec: Spec) -> Path:
         "print(resolve_model_dir(source, default_cache_root()))",
     ])  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-c", code, str(spec.source)], capture_output=True, text=True
+        [sys.executable, "-c", code, str(model.source)], capture_output=True, text=True
     )
     if done.returncode != 0:
-        raise BenchError(f"cannot resolve the model dir of {spec.model!r}: {done.stderr.strip()}")
+        raise BenchError(f"cannot resolve the model dir of {model.model!r}: {done.stderr.strip()}")
     return Path(done.stdout.strip().splitlines()[-1])
 
 

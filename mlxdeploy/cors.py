@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from quart import Request, Response
 
 from .errors import Forbidden
-from .spec import CorsSettings
+from .settings import CorsSettings
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 EXPOSE_HEADERS = "X-Request-ID, Retry-After"

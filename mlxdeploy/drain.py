@@ -4,6 +4,7 @@ already in flight run to their end. `shutdown.py` decides when to start and how 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from quart import Quart, Response, request
 
@@ -17,14 +18,14 @@ POLL_SECONDS = 0.05
 
 
 class Drain:
-    def __init__(self, admission: Admission) -> None:
+    def __init__(self, admissions: Sequence[Admission]) -> None:
         self.draining = False
-        self._admission = admission
+        self._admissions = list(admissions)
 
     @property
     def in_flight(self) -> int:
-        """Chat requests not finished yet; a stream counts until its last event."""
-        return self._admission.in_flight
+        """Generation requests not finished yet; a stream counts until its last event."""
+        return sum(admission.in_flight for admission in self._admissions)
 
     def start(self) -> None:
         self.draining = True
@@ -40,9 +41,9 @@ class Drain:
         return True
 
 
-def install_drain(app: Quart, admission: Admission) -> Drain:
+def install_drain(app: Quart, admissions: Sequence[Admission]) -> Drain:
     """Refuse new requests with 503 while draining, and close their connections after."""
-    drain = Drain(admission)
+    drain = Drain(admissions)
     app.extensions[EXTENSION] = drain
 
     @app.before_request

@@ -12,7 +12,7 @@ from .chat import sse_event
 from .errors import InvalidRequest, RequestTimeout
 from .generation import Engine, Event, Prompt
 from .protocol import GenerationParams, SamplingFields
-from .spec import LimitSettings
+from .settings import LimitSettings
 
 
 def check_max_tokens(body: SamplingFields, limits: LimitSettings) -> None:

@@ -17,7 +17,7 @@ from hypercorn.logging import Logger as HypercornLogger
 from hypercorn.typing import ResponseSummary, WWWScope
 
 from .request_ids import HEADER
-from .spec import ServerSettings
+from .settings import ServerSettings
 
 ACCESS_LOGGER = "mlxdeploy.access"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -1,8 +1,8 @@
-"""Prometheus metrics of one app: HTTP requests, latency, time to first token, and the engine's
-tokens, queue, batch and prefix cache.
+"""Prometheus metrics of one app: HTTP requests, latency, time to first token, and each
+engine's tokens, queue, batch and prefix cache (labelled by model).
 
-Every metric lives on a `CollectorRegistry` made per app. The engine's numbers are plain ints
-kept by the generation thread; `EngineCollector` reads them when Prometheus scrapes.
+Every metric lives on a `CollectorRegistry` made per app. An engine's numbers are plain ints
+kept by its generation thread; `EngineCollector` reads them when Prometheus scrapes.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[Non
 class Metrics:
     """The app's registry and the metrics the HTTP side records itself."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engines: Sequence[Engine]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             f"{PREFIX}_http_requests",
@@ -52,10 +52,11 @@ class Metrics:
         self.ttft = Histogram(
             f"{PREFIX}_time_to_first_token_seconds",
             "Time from handing a prompt to the engine to its first generated token.",
+            ["model"],
             buckets=TTFT_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(EngineCollector(engine))
+        self.registry.register(EngineCollector(engines))
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
@@ -68,44 +69,50 @@ class Metrics:
 
 
 class EngineCollector(Collector):
-    """Reads the engine's stats at scrape time, so the generation thread never touches metrics."""
+    """Reads each engine's stats at scrape time, so no generation thread touches metrics.
+    Every family has a `model` label: one sample per served model."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, engines: Sequence[Engine]) -> None:
+        self._engines = list(engines)
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._engine.stats()
-        yield from _gauges(stats, self._engine.state)
-        yield from _counters(stats)
+        families = [_family(kind, name, help) for kind, name, help in _ENGINE_METRICS]
+        for engine in self._engines:
+            values = _engine_values(engine.stats(), engine.state)
+            for family, value in zip(families, values, strict=True):
+                family.add_metric([engine.model_id], value)
+        yield from families
 
 
-def _gauges(stats: EngineStats, state: EngineState) -> Iterator[Metric]:
-    yield GaugeMetricFamily(
-        f"{PREFIX}_queue_depth", "Requests waiting for a batch slot.", value=stats.waiting
+_ENGINE_METRICS = (
+    ("gauge", "queue_depth", "Requests waiting for a batch slot."),
+    ("gauge", "batch_size", "Requests in the running batch (reading their prompt or generating)."),
+    ("gauge", "engine_ready", "1 when the model is ready to serve."),
+    ("counter", "prompt_tokens", "Prompt tokens of admitted requests, cached ones included."),
+    ("counter", "completion_tokens", "Tokens generated."),
+    ("counter", "prefix_cache_hits", "Requests that reused cached prompt tokens."),
+    ("counter", "prefix_cache_tokens", "Prompt tokens taken from the prefix cache."),
+    ("counter", "generation_step_failures", "Generation steps that failed their batch."),
+)
+
+
+def _family(kind: str, name: str, documentation: str) -> GaugeMetricFamily | CounterMetricFamily:
+    family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+    return family(f"{PREFIX}_{name}", documentation, labels=["model"])
+
+
+def _engine_values(stats: EngineStats, state: EngineState) -> tuple[float, ...]:
+    """In the order of _ENGINE_METRICS."""
+    return (
+        stats.waiting,
+        stats.batch_size,
+        state == "ready",
+        stats.prompt_tokens,
+        stats.completion_tokens,
+        stats.prefix_cache_hits,
+        stats.cached_tokens,
+        stats.step_failures,
     )
-    yield GaugeMetricFamily(
-        f"{PREFIX}_batch_size",
-        "Requests in the running batch (reading their prompt or generating).",
-        value=stats.batch_size,
-    )
-    yield GaugeMetricFamily(
-        f"{PREFIX}_engine_ready", "1 when the model is ready to serve.", value=state == "ready"
-    )
-
-
-def _counters(stats: EngineStats) -> Iterator[Metric]:
-    for name, documentation, value in (
-        ("prompt_tokens", "Prompt tokens of admitted requests, cached ones included.",
-         stats.prompt_tokens),
-        ("completion_tokens", "Tokens generated.", stats.completion_tokens),
-        ("prefix_cache_hits", "Requests that reused cached prompt tokens.",
-         stats.prefix_cache_hits),
-        ("prefix_cache_tokens", "Prompt tokens taken from the prefix cache.",
-         stats.cached_tokens),
-        ("generation_step_failures", "Generation steps that failed their batch.",
-         stats.step_failures),
-    ):  # fmt: skip
-        yield CounterMetricFamily(f"{PREFIX}_{name}", documentation, value=value)
 
 
 class TimedEngine:
@@ -113,7 +120,7 @@ class TimedEngine:
 
     def __init__(self, engine: Engine, metrics: Metrics) -> None:
         self._engine = engine
-        self._ttft = metrics.ttft
+        self._ttft = metrics.ttft.labels(model=engine.model_id)
 
     @property
     def model_id(self) -> str:

@@ -192,6 +192,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "mlxdeploy"
+    parent: str | None = None  # an endpoint preset's model, as vLLM names a LoRA's base model
+    description: str | None = None
 
 
 class ModelList(BaseModel):

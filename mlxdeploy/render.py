@@ -11,7 +11,7 @@ from .app import create_app
 from .auth import ApiKeys
 from .generation import EngineState, EngineStats, Event, Prompt
 from .protocol import ChatMessage, GenerationParams, RoleMappingOverride
-from .spec import Spec
+from .settings import Spec
 
 MASK = "***"
 SECRET_WORDS = {"key", "keys", "token", "secret", "password"}
@@ -21,8 +21,8 @@ HIDDEN_METHODS = {"HEAD", "OPTIONS"}
 class UnloadedEngine:
     """Stands in for the engine so the app (and so its routes) can be built without weights."""
 
-    def __init__(self, spec: Spec):
-        self.model_id = spec.model_id
+    def __init__(self, model_id: str):
+        self.model_id = model_id
         self.state: EngineState = "stopped"
         self.running = 0
         self.context_length: int | None = None
@@ -59,7 +59,8 @@ def masked(value: Any, key: str = "") -> Any:
 
 
 def route_table(spec: Spec) -> list[tuple[str, str]]:
-    app = create_app(spec, UnloadedEngine(spec), api_keys=ApiKeys(()))  # keys are not read
+    engines = [UnloadedEngine(model.id) for model in spec.catalog.models]
+    app = create_app(spec, engines, api_keys=ApiKeys(()))  # keys are not read
     rows = {
         (",".join(sorted(set(rule.methods or ()) - HIDDEN_METHODS)), rule.rule)
         for rule in app.url_map.iter_rules()
@@ -68,9 +69,21 @@ def route_table(spec: Spec) -> list[tuple[str, str]]:
     return sorted(rows, key=lambda row: row[1])
 
 
+def served_table(spec: Spec) -> list[dict[str, Any]]:
+    """Each id clients may send as `model`: a model and where its weights come from, or an
+    endpoint preset, the model it runs on and its own path."""
+    rows: list[dict[str, Any]] = [
+        {"id": m.id, "source": f"{m.source.kind}: {m.source}"} for m in spec.catalog.models
+    ]
+    rows += [
+        {"id": p.name, "endpoint_of": p.model_id, "path": p.path} for p in spec.catalog.presets
+    ]
+    return rows
+
+
 def render(spec: Spec) -> str:
-    """YAML: the settings as `up` would use them, the model's source, and the route table."""
+    """YAML: the settings as `up` would use them, what each model id serves, and the routes."""
     settings = masked(spec.model_dump(mode="json", exclude={"extends"}))
-    settings["model_source"] = {"kind": spec.source.kind, "location": str(spec.source)}
+    settings["served"] = served_table(spec)
     settings["routes"] = [f"{methods} {path}" for methods, path in route_table(spec)]
     return yaml.safe_dump(settings, sort_keys=False, allow_unicode=True, width=100)

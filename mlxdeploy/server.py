@@ -1,4 +1,4 @@
-"""Serve a spec under Hypercorn: bind, load the model in the background, stop on signals."""
+"""Serve a spec under Hypercorn: bind, load the models in the background, stop on signals."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from .auth import ApiKeys
 from .blas import load_fast_blas
 from .drain import drain_of
 from .logs import ACCESS_LOGGER, AccessLogger
+from .settings import Spec
 from .shutdown import TrackedConfig, drain_and_abort, install_signal_handlers
-from .spec import Spec
 
 if TYPE_CHECKING:
     from .engine.engine import MLXEngine
@@ -52,16 +52,17 @@ async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
     loop = asyncio.get_running_loop()
     signals = install_signal_handlers(loop)
     stop = signals.requested
-    engine = MLXEngine(spec)
-    engine.start(loop)
-    watcher = asyncio.create_task(_watch_load(engine, stop))
-    app = create_app(spec, engine, api_keys)
+    engines = [MLXEngine(model, spec.engine) for model in spec.catalog.models]
+    for engine in engines:  # each model loads and generates on its own thread
+        engine.start(loop)
+    watcher = asyncio.create_task(_watch_load(spec, engines, stop))
+    app = create_app(spec, engines, api_keys)
     config = hypercorn_config(spec)
 
     async def drained() -> None:  # Hypercorn stops serving when this returns
         await stop.wait()
         timeout = spec.server.shutdown_timeout_seconds
-        await drain_and_abort(drain_of(app), engine, config, timeout, signals.forced)
+        await drain_and_abort(drain_of(app), engines, config, timeout, signals.forced)
 
     try:
         await hypercorn_serve(app, config, shutdown_trigger=drained)  # type: ignore[arg-type]
@@ -69,15 +70,18 @@ async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
         return ServeResult(1, f"cannot listen on {spec.host}:{spec.port}: {exc.strerror or exc}")
     finally:
         watcher.cancel()
-        await asyncio.to_thread(engine.stop)
-    if engine.error:
-        return ServeResult(1, engine.error)
-    return ServeResult(0)
+        await asyncio.gather(*(asyncio.to_thread(engine.stop) for engine in engines))
+    error = next((engine.error for engine in engines if engine.error), None)
+    return ServeResult(1, error) if error else ServeResult(0)
 
 
-async def _watch_load(engine: MLXEngine, stop: asyncio.Event) -> None:
-    state = await asyncio.to_thread(engine.wait_loaded)
-    if state == "failed":
-        stop.set()
-    else:
-        log.info("serving %s on http://%s:%d", engine.model_id, engine.spec.host, engine.spec.port)
+async def _watch_load(spec: Spec, engines: list[MLXEngine], stop: asyncio.Event) -> None:
+    """Stop at the first model that fails to load; say where the server is once all are ready."""
+    pending = {asyncio.create_task(asyncio.to_thread(e.wait_loaded)) for e in engines}
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if any(task.result() == "failed" for task in done):
+            stop.set()
+            return
+    ids = ", ".join(spec.catalog.ids)
+    log.info("serving %s on http://%s:%d", ids, spec.host, spec.port)

@@ -4,8 +4,8 @@
 2. the listening sockets close: new connections are refused, accepted ones are still served;
 3. requests in flight get up to `server.shutdown_timeout_seconds` to finish (a second signal
    cuts the wait short);
-4. past it, the engine ends what is left: each stream gets one error event and ends;
-5. Hypercorn closes the remaining connections, and only then does the engine stop (server.py).
+4. past it, the engines end what is left: each stream gets one error event and ends;
+5. Hypercorn closes the remaining connections, and only then do the engines stop (server.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hypercorn.config import Config, Sockets
@@ -55,7 +56,11 @@ def install_signal_handlers(loop: asyncio.AbstractEventLoop) -> ShutdownSignals:
 
 
 async def drain_and_abort(
-    drain: Drain, engine: Engine, config: TrackedConfig, timeout: float, forced: asyncio.Event
+    drain: Drain,
+    engines: Sequence[Engine],
+    config: TrackedConfig,
+    timeout: float,
+    forced: asyncio.Event,
 ) -> None:
     """Steps 1-4 above; returns when no request is in flight (or the abort grace ran out)."""
     drain.start()
@@ -65,7 +70,8 @@ async def drain_and_abort(
     if await drain.wait_idle(timeout, forced):
         return
     log.warning("shutdown: ending %d requests still in flight", drain.in_flight)
-    engine.abort(SHUTDOWN_MESSAGE)
+    for engine in engines:
+        engine.abort(SHUTDOWN_MESSAGE)
     if not await drain.wait_idle(ABORT_GRACE_SECONDS):
         log.warning("shutdown: %d requests did not end after the abort", drain.in_flight)
 

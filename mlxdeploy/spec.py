@@ -1,359 +1,53 @@
 """The deployment spec: YAML -> typed `Spec`, with every mistake reported as `file:line:col`.
 
-Layers, lowest first: the YAML file, `MLXDEPLOY_*` environment variables (strings, coerced to the
-field's type), then keyword overrides from the CLI. YAML and overrides are validated strictly.
+Layers, lowest first: the files a spec `extends`, the spec itself, `MLXDEPLOY_*` environment
+variables (strings, coerced to the field's type), then keyword overrides from the CLI. YAML and
+overrides are validated strictly. The settings themselves are in `settings.py`.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
+from pydantic_settings import SettingsError
+
+from .catalog import Catalog, CatalogError, Files, build_catalog, read_files
+from .footprint import estimate_bytes, gib, machine_memory
+from .problems import FieldError, Problem, ProblemFormat, SpecError, format_problems, show_value
+from .settings import (
+    ENV_DELIMITER,
+    ENV_PREFIX,
+    EngineSettings,
+    EnvSource,
+    RoleMapping,
+    SamplingDefaults,
+    Spec,
+    spec_json_schema,
 )
 
-from mlxdeploy.footprint import estimate_bytes, gib, machine_memory
-from mlxdeploy.sources import ModelSource, parse_model_source
-from mlxdeploy.templates import TemplateProblem, read_chat_template
+__all__ = [
+    "EngineSettings",
+    "Problem",
+    "ProblemFormat",
+    "RoleMapping",
+    "SamplingDefaults",
+    "Spec",
+    "SpecError",
+    "format_problems",
+    "load_spec",
+    "spec_json_schema",
+]
 
-ENV_PREFIX = "MLXDEPLOY_"
-ENV_DELIMITER = "__"
-PromptFormat = Literal["auto", "chat_template", "role_mapping"]
-ProblemFormat = Literal["text", "github", "json"]
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-# --------------------------------------------------------------------------- problems
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One mistake in a spec. `line`/`col` are 1-based; None when it has no place in the file."""
-
-    path: str
-    line: int | None
-    col: int | None
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = self.path
-        if self.line is not None:
-            where += f":{self.line}" + (f":{self.col}" if self.col is not None else "")
-        return ": ".join(part for part in (where, self.field, self.message) if part)
-
-
-class SpecError(Exception):
-    """Raised by `load_spec`; carries every problem found, in file order."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(problem) for problem in problems))
-        self.problems = problems
-
-
-# --------------------------------------------------------------------------- models
-
-
-class Section(BaseModel):
-    """Base of every spec section: unknown keys are errors and YAML values are not coerced."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class RoleMapping(Section):
-    """Prompt pieces used when the prompt is built without a chat template (mlx-lm's keys)."""
-
-    system_prompt: str = Field(
-        default="A chat between a curious user and an artificial intelligence assistant.",
-        description="Text placed at the start of every prompt.",
-    )
-    system: str = Field(default="ASSISTANT's RULE: ", description="Prefix of system messages.")
-    user: str = Field(default="USER: ", description="Prefix of user messages.")
-    assistant: str = Field(default="ASSISTANT: ", description="Prefix of assistant messages.")
-    stop: str = Field(default="\n", description="Text placed after each message.")
-
-
-class SamplingDefaults(Section):
-    """Default sampling parameters; the fields a request sets itself win."""
-
-    max_tokens: int = Field(default=100, ge=1, description="Most tokens to generate.")
-    temperature: float = Field(
-        default=1.0, ge=0, allow_inf_nan=False, description="Sampling temperature; 0 is greedy."
-    )
-    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass, in (0, 1].")
-    repetition_penalty: float = Field(
-        default=1.0, gt=0, allow_inf_nan=False, description="Penalty on repeated tokens; 1 is off."
-    )
-    repetition_context_size: int = Field(
-        default=20, ge=1, description="How many recent tokens the repetition penalty looks at."
-    )
-
-
-class EngineSettings(Section):
-    """How the generation thread batches requests and caches prompts."""
-
-    max_batch_size: int = Field(
-        default=32, ge=1, le=1024, description="Most requests decoded together in one step."
-    )
-    prefill_batch_size: int = Field(
-        default=8, ge=1, le=1024, description="Most prompts processed together in one step."
-    )
-    prefill_step_size: int = Field(
-        default=512, ge=16, le=65536, description="Prompt tokens per request in one prefill step."
-    )
-    prompt_cache_bytes: int = Field(
-        default=1 << 30,
-        ge=0,
-        description="Byte budget of the prompt prefix cache; 0 turns it off.",
-    )
-    prompt_cache_entries: int = Field(
-        default=64, ge=1, description="Most cached prompt prefixes kept at once."
-    )
-    max_queue: int = Field(
-        default=1024,
-        ge=0,
-        description="Requests that may wait beyond the running batch; more get 429 + Retry-After.",
-    )
-    heartbeat_seconds: float = Field(
-        default=5.0,
-        gt=0,
-        le=300,
-        description="Idle seconds before a stream gets an SSE keep-alive comment.",
-    )
-
-
-class AuthSettings(Section):
-    """API keys, sent by clients as `Authorization: Bearer <key>`. Keys never live in the spec."""
-
-    api_keys_env: str | None = Field(
-        default=None,
-        min_length=1,
-        description="Name of an environment variable holding the keys, separated by commas.",
-    )
-    api_keys_file: str | None = Field(
-        default=None,
-        min_length=1,
-        description="File with one key per line ('#' starts a comment); relative to the spec.",
-    )
-    api_keys: list[str] | None = Field(
-        default=None,
-        description="Not allowed: literal keys end up in git. Use api_keys_env or api_keys_file.",
-    )
-
-    @field_validator("api_keys")
-    @classmethod
-    def _no_literal_keys(cls, value: list[str] | None) -> None:
-        if value is not None:
-            raise ValueError(
-                "literal API keys are not allowed in a spec (they end up in git); "
-                "put them in an environment variable (api_keys_env) or a file (api_keys_file)"
-            )
-        return None
-
-    @property
-    def enabled(self) -> bool:
-        return self.api_keys_env is not None or self.api_keys_file is not None
-
-
-class CorsSettings(Section):
-    """Cross-origin access from browsers; none unless origins are listed."""
-
-    allow_origins: list[str] = Field(
-        default=[],
-        description="Origins allowed to call the API from a browser, e.g. https://app.example.com.",
-    )
-    allow_headers: list[str] = Field(
-        default=["Authorization", "Content-Type", "X-Request-ID"],
-        description="Request headers a browser may send.",
-    )
-    max_age_seconds: int = Field(
-        default=600, ge=0, description="How long a browser may cache a preflight answer."
-    )
-
-
-class LimitSettings(Section):
-    """Bounds on what one request may ask for."""
-
-    max_body_bytes: int = Field(
-        default=1 << 20, ge=1024, description="Largest request body; larger ones get 413."
-    )
-    max_tokens: int = Field(
-        default=4096, ge=1, description="Most tokens one request may ask to generate."
-    )
-    request_timeout_seconds: float = Field(
-        default=600.0, gt=0, description="A request still generating after this fails."
-    )
-
-
-class ServerSettings(Section):
-    """Process behaviour: shutdown and logs."""
-
-    shutdown_timeout_seconds: float = Field(
-        default=30.0,
-        ge=0,
-        description="On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
-    )
-    log_format: Literal["text", "json"] = Field(
-        default="text", description="text for people, json for log collectors."
-    )
-    access_log: bool = Field(default=True, description="Log one line per request.")
-
-
-def _as_list(value: Any) -> Any:
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list):
-        raise ValueError(f"expected a string or a list of strings, got {_show(value)}")
-    return value
-
-
-StopWords = Annotated[list[str], BeforeValidator(_as_list, json_schema_input_type=str | list[str])]
-
-
-class _EnvSource(EnvSettingsSource):
-    """Environment source that leaves undecodable JSON as the raw string.
-
-    Validation then reports it against the variable (e.g. `MLXDEPLOY_STOP=</s>` is one stop word).
-    """
-
-    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
-        try:
-            return super().decode_complex_value(field_name, field, value)
-        except ValueError:
-            return value
-
-
-class Spec(BaseSettings):
-    """An mlxdeploy deployment: one model served with an OpenAI-compatible API."""
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter=ENV_DELIMITER,
-        extra="forbid",
-        # Strict for YAML and keyword values; pydantic-settings coerces env strings first.
-        strict=True,
-        title="mlxdeploy spec",
-    )
-
-    extends: str | None = Field(
-        default=None,
-        min_length=1,
-        description=(
-            "A base spec (path relative to this file) that this one deep-merges over; "
-            "mappings merge, lists and scalars replace."
-        ),
-    )
-    model: str = Field(
-        min_length=1,
-        description=(
-            "The model: an HF repo id (owner/name), a local model directory, a .gguf file, "
-            "or pkg:<python_package>/<path> for a file inside an installed package. "
-            "Relative paths are relative to this file."
-        ),
-    )
-    name: str | None = Field(
-        default=None,
-        min_length=1,
-        description="Model id that clients send as `model` and /v1/models lists; default: `model`.",
-    )
-    host: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on.")
-    port: int = Field(default=8080, ge=1, le=65535, description="TCP port to listen on.")
-    prompt_format: PromptFormat = Field(
-        default="auto",
-        description=(
-            "auto: the tokenizer's chat template if it has one, else role_mapping; "
-            "chat_template: require the tokenizer's template; role_mapping: always role_mapping."
-        ),
-    )
-    chat_template: str | None = Field(
-        default=None,
-        min_length=1,
-        description=(
-            "A Jinja2 chat template file (relative to the spec that names it) used instead of "
-            "the tokenizer's own, e.g. templates/chatml.jinja; checked by validate."
-        ),
-    )
-    role_mapping: RoleMapping = Field(
-        default=RoleMapping(), description="Prompt pieces used when no chat template is used."
-    )
-    defaults: SamplingDefaults = Field(
-        default=SamplingDefaults(), description="Default sampling; a request's own fields win."
-    )
-    stop: StopWords = Field(
-        default=["</s>"], description="Stop words added to every request's own: a string or a list."
-    )
-    engine: EngineSettings = Field(
-        default=EngineSettings(),
-        description="Batching and prompt caching of the generation thread.",
-    )
-    auth: AuthSettings = Field(default=AuthSettings(), description="API keys; off by default.")
-    cors: CorsSettings = Field(default=CorsSettings(), description="Browser cross-origin access.")
-    limits: LimitSettings = Field(default=LimitSettings(), description="Per-request bounds.")
-    server: ServerSettings = Field(default=ServerSettings(), description="Shutdown and logging.")
-
-    _source: ModelSource | None = PrivateAttr(None)
-    _base_dir: Path | None = PrivateAttr(None)
-    _chat_template_text: str | None = PrivateAttr(None)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, _EnvSource(settings_cls)
-
-    @property
-    def source(self) -> ModelSource:
-        """The parsed `model`; `load_spec` resolves relative paths against the spec's directory."""
-        if self._source is None:
-            self._source = parse_model_source(self.model, Path.cwd())
-        return self._source
-
-    @property
-    def base_dir(self) -> Path:
-        """The spec file's directory: relative paths in the spec resolve against it."""
-        return self._base_dir or Path.cwd()
-
-    @property
-    def chat_template_text(self) -> str | None:
-        """The text of `chat_template`, read and checked by `load_spec`."""
-        return self._chat_template_text
-
-    @property
-    def model_id(self) -> str:
-        """The id clients use for this model: `name`, or `model` when no name is given."""
-        return self.name or self.model
-
-
-def spec_json_schema() -> dict[str, Any]:
-    """JSON Schema of the spec, for editors (yaml-language-server) and docs."""
-    schema = Spec.model_json_schema()
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 # --------------------------------------------------------------------------- loading
@@ -409,26 +103,26 @@ def load_spec(path: Path, **overrides: Any) -> Spec:
         problems += [_validation_problem(detail, layers) for detail in error.errors()]
     except SettingsError as error:
         problems.append(Problem(shown, None, None, "environment", str(error)))
-    base_dir = layers.file_for(("model",)).directory
-    source = _check_source(merged.get("model"), base_dir, layers, problems)
-    if source is not None:
-        _check_memory(source, layers, problems)
-    template = _check_template(merged.get("chat_template"), layers, problems)
-    if problems or spec is None or source is None:
-        raise SpecError(sorted(problems, key=_problem_order))
-    spec._source = source
+    # Sources and templates are checked even when other keys are wrong: every problem at once.
+    referenced, file_errors = read_files(merged, lambda loc: layers.file_for(loc).directory)
+    problems += [_field_problem(error, layers) for error in file_errors]
+    _check_memory(referenced, merged, layers, problems)
+    catalog = None if spec is None else _check_catalog(spec, referenced, layers, problems)
+    if problems or spec is None or catalog is None:
+        raise SpecError(sorted(dict.fromkeys(problems), key=_problem_order))
+    spec._catalog = catalog
     spec._base_dir = path.parent
-    spec._chat_template_text = template
     return spec
 
 
-def _check_template(value: Any, layers: _Layers, problems: list[Problem]) -> str | None:
-    if not isinstance(value, str) or not value:
-        return None
+def _check_catalog(
+    spec: Spec, files: Files, layers: _Layers, problems: list[Problem]
+) -> Catalog | None:
+    """Models and presets resolved; mistakes across keys (ids, endpoints, paths) reported."""
     try:
-        return read_chat_template(layers.file_for(("chat_template",)).directory / value)
-    except TemplateProblem as error:
-        problems.append(_validation_problem(_value_error(("chat_template",), error), layers))
+        return build_catalog(spec, files)
+    except CatalogError as error:
+        problems += [_field_problem(field_error, layers) for field_error in error.errors]
         return None
 
 
@@ -454,7 +148,7 @@ def _parent(
 ) -> Path | None:
     if parent is None:
         return None
-    line, col = _position(root, ("extends",), "")
+    line, col = _position(root, ("extends",), at_key=False)
     if not isinstance(parent, str) or not parent:
         problems.append(Problem(shown, line, col, "extends", "expected a path to a base spec"))
         return None
@@ -492,7 +186,7 @@ def _interpolate(
             missing = [m.group(1) for m in _REFERENCE.finditer(value)
                        if m.group(2) is None and m.group(1) not in os.environ]  # fmt: skip
             if missing:
-                line, col = _position(root, here, "")
+                line, col = _position(root, here, at_key=False)
                 message = (
                     f"environment variable {missing[0]} is not set (use ${{{missing[0]}:-default}})"
                 )
@@ -512,34 +206,41 @@ def _typed(text: str) -> Any:
     return value if isinstance(value, int | float | bool) else text
 
 
-def _check_source(
-    value: Any, base_dir: Path, layers: _Layers, problems: list[Problem]
-) -> ModelSource | None:
-    """Parse `model` against the spec's directory; a bad source is reported where it was set."""
-    if not isinstance(value, str) or not value:
-        return None  # already reported by validation
-    try:
-        return parse_model_source(value, base_dir)
-    except ValueError as error:
-        problems.append(_validation_problem(_value_error(("model",), error), layers))
-        return None
-
-
-def _check_memory(source: ModelSource, layers: _Layers, problems: list[Problem]) -> None:
-    """Weights that cannot fit this machine's memory are a problem before anything loads."""
-    try:
-        needed = estimate_bytes(source)
-    except (OSError, ValueError, KeyError) as error:  # an unreadable header: say so, once
-        problems.append(_validation_problem(_value_error(("model",), ValueError(
-            f"cannot read the size of the model's weights: {error}")), layers))  # fmt: skip
+def _check_memory(
+    files: Files, data: dict[str, Any], layers: _Layers, problems: list[Problem]
+) -> None:
+    """Weights that cannot fit this machine's memory together are a problem before anything
+    loads. Sizes come from file headers; no weights are read."""
+    sizes: list[tuple[str, int]] = []
+    for loc, source in files.sources.items():
+        try:
+            needed = estimate_bytes(source)
+        except (OSError, ValueError, KeyError) as error:  # an unreadable header: say so, once
+            message = f"cannot read the size of the model's weights: {error}"
+            problems.append(_field_problem(FieldError(loc, message), layers))
+            continue
+        if needed is not None:
+            sizes.append((_model_label(data, loc), needed))
+    needed, available = sum(size for _, size in sizes), machine_memory()
+    if needed <= available:
         return
-    available = machine_memory()
-    if needed is not None and needed > available:
-        message = (
-            f"the model's weights need about {gib(needed)} of memory, this machine has "
-            f"{gib(available)}; use a smaller or quantized model"
-        )
-        problems.append(_validation_problem(_value_error(("model",), ValueError(message)), layers))
+    if "models" in data:
+        parts = ", ".join(f"{label} {gib(size)}" for label, size in sizes)
+        message = f"the models' weights need about {gib(needed)} of memory together ({parts})"
+    else:
+        message = f"the model's weights need about {gib(needed)} of memory"
+    message += f", this machine has {gib(available)}; use smaller or quantized models"
+    where = ("models",) if "models" in data else ("model",)
+    problems.append(_field_problem(FieldError(where, message), layers))
+
+
+def _model_label(data: dict[str, Any], loc: tuple[str | int, ...]) -> str:
+    """A model's id for messages, read from the (unvalidated) data when it is there."""
+    if loc[0] == "models" and isinstance(loc[1], int):
+        entry = data["models"][loc[1]]
+        if isinstance(entry.get("id"), str):
+            return str(entry["id"])
+    return str(data.get("name") or data.get("model"))
 
 
 def _problem_order(problem: Problem) -> tuple[bool, int, int]:
@@ -579,7 +280,7 @@ def _parse_yaml(path: str, text: str) -> tuple[yaml.Node, dict[str, Any], list[P
         loader.dispose()
     if not isinstance(root, yaml.MappingNode) or not isinstance(data, dict):
         line, col = _mark(root)
-        message = f"the spec must be a mapping of keys like 'model: ...', got {_show(data)}"
+        message = f"the spec must be a mapping of keys like 'model: ...', got {show_value(data)}"
         raise SpecError([Problem(path, line, col, "", message)])
     return root, _string_keys(data), duplicates
 
@@ -659,7 +360,7 @@ def _string_keys(value: Any) -> Any:
 
 def _read_env(path: str) -> tuple[dict[str, Any], list[Problem]]:
     try:
-        return _EnvSource(Spec)(), []
+        return EnvSource(Spec)(), []
     except SettingsError as error:
         return {}, [Problem(path, None, None, "environment", str(error))]
 
@@ -697,15 +398,23 @@ def _value_error(loc: tuple[str | int, ...], error: ValueError) -> ErrorDetails:
     )
 
 
+def _field_problem(error: FieldError, layers: _Layers) -> Problem:
+    return _validation_problem(_value_error(error.loc, error), layers)
+
+
 def _validation_problem(error: ErrorDetails, layers: _Layers) -> Problem:
     loc = tuple(error["loc"])
     message = _message(error)
+    at_key = error["type"] == "extra_forbidden"  # an unknown key: point at the key, not its value
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, FieldError):  # found across fields: placed by its own loc
+        loc, at_key = cause.loc, cause.at_key
     if _covers(layers.overrides, loc):
         return Problem(layers.path, None, None, _dotted(loc), f"{message} (from an override)")
     if _covers(layers.env, loc):
         return Problem(layers.path, None, None, _env_name(loc, layers.env_names), message)
     spec_file = layers.file_for(loc)
-    line, col = _position(spec_file.root, loc, error["type"])
+    line, col = _position(spec_file.root, loc, at_key)
     return Problem(spec_file.path, line, col, _dotted(loc), message)
 
 
@@ -733,7 +442,7 @@ def _env_name(loc: tuple[str | int, ...], names: dict[tuple[str, ...], str]) -> 
     return ENV_PREFIX + ENV_DELIMITER.join(parts).upper()
 
 
-def _position(root: yaml.Node, loc: tuple[str | int, ...], kind: str) -> tuple[int, int]:
+def _position(root: yaml.Node, loc: tuple[str | int, ...], at_key: bool) -> tuple[int, int]:
     """Node of the offending value; the key for unknown keys; the parent mapping if missing."""
     node, key = root, root
     for part in loc:
@@ -741,7 +450,7 @@ def _position(root: yaml.Node, loc: tuple[str | int, ...], kind: str) -> tuple[i
         if child is None:
             return _mark(node)
         key, node = child
-    return _mark(key if kind == "extra_forbidden" else node)
+    return _mark(key if at_key else node)
 
 
 def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node, yaml.Node] | None:
@@ -790,7 +499,7 @@ _BOUNDS = {
 def _message(error: ErrorDetails) -> str:
     """Rewrite pydantic's message into one that names the value and what is expected."""
     kind, loc, ctx = error["type"], tuple(error["loc"]), error.get("ctx", {})
-    got = _show(error.get("input"))
+    got = show_value(error.get("input"))
     if kind == "missing":
         return f"missing required key '{loc[-1]}'"
     if kind == "extra_forbidden":
@@ -820,14 +529,27 @@ def _unknown_key(key: str, parent: tuple[str | int, ...]) -> str:
 
 
 def _section_at(loc: tuple[str | int, ...]) -> type[BaseModel]:
+    """The section model at `loc`, through optional sections, lists and named mappings."""
     model: type[BaseModel] = Spec
+    annotation: Any = None
     for part in loc:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        if annotation is None:
+            field = model.model_fields.get(str(part))
+            annotation = _unwrap_optional(field.annotation if field else None)
+        else:  # inside a list or a mapping: the item's type, whatever the index or name
+            annotation = _unwrap_optional(get_args(annotation)[-1])
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model, annotation = annotation, None
+        elif get_origin(annotation) not in (list, dict):
             break
-        model = annotation
     return model
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    args = [arg for arg in get_args(annotation) if arg is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
 
 
 def _number(value: Any) -> str:
@@ -835,48 +557,3 @@ def _number(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it in YAML: true/false/null, strings quoted."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def format_problems(problems: list[Problem], fmt: ProblemFormat) -> str:
-    """Render problems as text lines, GitHub Actions annotations, or a JSON list."""
-    if fmt == "json":
-        return json.dumps([asdict(problem) for problem in problems], indent=2)
-    if fmt == "github":
-        return "\n".join(_github_annotation(problem) for problem in problems)
-    return "\n".join(str(problem) for problem in problems)
-
-
-def _github_annotation(problem: Problem) -> str:
-    properties = [f"file={_escape_property(problem.path)}"]
-    if problem.line is not None:
-        properties.append(f"line={problem.line}")
-    if problem.col is not None:
-        properties.append(f"col={problem.col}")
-    properties.append("title=mlxdeploy validate")
-    text = f"{problem.field}: {problem.message}" if problem.field else problem.message
-    return f"::error {','.join(properties)}::{_escape_data(text)}"
-
-
-def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_property(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")

@@ -339,11 +339,13 @@ def test_256_concurrent_streams_soak_with_none_dropped(tiny_server: RunningServe
         assert not any('"error"' in line for _, lines in completed for line in lines)
         usages = [json.loads(lines[-2][6:])["usage"] for _, lines in completed]
         delta = scrape(http) - before
-        assert delta.value("mlxdeploy_completion_tokens_total") == sum(
+        assert delta.value("mlxdeploy_completion_tokens_total", model="tiny") == sum(
             u["completion_tokens"] for u in usages
         )
-        assert delta.value("mlxdeploy_time_to_first_token_seconds_count") == SOAK_STREAMS
+        assert (
+            delta.value("mlxdeploy_time_to_first_token_seconds_count", model="tiny") == SOAK_STREAMS
+        )
         idle = scrape(http)
-        assert idle.value("mlxdeploy_batch_size") == 0
-        assert idle.value("mlxdeploy_queue_depth") == 0
+        assert idle.value("mlxdeploy_batch_size", model="tiny") == 0
+        assert idle.value("mlxdeploy_queue_depth", model="tiny") == 0
         assert http.get("/health").status_code == 200

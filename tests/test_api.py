@@ -36,7 +36,11 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
 def test_health_is_ok(http: httpx.Client) -> None:
     response = http.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "model": "tiny", "running": 0}
+    assert response.json() == {
+        "status": "ok",
+        "running": 0,
+        "models": [{"id": "tiny", "status": "ok", "running": 0}],
+    }
 
 
 @pytest.mark.parametrize(
@@ -151,10 +155,10 @@ def test_disconnect_frees_the_slot(http: httpx.Client) -> None:
                 received += 1
             if received >= 5:
                 assert http.get("/health").json()["running"] == 1
-                assert scrape(http).value("mlxdeploy_batch_size") == 1
+                assert scrape(http).value("mlxdeploy_batch_size", model="tiny") == 1
                 break
     deadline = time.monotonic() + 10
     while http.get("/health").json()["running"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert http.get("/health").json()["running"] == 0
-    assert scrape(http).value("mlxdeploy_batch_size") == 0
+    assert scrape(http).value("mlxdeploy_batch_size", model="tiny") == 0

@@ -187,7 +187,7 @@ def test_render_shows_the_resolved_spec_and_routes(runner: CliRunner, tmp_path: 
     assert rendered["host"] == "0.0.0.0" and rendered["port"] == 9000
     assert rendered["defaults"]["max_tokens"] == 64
     assert rendered["auth"]["api_keys_env"] == "TEAM_KEYS"
-    assert rendered["model_source"] == {"kind": "hf", "location": "owner/model"}
+    assert rendered["served"] == [{"id": "owner/model", "source": "hf: owner/model"}]
     assert {"POST /v1/chat/completions", "GET /v1/models", "GET /health", "GET /metrics"} <= set(
         rendered["routes"]
     )

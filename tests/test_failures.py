@@ -84,7 +84,7 @@ def test_failures_are_counted_and_the_server_stays_healthy(faulty: httpx.Client)
     before = scrape(faulty)
     assert faulty.post(CHAT, json=LONG).status_code == 500
     delta = scrape(faulty) - before
-    assert delta.value("mlxdeploy_generation_step_failures_total") == 1
+    assert delta.value("mlxdeploy_generation_step_failures_total", model="tiny") == 1
     health = faulty.get("/health")
     assert health.status_code == 200
     assert health.json()["running"] == 0
@@ -99,7 +99,7 @@ def test_a_dead_generation_thread_fails_its_requests_then_health_is_503(spec: Pa
             assert health.status_code == 503
             assert health.json()["status"] == "failed"
             assert_server_error(http.post(CHAT, json=SHORT), 503)
-            assert scrape(http).value("mlxdeploy_engine_ready") == 0
+            assert scrape(http).value("mlxdeploy_engine_ready", model="tiny") == 0
 
 
 def test_a_bad_fault_setting_stops_the_server_with_one_line(spec: Path) -> None:

@@ -100,4 +100,7 @@ def test_a_relative_model_path_resolves_from_the_file_that_sets_it(
     shutil.copytree(tiny_model_dir, tmp_path / "team" / "models" / "tiny")
     write(tmp_path / "team" / "base.yaml", "model: ./models/tiny\n")
     service = write(tmp_path / "team" / "svc" / "a.yaml", "extends: ../base.yaml\n")
-    assert load_spec(service).source.path == (tmp_path / "team" / "models" / "tiny").resolve()
+    assert (
+        load_spec(service).catalog.models[0].source.path
+        == (tmp_path / "team" / "models" / "tiny").resolve()
+    )

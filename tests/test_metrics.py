@@ -49,16 +49,18 @@ def test_counters_and_histograms_follow_the_requests(http: httpx.Client) -> None
     assert http.get("/v1/nowhere").status_code == 404
     delta = scrape(http) - before
 
-    assert delta.value("mlxdeploy_completion_tokens_total") == sum(
+    assert delta.value("mlxdeploy_completion_tokens_total", model="tiny") == sum(
         u["completion_tokens"] for u in usages
     )
-    assert delta.value("mlxdeploy_prompt_tokens_total") == sum(u["prompt_tokens"] for u in usages)
+    assert delta.value("mlxdeploy_prompt_tokens_total", model="tiny") == sum(
+        u["prompt_tokens"] for u in usages
+    )
     assert delta.value("mlxdeploy_http_requests_total", route=ROUTE, status="200") == 4
     assert delta.value("mlxdeploy_http_requests_total", route=ROUTE, status="400") == 1
     assert delta.value("mlxdeploy_http_requests_total", route="unmatched", status="404") == 1
     assert delta.value("mlxdeploy_http_request_duration_seconds_count", route=ROUTE) == 5
-    assert delta.value("mlxdeploy_time_to_first_token_seconds_count") == 4
-    assert delta.value("mlxdeploy_time_to_first_token_seconds_sum") > 0
+    assert delta.value("mlxdeploy_time_to_first_token_seconds_count", model="tiny") == 4
+    assert delta.value("mlxdeploy_time_to_first_token_seconds_sum", model="tiny") > 0
 
 
 def test_prefix_cache_hits_count_requests_and_tokens(http: httpx.Client) -> None:
@@ -74,8 +76,8 @@ def test_prefix_cache_hits_count_requests_and_tokens(http: httpx.Client) -> None
     delta = scrape(http) - before
     cached = usage["prompt_tokens_details"]["cached_tokens"]
     assert cached > 0
-    assert delta.value("mlxdeploy_prefix_cache_hits_total") == 1
-    assert delta.value("mlxdeploy_prefix_cache_tokens_total") == cached
+    assert delta.value("mlxdeploy_prefix_cache_hits_total", model="tiny") == 1
+    assert delta.value("mlxdeploy_prefix_cache_tokens_total", model="tiny") == cached
 
 
 def test_idle_gauges_and_route_labels(http: httpx.Client) -> None:
@@ -83,9 +85,9 @@ def test_idle_gauges_and_route_labels(http: httpx.Client) -> None:
     http.get("/v1/models/other")
     http.delete(CHAT)
     now = scrape(http)
-    assert now.value("mlxdeploy_queue_depth") == 0
-    assert now.value("mlxdeploy_batch_size") == 0
-    assert now.value("mlxdeploy_engine_ready") == 1
+    assert now.value("mlxdeploy_queue_depth", model="tiny") == 0
+    assert now.value("mlxdeploy_batch_size", model="tiny") == 0
+    assert now.value("mlxdeploy_engine_ready", model="tiny") == 1
     # Model ids and bad paths do not become label values: the route rule does.
     model_route = "/v1/models/<path:model_id>"
     assert now.value("mlxdeploy_http_requests_total", route=model_route, status="200") >= 1
@@ -129,11 +131,13 @@ def test_queue_depth_and_batch_size_while_one_request_waits(one_slot: httpx.Clie
                 pass
             with other.stream("POST", CHAT, json={**long, "max_tokens": 2}) as waiting:
                 assert waiting.status_code == 200
-                busy = wait_for(one_slot, lambda s: s.value("mlxdeploy_queue_depth") == 1)
-                assert busy.value("mlxdeploy_queue_depth") == 1
-                assert busy.value("mlxdeploy_batch_size") == 1
+                busy = wait_for(
+                    one_slot, lambda s: s.value("mlxdeploy_queue_depth", model="tiny") == 1
+                )
+                assert busy.value("mlxdeploy_queue_depth", model="tiny") == 1
+                assert busy.value("mlxdeploy_batch_size", model="tiny") == 1
                 running.close()  # the waiting request takes the slot and finishes
                 assert [line for line in waiting.iter_lines() if line][-1] == "data: [DONE]"
-    idle = wait_for(one_slot, lambda s: s.value("mlxdeploy_batch_size") == 0)
-    assert idle.value("mlxdeploy_batch_size") == 0
-    assert idle.value("mlxdeploy_queue_depth") == 0
+    idle = wait_for(one_slot, lambda s: s.value("mlxdeploy_batch_size", model="tiny") == 0)
+    assert idle.value("mlxdeploy_batch_size", model="tiny") == 0
+    assert idle.value("mlxdeploy_queue_depth", model="tiny") == 0

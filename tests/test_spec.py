@@ -88,8 +88,8 @@ def test_mistral_spec_validates_as_written(write_spec: WriteSpec) -> None:
     spec = load_spec(write_spec(MISTRAL))
 
     assert spec.model == "mistralai/Mistral-7B-Instruct-v0.1"
-    assert spec.model_id == "mistralai/Mistral-7B-Instruct-v0.1"
-    assert spec.source == ModelSource(
+    assert spec.catalog.models[0].id == "mistralai/Mistral-7B-Instruct-v0.1"
+    assert spec.catalog.models[0].source == ModelSource(
         kind="hf", value=spec.model, repo="mistralai/Mistral-7B-Instruct-v0.1"
     )
     assert (spec.host, spec.port, spec.prompt_format) == ("127.0.0.1", 8080, "auto")
@@ -133,7 +133,7 @@ def test_name_prompt_format_and_stop_string(write_spec: WriteSpec) -> None:
         )
     )
 
-    assert spec.model_id == "my-model"
+    assert spec.catalog.models[0].id == "my-model"
     assert spec.prompt_format == "role_mapping"
     assert spec.stop == ["###"]
     assert spec.defaults.temperature == 0.0  # an int is a fine float
@@ -262,7 +262,9 @@ def test_top_level_typo_suggests_the_key(write_spec: WriteSpec) -> None:
 def test_missing_model_points_at_the_top_mapping(write_spec: WriteSpec) -> None:
     path = write_spec("# a comment\nport: 8080\n")
 
-    assert single_problem(path) == f"{path}:2:1: model: missing required key 'model'"
+    assert single_problem(path) == (
+        f"{path}:2:1: model: missing required key 'model' (or a 'models' list)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -464,7 +466,7 @@ def test_local_paths_resolve_against_the_spec_directory(
     (tmp_path / "spec.yaml").write_text("model: models/tiny\n")
     monkeypatch.chdir("/")
 
-    assert load_spec(tmp_path / "spec.yaml").source == ModelSource(
+    assert load_spec(tmp_path / "spec.yaml").catalog.models[0].source == ModelSource(
         kind="dir", value="models/tiny", path=tmp_path / "models" / "tiny"
     )
     assert parse_model_source("./tiny.gguf", tmp_path).path == tmp_path / "tiny.gguf"
@@ -522,8 +524,8 @@ def test_pkg_source_finds_files_without_importing(fake_package: Path, tmp_path: 
 def test_pkg_source_in_a_spec(fake_package: Path, write_spec: WriteSpec) -> None:
     spec = load_spec(write_spec("model: pkg:fake_models_pkg/model.gguf\nname: tiny\n"))
 
-    assert spec.source.path == fake_package / "model.gguf"
-    assert spec.model_id == "tiny"
+    assert spec.catalog.models[0].source.path == fake_package / "model.gguf"
+    assert spec.catalog.models[0].id == "tiny"
 
 
 @pytest.mark.parametrize(
@@ -628,11 +630,13 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
 
     assert schema["title"] == "mlxdeploy spec"
     assert schema["additionalProperties"] is False
-    assert schema["required"] == ["model"]
+    assert "required" not in schema  # `model` or `models`, which may come from a base spec
     assert set(schema["properties"]) == {
         "extends",
         "model",
         "name",
+        "models",
+        "endpoints",
         "host",
         "port",
         "prompt_format",
@@ -680,4 +684,4 @@ def test_spec_can_be_built_directly_from_keywords_and_env(
     spec = Spec(model="owner/model")
 
     assert spec.port == 9100
-    assert spec.source.kind == "hf"
+    assert spec.catalog.models[0].source.kind == "hf"

@@ -19,7 +19,7 @@ def test_the_shipped_chatml_template_is_valid(tmp_path: Path) -> None:
     spec = write_spec(
         tmp_path / "s.yaml", "owner/m", chat_template=str(REPO / "templates" / "chatml.jinja")
     )
-    assert "<|im_start|>" in (load_spec(spec).chat_template_text or "")
+    assert "<|im_start|>" in (load_spec(spec).catalog.models[0].chat_template or "")
 
 
 @pytest.mark.parametrize(

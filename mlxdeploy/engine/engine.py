@@ -1,4 +1,4 @@
-"""MLXEngine: the Engine the app talks to, backed by one generation thread."""
+"""MLXEngine: the Engine the app talks to for one model, backed by its own generation thread."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..catalog import ServedModel
 from ..errors import InvalidRequest
 from ..generation import EngineState, EngineStats, Event, Failed, Finished, Heartbeat, Prompt
 from ..protocol import ChatMessage, GenerationParams, RoleMappingOverride
-from ..spec import Spec
+from ..settings import EngineSettings
 from .faults import FaultPlan
 from .loader import ModelLoadError, load_model
 from .prompt import encode_chat
@@ -24,8 +25,11 @@ log = logging.getLogger("mlxdeploy.engine")
 
 
 class MLXEngine:
-    def __init__(self, spec: Spec, cache_root: Path | None = None):
-        self.spec = spec
+    def __init__(
+        self, model: ServedModel, settings: EngineSettings, cache_root: Path | None = None
+    ):
+        self.model = model
+        self.settings = settings
         self._cache_root = cache_root
         self._state: EngineState = "loading"
         self.error: str | None = None
@@ -42,7 +46,7 @@ class MLXEngine:
 
     @property
     def model_id(self) -> str:
-        return self.spec.model_id
+        return self.model.id
 
     @property
     def state(self) -> EngineState:
@@ -68,7 +72,9 @@ class MLXEngine:
     # -- lifecycle --------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._thread = threading.Thread(target=self._main, name="mlxdeploy-generation", daemon=True)
+        self._thread = threading.Thread(
+            target=self._main, name=f"mlxdeploy-generation-{self.model.id}", daemon=True
+        )
         self._thread.start()
 
     def wait_loaded(self, timeout: float | None = None) -> EngineState:
@@ -89,23 +95,23 @@ class MLXEngine:
             self._fail(str(exc))
             return
         try:
-            model, self._tokenizer = load_model(self.spec.source, self._cache_root)
+            model, self._tokenizer = load_model(self.model.source, self._cache_root)
         except ModelLoadError as exc:
             self._fail(str(exc))
             return
         except Exception as exc:  # anything else while loading is still a load failure
             log.exception("model load failed")
-            self._fail(f"cannot load model '{self.spec.model}': {exc}")
+            self._fail(f"cannot load model '{self.model.model}': {exc}")
             return
-        if self.spec.chat_template_text is not None:  # the spec's template wins
-            self._tokenizer.chat_template = self.spec.chat_template_text
+        if self.model.chat_template is not None:  # the spec's template wins
+            self._tokenizer.chat_template = self.model.chat_template
         try:
             self._use_template = self._choose_format()
         except ValueError as exc:
             self._fail(str(exc))
             return
         self.context_length = _context_length(model)
-        self._worker = Worker(model, self._tokenizer, self.spec.engine, self._deliver, fault)
+        self._worker = Worker(model, self._tokenizer, self.settings, self._deliver, fault)
         if self._stop_requested.is_set():  # stopped while loading: never start generating
             self._worker.stop()
         self._state = "ready"
@@ -127,10 +133,10 @@ class MLXEngine:
 
     def _choose_format(self) -> bool:
         has_template = bool(getattr(self._tokenizer, "chat_template", None))
-        mode = self.spec.prompt_format
+        mode = self.model.prompt_format
         if mode == "chat_template" and not has_template:
             raise ValueError(
-                f"prompt_format is chat_template but model '{self.spec.model}' has no chat "
+                f"prompt_format is chat_template but model '{self.model.model}' has no chat "
                 "template; set prompt_format: role_mapping"
             )
         return has_template and mode != "role_mapping"
@@ -150,7 +156,7 @@ class MLXEngine:
         tokens = encode_chat(
             self._tokenizer,
             messages,
-            mapping=self.spec.role_mapping,
+            mapping=self.model.role_mapping,
             override=role_mapping,
             use_template=self._use_template,
         )
@@ -173,12 +179,11 @@ class MLXEngine:
             yield Failed(refusal)
             return
         sink: asyncio.Queue[Event] = asyncio.Queue()
-        stop_words = tuple(dict.fromkeys((*params.stop, *self.spec.stop)))
         job = Job(
             prompt=prompt.tokens,
             params=params,
             sink=sink,
-            text=TextStream.create(self._tokenizer.decode, stop_words),
+            text=TextStream.create(self._tokenizer.decode, params.stop),
         )
         self._worker.submit(job)
         self._live.add(job)
@@ -191,7 +196,7 @@ class MLXEngine:
                     try:
                         # asyncio.timeout, unlike wait_for on 3.11, never swallows a
                         # cancellation that arrives together with an event.
-                        async with asyncio.timeout(self.spec.engine.heartbeat_seconds):
+                        async with asyncio.timeout(self.settings.heartbeat_seconds):
                             event = await sink.get()
                     except TimeoutError:
                         refusal = self._refusal()  # the thread may have died meanwhile

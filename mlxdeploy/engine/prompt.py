@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import InvalidRequest
 from ..protocol import ChatMessage, RoleMappingOverride
-from ..spec import RoleMapping
+from ..settings import RoleMapping
 
 
 def merge_role_mapping(base: RoleMapping, override: RoleMappingOverride | None) -> RoleMapping:

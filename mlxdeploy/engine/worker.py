@@ -20,7 +20,7 @@ from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prom
 
 from ..generation import EngineStats, Event, Failed, Finished, FinishReason, Progress, Text
 from ..protocol import GenerationParams
-from ..spec import EngineSettings
+from ..settings import EngineSettings
 from .batch import FastBatchGenerator
 from .faults import FaultPlan
 from .sampling import SamplerCache

@@ -1,0 +1,264 @@
+"""What a spec serves, resolved: each model with its own prompt and sampling settings, and the
+endpoint presets over them. Model ids and preset names share one namespace: both are what
+clients send as `model`.
+
+`build_catalog` resolves relative paths from the file that wrote them, reads every template,
+and reports each mistake as a `FieldError` placed at its key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from .problems import FieldError
+from .settings import Endpoint, ModelEntry, PromptFormat, RoleMapping, SamplingDefaults, Spec
+from .sources import ModelSource, parse_model_source
+from .templates import PromptTemplate, TemplateProblem, read_chat_template, read_prompt_template
+
+Loc = tuple[str | int, ...]
+DirectoryFor = Callable[[Loc], Path]  # the directory of the file that set the key at `loc`
+
+# Routes the app always serves; an endpoint's own path must not shadow them.
+BUILTIN_PATHS = frozenset(
+    {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"}
+)
+BUILTIN_PREFIXES = ("/v1/models/",)
+ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
+
+S = TypeVar("S", bound=BaseModel)
+
+
+class CatalogError(Exception):
+    def __init__(self, errors: list[FieldError]):
+        super().__init__("; ".join(str(error) for error in errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One model as it is served: the spec's top level with the entry's own keys over it."""
+
+    id: str
+    model: str  # as written in the spec
+    source: ModelSource
+    prompt_format: PromptFormat
+    chat_template: str | None  # the template's text, over the tokenizer's own
+    role_mapping: RoleMapping
+    defaults: SamplingDefaults
+    stop: tuple[str, ...]
+    loc: Loc = ("model",)  # the key that names its weights, to place problems
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named endpoint over one model."""
+
+    name: str
+    model_id: str
+    path: str
+    description: str | None
+    system_prompt: str | None
+    prompt_template: PromptTemplate | None
+    defaults: SamplingDefaults  # the model's, with the preset's keys over them
+    stop: tuple[str, ...]  # the model's and the preset's own
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: tuple[ServedModel, ...]
+    presets: tuple[Preset, ...] = ()
+
+    @property
+    def ids(self) -> list[str]:
+        """Every id a client may send as `model`: models first, then presets."""
+        return [m.id for m in self.models] + [p.name for p in self.presets]
+
+    def model(self, model_id: str) -> ServedModel:
+        return next(m for m in self.models if m.id == model_id)
+
+
+@dataclass
+class Files:
+    """What the spec's paths point at, read once: model sources, chat and prompt templates,
+    keyed by where the spec names them (e.g. ("models", 1, "model"))."""
+
+    sources: dict[Loc, ModelSource] = field(default_factory=dict)
+    chat_templates: dict[Loc, str] = field(default_factory=dict)
+    prompt_templates: dict[Loc, PromptTemplate] = field(default_factory=dict)
+
+
+def read_files(
+    data: Mapping[str, Any], directory_for: DirectoryFor
+) -> tuple[Files, list[FieldError]]:
+    """Parse every model source and read every template the (merged, unvalidated) spec names,
+    so that these problems are found even while other keys are wrong. Values of the wrong
+    type are skipped: validation reports those."""
+    files, errors = Files(), list[FieldError]()
+    for loc, value in _named(data, "model", "chat_template"):
+        try:
+            if loc[-1] == "model":
+                files.sources[loc] = parse_model_source(value, directory_for(loc))
+            else:
+                files.chat_templates[loc] = read_chat_template(directory_for(loc) / value)
+        except ValueError as error:  # TemplateProblem is one
+            errors.append(FieldError(loc, str(error)))
+    endpoints = data.get("endpoints")
+    for name, endpoint in endpoints.items() if isinstance(endpoints, dict) else ():
+        path = endpoint.get("prompt_template") if isinstance(endpoint, dict) else None
+        if isinstance(path, str) and path:
+            where: Loc = ("endpoints", name, "prompt_template")
+            try:
+                files.prompt_templates[where] = read_prompt_template(directory_for(where) / path)
+            except TemplateProblem as error:
+                errors.append(FieldError(where, str(error)))
+    return files, errors
+
+
+def _named(data: Mapping[str, Any], *keys: str) -> Iterator[tuple[Loc, str]]:
+    """Non-empty string values of `keys` at the top level and in each `models` entry."""
+    entries = data.get("models")
+    scopes: list[tuple[Loc, Any]] = [((), data)]
+    scopes += [
+        (("models", i), e) for i, e in enumerate(entries if isinstance(entries, list) else ())
+    ]
+    for prefix, scope in scopes:
+        for key in keys:
+            value = scope.get(key) if isinstance(scope, dict) else None
+            if isinstance(value, str) and value:
+                yield (*prefix, key), value
+
+
+def build_catalog(spec: Spec, files: Files) -> Catalog:
+    """Resolve the spec's models and presets over files that `read_files` read without
+    error; raises CatalogError listing every mistake across keys."""
+    errors: list[FieldError] = []
+    if spec.models is None:
+        models = [_single(spec, files)]
+    else:
+        models = [_entry(spec, i, entry, files) for i, entry in enumerate(spec.models)]
+    served = tuple(m for m in models if m is not None)
+    _check_unique_ids(spec, errors)
+    by_id = {m.id: m for m in served}
+    presets = tuple(
+        preset
+        for name, endpoint in spec.endpoints.items()
+        if (preset := _preset(spec, name, endpoint, by_id, files, errors)) is not None
+    )
+    _check_paths(presets, errors)
+    if errors:
+        raise CatalogError(errors)
+    return Catalog(served, presets)
+
+
+def _single(spec: Spec, files: Files) -> ServedModel | None:
+    assert spec.model is not None  # Spec's own validator requires `model` or `models`
+    source = files.sources.get(("model",))
+    if source is None:
+        return None
+    return ServedModel(
+        id=spec.name or spec.model,
+        model=spec.model,
+        source=source,
+        prompt_format=spec.prompt_format,
+        chat_template=files.chat_templates.get(("chat_template",)),
+        role_mapping=spec.role_mapping,
+        defaults=spec.defaults,
+        stop=tuple(spec.stop),
+    )
+
+
+def _entry(spec: Spec, index: int, entry: ModelEntry, files: Files) -> ServedModel | None:
+    loc: Loc = ("models", index)
+    source = files.sources.get((*loc, "model"))
+    if source is None:
+        return None
+    template_loc = (*loc, "chat_template") if entry.chat_template else ("chat_template",)
+    return ServedModel(
+        id=entry.id,
+        model=entry.model,
+        source=source,
+        prompt_format=entry.prompt_format or spec.prompt_format,
+        chat_template=files.chat_templates.get(template_loc),
+        role_mapping=overlay(spec.role_mapping, entry.role_mapping),
+        defaults=overlay(spec.defaults, entry.defaults),
+        stop=tuple(spec.stop if entry.stop is None else entry.stop),
+        loc=(*loc, "model"),
+    )
+
+
+def _preset(
+    spec: Spec,
+    name: str,
+    endpoint: Endpoint,
+    models: dict[str, ServedModel],
+    files: Files,
+    errors: list[FieldError],
+) -> Preset | None:
+    loc: Loc = ("endpoints", name)
+    if not ENDPOINT_NAME.match(name):
+        message = "an endpoint name is a model id: letters, digits and . _ ~ - only"
+        errors.append(FieldError(loc, message, at_key=True))
+        return None
+    declared = _declared_ids(spec)
+    model_id = endpoint.model or declared[0]
+    if model_id not in declared:
+        message = f"no model with id '{model_id}' (models: {', '.join(declared)})"
+        errors.append(FieldError((*loc, "model"), message))
+        return None
+    model = models.get(model_id)
+    if model is None:  # its weights could not be found: reported at its own `model` key
+        return None
+    return Preset(
+        name=name,
+        model_id=model.id,
+        path=endpoint.path or f"/v1/endpoints/{name}",
+        description=endpoint.description,
+        system_prompt=endpoint.system_prompt,
+        prompt_template=files.prompt_templates.get((*loc, "prompt_template")),
+        defaults=overlay(model.defaults, endpoint.defaults),
+        stop=tuple(dict.fromkeys((*model.stop, *endpoint.stop))),
+    )
+
+
+def overlay(base: S, top: S | None) -> S:
+    """`base` with the keys `top` sets (explicitly, in the spec) over it."""
+    if top is None:
+        return base
+    return base.model_copy(update=top.model_dump(exclude_unset=True))
+
+
+def _declared_ids(spec: Spec) -> list[str]:
+    if spec.models is not None:
+        return [entry.id for entry in spec.models]
+    return [spec.name or spec.model or ""]
+
+
+def _check_unique_ids(spec: Spec, errors: list[FieldError]) -> None:
+    seen: set[str] = set()
+    for index, entry in enumerate(spec.models or ()):
+        if entry.id in seen:
+            errors.append(FieldError(("models", index, "id"), f"the id '{entry.id}' is used twice"))
+        seen.add(entry.id)
+    seen.update(_declared_ids(spec))
+    for name in spec.endpoints:
+        if name in seen:
+            message = f"'{name}' is already a model id; endpoints and models share one set of ids"
+            errors.append(FieldError(("endpoints", name), message, at_key=True))
+
+
+def _check_paths(presets: tuple[Preset, ...], errors: list[FieldError]) -> None:
+    owners: dict[str, str] = {}
+    for preset in presets:
+        loc: Loc = ("endpoints", preset.name, "path")
+        if preset.path in BUILTIN_PATHS or preset.path.startswith(BUILTIN_PREFIXES):
+            errors.append(FieldError(loc, f"'{preset.path}' is a built-in route; choose another"))
+        elif preset.path in owners:
+            message = f"'{preset.path}' is also the path of endpoint '{owners[preset.path]}'"
+            errors.append(FieldError(loc, message))
+        owners.setdefault(preset.path, preset.name)

@@ -1,0 +1,389 @@
+"""The spec's settings: pydantic(-settings) models of every section, with their defaults.
+
+YAML and keyword values are validated strictly; `MLXDEPLOY_*` environment variables are strings
+that pydantic-settings coerces to each field's type.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .problems import FieldError, show_value
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
+
+ENV_PREFIX = "MLXDEPLOY_"
+ENV_DELIMITER = "__"
+PromptFormat = Literal["auto", "chat_template", "role_mapping"]
+
+
+class Section(BaseModel):
+    """Base of every spec section: unknown keys are errors and YAML values are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RoleMapping(Section):
+    """Prompt pieces used when the prompt is built without a chat template (mlx-lm's keys)."""
+
+    system_prompt: str = Field(
+        default="A chat between a curious user and an artificial intelligence assistant.",
+        description="Text placed at the start of every prompt.",
+    )
+    system: str = Field(default="ASSISTANT's RULE: ", description="Prefix of system messages.")
+    user: str = Field(default="USER: ", description="Prefix of user messages.")
+    assistant: str = Field(default="ASSISTANT: ", description="Prefix of assistant messages.")
+    stop: str = Field(default="\n", description="Text placed after each message.")
+
+
+class SamplingDefaults(Section):
+    """Default sampling parameters; the fields a request sets itself win."""
+
+    max_tokens: int = Field(default=100, ge=1, description="Most tokens to generate.")
+    temperature: float = Field(
+        default=1.0, ge=0, allow_inf_nan=False, description="Sampling temperature; 0 is greedy."
+    )
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass, in (0, 1].")
+    repetition_penalty: float = Field(
+        default=1.0, gt=0, allow_inf_nan=False, description="Penalty on repeated tokens; 1 is off."
+    )
+    repetition_context_size: int = Field(
+        default=20, ge=1, description="How many recent tokens the repetition penalty looks at."
+    )
+
+
+class EngineSettings(Section):
+    """How the generation thread batches requests and caches prompts."""
+
+    max_batch_size: int = Field(
+        default=32, ge=1, le=1024, description="Most requests decoded together in one step."
+    )
+    prefill_batch_size: int = Field(
+        default=8, ge=1, le=1024, description="Most prompts processed together in one step."
+    )
+    prefill_step_size: int = Field(
+        default=512, ge=16, le=65536, description="Prompt tokens per request in one prefill step."
+    )
+    prompt_cache_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="Byte budget of the prompt prefix cache; 0 turns it off.",
+    )
+    prompt_cache_entries: int = Field(
+        default=64, ge=1, description="Most cached prompt prefixes kept at once."
+    )
+    max_queue: int = Field(
+        default=1024,
+        ge=0,
+        description="Requests that may wait beyond the running batch; more get 429 + Retry-After.",
+    )
+    heartbeat_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Idle seconds before a stream gets an SSE keep-alive comment.",
+    )
+
+
+class AuthSettings(Section):
+    """API keys, sent by clients as `Authorization: Bearer <key>`. Keys never live in the spec."""
+
+    api_keys_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Name of an environment variable holding the keys, separated by commas.",
+    )
+    api_keys_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="File with one key per line ('#' starts a comment); relative to the spec.",
+    )
+    api_keys: list[str] | None = Field(
+        default=None,
+        description="Not allowed: literal keys end up in git. Use api_keys_env or api_keys_file.",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_literal_keys(cls, value: list[str] | None) -> None:
+        if value is not None:
+            raise ValueError(
+                "literal API keys are not allowed in a spec (they end up in git); "
+                "put them in an environment variable (api_keys_env) or a file (api_keys_file)"
+            )
+        return None
+
+    @property
+    def enabled(self) -> bool:
+        return self.api_keys_env is not None or self.api_keys_file is not None
+
+
+class CorsSettings(Section):
+    """Cross-origin access from browsers; none unless origins are listed."""
+
+    allow_origins: list[str] = Field(
+        default=[],
+        description="Origins allowed to call the API from a browser, e.g. https://app.example.com.",
+    )
+    allow_headers: list[str] = Field(
+        default=["Authorization", "Content-Type", "X-Request-ID"],
+        description="Request headers a browser may send.",
+    )
+    max_age_seconds: int = Field(
+        default=600, ge=0, description="How long a browser may cache a preflight answer."
+    )
+
+
+class LimitSettings(Section):
+    """Bounds on what one request may ask for."""
+
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest request body; larger ones get 413."
+    )
+    max_tokens: int = Field(
+        default=4096, ge=1, description="Most tokens one request may ask to generate."
+    )
+    request_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="A request still generating after this fails."
+    )
+
+
+class ServerSettings(Section):
+    """Process behaviour: shutdown and logs."""
+
+    shutdown_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text for people, json for log collectors."
+    )
+    access_log: bool = Field(default=True, description="Log one line per request.")
+
+
+def _as_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a string or a list of strings, got {show_value(value)}")
+    return value
+
+
+StopWords = Annotated[list[str], BeforeValidator(_as_list, json_schema_input_type=str | list[str])]
+
+
+class EnvSource(EnvSettingsSource):
+    """Environment source that leaves undecodable JSON as the raw string.
+
+    Validation then reports it against the variable (e.g. `MLXDEPLOY_STOP=</s>` is one stop word).
+    """
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return value
+
+
+_SOURCE_HELP = (
+    "The model: an HF repo id (owner/name), a local model directory, a .gguf file, "
+    "or pkg:<python_package>/<path> for a file inside an installed package. "
+    "Relative paths are relative to the spec file that names it."
+)
+_CHAT_TEMPLATE_HELP = (
+    "A Jinja2 chat template file (relative to the spec that names it) used instead of "
+    "the tokenizer's own, e.g. templates/chatml.jinja; checked by validate."
+)
+_PROMPT_FORMAT_HELP = (
+    "auto: the tokenizer's chat template if it has one, else role_mapping; "
+    "chat_template: require the tokenizer's template; role_mapping: always role_mapping."
+)
+
+
+class ModelEntry(Section):
+    """One model of a `models:` list. Keys it leaves out come from the spec's top level;
+    `role_mapping` and `defaults` merge key by key over the top level's."""
+
+    id: str = Field(min_length=1, description="The id clients send as `model`; unique.")
+    model: str = Field(min_length=1, description=_SOURCE_HELP)
+    prompt_format: PromptFormat | None = Field(default=None, description=_PROMPT_FORMAT_HELP)
+    chat_template: str | None = Field(default=None, min_length=1, description=_CHAT_TEMPLATE_HELP)
+    role_mapping: RoleMapping | None = Field(
+        default=None, description="Keys set here replace the top level's role_mapping keys."
+    )
+    defaults: SamplingDefaults | None = Field(
+        default=None, description="Keys set here replace the top level's defaults keys."
+    )
+    stop: StopWords | None = Field(
+        default=None, description="Replaces the top level's stop words for this model."
+    )
+
+
+class Endpoint(Section):
+    """A named preset over one model: its own system prompt, prompt template and sampling.
+
+    Clients call it as model id `<name>` on the OpenAI routes, or at its own `path`."""
+
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Id of the model it runs on; default: the spec's first model.",
+    )
+    path: str | None = Field(
+        default=None,
+        pattern=r"^(/[A-Za-z0-9._~-]+)+$",
+        description=(
+            "Its own route, taking chat completion requests; default: /v1/endpoints/<name>."
+        ),
+    )
+    description: str | None = Field(
+        default=None, description="What the endpoint is for; shown by /v1/models."
+    )
+    system_prompt: str | None = Field(
+        default=None,
+        description="A system message put first when a request brings none of its own.",
+    )
+    prompt_template: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "A Jinja2 file (relative to the spec that names it) that turns the request's text "
+            "into the prompt: the last user message (or a completion's prompt) is {{ input }}."
+        ),
+    )
+    defaults: SamplingDefaults | None = Field(
+        default=None, description="Keys set here replace the model's defaults keys."
+    )
+    stop: StopWords = Field(default=[], description="Stop words added to the model's.")
+
+
+class Spec(BaseSettings):
+    """An mlxdeploy deployment: one or more models, and endpoint presets over them, served
+    with an OpenAI-compatible API."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        # Strict for YAML and keyword values; pydantic-settings coerces env strings first.
+        strict=True,
+        title="mlxdeploy spec",
+    )
+
+    extends: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "A base spec (path relative to this file) that this one deep-merges over; "
+            "mappings merge, lists and scalars replace."
+        ),
+    )
+    model: str | None = Field(
+        default=None, min_length=1, description=_SOURCE_HELP + " Use this or `models`."
+    )
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Model id that clients send as `model` and /v1/models lists; default: `model`.",
+    )
+    models: list[ModelEntry] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Several models served together, each with its own id; use this or `model`. "
+            "Requests route by `model`; one without it goes to the first."
+        ),
+    )
+    endpoints: dict[str, Endpoint] = Field(
+        default={},
+        description="Named presets, each served as a model id and at its own path.",
+    )
+    host: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on.")
+    port: int = Field(default=8080, ge=1, le=65535, description="TCP port to listen on.")
+    prompt_format: PromptFormat = Field(default="auto", description=_PROMPT_FORMAT_HELP)
+    chat_template: str | None = Field(default=None, min_length=1, description=_CHAT_TEMPLATE_HELP)
+    role_mapping: RoleMapping = Field(
+        default=RoleMapping(), description="Prompt pieces used when no chat template is used."
+    )
+    defaults: SamplingDefaults = Field(
+        default=SamplingDefaults(), description="Default sampling; a request's own fields win."
+    )
+    stop: StopWords = Field(
+        default=["</s>"], description="Stop words added to every request's own: a string or a list."
+    )
+    engine: EngineSettings = Field(
+        default=EngineSettings(),
+        description="Batching and prompt caching of each model's generation thread.",
+    )
+    auth: AuthSettings = Field(default=AuthSettings(), description="API keys; off by default.")
+    cors: CorsSettings = Field(default=CorsSettings(), description="Browser cross-origin access.")
+    limits: LimitSettings = Field(default=LimitSettings(), description="Per-request bounds.")
+    server: ServerSettings = Field(default=ServerSettings(), description="Shutdown and logging.")
+
+    _base_dir: Path | None = PrivateAttr(None)
+    _catalog: Catalog | None = PrivateAttr(None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, EnvSource(settings_cls)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_models(self) -> Spec:
+        if self.model is not None and self.models is not None:
+            raise FieldError(("models",), "use either 'model' (one model) or 'models', not both")
+        if self.model is None and self.models is None:
+            raise FieldError(("model",), "missing required key 'model' (or a 'models' list)")
+        if self.models is not None and self.name is not None:
+            raise FieldError(("name",), "with 'models', each entry names itself with 'id'")
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        """The spec file's directory: relative paths in the spec resolve against it."""
+        return self._base_dir or Path.cwd()
+
+    @property
+    def catalog(self) -> Catalog:
+        """The models and presets served, resolved by `load_spec` (paths relative to the file
+        that wrote them, templates read and checked)."""
+        if self._catalog is None:
+            from .catalog import CatalogError, build_catalog, read_files
+
+            # A Spec made in code: paths are relative to the working directory.
+            files, errors = read_files(self.model_dump(), lambda loc: Path.cwd())
+            if errors:
+                raise CatalogError(errors)
+            self._catalog = build_catalog(self, files)
+        return self._catalog
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """JSON Schema of the spec, for editors (yaml-language-server) and docs."""
+    schema = Spec.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -1,0 +1,102 @@
+"""Where a request goes: the `model` it names is a served model or an endpoint preset, and both
+resolve to a `Target` (an engine, its admission, and the settings that shape the request)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .admission import Admission
+from .catalog import Catalog, Preset
+from .errors import InvalidRequest, ModelNotFound, Unavailable
+from .generation import Engine
+from .protocol import ChatMessage
+from .settings import EngineSettings, SamplingDefaults
+from .templates import TemplateProblem
+
+
+@dataclass(frozen=True)
+class Target:
+    id: str  # what the request named; responses echo it
+    engine: Engine
+    admission: Admission  # shared by a model and the presets over it
+    defaults: SamplingDefaults
+    stop: tuple[str, ...]
+    preset: Preset | None = None
+
+    def check_ready(self) -> None:
+        state = self.engine.state
+        if state != "ready":
+            raise Unavailable(f"the model is not ready to serve requests (state: {state})")
+
+    def messages(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+        """The conversation as the engine should see it: the preset's system prompt first
+        (unless the request brings one), and its prompt template around the last user turn."""
+        result = list(messages)
+        preset = self.preset
+        if preset is None:
+            return result
+        if preset.prompt_template is not None:
+            index = _last_user_turn(result)
+            text = _render(preset, result[index].text())
+            result[index] = ChatMessage(role="user", content=text)
+        if preset.system_prompt and not any(m.role in ("system", "developer") for m in result):
+            result.insert(0, ChatMessage(role="system", content=preset.system_prompt))
+        return result
+
+    def prompt(self, text: str) -> str:
+        """A text completion's prompt: the preset's prompt template around it (a plain prompt
+        has no roles, so no system prompt)."""
+        if self.preset is None or self.preset.prompt_template is None:
+            return text
+        return _render(self.preset, text)
+
+
+class Targets:
+    """Every id the app serves, looked up by the request's `model`."""
+
+    def __init__(
+        self, catalog: Catalog, engines: Mapping[str, Engine], settings: EngineSettings
+    ) -> None:
+        self._by_id: dict[str, Target] = {}
+        for model in catalog.models:
+            admission = Admission(limit=settings.max_batch_size + settings.max_queue)
+            engine = engines[model.id]
+            self._by_id[model.id] = Target(model.id, engine, admission, model.defaults, model.stop)
+        for preset in catalog.presets:
+            base = self._by_id[preset.model_id]
+            self._by_id[preset.name] = Target(
+                preset.name, base.engine, base.admission, preset.defaults, preset.stop, preset
+            )
+        self.default = self._by_id[catalog.models[0].id]
+
+    def lookup(self, requested: str | None) -> Target:
+        """The target a request names; a request without `model` goes to the first model."""
+        if requested is None:
+            return self.default
+        target = self._by_id.get(requested)
+        if target is None:
+            raise ModelNotFound(requested)
+        return target
+
+    @property
+    def admissions(self) -> list[Admission]:
+        return list({id(t.admission): t.admission for t in self._by_id.values()}.values())
+
+
+def _last_user_turn(messages: list[ChatMessage]) -> int:
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].role == "user":
+            return index
+    raise InvalidRequest(
+        "this endpoint fills its prompt template with the last user message; send one",
+        param="messages",
+    )
+
+
+def _render(preset: Preset, text: str) -> str:
+    assert preset.prompt_template is not None
+    try:
+        return preset.prompt_template.render(text)
+    except TemplateProblem as error:
+        raise InvalidRequest(f"endpoint '{preset.name}': {error}") from None

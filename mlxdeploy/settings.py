@@ -356,11 +356,13 @@ class Spec(BaseSettings):
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> Spec:
         if self.model is not None and self.models is not None:
-            raise FieldError(("models",), "use either 'model' (one model) or 'models', not both")
+            message = "use either 'model' (one model) or 'models', not both"
+            raise FieldError(("models",), message, at_key=True)
         if self.model is None and self.models is None:
             raise FieldError(("model",), "missing required key 'model' (or a 'models' list)")
         if self.models is not None and self.name is not None:
-            raise FieldError(("name",), "with 'models', each entry names itself with 'id'")
+            message = "with 'models', each entry names itself with 'id'"
+            raise FieldError(("name",), message, at_key=True)
         return self
 
     @property

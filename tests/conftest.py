@@ -56,16 +56,25 @@ def demo_dir(cache_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random llama that uses SmolLM2's tokenizer and chat template."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), demo_dir, seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model_dir(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same shape and tokenizer as `tiny_model_dir`, other random weights."""
+    return make_tiny_model(tmp_path_factory.mktemp("other-tiny-llama"), demo_dir, seed=1)
+
+
+def make_tiny_model(out: Path, demo_dir: Path, seed: int) -> Path:
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
-    out = tmp_path_factory.mktemp("tiny-llama")
     for name in TOKENIZER_FILES:
         if (demo_dir / name).exists():
             shutil.copy(demo_dir / name, out / name)
     (out / "config.json").write_text(json.dumps(TINY_CONFIG))
-    mx.random.seed(0)
+    mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(TINY_CONFIG))
     mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())))
     return out

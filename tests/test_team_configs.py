@@ -1,9 +1,10 @@
-"""configs/team: a base spec and two services extending it, validated and served."""
+"""configs/team: a base spec and the services extending it, validated and served."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from typer.testing import CliRunner
@@ -17,7 +18,12 @@ TEAM = Path(__file__).parent.parent / "configs" / "team"
 
 def test_the_team_layout_validates() -> None:
     specs = sorted(TEAM.glob("*.yaml"))
-    assert [p.name for p in specs] == ["assistant.yaml", "base.yaml", "summarizer.yaml"]
+    assert [p.name for p in specs] == [
+        "assistant.yaml",
+        "base.yaml",
+        "gateway.yaml",
+        "summarizer.yaml",
+    ]
     result = CliRunner().invoke(app, ["validate", *map(str, specs)])
     assert result.exit_code == 0, result.output
 
@@ -42,3 +48,40 @@ def test_the_summarizer_serves(cache_dir: Path) -> None:
         reply = client.chat.completions.create(model="summarizer", messages=question, max_tokens=40)
         assert "Paris" in (reply.choices[0].message.content or "")
         assert reply.usage is not None and reply.usage.completion_tokens <= 40
+
+
+ARTICLE = (
+    "Paris is the capital of France. It has about two million inhabitants and is known for "
+    "the Eiffel Tower, which was finished in 1889."
+)
+
+
+def test_the_summarizer_serves_its_summarize_endpoint(cache_dir: Path) -> None:
+    with start_server(TEAM / "summarizer.yaml") as server:
+        reply = httpx.post(
+            f"{server.base_url}/v1/endpoints/summarize",
+            json={"messages": [{"role": "user", "content": ARTICLE}]},
+            timeout=120,
+        )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["model"] == "summarize"
+    assert "Paris" in body["choices"][0]["message"]["content"]
+    assert body["usage"]["completion_tokens"] <= 96
+
+
+def test_the_gateway_serves_two_models_and_an_endpoint(cache_dir: Path) -> None:
+    with start_server(TEAM / "gateway.yaml") as server:
+        client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list()] == ["assistant", "drafts", "summarize"]
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        answer = client.chat.completions.create(model="assistant", messages=question, max_tokens=40)
+        assert "Paris" in (answer.choices[0].message.content or "")
+        draft = client.chat.completions.create(model="drafts", messages=question, max_tokens=20)
+        assert draft.model == "drafts" and draft.usage is not None
+        assert 1 <= draft.usage.completion_tokens <= 20
+        article = [{"role": "user", "content": ARTICLE}]
+        summary = client.chat.completions.create(model="summarize", messages=article)
+        assert summary.model == "summarize"
+        assert "Paris" in (summary.choices[0].message.content or "")
+        assert summary.usage is not None and summary.usage.completion_tokens <= 96

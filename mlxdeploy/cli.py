@@ -79,7 +79,7 @@ def up(
         typer.Option(help="text, or json: one JSON object per line (beats server.log_format)."),
     ] = None,
 ) -> None:
-    """Validate SPEC, load its model and serve the OpenAI-compatible API until SIGINT/SIGTERM."""
+    """Validate SPEC, load its models and serve the OpenAI-compatible API until SIGINT/SIGTERM."""
     overrides: dict[str, Any] = {
         k: v for k, v in {"host": host, "port": port}.items() if v is not None
     }
@@ -103,7 +103,7 @@ def up(
 
 @app.command()
 def render(spec: SpecArg) -> None:
-    """Print SPEC as resolved (file, environment, defaults; secrets masked) and its routes."""
+    """Print SPEC as resolved (file, environment, defaults; secrets masked), its ids and routes."""
     try:
         loaded = load_spec(spec)
     except SpecError as exc:

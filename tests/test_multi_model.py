@@ -8,6 +8,7 @@ when a client sends the system prompt, the filled-in template and the preset's s
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ import openai
 import pytest
 
 from tests.scrape import scrape
-from tests.servers import RunningServer, start_server
+from tests.servers import RunningServer, free_port, mlxdeploy_command, start_server, stop_server
 
 SYSTEM = "You write one-line summaries."
 TEMPLATE = "Summarize in one line:\n{{ input }}\n"
@@ -29,9 +30,9 @@ QUESTION = [{"role": "user", "content": "Tell me a story about a lighthouse."}]
 
 
 @pytest.fixture(scope="module")
-def multi_server(
+def multi_spec(
     tiny_model_dir: Path, other_tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
+) -> Path:
     root = tmp_path_factory.mktemp("multi")
     (root / "templates").mkdir()
     (root / "templates" / "summarize.jinja").write_text(TEMPLATE)
@@ -60,7 +61,12 @@ def multi_server(
             """
         )
     )
-    with start_server(spec) as server:
+    return spec
+
+
+@pytest.fixture(scope="module")
+def multi_server(multi_spec: Path) -> Iterator[RunningServer]:
+    with start_server(multi_spec) as server:
         yield server
 
 
@@ -198,3 +204,34 @@ def test_both_models_generate_at_once(client: openai.OpenAI, multi_server: Runni
         health = http.get("/health").json()
     assert health["status"] == "ok"
     assert [m["id"] for m in health["models"]] == ["tiny-a", "tiny-b"]
+
+
+def test_one_process_stops_cleanly_with_both_models(multi_spec: Path) -> None:
+    with start_server(multi_spec) as server:
+        client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
+        assert chat(client, model="tiny-b", messages=QUESTION, max_tokens=2).model == "tiny-b"
+        code = stop_server(server)
+        log = server.log()
+    assert code == 0, log
+    assert "Traceback" not in log
+
+
+def test_a_model_that_cannot_load_stops_the_server(tiny_model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"models:\n  - {{id: good, model: {json.dumps(str(tiny_model_dir))}}}\n"
+        f"  - {{id: broken, model: {json.dumps(str(broken))}}}\n"
+    )
+    done = subprocess.run(
+        mlxdeploy_command("up", str(spec), "--port", str(free_port())),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert str(broken) in last, done.stderr

@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from .admission import Slot
 from .auth import ApiKeys, load_api_keys
 from .body import decode_json, install_body_reader
+from .catalog import Catalog
 from .chat import Completion, TextCompletionFormat, complete, stream
 from .drain import install_drain
 from .errors import (
@@ -57,7 +58,6 @@ def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None =
         MAX_CONTENT_LENGTH=spec.limits.max_body_bytes,  # 413, also for chunked bodies
         JSON_SORT_KEYS=False,
     )
-    created = now()
     catalog = spec.catalog
     metrics = Metrics(engines)
     # TimedEngine times every generation's first token.
@@ -65,10 +65,7 @@ def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None =
     targets = Targets(catalog, timed, spec.engine)
     drain = install_drain(app, targets.admissions)
     install_body_reader(app)  # before the gate's hooks: a 401 must not leave a body unread
-    cards = [ModelCard(id=model.id, created=created) for model in catalog.models] + [
-        ModelCard(id=p.name, created=created, parent=p.model_id, description=p.description)
-        for p in catalog.presets
-    ]
+    cards = model_cards(catalog, created=now())
 
     @app.get("/health")
     async def health() -> Response:
@@ -151,9 +148,8 @@ def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None =
             prompt = await asyncio.to_thread(prepare)
             check_context(prompt, target.engine.context_length, prompt_param)
             params = resolve_params(body, target.defaults, target.stop, spec.limits)
-            bounded = deadline.bound(
-                target.engine
-            )  # RequestTimeout at the deadline: 504 or SSE error
+            # RequestTimeout at the deadline: a 504, or one error event in a stream.
+            bounded = deadline.bound(target.engine)
             if body.stream:
                 events = ending_on_timeout(stream(bounded, prompt, params, completion))
                 handed_to_stream = True
@@ -167,6 +163,16 @@ def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None =
     register_error_handlers(app)
     app.asgi_app = RequestMetrics(app.asgi_app, metrics, app.url_map)  # type: ignore[method-assign]
     return app
+
+
+def model_cards(catalog: Catalog, created: int) -> list[ModelCard]:
+    """What /v1/models lists: the models, then the presets with the model each runs on."""
+    cards = [ModelCard(id=model.id, created=created) for model in catalog.models]
+    cards += [
+        ModelCard(id=p.name, created=created, parent=p.model_id, description=p.description)
+        for p in catalog.presets
+    ]
+    return cards
 
 
 def health_report(engines: Sequence[Engine], draining: bool) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 endpoint presets over them. Model ids and preset names share one namespace: both are what
 clients send as `model`.
 
-`build_catalog` resolves relative paths from the file that wrote them, reads every template,
-and reports each mistake as a `FieldError` placed at its key.
+`read_files` parses every model source and reads every template, each path relative to the
+file that wrote it; `build_catalog` then puts models and presets together and checks what spans
+keys (ids, endpoint models, paths). Both report each mistake as a `FieldError` at its key.
 """
 
 from __future__ import annotations

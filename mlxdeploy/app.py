@@ -97,7 +97,9 @@ def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None =
         return await _serve(
             body,
             target,
-            lambda: target.engine.prepare(target.messages(body.messages), body.role_mapping),
+            lambda: target.engine.prepare(
+                target.messages(body.messages, body.role_mapping), body.role_mapping
+            ),
             Completion(model=target.id, include_usage=body.include_usage),
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ log = logging.getLogger("mlxdeploy.server")
 
 # Bursts of clients queue in the kernel instead of being reset (mlx_lm.server listens with 5).
 LISTEN_BACKLOG = 4096
+LOAD_POLL_SECONDS = 0.1
 
 
 @dataclass
@@ -52,8 +54,11 @@ async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
     loop = asyncio.get_running_loop()
     signals = install_signal_handlers(loop)
     stop = signals.requested
-    engines = [MLXEngine(model, spec.engine) for model in spec.catalog.models]
-    for engine in engines:  # each model loads and generates on its own thread
+    # Each model generates on its own thread; they load one at a time (peak memory is one
+    # load's, and models sharing a GGUF file convert it once).
+    load_lock = threading.Lock()
+    engines = [MLXEngine(model, spec.engine, load_lock=load_lock) for model in spec.catalog.models]
+    for engine in engines:
         engine.start(loop)
     watcher = asyncio.create_task(_watch_load(spec, engines, stop))
     app = create_app(spec, engines, api_keys)
@@ -76,12 +81,15 @@ async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
 
 
 async def _watch_load(spec: Spec, engines: list[MLXEngine], stop: asyncio.Event) -> None:
-    """Stop at the first model that fails to load; say where the server is once all are ready."""
-    pending = {asyncio.create_task(asyncio.to_thread(e.wait_loaded)) for e in engines}
-    while pending:
-        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        if any(task.result() == "failed" for task in done):
-            stop.set()
-            return
+    """Stop at the first model that fails to load; say where the server is once all are ready.
+
+    It polls, rather than waiting in threads, so that no thread outlives a shutdown."""
+    while any(engine.state == "loading" for engine in engines):
+        if any(engine.state == "failed" for engine in engines):
+            break
+        await asyncio.sleep(LOAD_POLL_SECONDS)
+    if any(engine.state == "failed" for engine in engines):
+        stop.set()
+        return
     ids = ", ".join(spec.catalog.ids)
     log.info("serving %s on http://%s:%d", ids, spec.host, spec.port)

@@ -356,8 +356,11 @@ class Spec(BaseSettings):
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> Spec:
         if self.model is not None and self.models is not None:
-            message = "use either 'model' (one model) or 'models', not both"
-            raise FieldError(("models",), message, at_key=True)
+            message = (
+                "use either 'model' (one model) or 'models', not both "
+                "(a spec replacing its base's single model sets 'model: null')"
+            )
+            raise FieldError(("model",), message, at_key=True)
         if self.model is None and self.models is None:
             raise FieldError(("model",), "missing required key 'model' (or a 'models' list)")
         if self.models is not None and self.name is not None:

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from .admission import Admission
 from .catalog import Catalog, Preset
-from .errors import InvalidRequest, ModelNotFound, Unavailable
+from .errors import APIError, InvalidRequest, ModelNotFound, Unavailable
 from .generation import Engine
-from .protocol import ChatMessage
+from .protocol import ChatMessage, RoleMappingOverride
 from .settings import EngineSettings, SamplingDefaults
 from .templates import TemplateProblem
 
@@ -29,9 +29,12 @@ class Target:
         if state != "ready":
             raise Unavailable(f"the model is not ready to serve requests (state: {state})")
 
-    def messages(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    def messages(
+        self, messages: Sequence[ChatMessage], role_mapping: RoleMappingOverride | None = None
+    ) -> list[ChatMessage]:
         """The conversation as the engine should see it: the preset's system prompt first
-        (unless the request brings one), and its prompt template around the last user turn."""
+        (unless the request brings its own, as a message or as `role_mapping.system_prompt`),
+        and its prompt template around the last user turn."""
         result = list(messages)
         preset = self.preset
         if preset is None:
@@ -40,7 +43,10 @@ class Target:
             index = _last_user_turn(result)
             text = _render(preset, result[index].text())
             result[index] = ChatMessage(role="user", content=text)
-        if preset.system_prompt and not any(m.role in ("system", "developer") for m in result):
+        own = any(m.role in ("system", "developer") for m in result) or (
+            role_mapping is not None and role_mapping.system_prompt is not None
+        )
+        if preset.system_prompt and not own:
             result.insert(0, ChatMessage(role="system", content=preset.system_prompt))
         return result
 
@@ -98,5 +104,5 @@ def _render(preset: Preset, text: str) -> str:
     assert preset.prompt_template is not None
     try:
         return preset.prompt_template.render(text)
-    except TemplateProblem as error:
-        raise InvalidRequest(f"endpoint '{preset.name}': {error}") from None
+    except TemplateProblem as error:  # the spec's template, not the request, is at fault
+        raise APIError(f"the prompt template of endpoint '{preset.name}' failed: {error}") from None

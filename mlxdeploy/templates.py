@@ -17,6 +17,7 @@ CHAT_VARIABLES = frozenset(
 )  # fmt: skip
 # What a prompt template is given: the request's text.
 PROMPT_VARIABLES = frozenset({"input"})
+SAMPLE_INPUT = "A sample text to check that the template renders."
 
 
 class TemplateProblem(ValueError):
@@ -38,26 +39,31 @@ class PromptTemplate:
     def render(self, input: str) -> str:  # noqa: A002 - the template's own variable name
         try:
             return self._template.render(input=input)
-        except TemplateError as error:  # e.g. a filter that fails on this input
-            raise TemplateProblem(f"the prompt template {self.path} failed: {error}") from None
+        except Exception as error:  # a filter or an expression that fails on this input
+            raise TemplateProblem(f"{type(error).__name__}: {error}") from None
 
 
 def read_chat_template(path: Path) -> str:
     """The template's text, after checking it parses and uses only known variables."""
-    text, _ = _read(path, CHAT_VARIABLES)
+    text, _ = _compile(path, CHAT_VARIABLES)
     return text
 
 
 def read_prompt_template(path: Path) -> PromptTemplate:
-    """A prompt template that parses, uses only `input`, and does use it (else the request's
-    text would be dropped)."""
-    text, environment = _read(path, PROMPT_VARIABLES)
-    if "input" not in meta.find_undeclared_variables(environment.parse(text)):
-        raise TemplateProblem(f"{path}: never uses {{{{ input }}}}, the request's text")
-    return PromptTemplate(str(path), text, environment.from_string(text))
+    """A prompt template that compiles, uses `input` and nothing else, includes no other file,
+    and renders a sample text (so a template that fails on every request fails here)."""
+    text, template = _compile(path, PROMPT_VARIABLES, require=PROMPT_VARIABLES)
+    prompt = PromptTemplate(str(path), text, template)
+    try:
+        prompt.render(SAMPLE_INPUT)
+    except TemplateProblem as error:
+        raise TemplateProblem(f"{path}: fails on a sample text: {error}") from None
+    return prompt
 
 
-def _read(path: Path, known: frozenset[str]) -> tuple[str, ImmutableSandboxedEnvironment]:
+def _compile(
+    path: Path, known: frozenset[str], require: frozenset[str] = frozenset()
+) -> tuple[str, Template]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
@@ -67,10 +73,20 @@ def _read(path: Path, known: frozenset[str]) -> tuple[str, ImmutableSandboxedEnv
     environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
     try:
         tree = environment.parse(text)
+        used = meta.find_undeclared_variables(tree)
+        others = [name for name in meta.find_referenced_templates(tree)]
+        template = environment.from_string(tree)
     except TemplateSyntaxError as error:
         raise TemplateProblem(f"{path}:{error.lineno}: {error.message}", error.lineno) from None
-    unknown = sorted(meta.find_undeclared_variables(tree) - known)
+    except TemplateError as error:  # e.g. an unknown filter or test
+        raise TemplateProblem(f"{path}: {error.message}") from None
+    if others:
+        raise TemplateProblem(f"{path}: includes other templates ({others[0]}); keep it one file")
+    unknown = sorted(used - known)
     if unknown:
         names = ", ".join(sorted(known))
         raise TemplateProblem(f"{path}: undefined variable '{unknown[0]}' (known: {names})")
-    return text, environment
+    missing = sorted(require - used)
+    if missing:
+        raise TemplateProblem(f"{path}: never uses {{{{ {missing[0]} }}}}, the request's text")
+    return text, template

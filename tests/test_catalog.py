@@ -17,7 +17,7 @@ from mlxdeploy.cli import app
 from mlxdeploy.errors import InvalidRequest
 from mlxdeploy.footprint import machine_memory
 from mlxdeploy.generation import Engine
-from mlxdeploy.protocol import ChatMessage, TextPart
+from mlxdeploy.protocol import ChatMessage, RoleMappingOverride, TextPart
 from mlxdeploy.render import route_table
 from mlxdeploy.spec import SpecError, load_spec
 from mlxdeploy.targets import Target
@@ -126,7 +126,7 @@ def test_the_single_model_form_is_one_entry(root: Path) -> None:
     [
         (
             "model: models/a\nmodels:\n  - {id: x, model: models/b}\n",
-            "2:1: models: use either 'model' (one model) or 'models', not both",
+            "1:1: model: use either 'model' (one model) or 'models', not both (a spec",
         ),
         (
             "name: x\nmodels:\n  - {id: x, model: models/b}\n",
@@ -300,3 +300,44 @@ def test_built_in_routes_are_the_ones_endpoints_may_not_take(root: Path) -> None
     paths = {path for _, path in route_table(spec)}
     assert {p for p in paths if not p.startswith(BUILTIN_PREFIXES)} == BUILTIN_PATHS
     assert {p for p in paths if p.startswith(BUILTIN_PREFIXES)} == {"/v1/models/<path:model_id>"}
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{{ input | nosuchfilter }}", "No filter named 'nosuchfilter'"),
+        ('{% include "other.jinja" %}{{ input }}', "includes other templates (other.jinja)"),
+        ("{{ input.title_case }}", "fails on a sample text: UndefinedError"),
+        ("{{ (input | length) // 0 }}", "fails on a sample text: ZeroDivisionError"),
+    ],
+)
+def test_templates_that_would_fail_at_request_time_fail_validate(
+    root: Path, template: str, expected: str
+) -> None:
+    (root / "templates" / "bad.jinja").write_text(template)
+    path = write(
+        root, "model: models/a\nendpoints:\n  s:\n    prompt_template: templates/bad.jinja\n"
+    )
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"{path}:4:22: endpoints.s.prompt_template: ")
+    assert expected in result.output and "Traceback" not in result.output
+
+
+def test_a_chat_template_with_an_unknown_filter_is_a_problem(root: Path) -> None:
+    (root / "templates" / "chat.jinja").write_text("{{ messages | nosuchfilter }}")
+    path = write(root, "model: models/a\nchat_template: templates/chat.jinja\n")
+    problems = problems_of(path)
+    assert len(problems) == 1 and "No filter named 'nosuchfilter'" in problems[0]
+
+
+def test_a_request_system_prompt_replaces_the_presets(root: Path) -> None:
+    preset = load_spec(write(root, TWO_MODELS)).catalog.presets[0]
+    target = Target("summarize", cast(Engine, None), Admission(1), preset.defaults, (), preset)
+    turns = [ChatMessage(role="user", content="text")]
+    own = RoleMappingOverride(system_prompt="Mine.")
+    assert [m.role for m in target.messages(turns, own)] == ["user"]
+    assert [m.role for m in target.messages(turns, RoleMappingOverride(user="U: "))] == [
+        "system",
+        "user",
+    ]

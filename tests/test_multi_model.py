@@ -222,8 +222,8 @@ def test_a_model_that_cannot_load_stops_the_server(tiny_model_dir: Path, tmp_pat
     (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     spec = tmp_path / "spec.yaml"
     spec.write_text(
-        f"models:\n  - {{id: good, model: {json.dumps(str(tiny_model_dir))}}}\n"
-        f"  - {{id: broken, model: {json.dumps(str(broken))}}}\n"
+        f"models:\n  - {{id: broken, model: {json.dumps(str(broken))}}}\n"
+        f"  - {{id: good, model: {json.dumps(str(tiny_model_dir))}}}\n"
     )
     done = subprocess.run(
         mlxdeploy_command("up", str(spec), "--port", str(free_port())),

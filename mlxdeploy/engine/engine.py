@@ -26,10 +26,16 @@ log = logging.getLogger("mlxdeploy.engine")
 
 class MLXEngine:
     def __init__(
-        self, model: ServedModel, settings: EngineSettings, cache_root: Path | None = None
+        self,
+        model: ServedModel,
+        settings: EngineSettings,
+        cache_root: Path | None = None,
+        load_lock: threading.Lock | None = None,
     ):
+        """`load_lock`, shared by the engines of one server, makes them load one at a time."""
         self.model = model
         self.settings = settings
+        self._load_lock = load_lock or threading.Lock()
         self._cache_root = cache_root
         self._state: EngineState = "loading"
         self.error: str | None = None
@@ -95,7 +101,12 @@ class MLXEngine:
             self._fail(str(exc))
             return
         try:
-            model, self._tokenizer = load_model(self.model.source, self._cache_root)
+            with self._load_lock:
+                if self._stop_requested.is_set():  # stopped while waiting for its turn
+                    self._state = "stopped"
+                    self._loaded.set()
+                    return
+                model, self._tokenizer = load_model(self.model.source, self._cache_root)
         except ModelLoadError as exc:
             self._fail(str(exc))
             return

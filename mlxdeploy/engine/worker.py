@@ -1,4 +1,5 @@
-"""The generation thread: the only thread that touches MLX.
+"""The generation thread of one model: the only thread that touches that model's MLX state
+(several models have one thread each; MLX keeps default streams and random state per thread).
 
 Requests arrive through a thread-safe inbox and join a running batch (mlx-lm's BatchGenerator:
 continuous batching); each decode step's events for every request are handed back to the

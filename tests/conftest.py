@@ -80,6 +80,14 @@ def make_tiny_model(out: Path, demo_dir: Path, seed: int) -> Path:
     return out
 
 
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Specs must not pick up MLXDEPLOY_* variables from the developer's shell or CI."""
+    for name in list(os.environ):
+        if name.upper().startswith("MLXDEPLOY_"):
+            monkeypatch.delenv(name)
+
+
 def write_spec(path: Path, model: str | Path, **fields: object) -> Path:
     lines = [f"model: {json.dumps(str(model))}"]
     lines += [f"{key}: {json.dumps(value)}" for key, value in fields.items()]

@@ -23,14 +23,7 @@ from mlxdeploy.spec import SpecError, load_spec
 from mlxdeploy.targets import Target
 from tests.test_footprint import write_header_only
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.upper().startswith("MLXDEPLOY_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture

@@ -49,14 +49,7 @@ stop: ["</s>"]           # stop words added to every request's own
 WriteSpec = Callable[[str], Path]
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Specs must not pick up MLXDEPLOY_* variables from the developer's shell or CI."""
-    import os
-
-    for name in list(os.environ):
-        if name.upper().startswith("MLXDEPLOY_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture

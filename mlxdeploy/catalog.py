@@ -53,7 +53,6 @@ class ServedModel:
     role_mapping: RoleMapping
     defaults: SamplingDefaults
     stop: tuple[str, ...]
-    loc: Loc = ("model",)  # the key that names its weights, to place problems
 
 
 @dataclass(frozen=True)
@@ -79,9 +78,6 @@ class Catalog:
     def ids(self) -> list[str]:
         """Every id a client may send as `model`: models first, then presets."""
         return [m.id for m in self.models] + [p.name for p in self.presets]
-
-    def model(self, model_id: str) -> ServedModel:
-        return next(m for m in self.models if m.id == model_id)
 
 
 @dataclass
@@ -189,7 +185,6 @@ def _entry(spec: Spec, index: int, entry: ModelEntry, files: Files) -> ServedMod
         role_mapping=overlay(spec.role_mapping, entry.role_mapping),
         defaults=overlay(spec.defaults, entry.defaults),
         stop=tuple(spec.stop if entry.stop is None else entry.stop),
-        loc=(*loc, "model"),
     )
 
 

@@ -84,12 +84,13 @@ async def _watch_load(spec: Spec, engines: list[MLXEngine], stop: asyncio.Event)
     """Stop at the first model that fails to load; say where the server is once all are ready.
 
     It polls, rather than waiting in threads, so that no thread outlives a shutdown."""
-    while any(engine.state == "loading" for engine in engines):
-        if any(engine.state == "failed" for engine in engines):
+    while True:
+        states = {engine.state for engine in engines}
+        if "failed" in states:
+            stop.set()
+            return
+        if "loading" not in states:
             break
         await asyncio.sleep(LOAD_POLL_SECONDS)
-    if any(engine.state == "failed" for engine in engines):
-        stop.set()
-        return
     ids = ", ".join(spec.catalog.ids)
     log.info("serving %s on http://%s:%d", ids, spec.host, spec.port)

@@ -65,9 +65,11 @@ class Targets:
         self, catalog: Catalog, engines: Mapping[str, Engine], settings: EngineSettings
     ) -> None:
         self._by_id: dict[str, Target] = {}
+        self.admissions: list[Admission] = []  # one per model; its presets share it
         for model in catalog.models:
             admission = Admission(limit=settings.max_batch_size + settings.max_queue)
             engine = engines[model.id]
+            self.admissions.append(admission)
             self._by_id[model.id] = Target(model.id, engine, admission, model.defaults, model.stop)
         for preset in catalog.presets:
             base = self._by_id[preset.model_id]
@@ -84,10 +86,6 @@ class Targets:
         if target is None:
             raise ModelNotFound(requested)
         return target
-
-    @property
-    def admissions(self) -> list[Admission]:
-        return list({id(t.admission): t.admission for t in self._by_id.values()}.values())
 
 
 def _last_user_turn(messages: list[ChatMessage]) -> int:

@@ -74,7 +74,7 @@ def _compile(
     try:
         tree = environment.parse(text)
         used = meta.find_undeclared_variables(tree)
-        others = [name for name in meta.find_referenced_templates(tree)]
+        others = list(meta.find_referenced_templates(tree))
         template = environment.from_string(tree)
     except TemplateSyntaxError as error:
         raise TemplateProblem(f"{path}:{error.lineno}: {error.message}", error.lineno) from None

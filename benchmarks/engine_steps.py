@@ -12,7 +12,7 @@ import argparse
 import random
 import time
 
-from mlxdeploy.blas import load_fast_blas
+from mlxdeploy.engine.weights.blas import load_fast_blas
 
 
 def decode_ms(model: object, cls: type, batch: int, sampler: object) -> float:
@@ -58,7 +58,7 @@ def main() -> None:
     from mlx_lm.utils import load
 
     from mlxdeploy.engine.batch import FastBatchGenerator
-    from mlxdeploy.engine.kernels import use_fast_kernels
+    from mlxdeploy.engine.weights.kernels import use_fast_kernels
     from mlxdeploy.engine.sampling import greedy
 
     model = load(args.model)[0]

@@ -60,9 +60,9 @@ def llama_config(shape: Shape) -> dict[str, object]:
 
 def demo_tokenizer_dir() -> Path:
     """The demo GGUF converted to an HF-style dir (cached under MLXDEPLOY_CACHE_DIR)."""
-    from mlxdeploy.engine.gguf import convert_gguf
-    from mlxdeploy.engine.loader import default_cache_root
-    from mlxdeploy.sources import parse_model_source
+    from mlxdeploy.engine.weights.gguf import convert_gguf
+    from mlxdeploy.engine.weights.loader import default_cache_root
+    from mlxdeploy.spec.sources import parse_model_source
 
     source = parse_model_source(DEMO_MODEL, Path.cwd())
     assert source.path is not None

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .auth import AuthConfigError, load_api_keys
-from .logs import configure_logging
+from .api.guards.auth import AuthConfigError, load_api_keys
+from .serve.logs import configure_logging
 from .spec import Problem, SpecError, format_problems, load_spec, spec_json_schema
 
 app = typer.Typer(
@@ -93,7 +93,7 @@ def up(
     except AuthConfigError as exc:
         raise _fail([Problem(str(spec), None, None, exc.field, exc.message)]) from None
     configure_logging(loaded.server, log_level)
-    from .server import serve
+    from .serve.server import serve
 
     result = asyncio.run(serve(loaded, api_keys))
     if result.error:
@@ -152,7 +152,7 @@ def bench(
     """Closed-loop load test with streaming chat completions; optionally beside mlx_lm.server."""
     from rich.console import Console
 
-    from .bench import BenchError, LoadSettings, build_options, parse_concurrency, run_bench
+    from .bench.load import BenchError, LoadSettings, build_options, parse_concurrency, run_bench
 
     try:
         load = LoadSettings(

@@ -7,11 +7,11 @@ from typing import Any
 
 import yaml
 
-from .app import create_app
-from .auth import ApiKeys
-from .generation import EngineState, EngineStats, Event, Prompt
-from .protocol import ChatMessage, GenerationParams, RoleMappingOverride
-from .settings import Spec
+from .api.app import create_app
+from .api.guards.auth import ApiKeys
+from .engine.api import EngineState, EngineStats, Event, Prompt
+from .api.protocol import ChatMessage, GenerationParams, RoleMappingOverride
+from .spec.settings import Spec
 
 MASK = "***"
 SECRET_WORDS = {"key", "keys", "token", "secret", "password"}

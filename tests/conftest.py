@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxdeploy.sources import parse_model_source
+from mlxdeploy.spec.sources import parse_model_source
 from tests.gguf_helpers import TINY_LLAMA
 from tests.servers import RunningServer, start_server
 
@@ -46,7 +46,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def demo_dir(cache_dir: Path) -> Path:
     """The demo GGUF converted to an HF-style dir (real weights, real tokenizer)."""
-    from mlxdeploy.engine.gguf import convert_gguf
+    from mlxdeploy.engine.weights.gguf import convert_gguf
 
     source = parse_model_source(DEMO_MODEL, Path.cwd())
     assert source.path is not None

@@ -13,7 +13,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from mlxdeploy.auth import ApiKeys, bearer_token
+from mlxdeploy.api.guards.auth import ApiKeys, bearer_token
 from mlxdeploy.cli import app
 from tests.conftest import write_spec
 from tests.logwait import wait_for_log

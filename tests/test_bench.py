@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mlxdeploy.bench import (
+from mlxdeploy.bench.load import (
     BenchError,
     LevelStats,
     LoadSettings,

@@ -11,16 +11,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mlxdeploy.admission import Admission
-from mlxdeploy.catalog import BUILTIN_PATHS, BUILTIN_PREFIXES
+from mlxdeploy.api.guards.admission import Admission
+from mlxdeploy.spec.catalog import BUILTIN_PATHS, BUILTIN_PREFIXES
 from mlxdeploy.cli import app
-from mlxdeploy.errors import InvalidRequest
-from mlxdeploy.footprint import machine_memory
-from mlxdeploy.generation import Engine
-from mlxdeploy.protocol import ChatMessage, RoleMappingOverride, TextPart
+from mlxdeploy.api.errors import InvalidRequest
+from mlxdeploy.spec.footprint import machine_memory
+from mlxdeploy.engine.api import Engine
+from mlxdeploy.api.protocol import ChatMessage, RoleMappingOverride, TextPart
 from mlxdeploy.render import route_table
 from mlxdeploy.spec import SpecError, load_spec
-from mlxdeploy.targets import Target
+from mlxdeploy.api.routing import Target
 from tests.test_footprint import write_header_only
 
 pytestmark = pytest.mark.usefixtures("clean_env")

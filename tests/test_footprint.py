@@ -9,8 +9,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from mlxdeploy.cli import app
-from mlxdeploy.footprint import estimate_bytes, machine_memory, safetensors_bytes
-from mlxdeploy.sources import parse_model_source
+from mlxdeploy.spec.footprint import estimate_bytes, machine_memory, safetensors_bytes
+from mlxdeploy.spec.sources import parse_model_source
 from tests.conftest import write_spec
 
 

@@ -16,8 +16,8 @@ from mlx_lm.models import llama
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import load
 
-from mlxdeploy.engine import gguf as gguf_module
-from mlxdeploy.engine.gguf import GGUFError, build_tokenizer, convert_gguf
+from mlxdeploy.engine.weights import gguf as gguf_module
+from mlxdeploy.engine.weights.gguf import GGUFError, build_tokenizer, convert_gguf
 from tests.gguf_helpers import (
     Vocab,
     byte_level_vocab,

@@ -11,7 +11,7 @@ from mlx_lm.generate import BatchGenerator
 from mlx_lm.utils import load
 
 from mlxdeploy.engine.batch import FastBatchGenerator
-from mlxdeploy.engine.kernels import SATURATION, swiglu, use_fast_kernels
+from mlxdeploy.engine.weights.kernels import SATURATION, swiglu, use_fast_kernels
 from mlxdeploy.engine.sampling import SamplerCache, greedy
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlxdeploy.logs import JsonFormatter
+from mlxdeploy.serve.logs import JsonFormatter
 from tests.conftest import write_spec
 from tests.logwait import wait_for_log
 from tests.servers import RunningServer, start_server

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from mlxdeploy.engine.prompt import encode_chat, role_mapped_prompt
-from mlxdeploy.errors import InvalidRequest
-from mlxdeploy.protocol import ChatMessage, RoleMappingOverride
-from mlxdeploy.spec import RoleMapping
+from mlxdeploy.api.errors import InvalidRequest
+from mlxdeploy.api.protocol import ChatMessage, RoleMappingOverride
+from mlxdeploy.spec.settings import RoleMapping
 
 MESSAGES = [
     ChatMessage(role="system", content="Be brief."),

@@ -7,7 +7,7 @@ import re
 import httpx
 import pytest
 
-from mlxdeploy.request_ids import choose_request_id
+from mlxdeploy.api.guards.request_ids import choose_request_id
 from tests.logwait import wait_for_log
 from tests.servers import RunningServer
 

@@ -14,17 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mlxdeploy.sources import ModelSource, parse_model_source
-from mlxdeploy.spec import (
-    Problem,
-    RoleMapping,
-    SamplingDefaults,
-    Spec,
-    SpecError,
-    format_problems,
-    load_spec,
-    spec_json_schema,
-)
+from mlxdeploy.spec.sources import ModelSource, parse_model_source
+from mlxdeploy.spec import Problem, Spec, SpecError, format_problems, load_spec, spec_json_schema
+from mlxdeploy.spec.settings import RoleMapping, SamplingDefaults
 
 MISTRAL = r"""
 # configs/mistral.yaml

@@ -10,13 +10,13 @@ from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..catalog import ServedModel
-from ..errors import InvalidRequest
-from ..generation import EngineState, EngineStats, Event, Failed, Finished, Heartbeat, Prompt
-from ..protocol import ChatMessage, GenerationParams, RoleMappingOverride
-from ..settings import EngineSettings
+from ..spec.catalog import ServedModel
+from ..api.errors import InvalidRequest
+from .api import EngineState, EngineStats, Event, Failed, Finished, Heartbeat, Prompt
+from ..api.protocol import ChatMessage, GenerationParams, RoleMappingOverride
+from ..spec.settings import EngineSettings
 from .faults import FaultPlan
-from .loader import ModelLoadError, load_model
+from .weights.loader import ModelLoadError, load_model
 from .prompt import encode_chat
 from .text import TextStream
 from .worker import Job, Sink, Worker

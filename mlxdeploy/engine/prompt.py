@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InvalidRequest
-from ..protocol import ChatMessage, RoleMappingOverride
-from ..settings import RoleMapping
+from ..api.errors import InvalidRequest
+from ..api.protocol import ChatMessage, RoleMappingOverride
+from ..spec.settings import RoleMapping
 
 
 def merge_role_mapping(base: RoleMapping, override: RoleMappingOverride | None) -> RoleMapping:

@@ -19,9 +19,9 @@ import mlx.core as mx
 from mlx_lm.generate import StopSequences
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
-from ..generation import EngineStats, Event, Failed, Finished, FinishReason, Progress, Text
-from ..protocol import GenerationParams
-from ..settings import EngineSettings
+from .api import EngineStats, Event, Failed, Finished, FinishReason, Progress, Text
+from ..api.protocol import GenerationParams
+from ..spec.settings import EngineSettings
 from .batch import FastBatchGenerator
 from .faults import FaultPlan
 from .sampling import SamplerCache

@@ -8,7 +8,7 @@ from typing import Any
 
 from quart import Quart, Response, request
 
-from .errors import InvalidRequest
+from ..errors import InvalidRequest
 
 
 def install_body_reader(app: Quart) -> None:

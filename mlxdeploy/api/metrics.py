@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map
 
-from .generation import Engine, EngineState, EngineStats, Event, Finished, Prompt, Text
+from ..engine.api import Engine, EngineState, EngineStats, Event, Finished, Prompt, Text
 from .protocol import ChatMessage, GenerationParams, RoleMappingOverride
 
 PREFIX = "mlxdeploy"

@@ -10,9 +10,9 @@ from typing import Any, cast
 
 from .chat import sse_event
 from .errors import InvalidRequest, RequestTimeout
-from .generation import Engine, Event, Prompt
+from ..engine.api import Engine, Event, Prompt
 from .protocol import GenerationParams, SamplingFields
-from .settings import LimitSettings
+from ..spec.settings import LimitSettings
 
 
 def check_max_tokens(body: SamplingFields, limits: LimitSettings) -> None:

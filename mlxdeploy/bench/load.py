@@ -41,7 +41,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .spec import Spec, load_spec
+from ..spec.load import Spec, load_spec
 
 MLXDEPLOY = "mlxdeploy"
 MLX_LM = "mlx_lm.server"
@@ -677,7 +677,7 @@ def finish_report(report: BenchReport, out: Path, console: Console) -> None:
     report.machine.blas = next((s.blas for s in report.servers if s.blas), None)
     report.files["json"] = str(out / "bench.json")
     try:
-        from .bench_plot import plot_report
+        from .plot import plot_report
 
         plot_report(report, out / "bench.png")
         report.files["png"] = str(out / "bench.png")

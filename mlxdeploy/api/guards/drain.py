@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from quart import Quart, Response, request
 
 from .admission import Admission
-from .errors import Unavailable
+from ..errors import Unavailable
 
 EXTENSION = "mlxdeploy.drain"
 # Load balancers keep asking for these while the server drains.

@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .admission import Admission
-from .catalog import Catalog, Preset
+from .guards.admission import Admission
+from ..spec.catalog import Catalog, Preset
 from .errors import APIError, InvalidRequest, ModelNotFound, Unavailable
-from .generation import Engine
+from ..engine.api import Engine
 from .protocol import ChatMessage, RoleMappingOverride
-from .settings import EngineSettings, SamplingDefaults
-from .templates import TemplateProblem
+from ..spec.settings import EngineSettings, SamplingDefaults
+from ..spec.templates import TemplateProblem
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from .errors import GenerationFailed
-from .generation import Engine, Failed, Finished, Heartbeat, Progress, Prompt, Text
+from ..engine.api import Engine, Failed, Finished, Heartbeat, Progress, Prompt, Text
 from .protocol import (
     ChatCompletion,
     ChatCompletionChunk,

@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
 
-from ..sources import ModelSource
+from ...spec.sources import ModelSource
 from .kernels import use_fast_kernels
 
 log = logging.getLogger("mlxdeploy.engine")

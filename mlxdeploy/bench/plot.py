@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
 if TYPE_CHECKING:
-    from .bench import BenchReport, LevelStats, ServerReport
+    from .load import BenchReport, LevelStats, ServerReport
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
 

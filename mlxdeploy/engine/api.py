@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from .protocol import ChatMessage, GenerationParams, RoleMappingOverride
+from ..api.protocol import ChatMessage, GenerationParams, RoleMappingOverride
 
 FinishReason = Literal["stop", "length"]
 EngineState = Literal["loading", "ready", "failed", "stopped"]

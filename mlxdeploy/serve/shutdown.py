@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from hypercorn.config import Config, Sockets
 
-from .drain import Drain
-from .generation import Engine
+from ..api.guards.drain import Drain
+from ..engine.api import Engine
 
 log = logging.getLogger("mlxdeploy.server")
 

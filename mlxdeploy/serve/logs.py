@@ -16,8 +16,8 @@ from typing import Any
 from hypercorn.logging import Logger as HypercornLogger
 from hypercorn.typing import ResponseSummary, WWWScope
 
-from .request_ids import HEADER
-from .settings import ServerSettings
+from ..api.guards.request_ids import HEADER
+from ..spec.settings import ServerSettings
 
 ACCESS_LOGGER = "mlxdeploy.access"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

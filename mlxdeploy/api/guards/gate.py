@@ -7,7 +7,7 @@ from quart import Quart, Response, g, request
 from .auth import ApiKeys
 from .cors import CorsPolicy, is_preflight
 from .request_ids import HEADER, choose_request_id, new_request_id
-from .settings import Spec
+from ...spec.settings import Spec
 
 PUBLIC_PATHS = frozenset({"/health"})
 

@@ -12,12 +12,12 @@ from pydantic import BaseModel, ValidationError
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from .admission import Slot
-from .auth import ApiKeys, load_api_keys
-from .body import decode_json, install_body_reader
-from .catalog import Catalog
+from .guards.admission import Slot
+from .guards.auth import ApiKeys, load_api_keys
+from .guards.body import decode_json, install_body_reader
+from ..spec.catalog import Catalog
 from .chat import Completion, TextCompletionFormat, complete, stream
-from .drain import install_drain
+from .guards.drain import install_drain
 from .errors import (
     APIError,
     InvalidRequest,
@@ -26,8 +26,8 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
 )
-from .gate import install_gate
-from .generation import Engine, Prompt
+from .guards.gate import install_gate
+from ..engine.api import Engine, Prompt
 from .limits import Deadline, check_context, check_max_tokens, ending_on_timeout
 from .metrics import Metrics, RequestMetrics, TimedEngine
 from .protocol import (
@@ -40,8 +40,8 @@ from .protocol import (
     error_param,
     now,
 )
-from .settings import LimitSettings, SamplingDefaults, Spec
-from .targets import Target, Targets
+from ..spec.settings import LimitSettings, SamplingDefaults, Spec
+from .routing import Target, Targets
 
 log = logging.getLogger("mlxdeploy.app")
 

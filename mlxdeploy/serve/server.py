@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING
 
 from hypercorn.asyncio import serve as hypercorn_serve
 
-from .app import create_app
-from .auth import ApiKeys
-from .blas import load_fast_blas
-from .drain import drain_of
+from ..api.app import create_app
+from ..api.guards.auth import ApiKeys
+from ..engine.weights.blas import load_fast_blas
+from ..api.guards.drain import drain_of
 from .logs import ACCESS_LOGGER, AccessLogger
-from .settings import Spec
+from ..spec.settings import Spec
 from .shutdown import TrackedConfig, drain_and_abort, install_signal_handlers
 
 if TYPE_CHECKING:
-    from .engine.engine import MLXEngine
+    from ..engine.engine import MLXEngine
 
 log = logging.getLogger("mlxdeploy.server")
 
@@ -49,7 +49,7 @@ def hypercorn_config(spec: Spec) -> TrackedConfig:
 
 async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
     log.info(load_fast_blas().describe())  # before MLX is imported
-    from .engine.engine import MLXEngine  # the only place the server reaches for MLX
+    from ..engine.engine import MLXEngine  # the only place the server reaches for MLX
 
     loop = asyncio.get_running_loop()
     signals = install_signal_handlers(loop)

@@ -2,47 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import yaml
 
-from .api.app import create_app
-from .api.guards.auth import ApiKeys
-from .engine.api import EngineState, EngineStats, Event, Prompt
-from .api.protocol import ChatMessage, GenerationParams, RoleMappingOverride
+from .spec import routes
 from .spec.settings import Spec
 
 MASK = "***"
 SECRET_WORDS = {"key", "keys", "token", "secret", "password"}
-HIDDEN_METHODS = {"HEAD", "OPTIONS"}
-
-
-class UnloadedEngine:
-    """Stands in for the engine so the app (and so its routes) can be built without weights."""
-
-    def __init__(self, model_id: str):
-        self.model_id = model_id
-        self.state: EngineState = "stopped"
-        self.running = 0
-        self.context_length: int | None = None
-
-    def prepare(
-        self, messages: Sequence[ChatMessage], role_mapping: RoleMappingOverride | None
-    ) -> Prompt:
-        raise RuntimeError("rendering does not serve requests")
-
-    def prepare_text(self, text: str) -> Prompt:
-        raise RuntimeError("rendering does not serve requests")
-
-    def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncGenerator[Event, None]:
-        raise RuntimeError("rendering does not serve requests")
-
-    def stats(self) -> EngineStats:
-        return EngineStats()
-
-    def abort(self, message: str) -> None:
-        return None
 
 
 def masked(value: Any, key: str = "") -> Any:
@@ -59,14 +27,10 @@ def masked(value: Any, key: str = "") -> Any:
 
 
 def route_table(spec: Spec) -> list[tuple[str, str]]:
-    engines = [UnloadedEngine(model.id) for model in spec.catalog.models]
-    app = create_app(spec, engines, api_keys=ApiKeys(()))  # keys are not read
-    rows = {
-        (",".join(sorted(set(rule.methods or ()) - HIDDEN_METHODS)), rule.rule)
-        for rule in app.url_map.iter_rules()
-        if rule.endpoint != "static"
-    }
-    return sorted(rows, key=lambda row: row[1])
+    """Every route the app serves: the built-in ones, then each preset's own path."""
+    declared = list(routes.BUILTIN_ROUTES)
+    declared += [routes.endpoint_route(p.name, p.path) for p in spec.catalog.presets]
+    return sorted({(route.method, route.path) for route in declared}, key=lambda row: row[1])
 
 
 def served_table(spec: Spec) -> list[dict[str, Any]]:

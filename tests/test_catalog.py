@@ -9,18 +9,18 @@ from typing import cast
 
 import pytest
 import yaml
+from mlxdeploy.api.protocol import ChatMessage, RoleMappingOverride, TextPart
 from typer.testing import CliRunner
 
-from mlxdeploy.api.guards.admission import Admission
-from mlxdeploy.spec.catalog import BUILTIN_PATHS, BUILTIN_PREFIXES
-from mlxdeploy.cli import app
 from mlxdeploy.api.errors import InvalidRequest
-from mlxdeploy.spec.footprint import machine_memory
+from mlxdeploy.api.guards.admission import Admission
+from mlxdeploy.api.routing import Target
+from mlxdeploy.cli import app
 from mlxdeploy.engine.api import Engine
-from mlxdeploy.api.protocol import ChatMessage, RoleMappingOverride, TextPart
 from mlxdeploy.render import route_table
 from mlxdeploy.spec import SpecError, load_spec
-from mlxdeploy.api.routing import Target
+from mlxdeploy.spec.catalog import BUILTIN_PATHS, BUILTIN_PREFIXES
+from mlxdeploy.spec.footprint import machine_memory
 from tests.test_footprint import write_header_only
 
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from mlxdeploy.api.protocol import Delta
 
 from mlxdeploy.api.chat import Completion, _chunk, sse_event
-from mlxdeploy.api.protocol import Delta
 
 
 @given(st.text(), st.text(min_size=1))

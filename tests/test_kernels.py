@@ -11,8 +11,8 @@ from mlx_lm.generate import BatchGenerator
 from mlx_lm.utils import load
 
 from mlxdeploy.engine.batch import FastBatchGenerator
-from mlxdeploy.engine.weights.kernels import SATURATION, swiglu, use_fast_kernels
 from mlxdeploy.engine.sampling import SamplerCache, greedy
+from mlxdeploy.engine.weights.kernels import SATURATION, swiglu, use_fast_kernels
 
 
 def test_swiglu_matches_silu() -> None:

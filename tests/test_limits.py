@@ -11,10 +11,10 @@ from typing import cast
 
 import httpx
 import pytest
+from mlxdeploy.api.limits import Deadline
 
 from mlxdeploy.api.errors import RequestTimeout
 from mlxdeploy.engine.api import Engine, Event, Text
-from mlxdeploy.api.limits import Deadline
 from tests.conftest import TINY_CONFIG, write_spec
 from tests.servers import RunningServer, start_server
 

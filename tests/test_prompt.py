@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from mlxdeploy.engine.prompt import encode_chat, role_mapped_prompt
-from mlxdeploy.api.errors import InvalidRequest
 from mlxdeploy.api.protocol import ChatMessage, RoleMappingOverride
+
+from mlxdeploy.api.errors import InvalidRequest
+from mlxdeploy.engine.prompt import encode_chat, role_mapped_prompt
 from mlxdeploy.spec.settings import RoleMapping
 
 MESSAGES = [

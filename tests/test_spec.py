@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mlxdeploy.spec.sources import ModelSource, parse_model_source
 from mlxdeploy.spec import Problem, Spec, SpecError, format_problems, load_spec, spec_json_schema
+from mlxdeploy.spec.load import resolve_catalog
 from mlxdeploy.spec.settings import RoleMapping, SamplingDefaults
+from mlxdeploy.spec.sources import ModelSource, parse_model_source
 
 MISTRAL = r"""
 # configs/mistral.yaml
@@ -666,7 +667,7 @@ def test_spec_can_be_built_directly_from_keywords_and_env(
 ) -> None:
     monkeypatch.setenv("MLXDEPLOY_PORT", "9100")
 
-    spec = Spec(model="owner/model")
+    spec = resolve_catalog(Spec(model="owner/model"))
 
     assert spec.port == 9100
     assert spec.catalog.models[0].source.kind == "hf"

@@ -1,20 +1,39 @@
-"""The one error shape: every 4xx/5xx leaves the server as an OpenAI error body."""
+"""The one error shape: every 4xx/5xx leaves the server as an OpenAI error body, from one
+set of handlers."""
 
 from __future__ import annotations
 
-from .protocol import ErrorBody, ErrorDetail
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from .wire import ErrorBody, ErrorDetail
+
+log = logging.getLogger("mlxdeploy.app")
 
 
 class APIError(Exception):
     status = 500
     type = "server_error"
-    headers: dict[str, str] = {}
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
+        self.headers = dict(headers or {})  # Retry-After, WWW-Authenticate
 
     def body(self) -> ErrorBody:
         return ErrorBody(
@@ -66,17 +85,15 @@ class TooManyRequests(APIError):
     type = "rate_limit_error"
 
     def __init__(self, message: str, retry_after: int):
-        super().__init__(message, code="server_busy")
-        self.headers = {"Retry-After": str(retry_after)}
+        super().__init__(message, code="server_busy", headers={"Retry-After": str(retry_after)})
 
 
 class Unauthorized(APIError):
     status = 401
     type = "invalid_request_error"
-    headers = {"WWW-Authenticate": "Bearer"}
 
     def __init__(self, message: str):
-        super().__init__(message, code="invalid_api_key")
+        super().__init__(message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 class Forbidden(APIError):
@@ -103,3 +120,44 @@ class RequestTimeout(APIError):
         super().__init__(
             f"the request did not finish within {seconds:g} seconds", code="request_timeout"
         )
+
+
+def json_response(payload: BaseModel | dict[str, Any], status: int = 200) -> Response:
+    data = payload.model_dump() if isinstance(payload, BaseModel) else payload
+    return Response(json.dumps(data, ensure_ascii=False), status, mimetype="application/json")
+
+
+def error_response(exc: APIError) -> Response:
+    """The one error shape, with the error's own headers (Retry-After, WWW-Authenticate)."""
+    response = json_response(exc.body(), exc.status)
+    response.headers.update(exc.headers)
+    return response
+
+
+def register_error_handlers(app: Quart) -> None:
+    @app.errorhandler(APIError)
+    async def api_error(exc: APIError) -> Response:
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        return error_response(_from_werkzeug(exc))
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(APIError("internal server error"))
+
+
+def _from_werkzeug(exc: HTTPException) -> APIError:
+    status = exc.code or 500
+    if status == 404:
+        return NotFound(f"no route for {request.method} {request.path}")
+    if status == 405:
+        return MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
+    if status == 413:
+        return PayloadTooLarge(request.max_content_length or 0)
+    mapped = InvalidRequest(exc.description or exc.name)
+    mapped.status = status
+    mapped.code = exc.name.lower().replace(" ", "_")
+    return mapped

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -20,8 +19,7 @@ from prometheus_client.registry import Collector
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map
 
-from ..engine.api import Engine, EngineState, EngineStats, Event, Finished, Prompt, Text
-from .protocol import ChatMessage, GenerationParams, RoleMappingOverride
+from ..engine.api import Engine, EngineState, EngineStats
 
 PREFIX = "mlxdeploy"
 UNMATCHED = "unmatched"  # the route label of requests no route matched (bounds cardinality)
@@ -61,6 +59,10 @@ class Metrics:
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
         self.latency.labels(route=route).observe(seconds)
+
+    def first_token_observer(self, model_id: str) -> Callable[[float], None]:
+        """What a run calls with the seconds to its first token."""
+        return self.ttft.labels(model=model_id).observe
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition a scraper asked for (`Accept`), and its content type."""
@@ -113,59 +115,6 @@ def _engine_values(stats: EngineStats, state: EngineState) -> tuple[float, ...]:
         stats.cached_tokens,
         stats.step_failures,
     )
-
-
-class TimedEngine:
-    """An Engine that records each generation's time to first token; all else passes through."""
-
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
-        self._engine = engine
-        self._ttft = metrics.ttft.labels(model=engine.model_id)
-
-    @property
-    def model_id(self) -> str:
-        return self._engine.model_id
-
-    @property
-    def state(self) -> EngineState:
-        return self._engine.state
-
-    @property
-    def running(self) -> int:
-        return self._engine.running
-
-    @property
-    def context_length(self) -> int | None:
-        return self._engine.context_length
-
-    def prepare(
-        self, messages: Sequence[ChatMessage], role_mapping: RoleMappingOverride | None
-    ) -> Prompt:
-        return self._engine.prepare(messages, role_mapping)
-
-    def prepare_text(self, text: str) -> Prompt:
-        return self._engine.prepare_text(text)
-
-    async def generate(
-        self, prompt: Prompt, params: GenerationParams
-    ) -> AsyncGenerator[Event, None]:
-        started = time.perf_counter()
-        waiting = True
-        async with contextlib.aclosing(self._engine.generate(prompt, params)) as events:
-            async for event in events:
-                if waiting and isinstance(event, Text | Finished):
-                    self._ttft.observe(time.perf_counter() - started)
-                    waiting = False
-                yield event
-
-    def stats(self) -> EngineStats:
-        return self._engine.stats()
-
-    def abort(self, message: str) -> None:
-        self._engine.abort(message)
-
-    def __getattr__(self, name: str) -> Any:  # what the engine offers beyond the protocol
-        return getattr(self._engine, name)
 
 
 class RequestMetrics:

@@ -6,13 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .guards.admission import Admission
+from ..engine.api import Engine, RoleOverride, Turn, has_system_turn
 from ..spec.catalog import Catalog, Preset
-from .errors import APIError, InvalidRequest, ModelNotFound, Unavailable
-from ..engine.api import Engine
-from .protocol import ChatMessage, RoleMappingOverride
 from ..spec.settings import EngineSettings, SamplingDefaults
 from ..spec.templates import TemplateProblem
+from .errors import APIError, InvalidRequest, ModelNotFound, Unavailable
+from .guards.admission import Admission
 
 
 @dataclass(frozen=True)
@@ -29,25 +28,22 @@ class Target:
         if state != "ready":
             raise Unavailable(f"the model is not ready to serve requests (state: {state})")
 
-    def messages(
-        self, messages: Sequence[ChatMessage], role_mapping: RoleMappingOverride | None = None
-    ) -> list[ChatMessage]:
+    def turns(self, turns: Sequence[Turn], role_override: RoleOverride | None) -> list[Turn]:
         """The conversation as the engine should see it: the preset's system prompt first
         (unless the request brings its own, as a message or as `role_mapping.system_prompt`),
         and its prompt template around the last user turn."""
-        result = list(messages)
+        result = list(turns)
         preset = self.preset
         if preset is None:
             return result
         if preset.prompt_template is not None:
             index = _last_user_turn(result)
-            text = _render(preset, result[index].text())
-            result[index] = ChatMessage(role="user", content=text)
-        own = any(m.role in ("system", "developer") for m in result) or (
-            role_mapping is not None and role_mapping.system_prompt is not None
+            result[index] = Turn(role="user", content=_render(preset, result[index].content))
+        own = has_system_turn(result) or (
+            role_override is not None and role_override.system_prompt is not None
         )
         if preset.system_prompt and not own:
-            result.insert(0, ChatMessage(role="system", content=preset.system_prompt))
+            result.insert(0, Turn(role="system", content=preset.system_prompt))
         return result
 
     def prompt(self, text: str) -> str:
@@ -88,9 +84,9 @@ class Targets:
         return target
 
 
-def _last_user_turn(messages: list[ChatMessage]) -> int:
-    for index in range(len(messages) - 1, -1, -1):
-        if messages[index].role == "user":
+def _last_user_turn(turns: list[Turn]) -> int:
+    for index in range(len(turns) - 1, -1, -1):
+        if turns[index].role == "user":
             return index
     raise InvalidRequest(
         "this endpoint fills its prompt template with the last user message; send one",

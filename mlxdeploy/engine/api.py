@@ -1,7 +1,9 @@
-"""The contract between the HTTP layer and an engine. Nothing here imports MLX.
+"""The engine contract: what an engine is asked (turns, sampling params) and what it answers
+(a stream of events). Nothing here imports MLX, HTTP or wire models.
 
-An engine turns a prepared prompt into a stream of `Event`s. The app only ever sees these
-types, so tests can drive the app with a scripted engine and the real engine never sees HTTP.
+The API layer converts each wire request into these types and maps `PromptRejected` to its own
+error shape, so tests can drive the API with a scripted engine and the real engine never sees
+HTTP.
 """
 
 from __future__ import annotations
@@ -10,10 +12,50 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from ..api.protocol import ChatMessage, GenerationParams, RoleMappingOverride
-
 FinishReason = Literal["stop", "length"]
 EngineState = Literal["loading", "ready", "failed", "stopped"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
+class PromptRejected(ValueError):
+    """The engine cannot serve this prompt (a chat template rejected it, or it is empty)."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a conversation, as the chat format sees it."""
+
+    role: Role
+    content: str
+
+
+def has_system_turn(turns: Sequence[Turn]) -> bool:
+    """Whether the conversation brings its own system prompt."""
+    return any(turn.role in SYSTEM_ROLES for turn in turns)
+
+
+@dataclass(frozen=True)
+class RoleOverride:
+    """A request's own role-mapping keys (None: the model's); selects the role-mapping format."""
+
+    system_prompt: str | None = None
+    system: str | None = None
+    user: str | None = None
+    assistant: str | None = None
+    stop: str | None = None
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Resolved sampling for one request: the request's fields over the spec's defaults."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+    repetition_context_size: int
+    stop: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -91,17 +133,16 @@ class Engine(Protocol):
         """Most tokens the model attends to (prompt + completion); None when unknown."""
         ...
 
-    def prepare(
-        self, messages: Sequence[ChatMessage], role_mapping: RoleMappingOverride | None
-    ) -> Prompt:
-        """Apply the chat format and tokenize; raises InvalidRequest for prompts it cannot serve."""
+    def prepare(self, turns: Sequence[Turn], role_override: RoleOverride | None) -> Prompt:
+        """Apply the chat format and tokenize; raises PromptRejected for prompts it cannot
+        serve."""
         ...
 
     def prepare_text(self, text: str) -> Prompt:
         """Tokenize a plain-text prompt (with the tokenizer's own special tokens)."""
         ...
 
-    def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncGenerator[Event, None]:
+    def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Event, None]:
         """Stream events; closing the iterator early cancels the request within one step."""
         ...
 

@@ -11,14 +11,24 @@ from pathlib import Path
 from typing import Any
 
 from ..spec.catalog import ServedModel
-from ..api.errors import InvalidRequest
-from .api import EngineState, EngineStats, Event, Failed, Finished, Heartbeat, Prompt
-from ..api.protocol import ChatMessage, GenerationParams, RoleMappingOverride
 from ..spec.settings import EngineSettings
+from .api import (
+    EngineState,
+    EngineStats,
+    Event,
+    Failed,
+    Finished,
+    Heartbeat,
+    Prompt,
+    PromptRejected,
+    RoleOverride,
+    SamplingParams,
+    Turn,
+)
 from .faults import FaultPlan
-from .weights.loader import ModelLoadError, load_model
 from .prompt import encode_chat
 from .text import TextStream
+from .weights.loader import ModelLoadError, load_model
 from .worker import Job, Sink, Worker
 
 log = logging.getLogger("mlxdeploy.engine")
@@ -161,33 +171,28 @@ class MLXEngine:
         self._loop.call_soon_threadsafe(_put_all, items)
 
     # -- requests ---------------------------------------------------------------------
-    def prepare(
-        self, messages: Sequence[ChatMessage], role_mapping: RoleMappingOverride | None
-    ) -> Prompt:
+    def prepare(self, turns: Sequence[Turn], role_override: RoleOverride | None) -> Prompt:
         tokens = encode_chat(
             self._tokenizer,
-            messages,
+            turns,
             mapping=self.model.role_mapping,
-            override=role_mapping,
+            override=role_override,
             use_template=self._use_template,
         )
         if not tokens:
-            raise InvalidRequest("the prompt is empty after formatting", param="messages")
+            raise PromptRejected("the prompt is empty after formatting")
         return Prompt(tokens)
 
     def prepare_text(self, text: str) -> Prompt:
         tokens = list(self._tokenizer.encode(text))
         if not tokens:
-            raise InvalidRequest("the prompt is empty", param="prompt")
+            raise PromptRejected("the prompt is empty")
         return Prompt(tokens)
 
-    async def generate(
-        self, prompt: Prompt, params: GenerationParams
-    ) -> AsyncGenerator[Event, None]:
-        assert self._worker is not None
+    async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Event, None]:
         refusal = self._refusal()
-        if refusal is not None:
-            yield Failed(refusal)
+        if refusal is not None or self._worker is None:
+            yield Failed(refusal or f"the model is not ready (state: {self.state})")
             return
         sink: asyncio.Queue[Event] = asyncio.Queue()
         job = Job(
@@ -227,8 +232,11 @@ class MLXEngine:
         """Why a request cannot be generated now, or None."""
         if self._aborted is not None:
             return self._aborted
-        if self.state == "failed":
+        state = self.state
+        if state == "failed":
             return "the generation thread stopped; the server cannot generate"
+        if state == "stopped":  # nothing would ever read the request
+            return "the model has stopped serving"
         return None
 
 

@@ -19,9 +19,8 @@ import mlx.core as mx
 from mlx_lm.generate import StopSequences
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
-from .api import EngineStats, Event, Failed, Finished, FinishReason, Progress, Text
-from ..api.protocol import GenerationParams
 from ..spec.settings import EngineSettings
+from .api import EngineStats, Event, Failed, Finished, FinishReason, Progress, SamplingParams, Text
 from .batch import FastBatchGenerator
 from .faults import FaultPlan
 from .sampling import SamplerCache
@@ -36,7 +35,7 @@ Deliver = Callable[[list[tuple[Sink, Event]]], None]
 @dataclass(eq=False)  # a job is itself: hashable by identity, never equal to another
 class Job:
     prompt: list[int]
-    params: GenerationParams
+    params: SamplingParams
     sink: Sink
     text: TextStream
     uid: int = -1

@@ -12,10 +12,10 @@ from hypercorn.asyncio import serve as hypercorn_serve
 
 from ..api.app import create_app
 from ..api.guards.auth import ApiKeys
-from ..engine.weights.blas import load_fast_blas
 from ..api.guards.drain import drain_of
-from .logs import ACCESS_LOGGER, AccessLogger
+from ..engine.weights.blas import load_fast_blas
 from ..spec.settings import Spec
+from .logs import ACCESS_LOGGER, AccessLogger
 from .shutdown import TrackedConfig, drain_and_abort, install_signal_handlers
 
 if TYPE_CHECKING:

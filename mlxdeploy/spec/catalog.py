@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from .problems import FieldError
+from .routes import BUILTIN_PATHS, BUILTIN_PREFIXES
 from .settings import Endpoint, ModelEntry, PromptFormat, RoleMapping, SamplingDefaults, Spec
 from .sources import ModelSource, parse_model_source
 from .templates import PromptTemplate, TemplateProblem, read_chat_template, read_prompt_template
@@ -25,11 +26,6 @@ from .templates import PromptTemplate, TemplateProblem, read_chat_template, read
 Loc = tuple[str | int, ...]
 DirectoryFor = Callable[[Loc], Path]  # the directory of the file that set the key at `loc`
 
-# Routes the app always serves; an endpoint's own path must not shadow them.
-BUILTIN_PATHS = frozenset(
-    {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"}
-)
-BUILTIN_PREFIXES = ("/v1/models/",)
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
 
 S = TypeVar("S", bound=BaseModel)

@@ -22,30 +22,8 @@ from pydantic_settings import SettingsError
 
 from .catalog import Catalog, CatalogError, Files, build_catalog, read_files
 from .footprint import estimate_bytes, gib, machine_memory
-from .problems import FieldError, Problem, ProblemFormat, SpecError, format_problems, show_value
-from .settings import (
-    ENV_DELIMITER,
-    ENV_PREFIX,
-    EngineSettings,
-    EnvSource,
-    RoleMapping,
-    SamplingDefaults,
-    Spec,
-    spec_json_schema,
-)
-
-__all__ = [
-    "EngineSettings",
-    "Problem",
-    "ProblemFormat",
-    "RoleMapping",
-    "SamplingDefaults",
-    "Spec",
-    "SpecError",
-    "format_problems",
-    "load_spec",
-    "spec_json_schema",
-]
+from .problems import FieldError, Problem, SpecError, dotted, show_value
+from .settings import ENV_DELIMITER, ENV_PREFIX, EnvSource, Spec
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -126,6 +104,15 @@ def _check_catalog(
         return None
 
 
+def resolve_catalog(spec: Spec) -> Spec:
+    """Resolve the catalog of a Spec made in code (relative paths: the working directory)."""
+    files, errors = read_files(spec.model_dump(), lambda loc: Path.cwd())
+    if errors:
+        raise CatalogError(errors)
+    spec._catalog = build_catalog(spec, files)
+    return spec
+
+
 def _read_chain(path: Path) -> tuple[list[_SpecFile], list[Problem]]:
     """The spec and the files it `extends`, interpolated; a missing base or a cycle is a problem."""
     files: list[_SpecFile] = []
@@ -190,7 +177,7 @@ def _interpolate(
                 message = (
                     f"environment variable {missing[0]} is not set (use ${{{missing[0]}:-default}})"
                 )
-                problems.append(Problem(path, line, col, _dotted(here), message))
+                problems.append(Problem(path, line, col, dotted(here), message))
                 continue
             text = _REFERENCE.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
             whole = _REFERENCE.fullmatch(value) is not None
@@ -306,7 +293,7 @@ def _node_problems(
     if id(node) in parents:
         line, col = _mark(node)
         message = "an alias refers to a value that contains it; remove the recursion"
-        raise SpecError([Problem(path, line, col, _dotted(loc), message)])
+        raise SpecError([Problem(path, line, col, dotted(loc), message)])
     if id(node) in seen:  # an alias to a node already checked
         return []
     seen.add(id(node))
@@ -345,7 +332,7 @@ def _duplicate_keys(path: str, node: yaml.Node, loc: tuple[str | int, ...]) -> l
             first_line[key.value] = line
             continue
         message = f"duplicate key '{key.value}' (first on line {first_line[key.value]}); remove one"
-        problems.append(Problem(path, line, col, _dotted((*loc, key.value)), message))
+        problems.append(Problem(path, line, col, dotted((*loc, key.value)), message))
     return problems
 
 
@@ -410,12 +397,12 @@ def _validation_problem(error: ErrorDetails, layers: _Layers) -> Problem:
     if isinstance(cause, FieldError):  # found across fields: placed by its own loc
         loc, at_key = cause.loc, cause.at_key
     if _covers(layers.overrides, loc):
-        return Problem(layers.path, None, None, _dotted(loc), f"{message} (from an override)")
+        return Problem(layers.path, None, None, dotted(loc), f"{message} (from an override)")
     if _covers(layers.env, loc):
         return Problem(layers.path, None, None, _env_name(loc, layers.env_names), message)
     spec_file = layers.file_for(loc)
     line, col = _position(spec_file.root, loc, at_key)
-    return Problem(spec_file.path, line, col, _dotted(loc), message)
+    return Problem(spec_file.path, line, col, dotted(loc), message)
 
 
 def _covers(layer: Any, loc: tuple[str | int, ...]) -> bool:
@@ -465,13 +452,6 @@ def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node, yaml.Node] | No
 
 def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-def _dotted(loc: tuple[str | int, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
 
 
 _EXPECTED = {

@@ -45,6 +45,25 @@ class FieldError(ValueError):
         self.at_key = at_key
 
 
+def dotted(loc: tuple[Any, ...]) -> str:
+    """A pydantic location as users name fields: `('messages', 0, 'content')` ->
+    `messages[0].content`. The names pydantic gives union branches (`str`, `list[str]`,
+    `function-after[...]`) are left out."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not _is_union_tag(part):
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _is_union_tag(part: str) -> bool:
+    return part in {"str", "int", "float", "bool", "list", "dict", "none"} or any(
+        c in part for c in "[-"
+    )
+
+
 def show_value(value: Any) -> str:
     """A value as the user wrote it in YAML: true/false/null, strings quoted."""
     if isinstance(value, bool):

@@ -375,16 +375,10 @@ class Spec(BaseSettings):
 
     @property
     def catalog(self) -> Catalog:
-        """The models and presets served, resolved by `load_spec` (paths relative to the file
-        that wrote them, templates read and checked)."""
+        """The models and presets served, resolved by `load_spec` (or `resolve_catalog` for a
+        Spec made in code): paths relative to the file that wrote them, templates read."""
         if self._catalog is None:
-            from .catalog import CatalogError, build_catalog, read_files
-
-            # A Spec made in code: paths are relative to the working directory.
-            files, errors = read_files(self.model_dump(), lambda loc: Path.cwd())
-            if errors:
-                raise CatalogError(errors)
-            self._catalog = build_catalog(self, files)
+            raise RuntimeError("this Spec has no catalog yet: make it with load_spec")
         return self._catalog
 
 

@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import Unauthorized
 from ...spec.settings import AuthSettings
+from ..errors import Unauthorized
 
 BEARER = "bearer"
 

@@ -4,11 +4,15 @@ malformed answered by a 400, never a 500."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from quart import Quart, Response, request
 
+from ...spec.problems import dotted
 from ..errors import InvalidRequest
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def install_body_reader(app: Quart) -> None:
@@ -67,3 +71,28 @@ def _unencodable(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+async def parse_body(model: type[M]) -> M:
+    """The request's JSON body as `model`; one 400 naming every bad field otherwise."""
+    data = decode_json(await request.get_data())
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, param = _describe(exc)
+        raise InvalidRequest(message, param=param) from None
+
+
+def _describe(exc: ValidationError) -> tuple[str, str | None]:
+    """One message naming every bad field; union branches are folded into one entry."""
+    by_param: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False):
+        param = dotted(tuple(error["loc"])) or "body"
+        by_param.setdefault(param, []).append(error["msg"])
+    message = "; ".join(
+        f"{param}: {' or '.join(dict.fromkeys(msgs))}" for param, msgs in by_param.items()
+    )
+    first = next(iter(by_param))
+    return message, None if first == "body" else first

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from quart import Request, Response
 
-from ..errors import Forbidden
 from ...spec.settings import CorsSettings
+from ..errors import Forbidden
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 EXPOSE_HEADERS = "X-Request-ID, Retry-After"

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from quart import Quart, Response, request
 
-from .admission import Admission
 from ..errors import Unavailable
+from .admission import Admission
 
 EXTENSION = "mlxdeploy.drain"
 # Load balancers keep asking for these while the server drains.

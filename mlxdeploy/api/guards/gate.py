@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from quart import Quart, Response, g, request
 
+from ...spec.settings import Spec
 from .auth import ApiKeys
 from .cors import CorsPolicy, is_preflight
 from .request_ids import HEADER, choose_request_id, new_request_id
-from ...spec.settings import Spec
 
 PUBLIC_PATHS = frozenset({"/health"})
 

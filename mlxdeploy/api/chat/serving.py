@@ -1,0 +1,103 @@
+"""Serving chat completions: the route's handler and how its objects are rendered."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+from quart import Response
+
+from ...engine.api import Finished
+from ..errors import InvalidRequest
+from ..guards.body import parse_body
+from ..routing import Target, Targets
+from ..serving import Generation
+from ..sse import sse_event
+from ..wire import new_completion_id, now, usage_of
+from .wire import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ResponseMessage,
+)
+
+
+async def chat_completions(generation: Generation, targets: Targets) -> Response:
+    body = await parse_body(ChatCompletionRequest)
+    return await serve_chat(generation, body, targets.lookup(body.model))
+
+
+async def preset_chat(generation: Generation, targets: Targets, name: str) -> Response:
+    """A preset at its own path: a chat completion request whose `model` may be left out."""
+    body = await parse_body(ChatCompletionRequest)
+    if body.model not in (None, name):
+        raise InvalidRequest(
+            f"this endpoint serves '{name}'; leave out model or send '{name}'", param="model"
+        )
+    return await serve_chat(generation, body, targets.lookup(name))
+
+
+async def serve_chat(
+    generation: Generation, body: ChatCompletionRequest, target: Target
+) -> Response:
+    override = body.role_override()
+    turns = target.turns(body.turns(), override)
+    fmt = ChatFormat(model=target.id, include_usage=body.include_usage)
+    return await generation.serve(target, body, lambda: target.engine.prepare(turns, override), fmt)
+
+
+@dataclass
+class ChatFormat:
+    """One chat completion: its identity, shared by all chunks, and how each is rendered."""
+
+    model: str
+    include_usage: bool = False
+    id: str = field(default_factory=new_completion_id)
+    created: int = field(default_factory=now)
+
+    def opening_event(self) -> str | None:
+        return sse_event(self.chunk(Delta(role="assistant", content="")))
+
+    def content_event(self, text: str) -> str:
+        """The SSE event of one content delta: rendered from a template, because it is sent
+        once per token per stream (equal to rendering the chunk model)."""
+        head, tail = self._content_template
+        return f"{head}{json.dumps(text, ensure_ascii=False)}{tail}"
+
+    def finish_event(self, reason: str) -> str:
+        return sse_event(self.chunk(Delta(), finish_reason=reason))
+
+    def usage_event(self, event: Finished) -> str:
+        usage = usage_of(event)
+        return sse_event(
+            ChatCompletionChunk(
+                id=self.id, created=self.created, model=self.model, choices=[], usage=usage
+            )
+        )
+
+    def whole(self, text: str, event: Finished) -> BaseModel:
+        choice = Choice(message=ResponseMessage(content=text), finish_reason=event.reason)
+        usage = usage_of(event)
+        return ChatCompletion(
+            id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
+        )
+
+    def chunk(self, delta: Delta, finish_reason: str | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],  # type: ignore[arg-type]
+        )
+
+    @functools.cached_property
+    def _content_template(self) -> tuple[str, str]:
+        marker = "\u0000MARK\u0000"
+        rendered = sse_event(self.chunk(Delta(content=marker)))
+        head, tail = rendered.split(json.dumps(marker, ensure_ascii=False))
+        return head, tail

@@ -1,0 +1,1 @@
+"""POST /v1/completions: its wire models and how it is served."""

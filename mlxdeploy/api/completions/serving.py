@@ -1,0 +1,57 @@
+"""Serving text completions: the route's handler and its `text_completion` objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+from quart import Response
+
+from ...engine.api import Finished
+from ..guards.body import parse_body
+from ..routing import Targets
+from ..serving import Generation
+from ..sse import sse_event
+from ..wire import Usage, new_completion_id, now, usage_of
+from .wire import CompletionRequest, TextChoice, TextCompletion
+
+
+async def completions(generation: Generation, targets: Targets) -> Response:
+    body = await parse_body(CompletionRequest)
+    target = targets.lookup(body.model)
+    text = target.prompt(body.prompt_text())
+    fmt = TextFormat(model=target.id, include_usage=body.include_usage)
+    return await generation.serve(
+        target, body, lambda: target.engine.prepare_text(text), fmt, prompt_param="prompt"
+    )
+
+
+@dataclass
+class TextFormat:
+    """/v1/completions: `text_completion` objects, no role chunk."""
+
+    model: str
+    include_usage: bool = False
+    id: str = field(default_factory=lambda: new_completion_id("cmpl"))
+    created: int = field(default_factory=now)
+
+    def opening_event(self) -> str | None:
+        return None
+
+    def content_event(self, text: str) -> str:
+        return sse_event(self._text(TextChoice(text=text)))
+
+    def finish_event(self, reason: str) -> str:
+        return sse_event(self._text(TextChoice(text="", finish_reason=reason)))  # type: ignore[arg-type]
+
+    def usage_event(self, event: Finished) -> str:
+        return sse_event(self._text(None, usage=usage_of(event)))
+
+    def whole(self, text: str, event: Finished) -> BaseModel:
+        return self._text(TextChoice(text=text, finish_reason=event.reason), usage=usage_of(event))
+
+    def _text(self, choice: TextChoice | None, usage: Usage | None = None) -> TextCompletion:
+        choices = [choice] if choice is not None else []
+        return TextCompletion(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )

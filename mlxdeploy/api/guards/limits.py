@@ -1,0 +1,33 @@
+"""Per-request bounds checked before generation: requested tokens, prompt length against the
+context. The wall-clock bound is the run's deadline (`run.py`)."""
+
+from __future__ import annotations
+
+from ...engine.api import Prompt
+from ...spec.settings import LimitSettings
+from ..errors import InvalidRequest
+from ..wire import SamplingFields
+
+
+def check_max_tokens(body: SamplingFields, limits: LimitSettings) -> None:
+    """A request may not ask for more tokens than the deployment allows."""
+    for param in ("max_tokens", "max_completion_tokens"):
+        asked = getattr(body, param)
+        if asked is not None and asked > limits.max_tokens:
+            raise InvalidRequest(
+                f"{param} is {asked}, above this deployment's limit of {limits.max_tokens}",
+                param=param,
+                code="integer_above_max_value",
+            )
+
+
+def check_context(prompt: Prompt, context_length: int | None, param: str = "messages") -> None:
+    """The prompt must leave room for at least one generated token."""
+    size = len(prompt.tokens)
+    if context_length is not None and size >= context_length:
+        raise InvalidRequest(
+            f"this model's maximum context length is {context_length} tokens, "
+            f"but the {param} are {size} tokens",
+            param=param,
+            code="context_length_exceeded",
+        )

@@ -1,0 +1,132 @@
+"""The way of a generation request once its body is parsed and its target found:
+guard -> prompt -> run -> render. Every generation route shares it; an API brings only its
+prompt and its `Format` (how its objects and stream chunks look).
+
+Both answers consume the same event stream, so streamed deltas join to exactly the text of
+the non-streamed answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import BaseModel
+from quart import Response, request
+
+from ..engine.api import Failed, Finished, Heartbeat, Progress, Prompt, PromptRejected, Text
+from ..spec.settings import LimitSettings
+from .errors import GenerationFailed, InvalidRequest, RequestTimeout, json_response
+from .guards.limits import check_context, check_max_tokens
+from .metrics import Metrics
+from .routing import Target
+from .run import Deadline, Run, request_exit_stack
+from .sse import DONE, KEEP_ALIVE, event_stream, sse_event
+from .wire import ErrorBody, ErrorDetail, SamplingFields
+
+
+class Format(Protocol):
+    """How one API renders a generation: the whole answer, or its stream's events."""
+
+    include_usage: bool
+
+    def opening_event(self) -> str | None: ...
+
+    def content_event(self, text: str) -> str: ...
+
+    def finish_event(self, reason: str) -> str: ...
+
+    def usage_event(self, event: Finished) -> str: ...
+
+    def whole(self, text: str, event: Finished) -> BaseModel: ...
+
+
+@dataclass(frozen=True)
+class Generation:
+    limits: LimitSettings
+    metrics: Metrics
+
+    async def serve(
+        self,
+        target: Target,
+        body: SamplingFields,
+        prepare: Callable[[], Prompt],
+        fmt: Format,
+        prompt_param: str = "messages",
+    ) -> Response:
+        run = await self.start(target, body, prepare, prompt_param)
+        if body.stream:
+            return event_stream(stream(run, fmt))
+        return json_response(await complete(run, fmt))
+
+    async def start(
+        self,
+        target: Target,
+        body: SamplingFields,
+        prepare: Callable[[], Prompt],
+        prompt_param: str,
+    ) -> Run:
+        """Checks and admission, then the prompt; the run (and its slot) is closed with the
+        request, by `RequestScope`."""
+        deadline = Deadline.start(self.limits.request_timeout_seconds)
+        check_max_tokens(body, self.limits)
+        target.check_ready()
+        cleanup = request_exit_stack(request.scope)
+        slot = target.admission.enter()
+        cleanup.callback(slot.release)
+        try:
+            prompt = await asyncio.to_thread(prepare)
+        except PromptRejected as exc:
+            raise InvalidRequest(str(exc), param=prompt_param) from None
+        check_context(prompt, target.engine.context_length, prompt_param)
+        params = body.to_sampling_params(target.defaults, target.stop, self.limits)
+        observe = self.metrics.first_token_observer(target.engine.model_id)
+        run = Run(target.engine, prompt, params, deadline, slot, observe)
+        cleanup.push_async_callback(run.close)
+        return run
+
+
+async def complete(run: Run, fmt: Format) -> BaseModel:
+    parts: list[str] = []
+    async with contextlib.aclosing(run.events()) as events:
+        async for event in events:
+            if isinstance(event, Text):
+                parts.append(event.text)
+            elif isinstance(event, Failed):
+                raise GenerationFailed(event.message)
+            elif isinstance(event, Finished):
+                return fmt.whole("".join(parts), event)
+    raise GenerationFailed("the engine ended the request without finishing it")
+
+
+async def stream(run: Run, fmt: Format) -> AsyncIterator[str]:
+    """Server-Sent Events: (role first,) then deltas, a real finish_reason, usage, [DONE].
+    A failure or the deadline ends the stream with one error event."""
+    opening = fmt.opening_event()
+    if opening is not None:
+        yield opening
+    try:
+        async with contextlib.aclosing(run.events()) as events:
+            async for event in events:
+                if isinstance(event, Progress | Heartbeat):
+                    yield KEEP_ALIVE
+                elif isinstance(event, Text):
+                    yield fmt.content_event(event.text)
+                elif isinstance(event, Failed):
+                    yield _error_event(event.message)
+                    return
+                elif isinstance(event, Finished):
+                    yield fmt.finish_event(event.reason)
+                    if fmt.include_usage:
+                        yield fmt.usage_event(event)
+                    yield DONE
+                    return
+    except RequestTimeout as exc:
+        yield sse_event(exc.body())
+
+
+def _error_event(message: str) -> str:
+    return sse_event(ErrorBody(error=ErrorDetail(message=message, type="server_error")))

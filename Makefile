@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SPEC ?= configs/demo.yaml
 
-.PHONY: install up test validate lint schema clean
+.PHONY: install up test test-fast validate lint schema clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ up: install
 
 test: install
 	$(PY) -m pytest
+
+# Everything but the tests that start real `mlxdeploy up` processes.
+test-fast: install
+	$(PY) -m pytest -m "not process"
 
 validate: install
 	$(VENV)/bin/mlxdeploy validate configs/*.yaml configs/team/*.yaml

@@ -1,4 +1,5 @@
-"""The HTTP contract of a real server: error shapes, health, models, SSE framing."""
+"""The HTTP contract of the app (real inference on the tiny model): error shapes, health,
+models, SSE framing."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import time
 import httpx
 import pytest
 
+from tests.inprocess import InProcessApp
 from tests.scrape import scrape
-from tests.servers import RunningServer
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def http(tiny_server: RunningServer) -> httpx.Client:
-    return httpx.Client(base_url=tiny_server.base_url, timeout=60)
+def http(tiny_app: InProcessApp) -> httpx.Client:
+    return tiny_app.http
 
 
 def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:

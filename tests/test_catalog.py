@@ -9,18 +9,19 @@ from typing import cast
 
 import pytest
 import yaml
-from mlxdeploy.api.protocol import ChatMessage, RoleMappingOverride, TextPart
 from typer.testing import CliRunner
 
+from mlxdeploy.api.chat.wire import ChatMessage, TextPart
 from mlxdeploy.api.errors import InvalidRequest
 from mlxdeploy.api.guards.admission import Admission
 from mlxdeploy.api.routing import Target
 from mlxdeploy.cli import app
-from mlxdeploy.engine.api import Engine
+from mlxdeploy.engine.api import Engine, RoleOverride, Turn
 from mlxdeploy.render import route_table
 from mlxdeploy.spec import SpecError, load_spec
-from mlxdeploy.spec.catalog import BUILTIN_PATHS, BUILTIN_PREFIXES
 from mlxdeploy.spec.footprint import machine_memory
+from mlxdeploy.spec.routes import BUILTIN_PATHS, BUILTIN_PREFIXES
+from tests.conftest import scripted_app
 from tests.test_footprint import write_header_only
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -255,21 +256,21 @@ def test_a_preset_fills_in_its_system_prompt_and_template(root: Path) -> None:
     preset = load_spec(write(root, TWO_MODELS)).catalog.presets[0]
     target = Target("summarize", cast(Engine, None), Admission(1), preset.defaults, (), preset)
     turns = [
-        ChatMessage(role="user", content="first"),
-        ChatMessage(role="assistant", content="ok"),
-        ChatMessage(role="user", content=[TextPart(type="text", text="long text")]),
+        Turn(role="user", content="first"),
+        Turn(role="assistant", content="ok"),
+        ChatMessage(role="user", content=[TextPart(type="text", text="long text")]).to_turn(),
     ]
-    assert [(m.role, m.text()) for m in target.messages(turns)] == [
+    assert [(t.role, t.content) for t in target.turns(turns, None)] == [
         ("system", "You summarize."),
         ("user", "first"),
         ("assistant", "ok"),
         ("user", "Summarize:\nlong text"),
     ]
-    own_system = [ChatMessage(role="developer", content="mine"), turns[0]]
-    assert [m.text() for m in target.messages(own_system)] == ["mine", "Summarize:\nfirst"]
+    own_system = [Turn(role="developer", content="mine"), turns[0]]
+    assert [t.content for t in target.turns(own_system, None)] == ["mine", "Summarize:\nfirst"]
     assert target.prompt("raw") == "Summarize:\nraw"
     with pytest.raises(InvalidRequest, match="last user message"):
-        target.messages([ChatMessage(role="system", content="only")])
+        target.turns([Turn(role="system", content="only")], None)
 
 
 def test_render_shows_every_id_and_the_preset_routes(root: Path) -> None:
@@ -288,11 +289,36 @@ def test_render_shows_every_id_and_the_preset_routes(root: Path) -> None:
     assert {"POST /v1/endpoints/summarize", "POST /brief"} <= set(rendered["routes"])
 
 
+def served_routes(spec_path: Path) -> list[tuple[str, str]]:
+    """(method, path) of every rule the app registers, sorted as `route_table` sorts them."""
+    with scripted_app(spec_path) as served:
+        rules = [rule for rule in served.app.url_map.iter_rules() if rule.endpoint != "static"]
+    rows = {
+        (method, rule.rule)
+        for rule in rules
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    return sorted(rows, key=lambda row: row[1])
+
+
 def test_built_in_routes_are_the_ones_endpoints_may_not_take(root: Path) -> None:
-    spec = load_spec(write(root, "model: models/a\n"))
-    paths = {path for _, path in route_table(spec)}
+    """`render` lists the routes without building the app: the list must be what it serves."""
+    path = write(root, "model: models/a\n")
+    table = route_table(load_spec(path))
+    assert served_routes(path) == table
+    paths = {path for _, path in table}
     assert {p for p in paths if not p.startswith(BUILTIN_PREFIXES)} == BUILTIN_PATHS
     assert {p for p in paths if p.startswith(BUILTIN_PREFIXES)} == {"/v1/models/<path:model_id>"}
+
+
+def test_the_route_table_lists_the_preset_routes_the_app_serves(root: Path) -> None:
+    path = write(
+        root, TWO_MODELS.replace("      brief: {}\n", "      brief:\n        path: /brief\n")
+    )
+    table = route_table(load_spec(path))
+    assert served_routes(path) == table
+    assert {("POST", "/v1/endpoints/summarize"), ("POST", "/brief")} <= set(table)
 
 
 @pytest.mark.parametrize(
@@ -327,10 +353,7 @@ def test_a_chat_template_with_an_unknown_filter_is_a_problem(root: Path) -> None
 def test_a_request_system_prompt_replaces_the_presets(root: Path) -> None:
     preset = load_spec(write(root, TWO_MODELS)).catalog.presets[0]
     target = Target("summarize", cast(Engine, None), Admission(1), preset.defaults, (), preset)
-    turns = [ChatMessage(role="user", content="text")]
-    own = RoleMappingOverride(system_prompt="Mine.")
-    assert [m.role for m in target.messages(turns, own)] == ["user"]
-    assert [m.role for m in target.messages(turns, RoleMappingOverride(user="U: "))] == [
-        "system",
-        "user",
-    ]
+    turns = [Turn(role="user", content="text")]
+    own = RoleOverride(system_prompt="Mine.")
+    assert [t.role for t in target.turns(turns, own)] == ["user"]
+    assert [t.role for t in target.turns(turns, RoleOverride(user="U: "))] == ["system", "user"]

@@ -1,4 +1,4 @@
-"""/v1/completions through a real server with the official openai client."""
+"""/v1/completions through the app (real inference) with the official openai client."""
 
 from __future__ import annotations
 
@@ -6,14 +6,19 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import RunningServer
+from tests.inprocess import InProcessApp
 
 PROMPT = "Once upon a time, in a lighthouse by the sea,"
 
 
 @pytest.fixture(scope="module")
-def client(tiny_server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=tiny_server.api_url, api_key="unused", max_retries=0)
+def client(tiny_app: InProcessApp) -> openai.OpenAI:
+    return tiny_app.openai(api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def http(tiny_app: InProcessApp) -> httpx.Client:
+    return tiny_app.http
 
 
 def test_text_completion(client: openai.OpenAI) -> None:
@@ -50,15 +55,15 @@ def test_streamed_text_joins_to_the_whole_text(client: openai.OpenAI) -> None:
         ({"prompt": "x", "model": "other"}, "model"),
     ],
 )
-def test_bad_text_completion_requests(tiny_server: RunningServer, body: dict, param: str) -> None:
-    response = httpx.post(f"{tiny_server.api_url}/completions", json=body, timeout=30)
+def test_bad_text_completion_requests(http: httpx.Client, body: dict, param: str) -> None:
+    response = http.post("/v1/completions", json=body)
     assert response.status_code in (400, 404)
     assert response.json()["error"]["param"] == param
 
 
-def test_a_prompt_longer_than_the_context(tiny_server: RunningServer) -> None:
+def test_a_prompt_longer_than_the_context(http: httpx.Client) -> None:
     body = {"prompt": "word " * 3000, "max_tokens": 1}
-    response = httpx.post(f"{tiny_server.api_url}/completions", json=body, timeout=60)
+    response = http.post("/v1/completions", json=body)
     assert response.status_code == 400
     error = response.json()["error"]
     assert (error["code"], error["param"]) == ("context_length_exceeded", "prompt")

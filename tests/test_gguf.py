@@ -16,8 +16,9 @@ from mlx_lm.models import llama
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import load
 
-from mlxdeploy.engine.weights import gguf as gguf_module
 from mlxdeploy.engine.weights.gguf import GGUFError, build_tokenizer, convert_gguf
+from mlxdeploy.engine.weights.gguf import convert as gguf_convert
+from mlxdeploy.engine.weights.gguf import tensors as gguf_tensors
 from tests.gguf_helpers import (
     Vocab,
     byte_level_vocab,
@@ -135,7 +136,7 @@ def unpermute_with_query_heads(tensor: mx.array, n_head: int) -> mx.array:
     return UNPERMUTE(tensor, 4)
 
 
-UNPERMUTE = gguf_module.unpermute_rows
+UNPERMUTE = gguf_tensors.unpermute_rows
 
 
 @pytest.mark.parametrize(
@@ -147,7 +148,7 @@ def test_wrong_unpermutation_is_caught(tiny, wrong_unpermute, tmp_path, monkeypa
     """The logit comparison above is sensitive to the q/k row order."""
     model, config, vocab = tiny
     source = write_llama_gguf(tmp_path / "tiny.gguf", numpy_weights(model), config, vocab, "Q8_0")
-    monkeypatch.setattr(gguf_module, "unpermute_rows", wrong_unpermute)
+    monkeypatch.setattr(gguf_tensors, "unpermute_rows", wrong_unpermute)
     logits, ids = converted_logits(convert_gguf(source, tmp_path / "cache"), PROMPT_TEXT)
     with pytest.raises(AssertionError):
         assert_close(logits, reference_logits(model, {}, "Q8_0", ids))
@@ -246,7 +247,7 @@ def test_conversion_is_cached(demo: Path, demo_cache: Path, monkeypatch) -> None
     def fail(*args: object) -> None:
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(gguf_module, "write_model_dir", fail)
+    monkeypatch.setattr(gguf_convert, "write_model_dir", fail)
     assert convert_gguf(demo_gguf(), demo_cache) == demo
     assert [p.name for p in demo_cache.iterdir()] == [demo.name]
 
@@ -268,7 +269,7 @@ def test_failed_conversion_leaves_no_cache(tiny, tmp_path: Path, monkeypatch) ->
         raise RuntimeError("disk full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(gguf_module, "save_tokenizer", crash)
+        patch.setattr(gguf_convert, "save_tokenizer", crash)
         with pytest.raises(RuntimeError):
             convert_gguf(source, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []

@@ -6,17 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlxdeploy.api.protocol import ChatMessage, RoleMappingOverride
 
-from mlxdeploy.api.errors import InvalidRequest
+from mlxdeploy.engine.api import PromptRejected, RoleOverride, Turn
 from mlxdeploy.engine.prompt import encode_chat, role_mapped_prompt
 from mlxdeploy.spec.settings import RoleMapping
 
 MESSAGES = [
-    ChatMessage(role="system", content="Be brief."),
-    ChatMessage(role="user", content="Hi"),
-    ChatMessage(role="assistant", content="Hello!"),
-    ChatMessage(role="user", content="Capital of France?"),
+    Turn(role="system", content="Be brief."),
+    Turn(role="user", content="Hi"),
+    Turn(role="assistant", content="Hello!"),
+    Turn(role="user", content="Capital of France?"),
 ]
 
 
@@ -57,7 +56,7 @@ def test_role_mapping_when_the_spec_says_so(tokenizer: Any) -> None:
 
 
 def test_a_request_role_mapping_overrides_single_keys(tokenizer: Any) -> None:
-    override = RoleMappingOverride(user="Q: ", assistant="A:")
+    override = RoleOverride(user="Q: ", assistant="A:")
     tokens = encode_chat(
         tokenizer, MESSAGES[1:2], mapping=RoleMapping(), override=override, use_template=True
     )
@@ -66,11 +65,11 @@ def test_a_request_role_mapping_overrides_single_keys(tokenizer: Any) -> None:
     )
 
 
-def test_a_template_that_rejects_the_messages_is_a_bad_request(tokenizer: Any) -> None:
+def test_a_template_that_rejects_the_messages_rejects_the_prompt(tokenizer: Any) -> None:
     original = tokenizer.chat_template
     tokenizer.chat_template = "{{ raise_exception('roles must alternate') }}"
     try:
-        with pytest.raises(InvalidRequest, match="roles must alternate"):
+        with pytest.raises(PromptRejected, match="roles must alternate"):
             encode_chat(
                 tokenizer, MESSAGES, mapping=RoleMapping(), override=None, use_template=True
             )

@@ -11,16 +11,25 @@ from typing import Annotated, Any
 
 import typer
 
-from .api.guards.auth import AuthConfigError, load_api_keys
+from .api.guards.auth import ApiKeys, AuthConfigError, load_api_keys
 from .serve.logs import configure_logging
-from .spec import Problem, SpecError, format_problems, load_spec, spec_json_schema
+from .spec import Problem, Spec, SpecError, format_problems, load_spec, spec_json_schema
 
 app = typer.Typer(
     help="Serve language models on MLX from declarative YAML specs with an OpenAI-compatible API.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click output: a usage error is the usage line and one `Error:` line, unwrapped.
+    rich_markup_mode=None,
 )
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
 
 
 class LogFormat(StrEnum):
@@ -72,17 +81,34 @@ def up(
     host: Annotated[
         str | None, typer.Option(help="Interface to bind (beats spec and env).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind (beats spec and env).")] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port to bind (beats spec and env); 0: a free one, named when ready."),
+    ] = None,
+    log_level: Annotated[LogLevel, typer.Option(help="Least severe level logged.")] = LogLevel.info,
     log_format: Annotated[
         LogFormat | None,
         typer.Option(help="text, or json: one JSON object per line (beats server.log_format)."),
     ] = None,
 ) -> None:
     """Validate SPEC, load its models and serve the OpenAI-compatible API until SIGINT/SIGTERM."""
-    overrides: dict[str, Any] = {
-        k: v for k, v in {"host": host, "port": port}.items() if v is not None
-    }
+    loaded, api_keys = _load_for_serving(spec, host, port, log_format)
+    configure_logging(loaded.server, log_level.value)
+    from .serve.server import serve
+
+    result = asyncio.run(serve(loaded, api_keys))
+    if result.error:
+        typer.echo(f"{spec}: {result.field}: {result.error}", err=True)
+    raise typer.Exit(result.exit_code)
+
+
+def _load_for_serving(
+    spec: Path, host: str | None, port: int | None, log_format: LogFormat | None
+) -> tuple[Spec, ApiKeys | None]:
+    """The spec with the flags over it, and its API keys; exits with one line per problem.
+
+    Port 0 (any free port) is a flag only: a spec names the port clients are told about."""
+    overrides: dict[str, Any] = {"host": host, "port": port or None}
     if log_format is not None:
         overrides["server"] = {"log_format": log_format.value}
     try:
@@ -92,13 +118,9 @@ def up(
         raise _fail(exc.problems) from None
     except AuthConfigError as exc:
         raise _fail([Problem(str(spec), None, None, exc.field, exc.message)]) from None
-    configure_logging(loaded.server, log_level)
-    from .serve.server import serve
-
-    result = asyncio.run(serve(loaded, api_keys))
-    if result.error:
-        typer.echo(f"{spec}: model: {result.error}" if result.exit_code else result.error, err=True)
-    raise typer.Exit(result.exit_code)
+    if port == 0:
+        loaded = loaded.model_copy(update={"port": 0})
+    return loaded, api_keys
 
 
 @app.command()
@@ -152,7 +174,9 @@ def bench(
     """Closed-loop load test with streaming chat completions; optionally beside mlx_lm.server."""
     from rich.console import Console
 
-    from .bench.load import BenchError, LoadSettings, build_options, parse_concurrency, run_bench
+    from .bench import BenchError
+    from .bench.report import LoadSettings
+    from .bench.run import build_options, parse_concurrency, run_bench
 
     try:
         load = LoadSettings(

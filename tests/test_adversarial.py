@@ -1,17 +1,18 @@
-"""Adversarial load on real `mlxdeploy up` processes.
+"""Adversarial load on the app in-process, on the real engine.
 
 - A fuzzer: over a thousand malformed requests, each answered with a 4xx OpenAI error body (or
-  a normal answer where the request is valid after all), never a 5xx and never a dropped
-  connection; the server is healthy after. Every request that could be valid asks for at most
-  MAX_TOKENS tokens, so the run stays fast.
+  a normal answer where the request is valid after all), never a 5xx and never an error that
+  escapes the app; the app is healthy after. Every request that could be valid asks for at most
+  MAX_TOKENS tokens, so the run stays fast. The same probes over a real socket, where a dropped
+  connection would show, are in test_http_process.py.
 - A soak: 256 concurrent streams, none dropped, every token counted in /metrics.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import write_spec
+from tests.conftest import real_app, write_spec
+from tests.inprocess import InProcessApp
 from tests.scrape import scrape
-from tests.servers import RunningServer, start_server
 
 CHAT = "/v1/chat/completions"
 MAX_TOKENS = 1
@@ -254,13 +255,18 @@ def http(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         defaults={"max_tokens": MAX_TOKENS},
         limits={"max_tokens": MAX_TOKENS, "max_body_bytes": BODY_LIMIT},
     )
-    with start_server(spec) as server, httpx.Client(base_url=server.base_url, timeout=60) as client:
-        yield client
+    with real_app(spec) as served:
+        yield served.http
 
 
-def send(http: httpx.Client, probe: Probe) -> httpx.Response:
+def send(http: httpx.Client, probe: Probe, headers: dict[str, str] | None = None) -> httpx.Response:
     try:
-        return http.request(probe.method, probe.path, content=probe.content, headers=probe.headers)
+        return http.request(
+            probe.method,
+            probe.path,
+            content=probe.content,
+            headers={**probe.headers, **(headers or {})},
+        )
     except httpx.TransportError as exc:
         raise AssertionError(f"the connection dropped: {exc!r} for {probe!r}") from None
 
@@ -308,44 +314,42 @@ SOAK_STREAMS = 256
 SOAK_TOKENS = 16
 
 
-async def soak_stream(client: httpx.AsyncClient, index: int) -> tuple[int, list[str]]:
+def soak_stream(app: InProcessApp, index: int) -> tuple[int, list[str]]:
     body = {
         "messages": [{"role": "user", "content": f"Stream number {index}, go."}],
         "max_tokens": SOAK_TOKENS,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    async with client.stream("POST", CHAT, json=body) as response:
-        lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+    with app.client(timeout=300) as client, client.stream("POST", CHAT, json=body) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
         return response.status_code, lines
 
 
-async def soak(base_url: str) -> list[tuple[int, list[str]] | BaseException]:
-    limits = httpx.Limits(max_connections=SOAK_STREAMS, max_keepalive_connections=SOAK_STREAMS)
-    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as client:
-        streams = (soak_stream(client, i) for i in range(SOAK_STREAMS))
-        return await asyncio.gather(*streams, return_exceptions=True)
+def soak(app: InProcessApp) -> list[tuple[int, list[str]] | BaseException]:
+    """Every stream at once, each on its own client and thread."""
+    with ThreadPoolExecutor(SOAK_STREAMS) as pool:
+        streams = [pool.submit(soak_stream, app, i) for i in range(SOAK_STREAMS)]
+        return [stream.exception() or stream.result() for stream in streams]
 
 
-def test_256_concurrent_streams_soak_with_none_dropped(tiny_server: RunningServer) -> None:
-    with httpx.Client(base_url=tiny_server.base_url, timeout=60) as http:
-        before = scrape(http)
-        results = asyncio.run(soak(tiny_server.base_url))
-        dropped = [r for r in results if isinstance(r, BaseException)]
-        assert not dropped, f"{len(dropped)} streams dropped, first: {dropped[0]!r}"
-        completed = [r for r in results if not isinstance(r, BaseException)]
-        assert [status for status, _ in completed] == [200] * SOAK_STREAMS
-        assert all(lines[-1] == "data: [DONE]" for _, lines in completed)
-        assert not any('"error"' in line for _, lines in completed for line in lines)
-        usages = [json.loads(lines[-2][6:])["usage"] for _, lines in completed]
-        delta = scrape(http) - before
-        assert delta.value("mlxdeploy_completion_tokens_total", model="tiny") == sum(
-            u["completion_tokens"] for u in usages
-        )
-        assert (
-            delta.value("mlxdeploy_time_to_first_token_seconds_count", model="tiny") == SOAK_STREAMS
-        )
-        idle = scrape(http)
-        assert idle.value("mlxdeploy_batch_size", model="tiny") == 0
-        assert idle.value("mlxdeploy_queue_depth", model="tiny") == 0
-        assert http.get("/health").status_code == 200
+def test_256_concurrent_streams_soak_with_none_dropped(tiny_app: InProcessApp) -> None:
+    http = tiny_app.http
+    before = scrape(http)
+    results = soak(tiny_app)
+    dropped = [r for r in results if isinstance(r, BaseException)]
+    assert not dropped, f"{len(dropped)} streams dropped, first: {dropped[0]!r}"
+    completed = [r for r in results if not isinstance(r, BaseException)]
+    assert [status for status, _ in completed] == [200] * SOAK_STREAMS
+    assert all(lines[-1] == "data: [DONE]" for _, lines in completed)
+    assert not any('"error"' in line for _, lines in completed for line in lines)
+    usages = [json.loads(lines[-2][6:])["usage"] for _, lines in completed]
+    delta = scrape(http) - before
+    assert delta.value("mlxdeploy_completion_tokens_total", model="tiny") == sum(
+        u["completion_tokens"] for u in usages
+    )
+    assert delta.value("mlxdeploy_time_to_first_token_seconds_count", model="tiny") == SOAK_STREAMS
+    idle = scrape(http)
+    assert idle.value("mlxdeploy_batch_size", model="tiny") == 0
+    assert idle.value("mlxdeploy_queue_depth", model="tiny") == 0
+    assert http.get("/health").status_code == 200

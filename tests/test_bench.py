@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,25 +14,23 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mlxdeploy.bench.load import (
-    BenchError,
+from mlxdeploy.bench import BenchError
+from mlxdeploy.bench.load import error_name, make_prompt, read_stream
+from mlxdeploy.bench.report import (
     LevelStats,
     LoadSettings,
     RequestResult,
     ServerReport,
-    Target,
     blas_line,
-    build_options,
     compare_levels,
-    error_name,
-    make_prompt,
-    parse_concurrency,
     percentile,
-    read_stream,
-    same_blas,
     summarize,
 )
+from mlxdeploy.bench.run import Target, build_options, parse_concurrency, planned_targets, same_blas
+from mlxdeploy.bench.servers import READY_LINE, resolve_model_dir, running
 from mlxdeploy.cli import app
+from mlxdeploy.spec import load_spec
+from tests.conftest import DEMO_MODEL, write_spec
 from tests.servers import RunningServer
 
 LEVEL_FIELDS = {
@@ -282,3 +281,42 @@ def test_compare_with_mlx_lm_server_on_the_same_model(
     assert isinstance(ratios, list)
     assert [r["concurrency"] for r in ratios] == [1, 2]
     assert all(r["throughput"] > 0 for r in ratios)
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def test_the_bench_lets_mlxdeploy_bind_its_own_port(tmp_path: Path) -> None:
+    """No port is chosen ahead of `mlxdeploy up`: it binds port 0 and its ready line says."""
+    spec = write_spec(tmp_path / "s.yaml", "owner/model")
+    (target,) = planned_targets(build_options(LoadSettings((1,)), tmp_path, None, spec, False))
+    assert target.name == "mlxdeploy" and target.url is None
+    assert target.command is not None and target.command[-2:] == ["--port", "0"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "2026-01-01 12:00:00,000 INFO mlxdeploy.server: serving a, b on http://127.0.0.1:4321",
+        json.dumps({"level": "INFO", "message": "serving a, b on http://127.0.0.1:4321"}),
+    ],
+)
+def test_the_ready_line_names_the_url_in_text_and_json_logs(line: str) -> None:
+    found = READY_LINE.search(f"BLAS: reference\n{line}\n")
+    assert found is not None and found.group(1) == "http://127.0.0.1:4321"
+
+
+def test_a_server_that_exits_before_it_is_ready_is_one_line(tmp_path: Path) -> None:
+    command = [sys.executable, "-c", "print('no such model', flush=True); raise SystemExit(3)"]
+    with pytest.raises(
+        BenchError, match=r"^fake exited with 3 before it was ready \(.*\): no such"
+    ):
+        with running("fake", command, tmp_path / "fake.log"):
+            pytest.fail("a server that exited was reported ready")
+
+
+def test_mlx_lm_server_gets_the_model_dir_of_a_gguf_spec(
+    demo_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    spec = load_spec(write_spec(tmp_path / "gguf.yaml", DEMO_MODEL))
+    assert resolve_model_dir(spec) == demo_dir

@@ -12,10 +12,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from mlxdeploy.bench.servers import mlxdeploy_command, running
 from mlxdeploy.cli import app
 from tests.conftest import write_spec
-from tests.servers import free_port, mlxdeploy_command
+from tests.servers import start_server
 
+DEMO = Path(__file__).parent.parent / "configs" / "demo.yaml"
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 BROKEN = """\
 model: ./missing.gguf
@@ -116,7 +118,7 @@ def test_up_refuses_an_invalid_spec_without_starting(tmp_path: Path) -> None:
 
 def test_up_names_a_repo_it_cannot_download(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "hf.yaml", "no-such-owner/no-such-model")
-    result = run_up(str(spec), "--port", str(free_port()), env={"HF_HUB_OFFLINE": "1"})
+    result = run_up(str(spec), "--port", "0", env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -125,6 +127,7 @@ def test_up_names_a_repo_it_cannot_download(tmp_path: Path) -> None:
 
 
 def test_up_reports_a_busy_port(tiny_spec: Path) -> None:
+    """The port is bound before any model loads: one line naming `port`, nothing else."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -133,13 +136,42 @@ def test_up_reports_a_busy_port(tiny_spec: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.strip().splitlines()[-1]
+    assert result.stderr.strip().splitlines() == [
+        f"{tiny_spec}: port: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert result.stdout == ""
+
+
+def test_up_on_port_0_serves_on_the_port_its_ready_line_names(
+    tiny_spec: Path, tmp_path: Path
+) -> None:
+    import httpx
+
+    command = mlxdeploy_command("up", str(tiny_spec), "--port", "0")
+    with running("mlxdeploy up", command, tmp_path / "up.log", timeout_s=120) as (server, url):
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) > 0
+        assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
+        assert f"serving tiny on {url}" in server.log()
+
+
+def test_up_help_lists_the_log_levels(runner: CliRunner) -> None:
+    assert "<debug|info|warning|error>" in runner.invoke(app, ["up", "--help"]).output
+
+
+def test_up_refuses_an_unknown_log_level_in_one_line(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["up", str(DEMO), "--log-level", "verbose"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if "Error" in line]
+    assert len(errors) == 1, result.output
+    assert errors[0].startswith("Error: Invalid value for '--log-level'")
+    assert "'verbose' is not one of 'debug', 'info', 'warning', 'error'" in errors[0]
 
 
 def test_up_serves_an_hf_repo_from_the_cache(tiny_model_dir: Path, tmp_path: Path) -> None:
     """An HF repo id is loaded from the Hugging Face cache without touching the network."""
     import httpx
-
-    from tests.servers import start_server
 
     snapshot = tmp_path / "hub" / "models--acme--tiny-chat" / "snapshots" / ("0" * 40)
     shutil.copytree(tiny_model_dir, snapshot)

@@ -1,4 +1,4 @@
-"""Generation failures stay contained, through real `mlxdeploy up` processes.
+"""Generation failures stay contained, through the app in-process on the real engine.
 
 MLX on a CPU does not enforce `mx.set_memory_limit`, so the failures come from the engine's
 fault-injection hook (mlxdeploy/engine/faults.py): a step raises once a request in the batch
@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import write_spec
+from tests.conftest import real_app, write_spec
 from tests.scrape import scrape
-from tests.servers import free_port, mlxdeploy_command, start_server
+from tests.servers import mlxdeploy_command
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "Tell me a story."}]
@@ -35,15 +35,18 @@ def spec(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     )
 
 
-def fault_env(kind: str) -> dict[str, str]:
-    return {"MLXDEPLOY_FAULT_AFTER_TOKENS": str(FAULT_AFTER), "MLXDEPLOY_FAULT_KIND": kind}
+def set_fault(env: pytest.MonkeyPatch, kind: str) -> None:
+    """The engine reads these when its thread starts."""
+    env.setenv("MLXDEPLOY_FAULT_AFTER_TOKENS", str(FAULT_AFTER))
+    env.setenv("MLXDEPLOY_FAULT_KIND", kind)
 
 
 @pytest.fixture(scope="module")
 def faulty(spec: Path) -> Iterator[httpx.Client]:
-    with start_server(spec, env=fault_env("error")) as server:
-        with httpx.Client(base_url=server.base_url, timeout=60) as http:
-            yield http
+    with pytest.MonkeyPatch.context() as env:
+        set_fault(env, "error")
+        with real_app(spec) as app:
+            yield app.http
 
 
 def assert_server_error(response: httpx.Response, status: int) -> dict:
@@ -91,20 +94,23 @@ def test_failures_are_counted_and_the_server_stays_healthy(faulty: httpx.Client)
     assert faulty.post(CHAT, json=SHORT).status_code == 200
 
 
-def test_a_dead_generation_thread_fails_its_requests_then_health_is_503(spec: Path) -> None:
-    with start_server(spec, env=fault_env("crash")) as server:
-        with httpx.Client(base_url=server.base_url, timeout=60) as http:
-            assert_server_error(http.post(CHAT, json=LONG), 500)
-            health = http.get("/health")
-            assert health.status_code == 503
-            assert health.json()["status"] == "failed"
-            assert_server_error(http.post(CHAT, json=SHORT), 503)
-            assert scrape(http).value("mlxdeploy_engine_ready", model="tiny") == 0
+def test_a_dead_generation_thread_fails_its_requests_then_health_is_503(
+    spec: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_fault(monkeypatch, "crash")
+    with real_app(spec) as app:
+        assert_server_error(app.http.post(CHAT, json=LONG), 500)
+        health = app.http.get("/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "failed"
+        assert_server_error(app.http.post(CHAT, json=SHORT), 503)
+        assert scrape(app.http).value("mlxdeploy_engine_ready", model="tiny") == 0
 
 
 def test_a_bad_fault_setting_stops_the_server_with_one_line(spec: Path) -> None:
+    """The exit status and stderr of `mlxdeploy up` itself (it fails before loading weights)."""
     result = subprocess.run(
-        mlxdeploy_command("up", str(spec), "--port", str(free_port())),
+        mlxdeploy_command("up", str(spec), "--port", "0"),
         env={**os.environ, "MLXDEPLOY_FAULT_AFTER_TOKENS": "soon"},
         capture_output=True,
         text=True,

@@ -1,16 +1,15 @@
-"""The CPU fast paths against mlx-lm's own: same numbers (to float32 rounding), same tokens."""
+"""The CPU fast paths against mlx-lm's own: same numbers (to float32 rounding).
+
+The fast batch step against mlx-lm's (same tokens) is in test_batch.py."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.generate import BatchGenerator
 from mlx_lm.utils import load
 
-from mlxdeploy.engine.batch import FastBatchGenerator
 from mlxdeploy.engine.sampling import SamplerCache, greedy
 from mlxdeploy.engine.weights.kernels import SATURATION, swiglu, use_fast_kernels
 
@@ -29,23 +28,6 @@ def test_fast_kernels_keep_the_logits(tiny_model_dir: Path) -> None:
     ref = model(tokens)
     assert use_fast_kernels(model) == 2  # both MLPs of the two-layer model
     assert mx.allclose(model(tokens), ref, rtol=1e-4, atol=1e-5)
-
-
-def test_fast_batch_generates_the_same_tokens_as_mlx_lm(tiny_model_dir: Path) -> None:
-    model, _ = load(str(tiny_model_dir))[:2]
-    rng = random.Random(0)
-    prompts = [[rng.randrange(100, 40000) for _ in range(rng.randrange(3, 40))] for _ in range(5)]
-
-    def run(generator_cls: type, sampler: object) -> dict[int, list[int]]:
-        gen = generator_cls(model, completion_batch_size=8, prefill_batch_size=8)
-        uids = gen.insert(prompts, max_tokens=[12] * 5, samplers=[sampler] * 5)
-        out: dict[int, list[int]] = {uid: [] for uid in uids}
-        while any(len(v) < 12 for v in out.values()):
-            for response in gen.next_generated():
-                out[response.uid].append(response.token)
-        return {uids.index(uid): tokens for uid, tokens in out.items()}
-
-    assert run(FastBatchGenerator, greedy) == run(BatchGenerator, greedy)
 
 
 def test_samplers_are_shared_and_take_raw_logits() -> None:

@@ -1,4 +1,5 @@
-"""Per-request limits through a real `mlxdeploy up`: body size, max_tokens, context, timeouts."""
+"""Per-request limits through the app in-process on the real engine: body size, max_tokens,
+context, timeouts; and the run wrapper's deadline against an engine that loses cancellations."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from typing import cast
 
 import httpx
 import pytest
-from mlxdeploy.api.limits import Deadline
 
 from mlxdeploy.api.errors import RequestTimeout
-from mlxdeploy.engine.api import Engine, Event, Text
-from tests.conftest import TINY_CONFIG, write_spec
-from tests.servers import RunningServer, start_server
+from mlxdeploy.api.guards.admission import Admission
+from mlxdeploy.api.run import Deadline, Run
+from mlxdeploy.engine.api import Engine, Event, Prompt, SamplingParams, Text
+from tests.conftest import TINY_CONFIG, real_app, write_spec
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "hi"}]
@@ -38,28 +39,20 @@ def capped(
         defaults={"max_tokens": 50},  # above the cap: the cap wins
         limits={"max_body_bytes": BODY_LIMIT, "max_tokens": TOKEN_CAP},
     )
-    with start_server(spec) as server, httpx.Client(base_url=server.base_url, timeout=60) as http:
-        yield http
+    with real_app(spec) as app:
+        yield app.http
 
 
 @pytest.fixture(scope="module")
-def slow_server(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
+def timed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     spec = write_spec(
         tmp_path_factory.mktemp("limits") / "timeout.yaml",
         tiny_model_dir,
         name="tiny",
         limits={"request_timeout_seconds": TIMEOUT, "max_tokens": 100000},
     )
-    with start_server(spec) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def timed(slow_server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=slow_server.base_url, timeout=60) as http:
-        yield http
+    with real_app(spec) as app:
+        yield app.http
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict:
@@ -73,9 +66,10 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict:
 
 def padded_body(size: int) -> bytes:
     """A valid chat request of exactly `size` bytes."""
-    body = {"messages": [{"role": "user", "content": ""}], "max_tokens": 1}
+    message = {"role": "user", "content": ""}
+    body = {"messages": [message], "max_tokens": 1}
     pad = size - len(json.dumps(body).encode())
-    body["messages"][0]["content"] = "x" * pad
+    message["content"] = "x" * pad
     raw = json.dumps(body).encode()
     assert len(raw) == size
     return raw
@@ -128,6 +122,7 @@ def test_default_max_tokens_is_capped(capped: httpx.Client) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 def test_prompt_longer_than_the_context_is_400(timed: httpx.Client, stream: bool) -> None:
     context = TINY_CONFIG["max_position_embeddings"]
+    assert isinstance(context, int)
     messages = [{"role": "user", "content": "hello " * (context + 100)}]
     response = timed.post(CHAT, json={"messages": messages, "max_tokens": 1, "stream": stream})
     error = assert_error(response, 400, "context_length_exceeded")
@@ -189,38 +184,66 @@ class SwallowingEngine:
             self.closed = True
 
 
-def test_deadline_survives_a_lost_cancellation() -> None:
-    async def run(engine: SwallowingEngine) -> float:
-        started = time.monotonic()
-        bounded = Deadline.start(0.2).bound(cast(Engine, engine))
-        with pytest.raises(RequestTimeout):
-            async for _ in bounded.generate(None, None):  # type: ignore[arg-type]
-                pass
-        return time.monotonic() - started
+PARAMS = SamplingParams(
+    max_tokens=10**6,
+    temperature=0,
+    top_p=1,
+    repetition_penalty=1,
+    repetition_context_size=20,
+    stop=(),
+)
 
+
+def swallowing_run(seconds: float) -> tuple[Run, SwallowingEngine, Admission]:
     engine = SwallowingEngine()
-    assert 0.2 <= asyncio.run(run(engine)) < 1
+    admission = Admission(limit=1)
+    run = Run(cast(Engine, engine), Prompt([1]), PARAMS, Deadline.start(seconds), admission.enter())
+    return run, engine, admission
+
+
+def test_deadline_survives_a_lost_cancellation() -> None:
+    async def main() -> tuple[float, SwallowingEngine, Admission]:
+        run, engine, admission = swallowing_run(0.2)
+        started = time.monotonic()
+        try:
+            with pytest.raises(RequestTimeout):
+                async for _ in run.events():
+                    pass
+            return time.monotonic() - started, engine, admission
+        finally:
+            await run.close()
+
+    elapsed, engine, admission = asyncio.run(main())
+    assert 0.2 <= elapsed < 1
     assert engine.closed
+    assert admission.in_flight == 0
 
 
 def test_a_lost_cancellation_still_ends_the_generation() -> None:
     """A client that goes away cancels the handler's task; the engine may lose that."""
 
-    async def run(engine: SwallowingEngine) -> float:
-        bounded = Deadline.start(600).bound(cast(Engine, engine))
+    async def main() -> tuple[float, SwallowingEngine, Admission]:
+        run, engine, admission = swallowing_run(600)
+        events = 0
 
         async def consume() -> None:
-            async for _ in bounded.generate(None, None):  # type: ignore[arg-type]
-                pass
+            nonlocal events
+            try:
+                async for _ in run.events():
+                    events += 1
+            finally:
+                await run.close()
 
         task = asyncio.create_task(consume())
         await asyncio.sleep(0.05)
+        assert events > 0  # it was generating when the client went away
         started = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
-        return time.monotonic() - started
+        return time.monotonic() - started, engine, admission
 
-    engine = SwallowingEngine()
-    assert asyncio.run(run(engine)) < 1
+    elapsed, engine, admission = asyncio.run(main())
+    assert elapsed < 1
     assert engine.closed
+    assert admission.in_flight == 0

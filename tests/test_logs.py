@@ -1,19 +1,29 @@
-"""Logs of a real server: JSON lines from every logger, the access log and its switch."""
+"""Logs: JSON lines from every logger and the access log of one real `mlxdeploy up` (Hypercorn
+writes the access lines), and the access log's switch under Hypercorn in this process."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from hypercorn.asyncio import serve as hypercorn_serve
 
-from mlxdeploy.serve.logs import JsonFormatter
+from mlxdeploy.api.app import create_app
+from mlxdeploy.serve.logs import ACCESS_LOGGER, JsonFormatter
+from mlxdeploy.serve.server import hypercorn_config
+from mlxdeploy.spec import load_spec
 from tests.conftest import write_spec
+from tests.inprocess import LoopThread
 from tests.logwait import wait_for_log
+from tests.scripted import ScriptedEngine
 from tests.servers import RunningServer, start_server
 
 CHAT = "/v1/chat/completions"
@@ -24,26 +34,12 @@ USER = [{"role": "user", "content": "hi"}]
 def json_server(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
+    """A text spec with the access log on, switched to JSON by the command-line flag."""
     spec = write_spec(
-        tmp_path_factory.mktemp("logs") / "json.yaml",
+        tmp_path_factory.mktemp("logs") / "text.yaml",
         tiny_model_dir,
         name="tiny",
-        server={"log_format": "json", "access_log": True},
-    )
-    with start_server(spec) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def quiet_server(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    """A text spec without access log, switched to JSON by the command-line flag."""
-    spec = write_spec(
-        tmp_path_factory.mktemp("logs") / "quiet.yaml",
-        tiny_model_dir,
-        name="tiny",
-        server={"log_format": "text", "access_log": False},
+        server={"log_format": "text", "access_log": True},
     )
     with start_server(spec, "--log-format", "json") as server:
         yield server
@@ -60,8 +56,8 @@ def json_lines(server: RunningServer, *needles: str) -> list[dict]:
     return records
 
 
-def exercise(server: RunningServer) -> list[httpx.Response]:
-    with httpx.Client(base_url=server.base_url, timeout=60) as http:
+def exercise(base_url: str) -> list[httpx.Response]:
+    with httpx.Client(base_url=base_url, timeout=60) as http:
         responses = [
             http.post(CHAT, json={"messages": USER, "max_tokens": 2}),
             http.get("/v1/nothing", headers={"X-Request-ID": "trace-404"}),
@@ -73,7 +69,7 @@ def exercise(server: RunningServer) -> list[httpx.Response]:
 
 
 def test_json_logs_with_access_fields(json_server: RunningServer) -> None:
-    responses = exercise(json_server)
+    responses = exercise(json_server.base_url)
     ids = [response.headers["x-request-id"] for response in responses]
     records = json_lines(json_server, *(f'"request_id": "{id_}"' for id_ in ids))
     assert any(r["logger"] == "mlxdeploy.engine" for r in records)
@@ -88,11 +84,63 @@ def test_json_logs_with_access_fields(json_server: RunningServer) -> None:
     assert access["trace-404"]["status"] == 404
 
 
-def test_flag_beats_the_spec_and_access_log_can_be_off(quiet_server: RunningServer) -> None:
-    exercise(quiet_server)
-    records = json_lines(quiet_server)
+def test_the_flag_beats_the_spec(json_server: RunningServer) -> None:
+    exercise(json_server.base_url)
+    records = json_lines(json_server)  # the spec says text
     assert any(r["logger"] == "mlxdeploy.server" for r in records)
-    assert not any(r["logger"] == "mlxdeploy.access" for r in records)
+
+
+@contextlib.contextmanager
+def under_hypercorn(spec_path: Path) -> Iterator[str]:
+    """The spec's app on a scripted engine, under Hypercorn in this process; its base URL.
+    Leaving the block stops the server, so every access line has been written."""
+    spec = load_spec(spec_path)
+    config = hypercorn_config(spec)
+    config.bind = ["127.0.0.1:0"]
+    port = config.create_sockets().insecure_sockets[0].getsockname()[1]  # kept for Hypercorn
+    app = create_app(spec, [ScriptedEngine(model_id=m.id) for m in spec.catalog.models])
+    loop = LoopThread()
+    stop = asyncio.Event()
+    served = asyncio.run_coroutine_threadsafe(
+        hypercorn_serve(app, config, shutdown_trigger=stop.wait),  # type: ignore[arg-type]
+        loop.loop,
+    )
+    try:
+        wait_listening(f"http://127.0.0.1:{port}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        loop.loop.call_soon_threadsafe(stop.set)
+        served.result(30)
+        loop.close()
+
+
+def wait_listening(base_url: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return
+        assert time.monotonic() < deadline, f"nothing listening at {base_url}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_access_log_can_be_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, on: bool
+) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    spec = write_spec(
+        tmp_path / "spec.yaml", tmp_path / "model", name="tiny", server={"access_log": on}
+    )
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER), under_hypercorn(spec) as url:
+        responses = exercise(url)
+    assert [r.status_code for r in responses] == [200, 404, 200]
+    access = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    if on:
+        assert {r.path for r in access} >= {CHAT, "/v1/nothing"}  # type: ignore[attr-defined]
+    else:
+        assert not access
 
 
 def test_json_formatter_keeps_the_traceback() -> None:

@@ -1,4 +1,4 @@
-"""GET /metrics of a real `mlxdeploy up`, parsed the way Prometheus parses it."""
+"""GET /metrics of the app in-process on the real engine, parsed the way Prometheus parses it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import write_spec
+from tests.conftest import real_app, write_spec
+from tests.inprocess import InProcessApp
 from tests.scrape import Scrape, scrape
-from tests.servers import RunningServer, start_server
 
 CHAT = "/v1/chat/completions"
 ROUTE = "/v1/chat/completions"
@@ -20,9 +20,8 @@ USER = [{"role": "user", "content": "Name three colours."}]
 
 
 @pytest.fixture(scope="module")
-def http(tiny_server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=tiny_server.base_url, timeout=60) as client:
-        yield client
+def http(tiny_app: InProcessApp) -> httpx.Client:
+    return tiny_app.http
 
 
 def streamed_usage(http: httpx.Client, body: dict) -> dict:
@@ -98,9 +97,9 @@ def test_idle_gauges_and_route_labels(http: httpx.Client) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_slot(
+def one_slot_app(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[httpx.Client]:
+) -> Iterator[InProcessApp]:
     spec = write_spec(
         tmp_path_factory.mktemp("metrics") / "one-slot.yaml",
         tiny_model_dir,
@@ -109,8 +108,8 @@ def one_slot(
         engine={"max_batch_size": 1, "prefill_batch_size": 1},
         limits={"max_tokens": 100000},
     )
-    with start_server(spec) as server, httpx.Client(base_url=server.base_url, timeout=60) as http:
-        yield http
+    with real_app(spec) as app:
+        yield app
 
 
 def wait_for(http: httpx.Client, check: Callable[[Scrape], bool], timeout: float = 10) -> Scrape:
@@ -122,9 +121,10 @@ def wait_for(http: httpx.Client, check: Callable[[Scrape], bool], timeout: float
         time.sleep(0.05)
 
 
-def test_queue_depth_and_batch_size_while_one_request_waits(one_slot: httpx.Client) -> None:
+def test_queue_depth_and_batch_size_while_one_request_waits(one_slot_app: InProcessApp) -> None:
+    one_slot = one_slot_app.http
     long = {"messages": USER, "max_tokens": 50000, "stream": True, "temperature": 0}
-    with httpx.Client(base_url=one_slot.base_url, timeout=60) as other:
+    with one_slot_app.client(timeout=60) as other:
         with one_slot.stream("POST", CHAT, json=long) as running:
             lines = running.iter_lines()
             while '"content":"' not in next(lines):

@@ -1,7 +1,8 @@
-"""Two models and an endpoint preset from one `mlxdeploy up`, driven by the openai client.
+"""Two models and an endpoint preset from one spec, driven by the openai client: the app
+in-process on real engines, and one `mlxdeploy up` process for how the process starts and stops.
 
-The first model has the same weights as the `tiny` server's, so its greedy answers must equal
-that server's; the second has other weights. The preset must answer exactly as its model does
+The first model has the same weights as the `tiny` app's, so its greedy answers must equal
+that app's; the second has other weights. The preset must answer exactly as its model does
 when a client sends the system prompt, the filled-in template and the preset's sampling itself.
 """
 
@@ -19,8 +20,10 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import real_app
+from tests.inprocess import InProcessApp
 from tests.scrape import scrape
-from tests.servers import RunningServer, free_port, mlxdeploy_command, start_server, stop_server
+from tests.servers import mlxdeploy_command, start_server, stop_server
 
 SYSTEM = "You write one-line summaries."
 TEMPLATE = "Summarize in one line:\n{{ input }}\n"
@@ -65,14 +68,14 @@ def multi_spec(
 
 
 @pytest.fixture(scope="module")
-def multi_server(multi_spec: Path) -> Iterator[RunningServer]:
-    with start_server(multi_spec) as server:
-        yield server
+def multi_app(multi_spec: Path) -> Iterator[InProcessApp]:
+    with real_app(multi_spec) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
-def client(multi_server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=multi_server.api_url, api_key="unused", max_retries=0)
+def client(multi_app: InProcessApp) -> openai.OpenAI:
+    return multi_app.openai(max_retries=0)
 
 
 def chat(client: openai.OpenAI, **kwargs: Any) -> Any:
@@ -86,8 +89,10 @@ def test_models_lists_both_models_and_the_preset(client: openai.OpenAI) -> None:
     assert preset.model_extra == {"parent": "tiny-b", "description": "One-line summaries."}
 
 
-def test_requests_route_by_model(client: openai.OpenAI, tiny_server: RunningServer) -> None:
-    single = openai.OpenAI(base_url=tiny_server.api_url, api_key="unused", max_retries=0)
+def test_requests_route_by_model(
+    client: openai.OpenAI, multi_app: InProcessApp, tiny_app: InProcessApp
+) -> None:
+    single = tiny_app.openai(max_retries=0)
     asked = dict(messages=QUESTION, max_tokens=10, temperature=0)
     a = chat(client, model="tiny-a", **asked)
     b = chat(client, model="tiny-b", **asked)
@@ -95,8 +100,8 @@ def test_requests_route_by_model(client: openai.OpenAI, tiny_server: RunningServ
     assert (a.model, b.model) == ("tiny-a", "tiny-b")
     assert a.choices[0].message.content == reference.choices[0].message.content  # same weights
     assert b.choices[0].message.content != a.choices[0].message.content  # other weights
-    without_model = httpx.post(
-        f"{client.base_url}chat/completions", json={"messages": QUESTION, **asked}, timeout=60
+    without_model = multi_app.http.post(
+        "/v1/chat/completions", json={"messages": QUESTION, **asked}
     ).json()
     assert without_model["model"] == "tiny-a"  # the first model
     assert without_model["choices"][0]["message"]["content"] == a.choices[0].message.content
@@ -126,10 +131,10 @@ def test_the_preset_is_its_model_with_prompt_and_sampling_filled_in(client: open
     assert preset.usage.completion_tokens == by_hand.usage.completion_tokens <= 6
 
 
-def test_the_preset_at_its_own_path(client: openai.OpenAI, multi_server: RunningServer) -> None:
+def test_the_preset_at_its_own_path(client: openai.OpenAI, multi_app: InProcessApp) -> None:
     expected = chat(client, model="summarize", messages=[{"role": "user", "content": TEXT}])
-    url = f"{multi_server.base_url}/v1/endpoints/summarize"
-    reply = httpx.post(url, json={"messages": [{"role": "user", "content": TEXT}]}, timeout=60)
+    url = "/v1/endpoints/summarize"
+    reply = multi_app.http.post(url, json={"messages": [{"role": "user", "content": TEXT}]})
     assert reply.status_code == 200, reply.text
     assert reply.json()["model"] == "summarize"
     assert reply.json()["choices"][0]["message"]["content"] == expected.choices[0].message.content
@@ -139,7 +144,7 @@ def test_the_preset_at_its_own_path(client: openai.OpenAI, multi_server: Running
         cast_to=httpx.Response,
     )
     assert via_sdk.json()["choices"] == reply.json()["choices"]
-    wrong = httpx.post(url, json={"model": "tiny-a", "messages": QUESTION}, timeout=60)
+    wrong = multi_app.http.post(url, json={"model": "tiny-a", "messages": QUESTION})
     assert wrong.status_code == 400
     assert wrong.json()["error"]["param"] == "model"
 
@@ -182,8 +187,8 @@ def test_unknown_models_are_not_found(client: openai.OpenAI) -> None:
         client.models.retrieve("tiny-c")
 
 
-def test_both_models_generate_at_once(client: openai.OpenAI, multi_server: RunningServer) -> None:
-    before = scrape(httpx.Client(base_url=multi_server.base_url))
+def test_both_models_generate_at_once(client: openai.OpenAI, multi_app: InProcessApp) -> None:
+    before = scrape(multi_app.http)
     jobs = [("tiny-a" if i % 2 else "tiny-b", i) for i in range(12)]
 
     def ask(job: tuple[str, int]) -> Any:
@@ -195,18 +200,34 @@ def test_both_models_generate_at_once(client: openai.OpenAI, multi_server: Runni
         replies = list(pool.map(ask, jobs))
     assert [r.model for r in replies] == [model for model, _ in jobs]
     assert all(r.usage.completion_tokens >= 1 for r in replies)
-    with httpx.Client(base_url=multi_server.base_url) as http:
-        delta = scrape(http) - before
-        for model in ("tiny-a", "tiny-b"):
-            generated = sum(r.usage.completion_tokens for r in replies if r.model == model)
-            assert delta.value("mlxdeploy_completion_tokens_total", model=model) == generated
-            assert delta.value("mlxdeploy_time_to_first_token_seconds_count", model=model) == 6
-        health = http.get("/health").json()
+    delta = scrape(multi_app.http) - before
+    for model in ("tiny-a", "tiny-b"):
+        generated = sum(r.usage.completion_tokens for r in replies if r.model == model)
+        assert delta.value("mlxdeploy_completion_tokens_total", model=model) == generated
+        assert delta.value("mlxdeploy_time_to_first_token_seconds_count", model=model) == 6
+    health = multi_app.http.get("/health").json()
     assert health["status"] == "ok"
     assert [m["id"] for m in health["models"]] == ["tiny-a", "tiny-b"]
 
 
-def test_one_process_stops_cleanly_with_both_models(multi_spec: Path) -> None:
+def broken_spec(tiny_model_dir: Path, root: Path) -> tuple[Path, Path]:
+    """A spec whose first model has a config and no weights, then a good one."""
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    spec = root / "spec.yaml"
+    spec.write_text(
+        f"models:\n  - {{id: broken, model: {json.dumps(str(broken))}}}\n"
+        f"  - {{id: good, model: {json.dumps(str(tiny_model_dir))}}}\n"
+    )
+    return spec, broken
+
+
+def test_one_process_stops_cleanly_or_stops_at_a_model_that_cannot_load(
+    multi_spec: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`mlxdeploy up` itself: with both models it serves and exits 0 on SIGTERM; a model that
+    cannot load stops it (before the others load) with one last line naming that model."""
     with start_server(multi_spec) as server:
         client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
         assert chat(client, model="tiny-b", messages=QUESTION, max_tokens=2).model == "tiny-b"
@@ -215,18 +236,9 @@ def test_one_process_stops_cleanly_with_both_models(multi_spec: Path) -> None:
     assert code == 0, log
     assert "Traceback" not in log
 
-
-def test_a_model_that_cannot_load_stops_the_server(tiny_model_dir: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"models:\n  - {{id: broken, model: {json.dumps(str(broken))}}}\n"
-        f"  - {{id: good, model: {json.dumps(str(tiny_model_dir))}}}\n"
-    )
+    spec, broken = broken_spec(tiny_model_dir, tmp_path)
     done = subprocess.run(
-        mlxdeploy_command("up", str(spec), "--port", str(free_port())),
+        mlxdeploy_command("up", str(spec), "--port", "0"),
         capture_output=True,
         text=True,
         timeout=120,

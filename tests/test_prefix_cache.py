@@ -9,15 +9,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import write_spec
-from tests.servers import RunningServer, start_server
+from tests.conftest import real_app, write_spec
+from tests.inprocess import InProcessApp
 
 SYSTEM = "You are a meticulous assistant for a shipping company. " * 8
 
 
-def chat(base_url: str, turns: list[dict[str, str]]) -> dict:
+def chat(http: httpx.Client, turns: list[dict[str, str]]) -> dict:
     body = {"messages": turns, "max_tokens": 4, "temperature": 0}
-    response = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=60)
+    response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -26,14 +26,14 @@ def cached(reply: dict) -> int:
     return int(reply["usage"]["prompt_tokens_details"]["cached_tokens"])
 
 
-def test_a_shared_system_prompt_is_served_from_the_cache(tiny_server: RunningServer) -> None:
-    system = f"{uuid.uuid4().hex} {SYSTEM}"  # new to this server, whatever ran before
+def test_a_shared_system_prompt_is_served_from_the_cache(tiny_app: InProcessApp) -> None:
+    system = f"{uuid.uuid4().hex} {SYSTEM}"  # new to this engine, whatever ran before
     first = chat(
-        tiny_server.base_url,
+        tiny_app.http,
         [{"role": "system", "content": system}, {"role": "user", "content": "Where is order 1?"}],
     )
     second = chat(
-        tiny_server.base_url,
+        tiny_app.http,
         [{"role": "system", "content": system}, {"role": "user", "content": "Cancel order 2."}],
     )
     assert cached(first) < 10  # at most the template's opening tokens, from earlier requests
@@ -41,31 +41,31 @@ def test_a_shared_system_prompt_is_served_from_the_cache(tiny_server: RunningSer
     assert 80 <= cached(second) < second["usage"]["prompt_tokens"]
 
 
-def test_a_conversation_reuses_its_earlier_turns(tiny_server: RunningServer) -> None:
+def test_a_conversation_reuses_its_earlier_turns(tiny_app: InProcessApp) -> None:
     turns = [{"role": "user", "content": "Remember the number 7. " * 10}]
-    first = chat(tiny_server.base_url, turns)
+    first = chat(tiny_app.http, turns)
     turns += [
         {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
         {"role": "user", "content": "Which number?"},
     ]
-    second = chat(tiny_server.base_url, turns)
+    second = chat(tiny_app.http, turns)
     assert cached(second) >= first["usage"]["prompt_tokens"] - 1
 
 
 @pytest.fixture(scope="module")
-def uncached_server(
+def uncached(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
+) -> Iterator[httpx.Client]:
     spec = write_spec(
         tmp_path_factory.mktemp("nocache") / "spec.yaml",
         tiny_model_dir,
         engine={"prompt_cache_bytes": 0},
     )
-    with start_server(spec) as server:
-        yield server
+    with real_app(spec) as app:
+        yield app.http
 
 
-def test_a_zero_budget_turns_the_cache_off(uncached_server: RunningServer) -> None:
+def test_a_zero_budget_turns_the_cache_off(uncached: httpx.Client) -> None:
     turns = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}]
-    chat(uncached_server.base_url, turns)
-    assert cached(chat(uncached_server.base_url, turns)) == 0
+    chat(uncached, turns)
+    assert cached(chat(uncached, turns)) == 0

@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import openai
 import pytest
 from typer.testing import CliRunner
 
 from mlxdeploy.cli import app
 from mlxdeploy.spec import load_spec
-from tests.servers import start_server
+from tests.conftest import real_app
+from tests.inprocess import InProcessApp
 
 TEAM = Path(__file__).parent.parent / "configs" / "team"
+
+
+def serve_team_spec(name: str) -> Iterator[InProcessApp]:
+    """A team service in-process on the real demo model (its default, TEAM_MODEL unset)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("TEAM_MODEL", raising=False)
+        env.delenv("TEAM_DRAFT_MODEL", raising=False)
+        with real_app(TEAM / name) as served:
+            yield served
+
+
+# `demo_dir` converts the demo GGUF into the shared cache first: the gateway's two engines
+# start together and would otherwise both convert it.
+@pytest.fixture(scope="module")
+def summarizer(demo_dir: Path) -> Iterator[InProcessApp]:
+    yield from serve_team_spec("summarizer.yaml")
+
+
+@pytest.fixture(scope="module")
+def gateway(demo_dir: Path) -> Iterator[InProcessApp]:
+    yield from serve_team_spec("gateway.yaml")
 
 
 def test_the_team_layout_validates() -> None:
@@ -41,13 +62,12 @@ def test_services_share_the_base_and_differ_where_they_say(
     assert summarizer.stop == ["\n\n"] and assistant.stop == []
 
 
-def test_the_summarizer_serves(cache_dir: Path) -> None:
-    with start_server(TEAM / "summarizer.yaml") as server:
-        client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
-        question = [{"role": "user", "content": "What is the capital of France?"}]
-        reply = client.chat.completions.create(model="summarizer", messages=question, max_tokens=40)
-        assert "Paris" in (reply.choices[0].message.content or "")
-        assert reply.usage is not None and reply.usage.completion_tokens <= 40
+def test_the_summarizer_serves(summarizer: InProcessApp) -> None:
+    client = summarizer.openai(max_retries=0)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = client.chat.completions.create(model="summarizer", messages=question, max_tokens=40)
+    assert "Paris" in (reply.choices[0].message.content or "")
+    assert reply.usage is not None and reply.usage.completion_tokens <= 40
 
 
 ARTICLE = (
@@ -56,13 +76,10 @@ ARTICLE = (
 )
 
 
-def test_the_summarizer_serves_its_summarize_endpoint(cache_dir: Path) -> None:
-    with start_server(TEAM / "summarizer.yaml") as server:
-        reply = httpx.post(
-            f"{server.base_url}/v1/endpoints/summarize",
-            json={"messages": [{"role": "user", "content": ARTICLE}]},
-            timeout=120,
-        )
+def test_the_summarizer_serves_its_summarize_endpoint(summarizer: InProcessApp) -> None:
+    reply = summarizer.http.post(
+        "/v1/endpoints/summarize", json={"messages": [{"role": "user", "content": ARTICLE}]}
+    )
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["model"] == "summarize"
@@ -70,18 +87,17 @@ def test_the_summarizer_serves_its_summarize_endpoint(cache_dir: Path) -> None:
     assert body["usage"]["completion_tokens"] <= 96
 
 
-def test_the_gateway_serves_two_models_and_an_endpoint(cache_dir: Path) -> None:
-    with start_server(TEAM / "gateway.yaml") as server:
-        client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
-        assert [m.id for m in client.models.list()] == ["assistant", "drafts", "summarize"]
-        question = [{"role": "user", "content": "What is the capital of France?"}]
-        answer = client.chat.completions.create(model="assistant", messages=question, max_tokens=40)
-        assert "Paris" in (answer.choices[0].message.content or "")
-        draft = client.chat.completions.create(model="drafts", messages=question, max_tokens=20)
-        assert draft.model == "drafts" and draft.usage is not None
-        assert 1 <= draft.usage.completion_tokens <= 20
-        article = [{"role": "user", "content": ARTICLE}]
-        summary = client.chat.completions.create(model="summarize", messages=article)
-        assert summary.model == "summarize"
-        assert "Paris" in (summary.choices[0].message.content or "")
-        assert summary.usage is not None and summary.usage.completion_tokens <= 96
+def test_the_gateway_serves_two_models_and_an_endpoint(gateway: InProcessApp) -> None:
+    client = gateway.openai(max_retries=0)
+    assert [m.id for m in client.models.list()] == ["assistant", "drafts", "summarize"]
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    answer = client.chat.completions.create(model="assistant", messages=question, max_tokens=40)
+    assert "Paris" in (answer.choices[0].message.content or "")
+    draft = client.chat.completions.create(model="drafts", messages=question, max_tokens=20)
+    assert draft.model == "drafts" and draft.usage is not None
+    assert 1 <= draft.usage.completion_tokens <= 20
+    article = [{"role": "user", "content": ARTICLE}]
+    summary = client.chat.completions.create(model="summarize", messages=article)
+    assert summary.model == "summarize"
+    assert "Paris" in (summary.choices[0].message.content or "")
+    assert summary.usage is not None and summary.usage.completion_tokens <= 96

@@ -1,15 +1,13 @@
-"""Chat templates from files: checked by validate, and used by a real server over the model's."""
+"""Chat templates from files: checked by validate, and used by the app over the model's."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
 from mlxdeploy.spec import SpecError, load_spec
-from tests.conftest import write_spec
-from tests.servers import start_server
+from tests.conftest import real_app, write_spec
 
 REPO = Path(__file__).parent.parent
 PLAIN = "{% for m in messages %}{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}assistant>"
@@ -55,7 +53,7 @@ def test_the_server_formats_prompts_with_the_spec_template(
     spec = write_spec(tmp_path / "s.yaml", tiny_model_dir, chat_template="plain.jinja")
     tokenizer = load_tokenizer(tiny_model_dir)
     expected = len(tokenizer.encode("user> Hello there\nassistant>", add_special_tokens=False))
-    with start_server(spec) as server:
+    with real_app(spec) as app:
         body = {"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 1}
-        reply = httpx.post(f"{server.api_url}/chat/completions", json=body, timeout=60).json()
+        reply = app.http.post("/v1/chat/completions", json=body).json()
     assert reply["usage"]["prompt_tokens"] == expected

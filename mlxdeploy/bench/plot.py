@@ -7,14 +7,12 @@ and treat ImportError as "no plot". Uses Figure directly, not pyplot, so no glob
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
-if TYPE_CHECKING:
-    from .load import BenchReport, LevelStats, ServerReport
+from .report import BenchReport, LevelStats, ServerReport
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
 

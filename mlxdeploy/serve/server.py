@@ -1,14 +1,19 @@
-"""Serve a spec under Hypercorn: bind, load the models in the background, stop on signals."""
+"""Serve a spec under Hypercorn: bind, load the models in the background, stop on signals.
+
+The listening socket is bound (and listening) before any model loads, so a busy port is
+reported at once, and port 0 becomes the port the kernel chose, which the ready line names."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Sockets
 
 from ..api.app import create_app
 from ..api.guards.auth import ApiKeys
@@ -32,11 +37,16 @@ LOAD_POLL_SECONDS = 0.1
 class ServeResult:
     exit_code: int
     error: str | None = None
+    field: str = "model"  # the spec field the error is about
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def hypercorn_config(spec: Spec) -> TrackedConfig:
     config = TrackedConfig()
-    config.bind = [f"[{spec.host}]:{spec.port}" if ":" in spec.host else f"{spec.host}:{spec.port}"]
+    config.bind = [address(spec.host, spec.port)]
     config.backlog = LISTEN_BACKLOG
     # The drain (shutdown.py) has already waited for requests; this bounds closing what is left.
     config.graceful_timeout = 5.0
@@ -47,7 +57,45 @@ def hypercorn_config(spec: Spec) -> TrackedConfig:
     return config
 
 
+def listen(config: TrackedConfig) -> Sockets:
+    """Bind and listen now; Hypercorn serves these same sockets (TrackedConfig keeps them)."""
+    sockets = config.create_sockets()
+    try:
+        for sock in sockets.insecure_sockets:
+            sock.listen(config.backlog)
+    except OSError:
+        close_sockets(sockets)
+        raise
+    return sockets
+
+
+def close_sockets(sockets: Sockets) -> None:
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets):
+        sock.close()
+
+
+def bound_port(sockets: Sockets, requested: int) -> int:
+    for sock in sockets.insecure_sockets:
+        return int(sock.getsockname()[1])
+    return requested
+
+
 async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
+    config = hypercorn_config(spec)
+    try:
+        sockets = listen(config)
+    except OSError as exc:
+        where = address(spec.host, spec.port)
+        return ServeResult(1, f"cannot listen on {where}: {exc.strerror or exc}", "port")
+    try:
+        return await _serve_on(spec, api_keys, config, bound_port(sockets, spec.port))
+    finally:
+        close_sockets(sockets)
+
+
+async def _serve_on(
+    spec: Spec, api_keys: ApiKeys | None, config: TrackedConfig, port: int
+) -> ServeResult:
     log.info(load_fast_blas().describe())  # before MLX is imported
     from ..engine.engine import MLXEngine  # the only place the server reaches for MLX
 
@@ -60,9 +108,9 @@ async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
     engines = [MLXEngine(model, spec.engine, load_lock=load_lock) for model in spec.catalog.models]
     for engine in engines:
         engine.start(loop)
-    watcher = asyncio.create_task(_watch_load(spec, engines, stop))
+    ready_line = f"serving {', '.join(spec.catalog.ids)} on http://{address(spec.host, port)}"
+    watcher = asyncio.create_task(_watch_load(engines, stop, ready_line))
     app = create_app(spec, engines, api_keys)
-    config = hypercorn_config(spec)
 
     async def drained() -> None:  # Hypercorn stops serving when this returns
         await stop.wait()
@@ -71,16 +119,16 @@ async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
 
     try:
         await hypercorn_serve(app, config, shutdown_trigger=drained)  # type: ignore[arg-type]
-    except OSError as exc:
-        return ServeResult(1, f"cannot listen on {spec.host}:{spec.port}: {exc.strerror or exc}")
     finally:
         watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
         await asyncio.gather(*(asyncio.to_thread(engine.stop) for engine in engines))
     error = next((engine.error for engine in engines if engine.error), None)
     return ServeResult(1, error) if error else ServeResult(0)
 
 
-async def _watch_load(spec: Spec, engines: list[MLXEngine], stop: asyncio.Event) -> None:
+async def _watch_load(engines: list[MLXEngine], stop: asyncio.Event, ready_line: str) -> None:
     """Stop at the first model that fails to load; say where the server is once all are ready.
 
     It polls, rather than waiting in threads, so that no thread outlives a shutdown."""
@@ -92,5 +140,4 @@ async def _watch_load(spec: Spec, engines: list[MLXEngine], stop: asyncio.Event)
         if "loading" not in states:
             break
         await asyncio.sleep(LOAD_POLL_SECONDS)
-    ids = ", ".join(spec.catalog.ids)
-    log.info("serving %s on http://%s:%d", ids, spec.host, spec.port)
+    log.info(ready_line)

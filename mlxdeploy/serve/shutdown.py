@@ -30,12 +30,16 @@ SHUTDOWN_MESSAGE = "the server is shutting down"
 
 
 class TrackedConfig(Config):
-    """Hypercorn's Config, keeping the sockets it binds so that a drain can close them early."""
+    """Hypercorn's Config, keeping the sockets it binds so that a drain can close them early.
+
+    They are bound once: the server binds them before its models load (server.py), and
+    Hypercorn, asking again when it starts serving, gets the same sockets."""
 
     sockets: Sockets | None = None
 
     def create_sockets(self) -> Sockets:
-        self.sockets = super().create_sockets()
+        if self.sockets is None:
+            self.sockets = super().create_sockets()
         return self.sockets
 
 

@@ -1,0 +1,209 @@
+"""`mlxdeploy bench`: check the flags, bench each server in turn, write JSON, PNG and a table.
+
+Servers are benchmarked one at a time (never two at once), mlxdeploy beside mlx_lm.server
+with `--compare`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from ..spec.load import Spec, load_spec
+from . import BenchError
+from .load import run_level
+from .report import (
+    MLX_LM,
+    MLXDEPLOY,
+    BenchReport,
+    LoadSettings,
+    RequestResult,
+    ServerReport,
+    blas_line,
+    compare_levels,
+    machine_info,
+    render_table,
+    write_json,
+)
+from .servers import (
+    LOCALHOST,
+    fetch_health,
+    free_port,
+    mlx_lm_command,
+    mlxdeploy_command,
+    resolve_model_dir,
+    running,
+    sigterm_as_exit,
+)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    load: LoadSettings
+    out: Path
+    url: str | None = None
+    spec_path: Path | None = None
+    spec: Spec | None = None
+    compare: bool = False
+    same_blas: bool = True
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server to benchmark: started from `command`, or already running at `url`.
+
+    A started server without `url` is `mlxdeploy up --port 0`: its ready line gives the URL."""
+
+    name: str
+    url: str | None
+    command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to the bench's environment
+
+
+def parse_concurrency(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        levels = ()
+    if not levels or min(levels) < 1:
+        raise BenchError(f"--concurrency: expected positive integers like 1,8,32, got {text!r}")
+    return levels
+
+
+def build_options(
+    load: LoadSettings,
+    out: Path | None,
+    url: str | None,
+    spec_path: Path | None,
+    compare: bool,
+    same_blas: bool = True,
+) -> BenchOptions:
+    """Check the combination of flags; load the spec (raises SpecError on a bad one)."""
+    if (url is None) == (spec_path is None):
+        raise BenchError("give either --url of a running server or --spec to start one")
+    if compare and spec_path is None:
+        raise BenchError("--compare needs --spec: mlx_lm.server is started on the spec's model")
+    if load.max_tokens < 1 or load.prompt_tokens < 1 or load.requests_per_client < 1:
+        raise BenchError("--max-tokens, --prompt-tokens and --requests-per-client must be >= 1")
+    if load.duration_s is not None and load.duration_s <= 0:
+        raise BenchError(f"--duration must be > 0 seconds, got {load.duration_s}")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return BenchOptions(
+        load=load,
+        out=out or Path(f"bench-{stamp}"),
+        url=url.rstrip("/") if url else None,
+        spec_path=spec_path,
+        spec=load_spec(spec_path) if spec_path else None,
+        compare=compare,
+        same_blas=same_blas,
+        command=shlex.join(sys.argv),
+    )
+
+
+def planned_targets(options: BenchOptions) -> list[Target]:
+    if options.spec is None or options.spec_path is None:
+        assert options.url is not None
+        return [Target("server", options.url)]
+    up = mlxdeploy_command("up", str(options.spec_path), "--host", LOCALHOST, "--port", "0")
+    targets = [Target(MLXDEPLOY, None, up)]
+    if options.compare:
+        model_dir = resolve_model_dir(options.spec)
+        port = free_port()
+        command = mlx_lm_command(model_dir, options.spec, options.load, port)
+        targets.append(Target(MLX_LM, f"http://{LOCALHOST}:{port}", command))
+    return targets
+
+
+def same_blas(target: Target, servers: list[ServerReport]) -> Target:
+    """mlx_lm.server with the BLAS library mlxdeploy loaded (LD_PRELOAD has the same effect),
+    so the comparison measures the servers rather than the BLAS."""
+    loaded = next((s.blas for s in servers if s.name == MLXDEPLOY and s.blas), None)
+    library = re.search(r"\((/[^)]+)\)", loaded) if loaded else None
+    if library is None:
+        return target
+    preload = " ".join(filter(None, (library.group(1), os.environ.get("LD_PRELOAD"))))
+    return replace(target, env={**target.env, "LD_PRELOAD": preload})
+
+
+def bench_server(report: ServerReport, load: LoadSettings, progress: Progress) -> None:
+    for level in load.concurrency:
+        total = None if load.duration_s else level * load.requests_per_client
+        task = progress.add_task(f"{report.name} c={level}", total=total)
+
+        def done(result: RequestResult, task: TaskID = task) -> None:
+            progress.advance(task)
+
+        stats = asyncio.run(run_level(report.url, level, load, done))
+        progress.update(task, total=stats.requests, completed=stats.requests)
+        report.levels.append(stats)
+
+
+def run_target(target: Target, options: BenchOptions, progress: Progress) -> ServerReport:
+    if target.command is None:
+        assert target.url is not None
+        report = ServerReport(target.name, target.url, health=fetch_health(target.url))
+        bench_server(report, options.load, progress)
+        return report
+    log_path = options.out / f"{target.name}.log"
+    with running(target.name, target.command, log_path, target.url, target.env) as (server, url):
+        report = ServerReport(target.name, url, target.command, str(log_path), target.env)
+        report.health = fetch_health(url)
+        bench_server(report, options.load, progress)
+    report.blas = blas_line(json.dumps(report.health)) or blas_line(server.log())
+    return report
+
+
+def run_bench(options: BenchOptions, console: Console) -> BenchReport:
+    """Benchmark each server in turn (never two at once), then write JSON, PNG and a table."""
+    options.out.mkdir(parents=True, exist_ok=True)
+    report = BenchReport(
+        command=options.command,
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        machine=machine_info(),
+        settings=options.load,
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with sigterm_as_exit(), Progress(*columns, console=console) as progress:
+        for target in planned_targets(options):
+            if target.name == MLX_LM and options.same_blas:
+                target = same_blas(target, report.servers)
+            report.servers.append(run_target(target, options, progress))
+    finish_report(report, options.out, console)
+    return report
+
+
+def finish_report(report: BenchReport, out: Path, console: Console) -> None:
+    names = {s.name: s for s in report.servers}
+    if MLXDEPLOY in names and MLX_LM in names:
+        report.ratios = compare_levels(names[MLXDEPLOY], names[MLX_LM])
+    report.machine.blas = next((s.blas for s in report.servers if s.blas), None)
+    report.files["json"] = str(out / "bench.json")
+    try:
+        from .plot import plot_report
+
+        plot_report(report, out / "bench.png")
+        report.files["png"] = str(out / "bench.png")
+    except ImportError:
+        console.print("plot skipped: matplotlib is missing (pip install 'mlxdeploy[bench]')")
+    write_json(report, out / "bench.json")
+    console.print(render_table(report))
+    console.print("  ".join(f"{kind}: {path}" for kind, path in report.files.items()))

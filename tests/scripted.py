@@ -49,9 +49,7 @@ class ScriptedEngine:
             raise PromptRejected("the prompt is empty")
         return Prompt([ord(c) for c in text])
 
-    async def generate(
-        self, prompt: Prompt, params: SamplingParams
-    ) -> AsyncGenerator[Event, None]:
+    async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Event, None]:
         self.prompts.append(prompt)
         self.params.append(params)
         self.running += 1

@@ -245,6 +245,7 @@ def _check_report(data: dict[str, object], out: Path, servers: list[str]) -> Non
     assert (out / "bench.png").stat().st_size > 0
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_bench_a_running_server(tiny_server: RunningServer, tmp_path: Path) -> None:
     data = _bench(tmp_path, "--url", tiny_server.base_url)
@@ -252,6 +253,7 @@ def test_bench_a_running_server(tiny_server: RunningServer, tmp_path: Path) -> N
     assert data["ratios"] == []
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_bench_starts_and_stops_mlxdeploy_from_a_spec(
     tiny_spec: Path, cache_dir: Path, tmp_path: Path
@@ -267,6 +269,7 @@ def test_bench_starts_and_stops_mlxdeploy_from_a_spec(
         httpx.get(f"{server['url']}/health", timeout=5)
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_compare_with_mlx_lm_server_on_the_same_model(
     tiny_spec: Path, tiny_model_dir: Path, cache_dir: Path, tmp_path: Path
@@ -286,6 +289,7 @@ def test_compare_with_mlx_lm_server_on_the_same_model(
 # --------------------------------------------------------------------------- servers
 
 
+@pytest.mark.process
 def test_the_bench_lets_mlxdeploy_bind_its_own_port(tmp_path: Path) -> None:
     """No port is chosen ahead of `mlxdeploy up`: it binds port 0 and its ready line says."""
     spec = write_spec(tmp_path / "s.yaml", "owner/model")
@@ -306,6 +310,7 @@ def test_the_ready_line_names_the_url_in_text_and_json_logs(line: str) -> None:
     assert found is not None and found.group(1) == "http://127.0.0.1:4321"
 
 
+@pytest.mark.process
 def test_a_server_that_exits_before_it_is_ready_is_one_line(tmp_path: Path) -> None:
     command = [sys.executable, "-c", "print('no such model', flush=True); raise SystemExit(3)"]
     with pytest.raises(

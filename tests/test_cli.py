@@ -107,6 +107,7 @@ def test_help_on_every_command(runner: CliRunner, command: list[str]) -> None:
     assert "Usage" in result.output
 
 
+@pytest.mark.process
 def test_up_refuses_an_invalid_spec_without_starting(tmp_path: Path) -> None:
     spec = tmp_path / "broken.yaml"
     spec.write_text(BROKEN)
@@ -116,6 +117,7 @@ def test_up_refuses_an_invalid_spec_without_starting(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.mark.process
 def test_up_names_a_repo_it_cannot_download(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "hf.yaml", "no-such-owner/no-such-model")
     result = run_up(str(spec), "--port", "0", env={"HF_HUB_OFFLINE": "1"})
@@ -126,6 +128,7 @@ def test_up_names_a_repo_it_cannot_download(tmp_path: Path) -> None:
     assert "hf download" in last
 
 
+@pytest.mark.process
 def test_up_reports_a_busy_port(tiny_spec: Path) -> None:
     """The port is bound before any model loads: one line naming `port`, nothing else."""
     with socket.socket() as busy:
@@ -142,6 +145,7 @@ def test_up_reports_a_busy_port(tiny_spec: Path) -> None:
     assert result.stdout == ""
 
 
+@pytest.mark.process
 def test_up_on_port_0_serves_on_the_port_its_ready_line_names(
     tiny_spec: Path, tmp_path: Path
 ) -> None:
@@ -169,6 +173,7 @@ def test_up_refuses_an_unknown_log_level_in_one_line(runner: CliRunner) -> None:
     assert "'verbose' is not one of 'debug', 'info', 'warning', 'error'" in errors[0]
 
 
+@pytest.mark.process
 def test_up_serves_an_hf_repo_from_the_cache(tiny_model_dir: Path, tmp_path: Path) -> None:
     """An HF repo id is loaded from the Hugging Face cache without touching the network."""
     import httpx

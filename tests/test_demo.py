@@ -10,6 +10,8 @@ import pytest
 
 from tests.servers import RunningServer, start_server
 
+pytestmark = pytest.mark.process  # every test here drives a real server process
+
 DEMO_SPEC = Path(__file__).parent.parent / "configs" / "demo.yaml"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

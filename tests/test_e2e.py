@@ -7,6 +7,8 @@ import pytest
 
 from tests.servers import RunningServer
 
+pytestmark = pytest.mark.process  # every test here drives a real server process
+
 MESSAGES = [{"role": "user", "content": "Tell me a story about a lighthouse."}]
 
 

@@ -107,6 +107,7 @@ def test_a_dead_generation_thread_fails_its_requests_then_health_is_503(
         assert scrape(app.http).value("mlxdeploy_engine_ready", model="tiny") == 0
 
 
+@pytest.mark.process
 def test_a_bad_fault_setting_stops_the_server_with_one_line(spec: Path) -> None:
     """The exit status and stderr of `mlxdeploy up` itself (it fails before loading weights)."""
     result = subprocess.run(

@@ -21,6 +21,8 @@ from tests.servers import RunningServer, start_server
 from tests.test_adversarial import BASE, BODY_LIMIT, Probe, check, probes, send
 from tests.test_auth import ENV_KEYS, ENV_NAME, FILE_KEY, WRONG_KEY, bearer, write_auth_spec
 
+pytestmark = pytest.mark.process  # every test here drives a real server process
+
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "hi"}]
 SOCKET_EXAMPLES = 200

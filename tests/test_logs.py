@@ -68,6 +68,7 @@ def exercise(base_url: str) -> list[httpx.Response]:
         return [*responses, response]
 
 
+@pytest.mark.process
 def test_json_logs_with_access_fields(json_server: RunningServer) -> None:
     responses = exercise(json_server.base_url)
     ids = [response.headers["x-request-id"] for response in responses]
@@ -84,6 +85,7 @@ def test_json_logs_with_access_fields(json_server: RunningServer) -> None:
     assert access["trace-404"]["status"] == 404
 
 
+@pytest.mark.process
 def test_the_flag_beats_the_spec(json_server: RunningServer) -> None:
     exercise(json_server.base_url)
     records = json_lines(json_server)  # the spec says text

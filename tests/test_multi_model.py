@@ -223,6 +223,7 @@ def broken_spec(tiny_model_dir: Path, root: Path) -> tuple[Path, Path]:
     return spec, broken
 
 
+@pytest.mark.process
 def test_one_process_stops_cleanly_or_stops_at_a_model_that_cannot_load(
     multi_spec: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import write_spec
 from tests.servers import RunningServer, start_server
 
+pytestmark = pytest.mark.process  # every test here drives a real server process
+
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "Count to a thousand."}]
 GRACE = 30.0  # generous: the stream below takes a second or two

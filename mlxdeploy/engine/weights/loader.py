@@ -13,6 +13,7 @@ from mlx.utils import tree_map
 
 from ...spec.sources import ModelSource
 from .kernels import use_fast_kernels
+from .quantized import use_cpu_quantized_matmul
 
 log = logging.getLogger("mlxdeploy.engine")
 
@@ -76,8 +77,14 @@ def load_model(source: ModelSource, cache_root: Path | None = None) -> tuple[nn.
         raise ModelLoadError(f"cannot load model from {model_dir}: {exc}") from None
     if mx.default_device() == mx.cpu:
         cast_floats(model, mx.float32)
-        swapped = use_fast_kernels(model)
-        log.info("CPU: float32 weights, fast kernels in %d modules", swapped)
+        swiglu = use_fast_kernels(model)
+        quantized = use_cpu_quantized_matmul(model)
+        log.info(
+            "CPU: float32 activations; %d quantized layers (dequantized for multi-row matmuls), "
+            "fast SwiGLU in %d float32 MLPs",
+            quantized,
+            swiglu,
+        )
     return model, tokenizer
 
 

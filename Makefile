@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-UV := $(PY) -m uv pip install -q --python $(PY)
+UV := $(PY) -m uv pip install -q --compile-bytecode --python $(PY)
 # The suite runs on this many workers, each test module on one of them.
 TEST_WORKERS ?= 2
 SPEC ?= configs/demo.yaml

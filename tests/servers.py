@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlxdeploy.bench import BenchError
-from mlxdeploy.bench.servers import free_port, mlxdeploy_command, running, stop_process
+from mlxdeploy.bench.servers import mlxdeploy_command, running, stop_process
 
-__all__ = ["RunningServer", "free_port", "mlxdeploy_command", "start_server", "stop_server"]
+__all__ = ["RunningServer", "mlxdeploy_command", "start_server", "stop_server"]
 
 
 @dataclass

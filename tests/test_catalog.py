@@ -357,3 +357,17 @@ def test_a_request_system_prompt_replaces_the_presets(root: Path) -> None:
     own = RoleOverride(system_prompt="Mine.")
     assert [t.role for t in target.turns(turns, own)] == ["user"]
     assert [t.role for t in target.turns(turns, RoleOverride(user="U: "))] == ["system", "user"]
+
+
+def test_a_problem_under_a_hyphenated_endpoint_names_the_endpoint(root: Path) -> None:
+    path = write(
+        root,
+        """
+        model: models/a
+        endpoints:
+          support-bot:
+            defaults: {temperature: hot}
+        """,
+    )
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:4:29: endpoints.support-bot.defaults.temperature: ")

@@ -1,4 +1,4 @@
-"""The per-token SSE template renders exactly what the pydantic chunk model renders."""
+"""The per-token SSE templates render exactly what the pydantic chunk models render."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 
 from mlxdeploy.api.chat.serving import ChatFormat
 from mlxdeploy.api.chat.wire import Delta
+from mlxdeploy.api.completions.serving import TextFormat
+from mlxdeploy.api.completions.wire import TextChoice, TextCompletion
 from mlxdeploy.api.sse import sse_event
 
 
@@ -14,3 +16,12 @@ from mlxdeploy.api.sse import sse_event
 def test_content_event_matches_the_chunk_model(text: str, model: str) -> None:
     fmt = ChatFormat(model=model)
     assert fmt.content_event(text) == sse_event(fmt.chunk(Delta(content=text)))
+
+
+@given(st.text(), st.text(min_size=1))
+def test_text_completion_content_event_matches_its_model(text: str, model: str) -> None:
+    fmt = TextFormat(model=model)
+    chunk = TextCompletion(
+        id=fmt.id, created=fmt.created, model=model, choices=[TextChoice(text=text)]
+    )
+    assert fmt.content_event(text) == sse_event(chunk)

@@ -1,18 +1,15 @@
-"""The CPU matmul of quantized layers: dequantized for more than one row, equal to MLX's
-quantized kernel to float32 rounding, for linear layers and tied output projections."""
+"""The CPU matmul of quantized layers: dequantized for two rows or more, MLX's quantized
+kernel for one, equal to that kernel to float32 rounding, for linear layers and tied output
+projections."""
 
 from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
-from mlx.utils import tree_flatten
 
-from mlxdeploy.engine.weights.quantized import (
-    CPUQuantizedEmbedding,
-    CPUQuantizedLinear,
-    use_cpu_quantized_matmul,
-)
+from mlxdeploy.engine.weights import quantized
+from mlxdeploy.engine.weights.quantized import use_cpu_quantized_matmul
 
 
 def quantized_model(bias: bool) -> nn.Module:
@@ -24,23 +21,35 @@ def quantized_model(bias: bool) -> nn.Module:
 
 @pytest.mark.parametrize("rows", [1, 2, 7])
 @pytest.mark.parametrize("bias", [False, True])
-def test_every_row_count_matches_the_quantized_kernel(rows: int, bias: bool) -> None:
+def test_every_row_count_matches_the_quantized_kernel(
+    rows: int, bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = quantized_model(bias)
     embedding, linear = model.layers
     x = mx.random.normal((rows, 64))
     expected = linear(x), embedding.as_linear(x), embedding(mx.array([3, 5]))
     assert use_cpu_quantized_matmul(model) == 2
-    assert type(linear) is CPUQuantizedLinear and type(embedding) is CPUQuantizedEmbedding
+    dequantized = []
+    matmul = quantized._dequantized_matmul
+    monkeypatch.setattr(
+        quantized, "_dequantized_matmul", lambda layer, x: dequantized.append(x) or matmul(layer, x)
+    )
     got = linear(x), embedding.as_linear(x), embedding(mx.array([3, 5]))
+    assert len(dequantized) == (2 if rows >= quantized.DEQUANTIZE_FROM_ROWS else 0)
     for want, have in zip(expected, got, strict=True):
         assert have.shape == want.shape and have.dtype == want.dtype
         assert mx.allclose(have, want, atol=1e-4, rtol=1e-4).item()
 
 
-def test_the_layer_keeps_its_parameters() -> None:
-    model = quantized_model(bias=True)
-    before = dict(tree_flatten(model.parameters()))
+def test_a_batch_of_sequences_counts_its_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding 4 streams is a (4, 1, dims) input: four rows, so the dequantized path."""
+    model = quantized_model(bias=False)
     use_cpu_quantized_matmul(model)
-    after = dict(tree_flatten(model.parameters()))
-    assert before.keys() == after.keys()
-    assert all(before[name] is after[name] for name in before)
+    seen = []
+    matmul = quantized._dequantized_matmul
+    monkeypatch.setattr(
+        quantized, "_dequantized_matmul", lambda layer, x: seen.append(x.shape) or matmul(layer, x)
+    )
+    model.layers[1](mx.random.normal((4, 1, 64)))
+    model.layers[1](mx.random.normal((1, 1, 64)))
+    assert seen == [(4, 1, 64)]

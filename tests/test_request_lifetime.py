@@ -107,3 +107,33 @@ def test_a_client_gone_mid_stream_cancels_its_engine_job_at_once(one_slot_spec: 
         assert (engine.closed, engine.running) == (1, 0)
     finally:
         loop.close()
+
+
+def test_a_cancelled_request_call_keeps_its_slot_until_its_stream_ends(one_slot_spec: Path) -> None:
+    """Hypercorn cancels a request's ASGI call at the end of a shutdown's grace period; the
+    stream Quart started goes on, and frees the slot (and its engine job) when it ends."""
+    engine = ScriptedEngine(pieces=("x",) * 20, delay=0.05)
+    app = create_app(load_spec(one_slot_spec), [engine])
+    loop = LoopThread()
+
+    async def cancel_mid_stream() -> None:
+        call = asyncio.create_task(_request(app, {**STREAM, "max_tokens": 20}, None))
+        while not engine.prompts:
+            await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    async def status_when_free() -> int | None:
+        for _ in range(200):  # bounded: the stream ends after about one second
+            if engine.running == 0:
+                break
+            await asyncio.sleep(0.05)
+        return await _request(app, STREAM, None)
+
+    try:
+        loop.run(cancel_mid_stream())
+        assert loop.run(status_when_free()) == 200
+        assert engine.running == 0
+    finally:
+        loop.close()

@@ -11,6 +11,7 @@ from quart import Quart, Response, request
 from ..engine.api import Engine
 from ..spec import routes
 from ..spec.settings import Spec
+from .asgi import RequestScope
 from .chat.serving import chat_completions, preset_chat
 from .completions.serving import completions
 from .errors import json_response, register_error_handlers
@@ -21,7 +22,6 @@ from .guards.gate import install_gate
 from .metrics import Metrics, RequestMetrics
 from .models import ModelCard, ModelList, find_card, health_report, model_cards
 from .routing import Targets
-from .run import RequestScope
 from .serving import Generation
 from .wire import now
 

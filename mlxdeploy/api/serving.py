@@ -19,11 +19,12 @@ from quart import Response, request
 
 from ..engine.api import Failed, Finished, Heartbeat, Progress, Prompt, PromptRejected, Text
 from ..spec.settings import LimitSettings
+from .asgi import request_exit_stack
 from .errors import GenerationFailed, InvalidRequest, RequestTimeout, json_response
 from .guards.limits import check_context, check_max_tokens
 from .metrics import Metrics
 from .routing import Target
-from .run import Deadline, Run, request_exit_stack
+from .run import Deadline, Run
 from .sse import DONE, KEEP_ALIVE, event_stream, sse_event
 from .wire import ErrorBody, ErrorDetail, SamplingFields
 
@@ -69,14 +70,13 @@ class Generation:
         prepare: Callable[[], Prompt],
         prompt_param: str,
     ) -> Run:
-        """Checks and admission, then the prompt; the run (and its slot) is closed with the
-        request, by `RequestScope`."""
+        """Checks and admission, then the prompt. The slot is the request scope's to free
+        until the run's stream claims it."""
         deadline = Deadline.start(self.limits.request_timeout_seconds)
         check_max_tokens(body, self.limits)
         target.check_ready()
-        cleanup = request_exit_stack(request.scope)
         slot = target.admission.enter()
-        cleanup.callback(slot.release)
+        request_exit_stack(request.scope).callback(slot.release_unclaimed)
         try:
             prompt = await asyncio.to_thread(prepare)
         except PromptRejected as exc:
@@ -84,9 +84,7 @@ class Generation:
         check_context(prompt, target.engine.context_length, prompt_param)
         params = body.to_sampling_params(target.defaults, target.stop, self.limits)
         observe = self.metrics.first_token_observer(target.engine.model_id)
-        run = Run(target.engine, prompt, params, deadline, slot, observe)
-        cleanup.push_async_callback(run.close)
-        return run
+        return Run(target.engine, prompt, params, deadline, slot, observe)
 
 
 async def complete(run: Run, fmt: Format) -> BaseModel:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from pydantic import BaseModel
 from quart import Response
@@ -24,3 +24,17 @@ def event_stream(events: AsyncIterator[str]) -> Response:
     response.headers["X-Accel-Buffering"] = "no"
     response.timeout = None  # type: ignore[assignment]
     return response
+
+
+class TextEvents:
+    """The events of one stream's text deltas, all rendered from one template: they are sent
+    once per token per stream. Equal to rendering `chunk(text)` for each text."""
+
+    _MARKER = "\u0000MARK\u0000"
+
+    def __init__(self, chunk: Callable[[str], BaseModel]) -> None:
+        rendered = sse_event(chunk(self._MARKER))
+        self._head, self._tail = rendered.split(json.dumps(self._MARKER, ensure_ascii=False))
+
+    def __call__(self, text: str) -> str:
+        return f"{self._head}{json.dumps(text, ensure_ascii=False)}{self._tail}"

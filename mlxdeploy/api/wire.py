@@ -95,17 +95,14 @@ class Usage(BaseModel):
     prompt_tokens_details: dict[str, int] | None = None
 
 
-def make_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Usage:
-    return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-        prompt_tokens_details={"cached_tokens": cached_tokens},
-    )
-
-
 def usage_of(event: Finished) -> Usage:
-    return make_usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+    prompt, completion = event.prompt_tokens, event.completion_tokens
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details={"cached_tokens": event.cached_tokens},
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -140,4 +140,5 @@ async def _watch_load(engines: list[MLXEngine], stop: asyncio.Event, ready_line:
         if "loading" not in states:
             break
         await asyncio.sleep(LOAD_POLL_SECONDS)
-    log.info(ready_line)
+    # Shown at any --log-level: it names the port (`--port 0`) that clients and tools wait for.
+    log.log(max(logging.INFO, log.getEffectiveLevel()), ready_line)

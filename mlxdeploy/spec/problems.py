@@ -46,22 +46,11 @@ class FieldError(ValueError):
 
 
 def dotted(loc: tuple[Any, ...]) -> str:
-    """A pydantic location as users name fields: `('messages', 0, 'content')` ->
-    `messages[0].content`. The names pydantic gives union branches (`str`, `list[str]`,
-    `function-after[...]`) are left out."""
+    """A location as users name fields: `('models', 0, 'id')` -> `models[0].id`."""
     text = ""
     for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif not _is_union_tag(part):
-            text += f".{part}" if text else str(part)
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
-
-
-def _is_union_tag(part: str) -> bool:
-    return part in {"str", "int", "float", "bool", "list", "dict", "none"} or any(
-        c in part for c in "[-"
-    )
 
 
 def show_value(value: Any) -> str:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 from quart import Response
 
-from ...engine.api import Finished
+from ...engine.api import Finished, Prompt
 from ..errors import InvalidRequest
 from ..guards.body import parse_body
 from ..routing import Target, Targets
 from ..serving import Generation
-from ..sse import sse_event
+from ..sse import TextEvents, sse_event
 from ..wire import new_completion_id, now, usage_of
 from .wire import (
     ChatCompletion,
@@ -46,9 +45,12 @@ async def serve_chat(
     generation: Generation, body: ChatCompletionRequest, target: Target
 ) -> Response:
     override = body.role_override()
-    turns = target.turns(body.turns(), override)
+
+    def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here
+        return target.engine.prepare(target.turns(body.turns(), override), override)
+
     fmt = ChatFormat(model=target.id, include_usage=body.include_usage)
-    return await generation.serve(target, body, lambda: target.engine.prepare(turns, override), fmt)
+    return await generation.serve(target, body, prepare, fmt)
 
 
 @dataclass
@@ -64,10 +66,7 @@ class ChatFormat:
         return sse_event(self.chunk(Delta(role="assistant", content="")))
 
     def content_event(self, text: str) -> str:
-        """The SSE event of one content delta: rendered from a template, because it is sent
-        once per token per stream (equal to rendering the chunk model)."""
-        head, tail = self._content_template
-        return f"{head}{json.dumps(text, ensure_ascii=False)}{tail}"
+        return self._text_events(text)
 
     def finish_event(self, reason: str) -> str:
         return sse_event(self.chunk(Delta(), finish_reason=reason))
@@ -96,8 +95,5 @@ class ChatFormat:
         )
 
     @functools.cached_property
-    def _content_template(self) -> tuple[str, str]:
-        marker = "\u0000MARK\u0000"
-        rendered = sse_event(self.chunk(Delta(content=marker)))
-        head, tail = rendered.split(json.dumps(marker, ensure_ascii=False))
-        return head, tail
+    def _text_events(self) -> TextEvents:
+        return TextEvents(lambda text: self.chunk(Delta(content=text)))

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 from quart import Response
 
-from ...engine.api import Finished
+from ...engine.api import Finished, Prompt
 from ..guards.body import parse_body
 from ..routing import Targets
 from ..serving import Generation
-from ..sse import sse_event
+from ..sse import TextEvents, sse_event
 from ..wire import Usage, new_completion_id, now, usage_of
 from .wire import CompletionRequest, TextChoice, TextCompletion
 
@@ -19,11 +20,12 @@ from .wire import CompletionRequest, TextChoice, TextCompletion
 async def completions(generation: Generation, targets: Targets) -> Response:
     body = await parse_body(CompletionRequest)
     target = targets.lookup(body.model)
-    text = target.prompt(body.prompt_text())
+
+    def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here
+        return target.engine.prepare_text(target.prompt(body.prompt_text()))
+
     fmt = TextFormat(model=target.id, include_usage=body.include_usage)
-    return await generation.serve(
-        target, body, lambda: target.engine.prepare_text(text), fmt, prompt_param="prompt"
-    )
+    return await generation.serve(target, body, prepare, fmt, prompt_param="prompt")
 
 
 @dataclass
@@ -39,7 +41,11 @@ class TextFormat:
         return None
 
     def content_event(self, text: str) -> str:
-        return sse_event(self._text(TextChoice(text=text)))
+        return self._text_events(text)
+
+    @functools.cached_property
+    def _text_events(self) -> TextEvents:
+        return TextEvents(lambda text: self._text(TextChoice(text=text)))
 
     def finish_event(self, reason: str) -> str:
         return sse_event(self._text(TextChoice(text="", finish_reason=reason)))  # type: ignore[arg-type]

@@ -25,10 +25,21 @@ class Admission:
 
 @dataclass
 class Slot:
+    """One request's place in flight. Until a stream claims it, the request's scope releases
+    it when the request ends; a claimed slot is released by its stream's own end."""
+
     admission: Admission
     released: bool = False
+    claimed: bool = False
 
     def release(self) -> None:
         if not self.released:
             self.released = True
             self.admission.in_flight -= 1
+
+    def claim(self) -> None:
+        self.claimed = True
+
+    def release_unclaimed(self) -> None:
+        if not self.claimed:
+            self.release()

@@ -89,10 +89,20 @@ def _describe(exc: ValidationError) -> tuple[str, str | None]:
     """One message naming every bad field; union branches are folded into one entry."""
     by_param: dict[str, list[str]] = {}
     for error in exc.errors(include_url=False):
-        param = dotted(tuple(error["loc"])) or "body"
+        param = dotted(tuple(part for part in error["loc"] if not _is_union_tag(part))) or "body"
         by_param.setdefault(param, []).append(error["msg"])
     message = "; ".join(
         f"{param}: {' or '.join(dict.fromkeys(msgs))}" for param, msgs in by_param.items()
     )
     first = next(iter(by_param))
     return message, None if first == "body" else first
+
+
+def _is_union_tag(part: str | int) -> bool:
+    """pydantic names the branch of a union in `loc` (`str`, `list[str]`, `function-after[...]`);
+    a request's field names never look like these."""
+    if isinstance(part, int):
+        return False
+    return part in {"str", "int", "float", "bool", "list", "dict", "none"} or any(
+        c in part for c in "[-"
+    )

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 
 from quart import Quart, Response, request
 
+from ...spec import routes
 from ..errors import Unavailable
 from .admission import Admission
 
 EXTENSION = "mlxdeploy.drain"
 # Load balancers keep asking for these while the server drains.
-SERVED_WHILE_DRAINING = frozenset({"/health", "/metrics"})
+SERVED_WHILE_DRAINING = frozenset({routes.HEALTH.path, routes.METRICS.path})
 POLL_SECONDS = 0.05
 
 

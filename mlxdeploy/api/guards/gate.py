@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from quart import Quart, Response, g, request
 
+from ...spec import routes
 from ...spec.settings import Spec
 from .auth import ApiKeys
 from .cors import CorsPolicy, is_preflight
 from .request_ids import HEADER, choose_request_id, new_request_id
 
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({routes.HEALTH.path})
 
 
 def install_gate(app: Quart, spec: Spec, api_keys: ApiKeys | None) -> None:

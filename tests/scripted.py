@@ -29,6 +29,7 @@ class ScriptedEngine:
     pieces: tuple[str, ...] = ("Hello", ",", " world", ".")
     state: EngineState = "ready"
     context_length: int | None = 2048
+    vocab_size: int | None = 256  # its prompts are code points below this
     delay: float = 0.0  # seconds before each piece: for streams that stay open a while
     running: int = 0
     prompts: list[Prompt] = field(default_factory=list)  # every prompt it was asked to generate

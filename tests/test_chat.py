@@ -25,3 +25,12 @@ def test_text_completion_content_event_matches_its_model(text: str, model: str) 
         id=fmt.id, created=fmt.created, model=model, choices=[TextChoice(text=text)]
     )
     assert fmt.content_event(text) == sse_event(chunk)
+
+
+def test_a_delta_leaves_out_what_it_does_not_carry() -> None:
+    """Role only in the opening chunk, `{}` in the finishing one: never `"role": null`."""
+    fmt = ChatFormat(model="m")
+    opening, content = fmt.chunk(Delta(role="assistant", content="")), fmt.chunk(Delta(content="a"))
+    assert opening.model_dump()["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert content.model_dump()["choices"][0]["delta"] == {"content": "a"}
+    assert fmt.chunk(Delta(), "stop").model_dump()["choices"][0]["delta"] == {}

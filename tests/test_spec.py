@@ -125,6 +125,44 @@ def test_name_prompt_format_and_stop_string(write_spec: WriteSpec) -> None:
     assert spec.defaults.temperature == 0.0  # an int is a fine float
 
 
+def test_every_sampling_default_can_be_set(write_spec: WriteSpec) -> None:
+    spec = load_spec(
+        write_spec(
+            """
+            model: owner/model
+            defaults:
+              top_k: 40
+              min_p: 0.05
+              presence_penalty: 0.5
+              presence_context_size: 64
+              frequency_penalty: -0.5
+              frequency_context_size: 32
+              logit_bias: {42: 5, "7": -100}
+              xtc_probability: 0.5
+              xtc_threshold: 0.2
+            """
+        )
+    )
+
+    assert spec.defaults == SamplingDefaults(
+        top_k=40,
+        min_p=0.05,
+        presence_penalty=0.5,
+        presence_context_size=64,
+        frequency_penalty=-0.5,
+        frequency_context_size=32,
+        logit_bias={42: 5.0, 7: -100.0},
+        xtc_probability=0.5,
+        xtc_threshold=0.2,
+    )
+
+
+def test_new_sampling_defaults_are_off(write_spec: WriteSpec) -> None:
+    d = load_spec(write_spec("model: owner/model\n")).defaults
+    assert (d.top_k, d.min_p, d.presence_penalty, d.frequency_penalty) == (0, 0.0, 0.0, 0.0)
+    assert (d.logit_bias, d.xtc_probability) == ({}, 0.0)
+
+
 def test_empty_stop_list_is_kept(write_spec: WriteSpec) -> None:
     assert load_spec(write_spec("model: owner/model\nstop: []\n")).stop == []
 
@@ -235,7 +273,9 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys(write_spec: Wr
 
     assert single_problem(path) == (
         f"{path}:3:3: defaults.seed: unknown key 'seed' (expected one of: max_tokens, "
-        "temperature, top_p, repetition_penalty, repetition_context_size)"
+        "temperature, top_p, repetition_penalty, repetition_context_size, top_k, min_p, "
+        "presence_penalty, presence_context_size, frequency_penalty, frequency_context_size, "
+        "logit_bias, xtc_probability, xtc_threshold)"
     )
 
 
@@ -320,6 +360,45 @@ def test_a_float_field_rejects_strings_and_bools(
         (
             "defaults: {repetition_context_size: 0}",
             "2:37: defaults.repetition_context_size: must be >= 1, got 0",
+        ),
+        ("defaults: {top_k: -1}", "2:19: defaults.top_k: must be >= 0, got -1"),
+        ("defaults: {min_p: 1.5}", "2:19: defaults.min_p: must be <= 1, got 1.5"),
+        (
+            "defaults: {presence_penalty: -2.5}",
+            "2:30: defaults.presence_penalty: must be >= -2, got -2.5",
+        ),
+        (
+            "defaults: {frequency_penalty: 3}",
+            "2:31: defaults.frequency_penalty: must be <= 2, got 3",
+        ),
+        (
+            "defaults: {presence_context_size: 0}",
+            "2:35: defaults.presence_context_size: must be >= 1, got 0",
+        ),
+        (
+            "defaults: {frequency_context_size: 0}",
+            "2:36: defaults.frequency_context_size: must be >= 1, got 0",
+        ),
+        (
+            "defaults: {xtc_probability: 2}",
+            "2:29: defaults.xtc_probability: must be <= 1, got 2",
+        ),
+        ("defaults: {xtc_threshold: 0.6}", "2:27: defaults.xtc_threshold: must be <= 0.5, got 0.6"),
+        (
+            "defaults: {logit_bias: {x: 1}}",
+            "2:24: defaults.logit_bias: keys must be token ids (integers >= 0), got 'x'",
+        ),
+        (
+            "defaults: {logit_bias: {'5': 101}}",
+            "2:24: defaults.logit_bias: biases must be between -100 and 100, got 101 for token 5",
+        ),
+        (
+            "defaults: {logit_bias: {5: '1'}}",
+            "2:24: defaults.logit_bias: the bias of token 5 must be a number, got '1'",
+        ),
+        (
+            "defaults: {logit_bias: [5]}",
+            "2:24: defaults.logit_bias: expected a mapping of keys, got a list",
         ),
         ("name: ''", "2:7: name: must not be empty"),
         ("host: ''", "2:7: host: must not be empty"),

@@ -21,7 +21,7 @@ from ..engine.api import Failed, Finished, Heartbeat, Progress, Prompt, PromptRe
 from ..spec.settings import LimitSettings
 from .asgi import request_exit_stack
 from .errors import GenerationFailed, InvalidRequest, RequestTimeout, json_response
-from .guards.limits import check_context, check_max_tokens
+from .guards.limits import check_context, check_logit_bias, check_max_tokens
 from .metrics import Metrics
 from .routing import Target
 from .run import Deadline, Run
@@ -83,6 +83,7 @@ class Generation:
             raise InvalidRequest(str(exc), param=prompt_param) from None
         check_context(prompt, target.engine.context_length, prompt_param)
         params = body.to_sampling_params(target.defaults, target.stop, self.limits)
+        check_logit_bias(params, target.engine.vocab_size)
         observe = self.metrics.first_token_observer(target.engine.model_id)
         return Run(target.engine, prompt, params, deadline, slot, observe)
 

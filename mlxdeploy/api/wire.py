@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -20,16 +20,20 @@ from pydantic import (
 )
 
 from ..engine.api import Finished, SamplingParams
-from ..spec.settings import LimitSettings, SamplingDefaults
+from ..spec.settings import LimitSettings, LogitBiasMap, SamplingDefaults
 
 # Strict numbers: a JSON string is never silently turned into a number, a bool never into an int.
 Float = StrictFloat
+T = TypeVar("T")
 MAX_TOKENS_LIMIT = 1 << 20
+ContextSize = Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+Penalty = Annotated[Float, Field(ge=-2, le=2)]  # OpenAI's range for presence and frequency
 
 
 class WireModel(BaseModel):
-    # OpenAI clients send fields this server does not implement (user, n=1, seed, ...);
-    # ignoring them keeps those clients working. Fields it does implement are strict.
+    # Fields a model does not declare are judged before validation, by the request's own
+    # rules (`api/unsupported.py`: metadata is accepted, anything that would change the answer
+    # is a 400); nested objects ignore theirs. Fields that are declared are strict.
     model_config = ConfigDict(extra="ignore")
 
 
@@ -45,7 +49,16 @@ class SamplingFields(WireModel):
     temperature: Annotated[Float, Field(ge=0, le=100)] | None = None
     top_p: Annotated[Float, Field(gt=0, le=1)] | None = None
     repetition_penalty: Annotated[Float, Field(gt=0, le=100)] | None = None
-    repetition_context_size: Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
+    repetition_context_size: ContextSize | None = None
+    top_k: Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_LIMIT)] | None = None
+    min_p: Annotated[Float, Field(ge=0, le=1)] | None = None
+    presence_penalty: Penalty | None = None
+    presence_context_size: ContextSize | None = None
+    frequency_penalty: Penalty | None = None
+    frequency_context_size: ContextSize | None = None
+    logit_bias: LogitBiasMap | None = None
+    xtc_probability: Annotated[Float, Field(ge=0, le=1)] | None = None
+    xtc_threshold: Annotated[Float, Field(ge=0, le=0.5)] | None = None
     stop: str | Annotated[list[str], Field(max_length=16)] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -72,20 +85,32 @@ class SamplingFields(WireModel):
         self, d: SamplingDefaults, stop: Sequence[str], limits: LimitSettings
     ) -> SamplingParams:
         """The request's own fields win over the defaults of its model or preset; stop words
-        add up. A default max_tokens is capped by limits.max_tokens (requests above it are
-        400)."""
+        add up. max_completion_tokens wins over the deprecated max_tokens (OpenAI's rule). A
+        default max_tokens is capped by limits.max_tokens (requests above it are 400)."""
+        bias = d.logit_bias if self.logit_bias is None else self.logit_bias
         return SamplingParams(
-            max_tokens=self.max_tokens
-            or self.max_completion_tokens
+            max_tokens=self.max_completion_tokens
+            or self.max_tokens
             or min(d.max_tokens, limits.max_tokens),
-            temperature=d.temperature if self.temperature is None else self.temperature,
-            top_p=d.top_p if self.top_p is None else self.top_p,
-            repetition_penalty=(
-                d.repetition_penalty if self.repetition_penalty is None else self.repetition_penalty
-            ),
-            repetition_context_size=self.repetition_context_size or d.repetition_context_size,
+            temperature=_pick(self.temperature, d.temperature),
+            top_p=_pick(self.top_p, d.top_p),
+            repetition_penalty=_pick(self.repetition_penalty, d.repetition_penalty),
+            repetition_context_size=_pick(self.repetition_context_size, d.repetition_context_size),
             stop=tuple(dict.fromkeys((*self.stop_words(), *stop))),
+            top_k=_pick(self.top_k, d.top_k),
+            min_p=_pick(self.min_p, d.min_p),
+            presence_penalty=_pick(self.presence_penalty, d.presence_penalty),
+            presence_context_size=_pick(self.presence_context_size, d.presence_context_size),
+            frequency_penalty=_pick(self.frequency_penalty, d.frequency_penalty),
+            frequency_context_size=_pick(self.frequency_context_size, d.frequency_context_size),
+            logit_bias=tuple(sorted(bias.items())),
+            xtc_probability=_pick(self.xtc_probability, d.xtc_probability),
+            xtc_threshold=_pick(self.xtc_threshold, d.xtc_threshold),
         )
+
+
+def _pick(asked: T | None, default: T) -> T:
+    return default if asked is None else asked
 
 
 class Usage(BaseModel):

@@ -56,6 +56,15 @@ class SamplingParams:
     repetition_penalty: float
     repetition_context_size: int
     stop: tuple[str, ...]
+    top_k: int = 0  # 0 is off
+    min_p: float = 0.0  # 0 is off
+    presence_penalty: float = 0.0  # 0 is off
+    presence_context_size: int = 20
+    frequency_penalty: float = 0.0  # 0 is off
+    frequency_context_size: int = 20
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), sorted by token id
+    xtc_probability: float = 0.0  # 0 is off
+    xtc_threshold: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,11 @@ class Engine(Protocol):
     @property
     def context_length(self) -> int | None:
         """Most tokens the model attends to (prompt + completion); None when unknown."""
+        ...
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Width of the model's logits (token ids below it exist); None when unknown."""
         ...
 
     def prepare(self, turns: Sequence[Turn], role_override: RoleOverride | None) -> Prompt:

@@ -27,6 +27,7 @@ from .api import (
 )
 from .faults import FaultPlan
 from .prompt import encode_chat
+from .sampling import Vocabulary
 from .text import TextStream
 from .weights.loader import ModelLoadError, load_model
 from .worker import Job, Sink, Worker
@@ -57,6 +58,7 @@ class MLXEngine:
         self._tokenizer: Any = None
         self._use_template = False
         self.context_length: int | None = None
+        self.vocab_size: int | None = None
         self._live: set[Job] = set()  # requests being streamed; touched on the event loop only
         self._aborted: str | None = None
 
@@ -132,6 +134,7 @@ class MLXEngine:
             self._fail(str(exc))
             return
         self.context_length = _context_length(model)
+        self.vocab_size = Vocabulary.of(model, self._tokenizer).size
         self._worker = Worker(model, self._tokenizer, self.settings, self._deliver, fault)
         if self._stop_requested.is_set():  # stopped while loading: never start generating
             self._worker.stop()

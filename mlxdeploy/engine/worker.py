@@ -23,7 +23,7 @@ from ..spec.settings import EngineSettings
 from .api import EngineStats, Event, Failed, Finished, FinishReason, Progress, SamplingParams, Text
 from .batch import FastBatchGenerator
 from .faults import FaultPlan
-from .sampling import SamplerCache
+from .sampling import SamplerCache, Vocabulary
 from .text import TextStream
 
 log = logging.getLogger("mlxdeploy.engine")
@@ -168,18 +168,17 @@ class Worker:
 
     def _insert(self, job: Job) -> None:
         assert self._generator is not None
+        p = job.params  # choose first: it may reject the request before the cache is touched
+        sampler, processors = self._samplers.choose(p, Vocabulary.of(self.model, self.tokenizer))
         cache, rest = self._fetch_cache(job.prompt)
         job.cached_tokens = len(job.prompt) - len(rest)
-        p = job.params
         (job.uid,) = self._generator.insert(
             [rest],
             max_tokens=[p.max_tokens],
             caches=[cache] if cache is not None else None,
             all_tokens=[job.prompt[: job.cached_tokens]],
-            samplers=[self._samplers.sampler(p.temperature, p.top_p)],
-            logits_processors=[
-                self._samplers.processors(p.repetition_penalty, p.repetition_context_size)
-            ],
+            samplers=[sampler],
+            logits_processors=[processors],
             stop_sequences=[self._stop_sequences],
         )
         self._jobs[job.uid] = job

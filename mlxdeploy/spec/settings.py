@@ -6,6 +6,7 @@ that pydantic-settings coerces to each field's type.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -33,6 +34,40 @@ if TYPE_CHECKING:
 ENV_PREFIX = "MLXDEPLOY_"
 ENV_DELIMITER = "__"
 PromptFormat = Literal["auto", "chat_template", "role_mapping"]
+# OpenAI's bounds on logit_bias: entries per request, and the size of each bias.
+MAX_LOGIT_BIAS = 300
+LOGIT_BIAS_LIMIT = 100
+
+
+def check_logit_bias(value: Any) -> Any:
+    """A logit_bias mapping as token id -> bias. JSON and YAML keys arrive as strings of ints;
+    every problem is reported on the whole field, as OpenAI names it."""
+    if not isinstance(value, dict):
+        return value  # the dict type reports it
+    if len(value) > MAX_LOGIT_BIAS:
+        raise ValueError(f"at most {MAX_LOGIT_BIAS} token ids, got {len(value)}")
+    return {_token_id(key): _bias(key, bias) for key, bias in value.items()}
+
+
+def _token_id(key: Any) -> int:
+    text = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,10}", text):
+        raise ValueError(f"keys must be token ids (integers >= 0), got {show_value(key)}")
+    return int(text)
+
+
+def _bias(key: Any, bias: Any) -> float:
+    if isinstance(bias, bool) or not isinstance(bias, int | float):
+        raise ValueError(f"the bias of token {key} must be a number, got {show_value(bias)}")
+    if not -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT:
+        raise ValueError(
+            f"biases must be between -{LOGIT_BIAS_LIMIT} and {LOGIT_BIAS_LIMIT}, "
+            f"got {bias} for token {key}"
+        )
+    return float(bias)
+
+
+LogitBiasMap = Annotated[dict[int, float], BeforeValidator(check_logit_bias)]
 
 
 class Section(BaseModel):
@@ -67,6 +102,50 @@ class SamplingDefaults(Section):
     )
     repetition_context_size: int = Field(
         default=20, ge=1, description="How many recent tokens the repetition penalty looks at."
+    )
+    top_k: int = Field(
+        default=0, ge=0, description="Sample among the k likeliest tokens; 0 is off."
+    )
+    min_p: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Drop tokens less likely than min_p times the likeliest one; 0 is off.",
+    )
+    presence_penalty: float = Field(
+        default=0.0,
+        ge=-2,
+        le=2,
+        description="Subtracted from the logit of every token seen in the context; 0 is off.",
+    )
+    presence_context_size: int = Field(
+        default=20, ge=1, description="How many recent tokens the presence penalty looks at."
+    )
+    frequency_penalty: float = Field(
+        default=0.0,
+        ge=-2,
+        le=2,
+        description="Subtracted from a token's logit once per time it occurs in the context; "
+        "0 is off.",
+    )
+    frequency_context_size: int = Field(
+        default=20, ge=1, description="How many recent tokens the frequency penalty looks at."
+    )
+    logit_bias: LogitBiasMap = Field(
+        default_factory=dict,
+        description="Added to the logits of these token ids (-100 to 100 each); empty is off.",
+    )
+    xtc_probability: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Chance per token of excluding the top choices (XTC sampling); 0 is off.",
+    )
+    xtc_threshold: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.5,
+        description="XTC excludes every choice but the least likely one above this probability.",
     )
 
 

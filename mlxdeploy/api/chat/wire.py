@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from ...engine.api import RoleOverride, Turn
+from .. import unsupported
 from ..wire import SamplingFields, Usage, WireModel
 
 
@@ -46,6 +54,12 @@ class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     role_mapping: RoleMappingOverride | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_silent_drops(cls, data: Any) -> Any:
+        unsupported.check_fields(data, cls.model_fields, unsupported.CHAT)
+        return data
+
     def turns(self) -> list[Turn]:
         return [message.to_turn() for message in self.messages]
 
@@ -56,6 +70,7 @@ class ChatCompletionRequest(SamplingFields):
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    refusal: None = None  # required by OpenAI's schema, and never a refusal here
 
 
 class Choice(BaseModel):
@@ -75,8 +90,15 @@ class ChatCompletion(BaseModel):
 
 
 class Delta(BaseModel):
+    """A chunk's delta: the role in the first chunk only, and no keys in the finishing one
+    (as OpenAI sends them), so unset fields are left out rather than sent as null."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class ChunkChoice(BaseModel):

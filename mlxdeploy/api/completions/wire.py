@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
+from .. import unsupported
 from ..wire import SamplingFields, Usage
 
 
@@ -13,6 +20,12 @@ class CompletionRequest(SamplingFields):
     """/v1/completions: plain text in, text out (one prompt per request)."""
 
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_silent_drops(cls, data: Any) -> Any:
+        unsupported.check_fields(data, cls.model_fields, unsupported.TEXT)
+        return data
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
@@ -34,3 +47,11 @@ class TextCompletion(BaseModel):
     model: str
     choices: list[TextChoice]
     usage: Usage | None = None
+
+    @model_serializer(mode="wrap")
+    def _usage_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # OpenAI's schema has `usage` as an object, never null: stream chunks leave it out.
+        data: dict[str, Any] = handler(self)
+        if data.get("usage") is None:
+            data.pop("usage", None)
+        return data

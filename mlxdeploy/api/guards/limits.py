@@ -3,7 +3,7 @@ context. The wall-clock bound is the run's deadline (`run.py`)."""
 
 from __future__ import annotations
 
-from ...engine.api import Prompt
+from ...engine.api import Prompt, SamplingParams
 from ...spec.settings import LimitSettings
 from ..errors import InvalidRequest
 from ..wire import SamplingFields
@@ -30,4 +30,17 @@ def check_context(prompt: Prompt, context_length: int | None, param: str = "mess
             f"but the {param} are {size} tokens",
             param=param,
             code="context_length_exceeded",
+        )
+
+
+def check_logit_bias(params: SamplingParams, vocab_size: int | None) -> None:
+    """A bias may only name a token the model has."""
+    outside = [
+        token for token, _ in params.logit_bias if vocab_size is not None and token >= vocab_size
+    ]
+    if outside:
+        raise InvalidRequest(
+            f"logit_bias: token {outside[0]} is not in the model's vocabulary "
+            f"(token ids are below {vocab_size})",
+            param="logit_bias",
         )

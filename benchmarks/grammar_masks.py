@@ -285,7 +285,9 @@ class Library:
     notes: list[str] = field(default_factory=list)
 
 
-def load_llguidance(tokenizer: Any, vocab: int, eos: int) -> tuple[Library, float]:
+def load_llguidance(
+    tokenizer: Any, vocab: int, eos: int, parallel: bool = True
+) -> tuple[Library, float]:
     import llguidance
     import llguidance.hf
     import llguidance.numpy as lnp
@@ -307,8 +309,9 @@ def load_llguidance(tokenizer: Any, vocab: int, eos: int) -> tuple[Library, floa
         )
 
     def fill(matchers: list[Any], bitmask: np.ndarray) -> None:
-        if len(matchers) == 1:
-            lnp.fill_next_token_bitmask(matchers[0], bitmask, 0)
+        if not parallel:
+            for i, m in enumerate(matchers):
+                lnp.fill_next_token_bitmask(m, bitmask, i)
         else:
             rows = [(m, i) for i, m in enumerate(matchers)]
             lnp.fill_next_token_bitmask_par(executor, rows, bitmask)
@@ -324,7 +327,7 @@ def load_llguidance(tokenizer: Any, vocab: int, eos: int) -> tuple[Library, floa
         new_matcher=lambda compiled: compiled.deep_copy(),
         fill=fill,
         advance=lambda m, t: bool(m.consume_token(t)),
-        notes=["batch fill uses LLExecutor (thread pool) for batch > 1"],
+        notes=["fill: " + ("LLExecutor thread pool" if parallel else "one matcher at a time")],
     )
     return lib, setup
 
@@ -335,7 +338,9 @@ def _ll_checked(matcher: Any) -> Any:
     return matcher
 
 
-def load_xgrammar(tokenizer: Any, vocab: int, eos: int) -> tuple[Library, float]:
+def load_xgrammar(
+    tokenizer: Any, vocab: int, eos: int, parallel: bool = True
+) -> tuple[Library, float]:
     import xgrammar as xgr
 
     start = time.perf_counter()
@@ -368,7 +373,12 @@ def load_xgrammar(tokenizer: Any, vocab: int, eos: int) -> tuple[Library, float]
         }
         return compiler.compile_structural_tag(json.dumps(tag))
 
+    batcher = xgr.BatchGrammarMatcher()
+
     def fill(matchers: list[Any], bitmask: np.ndarray) -> None:
+        if parallel and len(matchers) > 1:
+            batcher.batch_fill_next_token_bitmask(matchers, bitmask)
+            return
         for i, m in enumerate(matchers):
             m.fill_next_token_bitmask(bitmask, i)
 
@@ -382,6 +392,7 @@ def load_xgrammar(tokenizer: Any, vocab: int, eos: int) -> tuple[Library, float]
         new_matcher=lambda compiled: xgr.GrammarMatcher(compiled),
         fill=fill,
         advance=lambda m, t: bool(m.accept_token(t)),
+        notes=["fill: " + ("BatchGrammarMatcher threads" if parallel else "one matcher at a time")],
     )
     return lib, setup
 
@@ -409,7 +420,9 @@ def byte_level_vocabulary(tokenizer: Any) -> dict[bytes, list[int]]:
     return out
 
 
-def load_outlines(tokenizer: Any, vocab: int, eos: int) -> tuple[Library, float]:
+def load_outlines(
+    tokenizer: Any, vocab: int, eos: int, parallel: bool = False
+) -> tuple[Library, float]:
     import outlines_core as oc
 
     start = time.perf_counter()
@@ -650,6 +663,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=0, help="mask width; 0: the tokenizer's size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="fill masks one matcher at a time, without the batch thread pool",
+    )
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -657,7 +675,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
     vocab = args.vocab or len(tokenizer)
     eos = tokenizer.eos_token_id
-    lib, setup = LOADERS[args.library](tokenizer, vocab, eos)
+    lib, setup = LOADERS[args.library](tokenizer, vocab, eos, not args.sequential)
     notes = "; ".join(lib.notes)
     print(f"{lib.name}: vocab {vocab}, eos {eos}, tokenizer setup {setup * 1e3:.1f} ms; {notes}")
     report_compile(lib, args.runs)

@@ -10,7 +10,13 @@ import pytest
 
 from mlxdeploy.api.wire import SamplingFields
 from mlxdeploy.engine.api import SamplingParams
-from mlxdeploy.engine.sampling import SamplerCache, Vocabulary, check_vocabulary, greedy
+from mlxdeploy.engine.sampling import (
+    SamplerCache,
+    SeededSampler,
+    Vocabulary,
+    check_vocabulary,
+    greedy,
+)
 from mlxdeploy.spec.settings import LimitSettings, SamplingDefaults
 
 BASE = SamplingParams(
@@ -210,3 +216,63 @@ def test_the_vocabulary_size_comes_from_the_model_or_else_the_tokenizer() -> Non
     assert Vocabulary.of(Model(), Wrapper()).size == 32
     assert Vocabulary.of(object(), Wrapper()).size == 7
     assert Vocabulary.of(object(), object()).size is None
+
+
+def draws(sampler: object, logits: mx.array, count: int = 24) -> list[int]:
+    return [sampler(logits).item() for _ in range(count)]  # type: ignore[operator]
+
+
+FLAT = mx.zeros((1, 16))  # every token equally likely: only the draw decides
+
+
+def test_a_seeded_request_gets_its_own_sampler_and_its_own_draws() -> None:
+    cache = SamplerCache()
+    first, second = choose(cache, seed=1)[0], choose(cache, seed=1)[0]
+    assert isinstance(first, SeededSampler) and first is not second
+    assert choose(cache)[0] is choose(cache)[0]  # unseeded requests still share
+    expected = draws(first, FLAT)
+    assert draws(second, FLAT) == expected  # the n-th call, the n-th key
+    assert draws(choose(cache, seed=2)[0], FLAT) != expected
+    for global_seed in (0, 1):  # the shared generator has no say in a seeded draw
+        mx.random.seed(global_seed)
+        assert draws(choose(cache, seed=1)[0], FLAT) == expected
+
+
+def test_every_seed_in_openais_range_is_a_key_of_its_own() -> None:
+    cache = SamplerCache()
+    extremes = [-(1 << 63), -1, 0, (1 << 63) - 1]
+    sequences = [tuple(draws(choose(cache, seed=s)[0], FLAT)) for s in extremes]
+    assert len(set(sequences)) == len(extremes)
+
+
+def test_greedy_ignores_the_seed() -> None:
+    assert choose(SamplerCache(), temperature=0.0, seed=5)[0] is greedy
+
+
+def test_seeded_filters_work_on_raw_logits() -> None:
+    logits = mx.array([[500.0, 499.0, 100.0, 0.0] + [-50.0] * 12])
+    cache = SamplerCache()
+    for fields in ({"top_k": 1}, {"min_p": 0.9}, {"top_p": 0.5}, {"top_p": 0.5, "top_k": 2}):
+        sampler = choose(cache, seed=3, **fields)[0]
+        assert isinstance(sampler, SeededSampler)
+        assert set(draws(sampler, logits)) == {0}, fields
+
+
+def test_seeded_xtc_tosses_its_own_coin() -> None:
+    """Cool enough that the likeliest token left always wins: 0 unless XTC excludes it."""
+    probs = log_probs([0.45, 0.35, 0.2] + [0.0] * 13)
+    fields = {"temperature": 0.01, "xtc_threshold": 0.3}
+    always = choose(SamplerCache(), xtc_probability=1.0, seed=1, **fields)[0]
+    assert set(draws(always, probs)) == {1}
+    coin = [draws(choose(SamplerCache(), xtc_probability=0.5, seed=9, **fields)[0], probs)]
+    coin.append(draws(choose(SamplerCache(), xtc_probability=0.5, seed=9, **fields)[0], probs))
+    assert coin[0] == coin[1] and set(coin[0]) == {0, 1}
+
+
+def test_the_seed_reaches_the_engine_and_bad_seeds_are_refused() -> None:
+    assert params({}).seed is None
+    assert params({"seed": -(1 << 63)}).seed == -(1 << 63)
+    assert params({"seed": (1 << 63) - 1}).seed == (1 << 63) - 1
+    for bad in ("1", 1.0, True, 1 << 63, -(1 << 63) - 1):
+        with pytest.raises(ValueError):
+            params({"seed": bad})

@@ -40,7 +40,6 @@ def assert_unsupported(response: httpx.Response, param: str) -> str:
 
 
 REFUSED_CHAT: list[tuple[str, Any]] = [
-    ("seed", 42),
     ("n", 2),
     ("n", True),  # a JSON bool is not the number 1
     ("logprobs", True),
@@ -77,7 +76,7 @@ def test_unimplemented_chat_fields_are_400(http: httpx.Client, field: str, value
 def test_the_message_names_every_refused_field_and_what_to_send(http: httpx.Client) -> None:
     body = {"messages": USER, "n": 2, "seed": 1, "response_format": {"type": "json_object"}}
     message = assert_unsupported(http.post(CHAT, json=body), "n")
-    assert "'seed'" in message and "'response_format'" in message
+    assert "'seed'" not in message and "'response_format'" in message  # seed is implemented
     assert "n=1" in message and '{"type": "text"}' in message
 
 
@@ -117,7 +116,6 @@ def test_metadata_and_default_values_are_accepted(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("seed", 7),
         ("n", 3),
         ("echo", True),
         ("best_of", 2),
@@ -147,8 +145,14 @@ def test_text_completion_default_values_are_accepted(http: httpx.Client) -> None
 def test_the_official_client_sees_the_code_and_param(tiny_app: InProcessApp) -> None:
     client = tiny_app.openai(api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="tiny", messages=USER, seed=3)  # type: ignore[arg-type]
-    assert (info.value.code, info.value.param) == ("unsupported_parameter", "seed")
+        client.chat.completions.create(model="tiny", messages=USER, n=2)  # type: ignore[arg-type]
+    assert (info.value.code, info.value.param) == ("unsupported_parameter", "n")
+
+
+@pytest.mark.parametrize(("path", "body"), [(CHAT, {"messages": USER}), (TEXT, {"prompt": "Once"})])
+def test_seed_is_implemented_not_refused(http: httpx.Client, path: str, body: dict) -> None:
+    response = http.post(path, json={**body, "max_tokens": 1, "seed": 42})
+    assert response.status_code == 200, response.text
 
 
 def test_a_preset_route_refuses_them_too(tiny_model_dir: Path, tmp_path: Path) -> None:

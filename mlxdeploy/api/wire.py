@@ -28,6 +28,7 @@ T = TypeVar("T")
 MAX_TOKENS_LIMIT = 1 << 20
 ContextSize = Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS_LIMIT)]
 Penalty = Annotated[Float, Field(ge=-2, le=2)]  # OpenAI's range for presence and frequency
+Seed = Annotated[StrictInt, Field(ge=-(1 << 63), le=(1 << 63) - 1)]  # OpenAI's: a signed int64
 
 
 class WireModel(BaseModel):
@@ -59,6 +60,7 @@ class SamplingFields(WireModel):
     logit_bias: LogitBiasMap | None = None
     xtc_probability: Annotated[Float, Field(ge=0, le=1)] | None = None
     xtc_threshold: Annotated[Float, Field(ge=0, le=0.5)] | None = None
+    seed: Seed | None = None
     stop: str | Annotated[list[str], Field(max_length=16)] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -106,6 +108,7 @@ class SamplingFields(WireModel):
             logit_bias=tuple(sorted(bias.items())),
             xtc_probability=_pick(self.xtc_probability, d.xtc_probability),
             xtc_threshold=_pick(self.xtc_threshold, d.xtc_threshold),
+            seed=self.seed,
         )
 
 

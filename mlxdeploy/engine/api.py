@@ -65,6 +65,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), sorted by token id
     xtc_probability: float = 0.0  # 0 is off
     xtc_threshold: float = 0.1
+    seed: int | None = None  # None: the shared generator; else the request's own key
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,27 @@ class LogitsGenerationBatch(GenerationBatch):
         return tokens, [None] * len(tokens)
 
     def _sample(self, logits: mx.array) -> mx.array:
+        """One call per distinct sampler object, on the rows that hold it: a batch of many
+        requests with shared settings and a few with their own (seeded) samplers costs one
+        call per group, not one per row."""
         samplers = [s or self.fallback_sampler for s in self.samplers] or [self.fallback_sampler]
         if all(s is samplers[0] for s in samplers):
             return samplers[0](logits)
-        return mx.concatenate([s(logits[e : e + 1]) for e, s in enumerate(samplers)], axis=0)
+        groups: dict[int, list[int]] = {}
+        for e, s in enumerate(samplers):
+            groups.setdefault(id(s), []).append(e)
+        outputs, order = [], []
+        for rows in groups.values():
+            picked = logits[rows[0] : rows[0] + 1] if len(rows) == 1 else logits[mx.array(rows)]
+            outputs.append(samplers[rows[0]](picked))
+            order.extend(rows)
+        sampled = mx.concatenate(outputs, axis=0)
+        if order == sorted(order):
+            return sampled
+        back = [0] * len(order)  # position in `sampled` of each row
+        for position, row in enumerate(order):
+            back[row] = position
+        return sampled[mx.array(back)]
 
 
 class FastBatchGenerator(BatchGenerator):

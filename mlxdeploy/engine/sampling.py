@@ -6,6 +6,10 @@ off has one spelling) and cached. Samplers take raw logits (see batch.py): greed
 temperature, top-k, min-p and XTC do not depend on normalization (each either ranks tokens,
 compares logit differences or takes its own softmax); nucleus sampling exponentiates the values
 it gets, so it normalizes first. Requests that use none of these pay nothing for them.
+
+A request with a `seed` is the exception: it gets a `SeededSampler` of its own, never shared,
+whose draws come from its own key instead of the global generator, so what it generates does
+not depend on what else shares the batch.
 """
 
 from __future__ import annotations
@@ -16,13 +20,21 @@ from functools import lru_cache
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.sample_utils import make_logits_processors, make_sampler
+from mlx_lm.sample_utils import (
+    apply_min_p,
+    apply_top_k,
+    apply_top_p,
+    apply_xtc,
+    make_logits_processors,
+    make_sampler,
+)
 
 from .api import SamplingParams
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 XTC_THRESHOLD_OFF = 0.1  # mlx-lm's default; the value is unused while XTC is off
+SEED_BITS = (1 << 64) - 1  # mx.random.key takes an unsigned 64-bit seed; OpenAI's is signed
 
 
 def greedy(logits: mx.array) -> mx.array:
@@ -126,17 +138,20 @@ class SamplerCache:
         model does not have (indexing past the logits is never safe)."""
         check_vocabulary(p.logit_bias, vocab.size)
         xtc = p.temperature > 0 and p.xtc_probability > 0
-        sampler = self._sampler(
-            SamplerKey(
-                temperature=p.temperature,
-                top_p=p.top_p,
-                top_k=p.top_k,
-                min_p=p.min_p,
-                xtc_probability=p.xtc_probability,
-                xtc_threshold=p.xtc_threshold,
-                xtc_special_tokens=vocab.special_tokens() if xtc else (),
-            ).normalized(vocab.size)
-        )
+        settings = SamplerKey(
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            min_p=p.min_p,
+            xtc_probability=p.xtc_probability,
+            xtc_threshold=p.xtc_threshold,
+            xtc_special_tokens=vocab.special_tokens() if xtc else (),
+        ).normalized(vocab.size)
+        sampler: Sampler
+        if p.seed is None or settings.temperature == 0:  # greedy draws nothing to seed
+            sampler = self._sampler(settings)
+        else:
+            sampler = SeededSampler(settings, p.seed)
         processors = self.processors(
             p.repetition_penalty,
             p.repetition_context_size,
@@ -179,6 +194,41 @@ class SamplerCache:
             frequency_penalty=key.frequency_penalty,
             frequency_context_size=key.frequency_context_size,
         )
+
+
+class SeededSampler:
+    """One request's sampler for its `seed`: the same filters as `SamplerCache`'s samplers,
+    mlx-lm's own, in mlx-lm's order (top-p, min-p, XTC, top-k, then temperature), but every
+    random draw comes from a key of its own, split once per call. It is called once per token
+    of its own row, so the n-th token always draws from the n-th key of the seed."""
+
+    def __init__(self, settings: SamplerKey, seed: int):
+        assert settings.temperature > 0, "greedy sampling draws nothing to seed"
+        self.settings = settings
+        self._key = mx.random.key(seed & SEED_BITS)  # two's complement: one key per seed
+
+    def __call__(self, logits: mx.array) -> mx.array:
+        self._key, draw = mx.random.split(self._key)
+        s = self.settings
+        if 0 < s.top_p < 1.0:  # the nucleus filter exponentiates: raw logits must be normalized
+            logits = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            logits = apply_top_p(logits, s.top_p)
+        if s.min_p != 0:
+            logits = apply_min_p(logits, s.min_p)
+        if s.xtc_probability > 0:
+            coin, draw = mx.random.split(draw)
+            logits = self._xtc(logits, mx.random.uniform(shape=(), key=coin))
+        if s.top_k > 0:
+            logits = apply_top_k(logits, s.top_k)
+        return mx.random.categorical(logits * (1.0 / s.temperature), key=draw)
+
+    def _xtc(self, logits: mx.array, coin: mx.array) -> mx.array:
+        # mlx-lm's apply_xtc tosses its coin on the global generator and takes no key: with
+        # probability 1 it always excludes (its own coin never decides), and the coin that
+        # decides is this request's own.
+        s = self.settings
+        excluded = apply_xtc(logits, 1.0, s.xtc_threshold, list(s.xtc_special_tokens))
+        return mx.where(coin > s.xtc_probability, logits, excluded)
 
 
 def check_vocabulary(logit_bias: tuple[tuple[int, float], ...], size: int | None) -> None:

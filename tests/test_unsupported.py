@@ -49,8 +49,6 @@ REFUSED_CHAT: list[tuple[str, Any]] = [
     ("tool_choice", {"type": "function", "function": {"name": "f"}}),
     ("functions", [TOOL["function"]]),
     ("function_call", {"name": "f"}),
-    ("response_format", {"type": "json_object"}),
-    ("response_format", JSON_SCHEMA),
     ("audio", {"voice": "alloy", "format": "wav"}),
     ("modalities", ["text", "audio"]),
     ("prediction", {"type": "content", "content": "x"}),
@@ -74,10 +72,10 @@ def test_unimplemented_chat_fields_are_400(http: httpx.Client, field: str, value
 
 
 def test_the_message_names_every_refused_field_and_what_to_send(http: httpx.Client) -> None:
-    body = {"messages": USER, "n": 2, "seed": 1, "response_format": {"type": "json_object"}}
+    body = {"messages": USER, "n": 2, "seed": 1, "modalities": ["audio"]}
     message = assert_unsupported(http.post(CHAT, json=body), "n")
-    assert "'seed'" not in message and "'response_format'" in message  # seed is implemented
-    assert "n=1" in message and '{"type": "text"}' in message
+    assert "'seed'" not in message and "'modalities'" in message  # seed is implemented
+    assert "n=1" in message and '["text"]' in message
 
 
 ACCEPTED_CHAT: dict[str, Any] = {
@@ -152,6 +150,15 @@ def test_the_official_client_sees_the_code_and_param(tiny_app: InProcessApp) -> 
 @pytest.mark.parametrize(("path", "body"), [(CHAT, {"messages": USER}), (TEXT, {"prompt": "Once"})])
 def test_seed_is_implemented_not_refused(http: httpx.Client, path: str, body: dict) -> None:
     response = http.post(path, json={**body, "max_tokens": 1, "seed": 42})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("value", [{"type": "text"}, {"type": "json_object"}, JSON_SCHEMA])
+@pytest.mark.parametrize(("path", "body"), [(CHAT, {"messages": USER}), (TEXT, {"prompt": "Once"})])
+def test_response_format_is_implemented_not_refused(
+    http: httpx.Client, path: str, body: dict, value: dict
+) -> None:
+    response = http.post(path, json={**body, "max_tokens": 1, "response_format": value})
     assert response.status_code == 200, response.text
 
 

@@ -64,10 +64,6 @@ def _bool(value: Any) -> bool:
     return isinstance(value, bool)
 
 
-def _text_format(value: Any) -> bool:
-    return value == {"type": "text"}
-
-
 def _text_modality(value: Any) -> bool:
     return value == ["text"]
 
@@ -96,9 +92,6 @@ CHAT: Mapping[str, Rule] = MappingProxyType(
         "parallel_tool_calls": Rule(_bool, NO_TOOLS),
         "functions": Rule(_empty_list, NO_TOOLS),
         "function_call": Rule(_only("none", "auto"), NO_TOOLS),
-        "response_format": Rule(
-            _text_format, 'structured output is not supported; send {"type": "text"}'
-        ),
         "modalities": Rule(_text_modality, 'only text is generated; send ["text"]'),
         "audio": Rule(_nothing, "audio output is not supported"),
         "prediction": Rule(_nothing, "predicted outputs are not supported"),

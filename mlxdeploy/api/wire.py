@@ -4,10 +4,11 @@ themselves into the engine's types."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -16,10 +17,14 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    StrictStr,
+    StringConstraints,
     field_validator,
+    model_validator,
 )
 
-from ..engine.api import Finished, SamplingParams
+from ..engine.api import Constraint, Finished, SamplingParams
+from ..engine.grammar import problem_of
 from ..spec.settings import LimitSettings, LogitBiasMap, SamplingDefaults
 
 # Strict numbers: a JSON string is never silently turned into a number, a bool never into an int.
@@ -40,6 +45,45 @@ class WireModel(BaseModel):
 
 class StreamOptions(WireModel):
     include_usage: StrictBool = False
+
+
+class StrictWire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JsonSchema(StrictWire):
+    """OpenAI's `response_format.json_schema`. The schema is always enforced: `strict` is
+    accepted with either value (a constrained answer never strays from its schema)."""
+
+    name: Annotated[StrictStr, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(StrictWire):
+    """OpenAI's `response_format`: free text, any JSON object, or JSON that matches a schema.
+    One model rather than a tagged union, so that a bad field's error names its own path."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only then")
+        return self
+
+
+ANY_OBJECT = '{"type": "object"}'
+
+
+def constraint_of(response_format: ResponseFormat | None) -> Constraint | None:
+    """The engine's constraint for a response format (None: free text)."""
+    if response_format is None or response_format.type == "text":
+        return None
+    schema = None if response_format.json_schema is None else response_format.json_schema.schema_
+    return Constraint(ANY_OBJECT if schema is None else json.dumps(schema))
 
 
 class SamplingFields(WireModel):
@@ -65,6 +109,7 @@ class SamplingFields(WireModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     model: str | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop")
     @classmethod
@@ -72,6 +117,17 @@ class SamplingFields(WireModel):
         words = [value] if isinstance(value, str) else value or []
         if any(word == "" for word in words):
             raise ValueError("stop words must be non-empty strings")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _enforceable(cls, value: ResponseFormat | None) -> ResponseFormat | None:
+        """A schema the grammar compiler refuses is a 400 when the body is parsed, before the
+        request takes a batch slot (compiling without a tokenizer is cheap)."""
+        constraint = constraint_of(value)
+        problem = None if constraint is None else problem_of(constraint)
+        if problem is not None:
+            raise ValueError(f"invalid JSON schema: {problem}")
         return value
 
     def stop_words(self) -> list[str]:
@@ -109,6 +165,7 @@ class SamplingFields(WireModel):
             xtc_probability=_pick(self.xtc_probability, d.xtc_probability),
             xtc_threshold=_pick(self.xtc_threshold, d.xtc_threshold),
             seed=self.seed,
+            constraint=constraint_of(self.response_format),
         )
 
 

@@ -47,6 +47,14 @@ class RoleOverride:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """The answer must be JSON that matches `schema` (a JSON Schema, as JSON text);
+    `{"type": "object"}` is any JSON object. Enforced token by token while sampling."""
+
+    schema: str
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Resolved sampling for one request: the request's fields over the spec's defaults."""
 
@@ -66,6 +74,7 @@ class SamplingParams:
     xtc_probability: float = 0.0  # 0 is off
     xtc_threshold: float = 0.1
     seed: int | None = None  # None: the shared generator; else the request's own key
+    constraint: Constraint | None = None  # None: free text
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,19 @@ from mlx_lm.generate import StopSequences
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
 from ..spec.settings import EngineSettings
-from .api import EngineStats, Event, Failed, Finished, FinishReason, Progress, SamplingParams, Text
+from .api import (
+    EngineStats,
+    Event,
+    Failed,
+    Finished,
+    FinishReason,
+    Progress,
+    PromptRejected,
+    SamplingParams,
+    Text,
+)
 from .batch import FastBatchGenerator
+from .constraints import Grammars, Guide
 from .faults import FaultPlan
 from .sampling import SamplerCache, Vocabulary
 from .text import TextStream
@@ -42,6 +53,7 @@ class Job:
     cached_tokens: int = 0
     completion_tokens: int = 0
     cancelled: bool = False  # set by the event loop when the client went away
+    guide: Guide | None = None  # the constrained-decoding processor, when it has one
     events: list[Event] = field(default_factory=list)
 
 
@@ -74,6 +86,8 @@ class Worker:
         self._cancelled: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._jobs: dict[int, Job] = {}
         self._samplers = SamplerCache()
+        self._vocabulary = Vocabulary.of(model, tokenizer)
+        self._grammars = Grammars(tokenizer, self._vocabulary.size)
         self._prompt_cache = LRUPromptCache(max_size=settings.prompt_cache_entries)
         self._stop = threading.Event()
         eos = sorted(tokenizer.eos_token_ids)
@@ -162,6 +176,8 @@ class Worker:
     def _insert_or_fail(self, job: Job) -> None:
         try:
             self._insert(job)
+        except PromptRejected as exc:  # the API checks schemas first; this is the backstop
+            self._deliver([(job.sink, Failed(str(exc)))])
         except Exception as exc:  # only this request fails; the batch goes on
             log.exception("admitting a request failed")
             self._deliver([(job.sink, Failed(f"generation failed: {exc}"))])
@@ -169,7 +185,10 @@ class Worker:
     def _insert(self, job: Job) -> None:
         assert self._generator is not None
         p = job.params  # choose first: it may reject the request before the cache is touched
-        sampler, processors = self._samplers.choose(p, Vocabulary.of(self.model, self.tokenizer))
+        sampler, processors = self._samplers.choose(p, self._vocabulary)
+        if p.constraint is not None:  # last: the mask is the final word on what may come next
+            job.guide = self._grammars.guide(p.constraint)
+            processors = [*processors, job.guide]
         cache, rest = self._fetch_cache(job.prompt)
         job.cached_tokens = len(job.prompt) - len(rest)
         (job.uid,) = self._generator.insert(
@@ -263,7 +282,9 @@ class Worker:
                 piece, reason = piece + job.text.finish(), "length"
         if piece:
             job.events.append(Text(piece))
-        if reason is not None:
+        if reason is not None and job.guide is not None and job.guide.error is not None:
+            job.events.append(Failed(f"constrained decoding failed: {job.guide.error}"))
+        elif reason is not None:
             job.events.append(
                 Finished(reason, len(job.prompt), job.completion_tokens, job.cached_tokens)
             )

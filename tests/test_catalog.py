@@ -371,3 +371,39 @@ def test_a_problem_under_a_hyphenated_endpoint_names_the_endpoint(root: Path) ->
     )
     (problem,) = problems_of(path)
     assert problem.startswith(f"{path}:4:29: endpoints.support-bot.defaults.temperature: ")
+
+
+PRESET_FORMAT = """
+    model: models/a
+    endpoints:
+      people:
+        response_format:
+          type: json_schema
+          json_schema:
+            name: person
+            schema: {type: %s}
+"""
+
+
+def test_validate_rejects_a_preset_schema_that_cannot_be_enforced(root: Path) -> None:
+    path = write(root, PRESET_FORMAT % "nope")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    where = "endpoints.people.response_format.json_schema.schema"
+    assert result.output.startswith(f"{path}:8:17: {where}: invalid JSON schema: "), result.output
+    assert "Traceback" not in result.output
+
+
+def test_validate_accepts_a_preset_schema_and_the_preset_keeps_it(root: Path) -> None:
+    path = write(root, PRESET_FORMAT % "object")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    (preset,) = load_spec(path).catalog.presets
+    assert preset.response_format is not None
+    assert preset.response_format.schema_text() == '{"type": "object"}'
+
+
+def test_a_preset_response_format_is_checked_for_shape(root: Path) -> None:
+    path = write(root, "model: models/a\nendpoints:\n  s:\n    response_format: {type: xml}\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:4:29: endpoints.s.response_format.type: "), problem

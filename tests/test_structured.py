@@ -20,6 +20,7 @@ import pytest
 
 from mlxdeploy.engine.api import Constraint, PromptRejected
 from mlxdeploy.engine.constraints import Grammars
+from tests.conftest import real_app, write_spec
 from tests.inprocess import InProcessApp
 
 CHAT = "/v1/chat/completions"
@@ -308,3 +309,45 @@ def test_the_llguidance_tokenizer_is_built_once_per_model(grammars: Grammars) ->
     built = grammars._llt()
     grammars.guide(Constraint('{"type": "integer"}'))
     assert grammars._llt() is built
+
+
+# An endpoint preset's response_format: requests that set none get it; a request's own
+# (type text included: free text) wins.
+PRESET_PATH = "/v1/people"
+
+
+@pytest.fixture(scope="module")
+def preset_http(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    spec = write_spec(
+        tmp_path_factory.mktemp("preset") / "spec.yaml",
+        tiny_model_dir,
+        name="tiny",
+        endpoints={
+            "people": {"path": PRESET_PATH, "response_format": schema_format("person", PERSON)}
+        },
+    )
+    with real_app(spec) as app:
+        yield app.http
+
+
+def test_a_preset_answers_in_its_schema_at_its_path_and_as_a_model(preset_http: Any) -> None:
+    http = preset_http
+    messages = [{"role": "user", "content": "Describe a user"}]
+    response = http.post(PRESET_PATH, json={"messages": messages, **GREEDY})
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    valid({"text": choice["message"]["content"], "finish": choice["finish_reason"]}, PERSON)
+    valid(chat(http, model="people"), PERSON)
+    valid(text(http, model="people"), PERSON)
+
+
+@ROUTES
+def test_a_requests_own_response_format_wins_over_the_presets(
+    preset_http: Any, complete: Any
+) -> None:
+    http = preset_http
+    own = valid(complete(http, model="people", response_format=schema_format("tags", TAGS)), TAGS)
+    assert set(own) == {"tags", "score", "level"}
+    free = complete(http, model="people", response_format={"type": "text"})
+    assert free == complete(http, model="tiny")  # the model's own free text, unconstrained
+    assert free["text"] != complete(http, model="people")["text"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..engine.api import Engine, RoleOverride, Turn, has_system_turn
 from ..spec.catalog import Catalog, Preset
+from ..spec.formats import ResponseFormat
 from ..spec.settings import EngineSettings, SamplingDefaults
 from ..spec.templates import TemplateProblem
 from .errors import APIError, InvalidRequest, ModelNotFound, Unavailable
@@ -22,6 +23,11 @@ class Target:
     defaults: SamplingDefaults
     stop: tuple[str, ...]
     preset: Preset | None = None
+
+    @property
+    def response_format(self) -> ResponseFormat | None:
+        """The preset's response format, for requests that set none of their own."""
+        return None if self.preset is None else self.preset.response_format
 
     def check_ready(self) -> None:
         state = self.engine.state

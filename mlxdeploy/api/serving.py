@@ -82,7 +82,9 @@ class Generation:
         except PromptRejected as exc:
             raise InvalidRequest(str(exc), param=prompt_param) from None
         check_context(prompt, target.engine.context_length, prompt_param)
-        params = body.to_sampling_params(target.defaults, target.stop, self.limits)
+        params = body.to_sampling_params(
+            target.defaults, target.stop, self.limits, target.response_format
+        )
         check_logit_bias(params, target.engine.vocab_size)
         observe = self.metrics.first_token_observer(target.engine.model_id)
         return Run(target.engine, prompt, params, deadline, slot, observe)

@@ -4,11 +4,10 @@ themselves into the engine's types."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -17,14 +16,12 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
-    StrictStr,
-    StringConstraints,
     field_validator,
-    model_validator,
 )
 
 from ..engine.api import Constraint, Finished, SamplingParams
-from ..engine.grammar import problem_of
+from ..spec.formats import ResponseFormat
+from ..spec.grammar import problem_of
 from ..spec.settings import LimitSettings, LogitBiasMap, SamplingDefaults
 
 # Strict numbers: a JSON string is never silently turned into a number, a bool never into an int.
@@ -47,43 +44,10 @@ class StreamOptions(WireModel):
     include_usage: StrictBool = False
 
 
-class StrictWire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class JsonSchema(StrictWire):
-    """OpenAI's `response_format.json_schema`. The schema is always enforced: `strict` is
-    accepted with either value (a constrained answer never strays from its schema)."""
-
-    name: Annotated[StrictStr, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
-    description: StrictStr | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
-    strict: StrictBool | None = None
-
-
-class ResponseFormat(StrictWire):
-    """OpenAI's `response_format`: free text, any JSON object, or JSON that matches a schema.
-    One model rather than a tagged union, so that a bad field's error names its own path."""
-
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchema | None = None
-
-    @model_validator(mode="after")
-    def _schema_iff_json_schema(self) -> ResponseFormat:
-        if (self.type == "json_schema") != (self.json_schema is not None):
-            raise ValueError("json_schema is required with type json_schema, and only then")
-        return self
-
-
-ANY_OBJECT = '{"type": "object"}'
-
-
 def constraint_of(response_format: ResponseFormat | None) -> Constraint | None:
     """The engine's constraint for a response format (None: free text)."""
-    if response_format is None or response_format.type == "text":
-        return None
-    schema = None if response_format.json_schema is None else response_format.json_schema.schema_
-    return Constraint(ANY_OBJECT if schema is None else json.dumps(schema))
+    schema = None if response_format is None else response_format.schema_text()
+    return None if schema is None else Constraint(schema)
 
 
 class SamplingFields(WireModel):
@@ -124,8 +88,8 @@ class SamplingFields(WireModel):
     def _enforceable(cls, value: ResponseFormat | None) -> ResponseFormat | None:
         """A schema the grammar compiler refuses is a 400 when the body is parsed, before the
         request takes a batch slot (compiling without a tokenizer is cheap)."""
-        constraint = constraint_of(value)
-        problem = None if constraint is None else problem_of(constraint)
+        schema = None if value is None else value.schema_text()
+        problem = None if schema is None else problem_of(schema)
         if problem is not None:
             raise ValueError(f"invalid JSON schema: {problem}")
         return value
@@ -140,11 +104,17 @@ class SamplingFields(WireModel):
         return self.stream_options is not None and self.stream_options.include_usage
 
     def to_sampling_params(
-        self, d: SamplingDefaults, stop: Sequence[str], limits: LimitSettings
+        self,
+        d: SamplingDefaults,
+        stop: Sequence[str],
+        limits: LimitSettings,
+        response_format: ResponseFormat | None = None,
     ) -> SamplingParams:
         """The request's own fields win over the defaults of its model or preset; stop words
         add up. max_completion_tokens wins over the deprecated max_tokens (OpenAI's rule). A
-        default max_tokens is capped by limits.max_tokens (requests above it are 400)."""
+        default max_tokens is capped by limits.max_tokens (requests above it are 400). The
+        request's own response_format (type text included: free text) wins over the preset's
+        `response_format`, which applies only when the request sets none."""
         bias = d.logit_bias if self.logit_bias is None else self.logit_bias
         return SamplingParams(
             max_tokens=self.max_completion_tokens
@@ -165,7 +135,7 @@ class SamplingFields(WireModel):
             xtc_probability=_pick(self.xtc_probability, d.xtc_probability),
             xtc_threshold=_pick(self.xtc_threshold, d.xtc_threshold),
             seed=self.seed,
-            constraint=constraint_of(self.response_format),
+            constraint=constraint_of(_pick(self.response_format, response_format)),
         )
 
 

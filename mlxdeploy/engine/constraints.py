@@ -19,8 +19,8 @@ import llguidance.hf
 import mlx.core as mx
 import numpy as np
 
+from ..spec.grammar import grammar_of
 from .api import Constraint, PromptRejected
-from .grammar import grammar_of
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Grammars:
     def guide(self, constraint: Constraint) -> Guide:
         """A fresh guide; PromptRejected when the grammar does not compile for this model."""
         try:
-            grammar = grammar_of(constraint)
+            grammar = grammar_of(constraint.schema)
         except ValueError as exc:
             raise PromptRejected(f"response_format: {exc}") from None
         matcher = llguidance.LLMatcher(self._llt(), grammar, log_level=0)

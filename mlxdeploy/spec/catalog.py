@@ -17,9 +17,18 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from .formats import ResponseFormat
+from .grammar import problem_of
 from .problems import FieldError
 from .routes import BUILTIN_PATHS, BUILTIN_PREFIXES
-from .settings import Endpoint, ModelEntry, PromptFormat, RoleMapping, SamplingDefaults, Spec
+from .settings import (
+    Endpoint,
+    ModelEntry,
+    PromptFormat,
+    RoleMapping,
+    SamplingDefaults,
+    Spec,
+)
 from .sources import ModelSource, parse_model_source
 from .templates import PromptTemplate, TemplateProblem, read_chat_template, read_prompt_template
 
@@ -63,6 +72,7 @@ class Preset:
     prompt_template: PromptTemplate | None
     defaults: SamplingDefaults  # the model's, with the preset's keys over them
     stop: tuple[str, ...]  # the model's and the preset's own
+    response_format: ResponseFormat | None = None  # for requests that set none of their own
 
 
 @dataclass(frozen=True)
@@ -206,6 +216,8 @@ def _preset(
     model = models.get(model_id)
     if model is None:  # its weights could not be found: reported at its own `model` key
         return None
+    if not _enforceable(endpoint.response_format, loc, errors):
+        return None
     return Preset(
         name=name,
         model_id=model.id,
@@ -215,7 +227,22 @@ def _preset(
         prompt_template=files.prompt_templates.get((*loc, "prompt_template")),
         defaults=overlay(model.defaults, endpoint.defaults),
         stop=tuple(dict.fromkeys((*model.stop, *endpoint.stop))),
+        response_format=endpoint.response_format,
     )
+
+
+def _enforceable(fmt: ResponseFormat | None, loc: Loc, errors: list[FieldError]) -> bool:
+    """Whether the preset's schema compiles; a bad one fails `validate`, not every request."""
+    schema = None if fmt is None else fmt.schema_text()
+    problem = None if schema is None else problem_of(schema)
+    if problem is not None:
+        where = (
+            (*loc, "response_format", "json_schema", "schema")
+            if fmt and fmt.json_schema
+            else (*loc, "response_format")
+        )
+        errors.append(FieldError(where, f"invalid JSON schema: {problem}"))
+    return problem is None
 
 
 def overlay(base: S, top: S | None) -> S:

@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     field_validator,
@@ -26,6 +24,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .formats import ResponseFormat, Section
 from .problems import FieldError, show_value
 
 if TYPE_CHECKING:
@@ -68,12 +67,6 @@ def _bias(key: Any, bias: Any) -> float:
 
 
 LogitBiasMap = Annotated[dict[int, float], BeforeValidator(check_logit_bias)]
-
-
-class Section(BaseModel):
-    """Base of every spec section: unknown keys are errors and YAML values are not coerced."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RoleMapping(Section):
@@ -353,6 +346,13 @@ class Endpoint(Section):
         default=None, description="Keys set here replace the model's defaults keys."
     )
     stop: StopWords = Field(default=[], description="Stop words added to the model's.")
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description=(
+            "The answer's format when a request sets none of its own (a request's own, "
+            "type text included, wins): e.g. {type: json_schema, json_schema: {name, schema}}."
+        ),
+    )
 
 
 class Spec(BaseSettings):

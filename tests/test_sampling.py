@@ -162,6 +162,7 @@ def test_mixed_settings_in_one_batch_sample_each_their_own(
         ({"logit_bias": {"x": 1}}, "logit_bias"),
         ({"logit_bias": {"-1": 1}}, "logit_bias"),
         ({"logit_bias": {"1.5": 1}}, "logit_bias"),
+        ({"logit_bias": {"01": 1, "1": 2}}, "logit_bias"),  # one token spelled twice
         ({"logit_bias": {"12": 101}}, "logit_bias"),
         ({"logit_bias": {"12": -101}}, "logit_bias"),
         ({"logit_bias": {"12": "5"}}, "logit_bias"),

@@ -50,7 +50,8 @@ def check_logit_bias(value: Any) -> Any:
 
 def _token_id(key: Any) -> int:
     text = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
-    if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,10}", text):
+    # One spelling per id ("01" is refused): two spellings of a token would merge silently.
+    if not isinstance(text, str) or not re.fullmatch(r"0|[1-9][0-9]{0,9}", text):
         raise ValueError(f"keys must be token ids (integers >= 0), got {show_value(key)}")
     return int(text)
 

@@ -4,7 +4,8 @@
 
 Prints decode ms/step for both generators (greedy, random prompts) and prefill tok/s of the
 model with and without mlxdeploy's CPU kernels (and, for a quantized model, decode with them).
-No HTTP: this isolates the engine.
+No HTTP: this isolates the engine. `--logprobs K` adds mlxdeploy's decode step with K top
+alternatives asked by every sequence, and by half of them.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import time
 from mlxdeploy.engine.weights.blas import load_fast_blas
 
 
-def decode_ms(model: object, cls: type, batch: int, sampler: object) -> float:
+def decode_ms(
+    model: object, cls: type, batch: int, sampler: object, logprobs: list[int | None] | None = None
+) -> float:
+    """`logprobs` (FastBatchGenerator only): per sequence, None or its top alternatives."""
     rng = random.Random(0)
     prompts = [[rng.randrange(1000, 40000) for _ in range(64)] for _ in range(batch)]
     gen = cls(model, completion_batch_size=max(batch, 8), prefill_batch_size=max(batch, 8))
-    gen.insert(prompts, max_tokens=[100_000] * batch, samplers=[sampler] * batch)
+    asked = {} if logprobs is None else {"logprobs": logprobs}
+    gen.insert(prompts, max_tokens=[100_000] * batch, samplers=[sampler] * batch, **asked)
     while len(gen._generation_batch) < batch:
         gen.next()
     for _ in range(3):
@@ -54,6 +59,7 @@ def main() -> None:
     parser.add_argument("model", help="a local mlx-lm model dir")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--prefill", type=int, nargs=2, default=[8, 128], metavar=("B", "LEN"))
+    parser.add_argument("--logprobs", type=int, metavar="K", help="also decode asking logprobs")
     args = parser.parse_args()
     rows, length = args.prefill
     print(load_fast_blas().describe())
@@ -71,6 +77,15 @@ def main() -> None:
         base = decode_ms(model, BatchGenerator, batch, greedy)
         fast = decode_ms(model, FastBatchGenerator, batch, greedy)
         print(f"decode, {batch} sequences: mlx-lm {base:.1f} ms/step, mlxdeploy {fast:.1f} ms/step")
+        if args.logprobs is not None:
+            k = args.logprobs
+            every = decode_ms(model, FastBatchGenerator, batch, greedy, [k] * batch)
+            half = [k if i % 2 else None for i in range(batch)]
+            some = decode_ms(model, FastBatchGenerator, batch, greedy, half)
+            print(
+                f"decode, {batch} sequences, mlxdeploy with logprobs (top {k}): "
+                f"{every:.1f} ms/step all asking, {some:.1f} ms/step half asking"
+            )
     swiglu, quantized = use_fast_kernels(model), use_cpu_quantized_matmul(model)
     print(f"mlxdeploy's CPU kernels: SwiGLU in {swiglu} MLPs, {quantized} quantized layers")
     fast_prefill = prefill_tok_s(model, rows, length)

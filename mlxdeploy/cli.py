@@ -179,6 +179,10 @@ def bench(
         float | None, typer.Option(help="Seconds per level instead of --requests-per-client.")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds a request may take.")] = 600.0,
+    extra_body: Annotated[
+        str | None, typer.Option(help="JSON fields added to requests, e.g. '{\"logprobs\": true}'.")
+    ] = None,
+    extra_share: Annotated[float, typer.Option(help="Share of requests given them, 0-1.")] = 1.0,
     out: Annotated[
         Path | None, typer.Option(help="Results dir (JSON, PNG, logs); default ./bench-<time>.")
     ] = None,
@@ -188,12 +192,12 @@ def bench(
 
     from .bench import BenchError
     from .bench.report import LoadSettings
-    from .bench.run import build_options, parse_concurrency, run_bench
+    from .bench.run import build_options, parse_concurrency, parse_extra_body, run_bench
 
     try:
         load = LoadSettings(
             parse_concurrency(concurrency), max_tokens, prompt_tokens, requests_per_client,
-            duration, timeout,
+            duration, timeout, parse_extra_body(extra_body), extra_share,
         )  # fmt: skip
         run_bench(build_options(load, out, url, spec, compare, same_blas), Console())
     except SpecError as exc:

@@ -64,6 +64,8 @@ LONGEST_FIRST = (
     "test_multi_model.py",
     "test_gguf.py",
     "test_http_process.py",
+    "test_agents.py",
+    "test_tools.py",
 )
 
 

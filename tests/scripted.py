@@ -19,6 +19,7 @@ from mlxdeploy.engine.api import (
     RoleOverride,
     SamplingParams,
     Text,
+    Tool,
     Turn,
 )
 
@@ -35,11 +36,15 @@ class ScriptedEngine:
     prompts: list[Prompt] = field(default_factory=list)  # every prompt it was asked to generate
     params: list[SamplingParams] = field(default_factory=list)
     turns: list[list[Turn]] = field(default_factory=list)
+    tools: list[list[Tool]] = field(default_factory=list)  # the tools each prepare was given
     closed: int = 0  # generations closed before their end (client gone, deadline)
     _aborted: str | None = None
 
-    def prepare(self, turns: Sequence[Turn], role_override: RoleOverride | None) -> Prompt:
+    def prepare(
+        self, turns: Sequence[Turn], role_override: RoleOverride | None, tools: Sequence[Tool] = ()
+    ) -> Prompt:
         self.turns.append(list(turns))
+        self.tools.append(list(tools))
         text = "".join(f"{turn.role}:{turn.content}\n" for turn in turns)
         if not text.strip():
             raise PromptRejected("the prompt is empty after formatting")
@@ -76,6 +81,28 @@ class ScriptedEngine:
             self.running -= 1
             if not done:
                 self.closed += 1
+
+    async def generate_choices(
+        self, prompt: Prompt, params: SamplingParams, n: int
+    ) -> AsyncGenerator[tuple[int, Event], None]:
+        """The script once per choice, the choices' events interleaved."""
+        streams = [self.generate(prompt, params) for _ in range(n)]
+        try:
+            pending = list(enumerate(streams))
+            while pending:
+                for entry in list(pending):
+                    index, stream = entry
+                    try:
+                        event = await anext(stream)
+                    except StopAsyncIteration:
+                        pending.remove(entry)
+                        continue
+                    yield index, event
+                    if isinstance(event, Failed):
+                        return
+        finally:
+            for stream in streams:
+                await stream.aclose()
 
     def stats(self) -> EngineStats:
         return EngineStats(batch_size=self.running)

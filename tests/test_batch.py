@@ -121,3 +121,19 @@ def test_fast_batch_generates_the_same_tokens_as_mlx_lm(
     ours = _generate(model, FastBatchGenerator, prompts)
     assert steps, "FastBatchGenerator decoded without LogitsGenerationBatch._step"
     assert ours == _generate(model, BatchGenerator, prompts)
+
+
+def test_batch_generator_has_the_shape_the_logprobs_rows_rely_on() -> None:
+    """FastBatchGenerator forgets a request's logprobs row in `_next` and `remove`, and the
+    first token's row comes from mlx-lm's own step (its whole normalized logprobs)."""
+    assert "self._next()" in _source(BatchGenerator.next), (
+        "BatchGenerator.next no longer runs through _next (FastBatchGenerator._next)"
+    )
+    assert "self._next()" in _source(BatchGenerator.next_generated)
+    remove = list(inspect.signature(BatchGenerator.remove).parameters)
+    assert remove == ["self", "uids", "return_prompt_caches"], f"remove now takes {remove}"
+    assert "self._next_logprobs.extend(batch._next_logprobs)" in _source(GenerationBatch.extend)
+    assert "self._next_logprobs = list(logprobs)" in _source(GenerationBatch._step), (
+        "mlx-lm's first step no longer leaves whole logprobs rows (LogitsGenerationBatch."
+        "_first_scores reduces them)"
+    )

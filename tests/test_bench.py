@@ -229,7 +229,7 @@ def _check_report(data: dict[str, object], out: Path, servers: list[str]) -> Non
     assert isinstance(data["command"], str) and data["command"]  # the invoking command line
     assert data["settings"] == {
         "concurrency": [1, 2], "max_tokens": 8, "prompt_tokens": 16, "requests_per_client": 2,
-        "duration_s": None, "timeout_s": 600.0,
+        "duration_s": None, "timeout_s": 600.0, "extra_body": None, "extra_share": 1.0,
     }  # fmt: skip
     reports = data["servers"]
     assert isinstance(reports, list)
@@ -325,3 +325,22 @@ def test_mlx_lm_server_gets_the_model_dir_of_a_gguf_spec(
 ) -> None:
     spec = load_spec(write_spec(tmp_path / "gguf.yaml", DEMO_MODEL))
     assert resolve_model_dir(spec) == demo_dir
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0])
+def test_extra_fields_go_to_exactly_their_share_of_requests(share: float) -> None:
+    from mlxdeploy.bench.load import takes_extra
+
+    chosen = [takes_extra(i, share) for i in range(64)]
+    assert sum(chosen) == 64 * share
+    assert all(sum(chosen[i : i + 4]) == 4 * share for i in range(0, 64, 4))  # spread evenly
+
+
+@pytest.mark.parametrize(("text", "words"), [("{nope", "not JSON"), ("[1]", "JSON object")])
+def test_a_bad_extra_body_is_one_line(text: str, words: str) -> None:
+    from mlxdeploy.bench import BenchError
+    from mlxdeploy.bench.run import parse_extra_body
+
+    with pytest.raises(BenchError, match=words):
+        parse_extra_body(text)
+    assert parse_extra_body('{"logprobs": true}') == {"logprobs": True}

@@ -10,12 +10,13 @@ from mlxdeploy.api.chat.wire import Delta
 from mlxdeploy.api.completions.serving import TextFormat
 from mlxdeploy.api.completions.wire import TextChoice, TextCompletion
 from mlxdeploy.api.sse import sse_event
+from mlxdeploy.engine.api import Text
 
 
 @given(st.text(), st.text(min_size=1))
 def test_content_event_matches_the_chunk_model(text: str, model: str) -> None:
     fmt = ChatFormat(model=model)
-    assert fmt.content_event(text) == sse_event(fmt.chunk(Delta(content=text)))
+    assert fmt.content_event(Text(text)) == sse_event(fmt.chunk(Delta(content=text)))
 
 
 @given(st.text(), st.text(min_size=1))
@@ -24,7 +25,7 @@ def test_text_completion_content_event_matches_its_model(text: str, model: str) 
     chunk = TextCompletion(
         id=fmt.id, created=fmt.created, model=model, choices=[TextChoice(text=text)]
     )
-    assert fmt.content_event(text) == sse_event(chunk)
+    assert fmt.content_event(Text(text)) == sse_event(chunk)
 
 
 def test_a_delta_leaves_out_what_it_does_not_carry() -> None:

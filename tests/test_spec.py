@@ -706,6 +706,7 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "port",
         "prompt_format",
         "chat_template",
+        "tool_parser",
         "role_mapping",
         "defaults",
         "stop",

@@ -18,8 +18,8 @@ import jsonschema
 import mlx.core as mx
 import pytest
 
-from mlxdeploy.engine.api import Constraint, PromptRejected
-from mlxdeploy.engine.constraints import Grammars
+from mlxdeploy.engine.api import Constraint, PromptRejected, SamplingParams
+from mlxdeploy.engine.constraints import Grammars, Guide
 from tests.conftest import real_app, write_spec
 from tests.inprocess import InProcessApp
 
@@ -267,13 +267,20 @@ def grammars(tiny_model_dir: Path) -> Grammars:
     return Grammars(load_tokenizer(tiny_model_dir), VOCAB)  # as the engine loads it
 
 
+def guide_of(grammars: Grammars, schema: str) -> Guide:
+    params = SamplingParams(8, 0.0, 1.0, 1.0, 20, (), constraint=Constraint(schema))
+    guide = grammars.guide(params, None)
+    assert guide is not None
+    return guide
+
+
 def allowed(logits: mx.array) -> list[int]:
     values: list[float] = logits[0].tolist()  # type: ignore[assignment]
     return [i for i, v in enumerate(values) if v != float("-inf")]
 
 
 def test_the_guide_masks_the_first_token_and_follows_the_sampled_ones(grammars: Grammars) -> None:
-    guide = grammars.guide(Constraint('{"enum": ["yes"]}'))
+    guide = guide_of(grammars, '{"enum": ["yes"]}')
     tokenizer = grammars._tokenizer
     logits = mx.zeros((1, VOCAB + 64))  # wider than the vocabulary: the padding is masked
     prompt = mx.array([5, 6, 7])
@@ -290,7 +297,7 @@ def test_the_guide_masks_the_first_token_and_follows_the_sampled_ones(grammars: 
 
 
 def test_a_refused_token_ends_the_answer_and_is_reported(grammars: Grammars) -> None:
-    guide = grammars.guide(Constraint('{"type": "integer"}'))
+    guide = guide_of(grammars, '{"type": "integer"}')
     logits = mx.zeros((1, VOCAB))
     guide(mx.array([1]), logits)
     letter = grammars._tokenizer.encode("a")[0]
@@ -301,13 +308,13 @@ def test_a_refused_token_ends_the_answer_and_is_reported(grammars: Grammars) -> 
 def test_the_engine_rejects_a_schema_it_cannot_compile(grammars: Grammars) -> None:
     for schema in ('{"type": "nope"}', "not json"):
         with pytest.raises(PromptRejected, match="response_format"):
-            grammars.guide(Constraint(schema))
+            guide_of(grammars, schema)
 
 
 def test_the_llguidance_tokenizer_is_built_once_per_model(grammars: Grammars) -> None:
-    grammars.guide(Constraint('{"type": "object"}'))
+    guide_of(grammars, '{"type": "object"}')
     built = grammars._llt()
-    grammars.guide(Constraint('{"type": "integer"}'))
+    guide_of(grammars, '{"type": "integer"}')
     assert grammars._llt() is built
 
 

@@ -42,11 +42,6 @@ def assert_unsupported(response: httpx.Response, param: str) -> str:
 REFUSED_CHAT: list[tuple[str, Any]] = [
     ("n", 2),
     ("n", True),  # a JSON bool is not the number 1
-    ("logprobs", True),
-    ("top_logprobs", 3),
-    ("tools", [TOOL]),
-    ("tool_choice", "required"),
-    ("tool_choice", {"type": "function", "function": {"name": "f"}}),
     ("functions", [TOOL["function"]]),
     ("function_call", {"name": "f"}),
     ("audio", {"voice": "alloy", "format": "wav"}),
@@ -118,8 +113,6 @@ def test_metadata_and_default_values_are_accepted(http: httpx.Client) -> None:
         ("echo", True),
         ("best_of", 2),
         ("suffix", "end"),
-        ("logprobs", 2),
-        ("logprobs", 0),  # 0 still returns the sampled token's log probability
         ("draft_model", "some/draft"),
         ("messages", USER),  # a chat field on the text route
     ],
@@ -145,6 +138,19 @@ def test_the_official_client_sees_the_code_and_param(tiny_app: InProcessApp) -> 
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="tiny", messages=USER, n=2)  # type: ignore[arg-type]
     assert (info.value.code, info.value.param) == ("unsupported_parameter", "n")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (CHAT, {"messages": USER, "logprobs": True, "top_logprobs": 3}),
+        (TEXT, {"prompt": "Once", "logprobs": 2}),
+    ],
+)
+def test_logprobs_are_implemented_not_refused(http: httpx.Client, path: str, body: dict) -> None:
+    response = http.post(path, json={**body, "max_tokens": 1})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["logprobs"] is not None
 
 
 @pytest.mark.parametrize(("path", "body"), [(CHAT, {"messages": USER}), (TEXT, {"prompt": "Once"})])

@@ -165,3 +165,45 @@ def test_every_text_chunk(
     finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
     assert finishes[-1] in ("stop", "length") and not any(finishes[:-1])
     assert ("usage" in chunks[-1]) == include_usage
+
+
+LOGPROBS_CHAT = {"messages": USER, "max_tokens": 8, "temperature": 0, "logprobs": True}
+
+
+@pytest.mark.parametrize("top", [0, 3])
+def test_a_chat_completion_with_logprobs(
+    http: httpx.Client, document: dict[str, Any], top: int
+) -> None:
+    response = http.post("/v1/chat/completions", json={**LOGPROBS_CHAT, "top_logprobs": top})
+    assert response.status_code == 200
+    payload = response.json()
+    assert_valid(document, "CreateChatCompletionResponse", payload)
+    assert payload["choices"][0]["logprobs"]["content"]
+
+
+def test_every_chat_chunk_with_logprobs(http: httpx.Client, document: dict[str, Any]) -> None:
+    chunks = stream(http, "/v1/chat/completions", {**LOGPROBS_CHAT, "top_logprobs": 2})
+    for chunk in chunks:
+        assert_valid(document, "CreateChatCompletionStreamResponse", chunk)
+    assert any(c["choices"] and c["choices"][0]["logprobs"] for c in chunks)
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_a_text_completion_with_logprobs(
+    http: httpx.Client, document: dict[str, Any], n: int
+) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "logprobs": n}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200
+    payload = response.json()
+    assert_valid(document, "CreateCompletionResponse", payload)
+    assert payload["choices"][0]["logprobs"]["tokens"]
+
+
+def test_every_text_chunk_with_logprobs(http: httpx.Client, document: dict[str, Any]) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "logprobs": 2}
+    chunks = stream(http, "/v1/completions", body)
+    relaxed = text_stream_document(document)
+    for chunk in chunks:
+        assert_valid(relaxed, "CreateCompletionResponse", chunk)
+    assert any(c["choices"] and c["choices"][0]["logprobs"] for c in chunks)

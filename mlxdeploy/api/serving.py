@@ -17,8 +17,20 @@ from typing import Protocol
 from pydantic import BaseModel
 from quart import Response, request
 
-from ..engine.api import Failed, Finished, Heartbeat, Progress, Prompt, PromptRejected, Text
+from ..engine.api import (
+    Failed,
+    Finished,
+    Heartbeat,
+    Progress,
+    Prompt,
+    PromptRejected,
+    Text,
+    ToolCallArguments,
+    ToolCallStarted,
+    ToolUse,
+)
 from ..spec.settings import LimitSettings
+from .answer import Answer
 from .asgi import request_exit_stack
 from .errors import GenerationFailed, InvalidRequest, RequestTimeout, json_response
 from .guards.limits import check_context, check_logit_bias, check_max_tokens
@@ -36,13 +48,15 @@ class Format(Protocol):
 
     def opening_event(self) -> str | None: ...
 
-    def content_event(self, text: str) -> str: ...
+    def content_event(self, event: Text) -> str: ...
+
+    def call_event(self, event: ToolCallStarted | ToolCallArguments) -> str: ...
 
     def finish_event(self, reason: str) -> str: ...
 
     def usage_event(self, event: Finished) -> str: ...
 
-    def whole(self, text: str, event: Finished) -> BaseModel: ...
+    def whole(self, answer: Answer, event: Finished) -> BaseModel: ...
 
 
 @dataclass(frozen=True)
@@ -57,8 +71,9 @@ class Generation:
         prepare: Callable[[], Prompt],
         fmt: Format,
         prompt_param: str = "messages",
+        tools: ToolUse | None = None,
     ) -> Response:
-        run = await self.start(target, body, prepare, prompt_param)
+        run = await self.start(target, body, prepare, prompt_param, tools)
         if body.stream:
             return event_stream(stream(run, fmt))
         return json_response(await complete(run, fmt))
@@ -69,6 +84,7 @@ class Generation:
         body: SamplingFields,
         prepare: Callable[[], Prompt],
         prompt_param: str,
+        tools: ToolUse | None = None,
     ) -> Run:
         """Checks and admission, then the prompt. The slot is the request scope's to free
         until the run's stream claims it."""
@@ -80,10 +96,10 @@ class Generation:
         try:
             prompt = await asyncio.to_thread(prepare)
         except PromptRejected as exc:
-            raise InvalidRequest(str(exc), param=prompt_param) from None
+            raise InvalidRequest(str(exc), param=exc.param or prompt_param) from None
         check_context(prompt, target.engine.context_length, prompt_param)
         params = body.to_sampling_params(
-            target.defaults, target.stop, self.limits, target.response_format
+            target.defaults, target.stop, self.limits, target.response_format, tools
         )
         check_logit_bias(params, target.engine.vocab_size)
         observe = self.metrics.first_token_observer(target.engine.model_id)
@@ -91,15 +107,15 @@ class Generation:
 
 
 async def complete(run: Run, fmt: Format) -> BaseModel:
-    parts: list[str] = []
+    answer = Answer()
     async with contextlib.aclosing(run.events()) as events:
         async for event in events:
-            if isinstance(event, Text):
-                parts.append(event.text)
+            if isinstance(event, Text | ToolCallStarted | ToolCallArguments):
+                answer.add(event)
             elif isinstance(event, Failed):
                 raise GenerationFailed(event.message)
             elif isinstance(event, Finished):
-                return fmt.whole("".join(parts), event)
+                return fmt.whole(answer, event)
     raise GenerationFailed("the engine ended the request without finishing it")
 
 
@@ -115,7 +131,9 @@ async def stream(run: Run, fmt: Format) -> AsyncIterator[str]:
                 if isinstance(event, Progress | Heartbeat):
                     yield KEEP_ALIVE
                 elif isinstance(event, Text):
-                    yield fmt.content_event(event.text)
+                    yield fmt.content_event(event)
+                elif isinstance(event, ToolCallStarted | ToolCallArguments):
+                    yield fmt.call_event(event)
                 elif isinstance(event, Failed):
                     yield _error_event(event.message)
                     return

@@ -4,7 +4,7 @@ A request's field is one of four kinds:
 - implemented: a field of the request model (checked there, strictly);
 - metadata: `IGNORED`, accepted and ignored because it cannot change the answer;
 - known but not implemented: a `Rule` in `CHAT` / `TEXT`, accepted only with a value that means
-  what this server does anyway (`n: 1`, `logprobs: false`, `tools: []`, ...);
+  what this server does anyway (`n: 1`, `echo: false`, `modalities: ["text"]`, ...);
 - anything else (an OpenAI field without a rule, a misspelling, another server's extension):
   unknown, always a 400.
 JSON null means "not set" for every field that has a rule, as OpenAI's own API treats it."""
@@ -60,15 +60,11 @@ def _empty_list(value: Any) -> bool:
     return value == []
 
 
-def _bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
 def _text_modality(value: Any) -> bool:
     return value == ["text"]
 
 
-NO_TOOLS = "tool calling is not supported; send no tools"
+LEGACY_FUNCTIONS = "the deprecated functions API is not supported; send tools and tool_choice"
 NOT_SUPPORTED = "this server has no such setting; leave it out"
 
 _SHARED: Mapping[str, Rule] = MappingProxyType(
@@ -84,14 +80,9 @@ _SHARED: Mapping[str, Rule] = MappingProxyType(
 CHAT: Mapping[str, Rule] = MappingProxyType(
     {
         **_SHARED,
-        "logprobs": Rule(_only(False), "log probabilities are not returned; send false"),
-        "top_logprobs": Rule(_only(0), "log probabilities are not returned; send 0"),
-        "tools": Rule(_empty_list, NO_TOOLS),
-        "tool_choice": Rule(_only("none", "auto"), NO_TOOLS),
-        # Meaningless without tools, and a non-empty `tools` is already refused.
-        "parallel_tool_calls": Rule(_bool, NO_TOOLS),
-        "functions": Rule(_empty_list, NO_TOOLS),
-        "function_call": Rule(_only("none", "auto"), NO_TOOLS),
+        # The deprecated forms of tools and tool_choice.
+        "functions": Rule(_empty_list, LEGACY_FUNCTIONS),
+        "function_call": Rule(_only("none", "auto"), LEGACY_FUNCTIONS),
         "modalities": Rule(_text_modality, 'only text is generated; send ["text"]'),
         "audio": Rule(_nothing, "audio output is not supported"),
         "prediction": Rule(_nothing, "predicted outputs are not supported"),
@@ -109,7 +100,6 @@ CHAT: Mapping[str, Rule] = MappingProxyType(
 TEXT: Mapping[str, Rule] = MappingProxyType(
     {
         **_SHARED,
-        "logprobs": Rule(_nothing, "log probabilities are not returned; leave logprobs out"),
         "echo": Rule(_only(False), "the prompt is not echoed; send false"),
         "best_of": Rule(_only(1), "only one completion is generated; send best_of=1"),
         "suffix": Rule(_nothing, "insertion (suffix) is not supported; leave suffix out"),

@@ -19,7 +19,7 @@ from pydantic import (
     field_validator,
 )
 
-from ..engine.api import Constraint, Finished, SamplingParams
+from ..engine.api import Constraint, Finished, SamplingParams, ToolUse
 from ..spec.formats import ResponseFormat
 from ..spec.grammar import problem_of
 from ..spec.settings import LimitSettings, LogitBiasMap, SamplingDefaults
@@ -103,12 +103,18 @@ class SamplingFields(WireModel):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    def asked_logprobs(self) -> int | None:
+        """How many top alternatives each token reports; None: no log-probabilities (each API
+        spells the request its own way)."""
+        return None
+
     def to_sampling_params(
         self,
         d: SamplingDefaults,
         stop: Sequence[str],
         limits: LimitSettings,
         response_format: ResponseFormat | None = None,
+        tools: ToolUse | None = None,
     ) -> SamplingParams:
         """The request's own fields win over the defaults of its model or preset; stop words
         add up. max_completion_tokens wins over the deprecated max_tokens (OpenAI's rule). A
@@ -136,6 +142,8 @@ class SamplingFields(WireModel):
             xtc_threshold=_pick(self.xtc_threshold, d.xtc_threshold),
             seed=self.seed,
             constraint=constraint_of(_pick(self.response_format, response_format)),
+            tools=tools,
+            logprobs=self.asked_logprobs(),
         )
 
 

@@ -109,12 +109,21 @@ async def run_client(
     deadline = time.perf_counter() + load.duration_s if load.duration_s else None
     while _wants_more(len(results), load, deadline):
         prompt = make_prompt(load.prompt_tokens, f"{level}-{index}-{len(results)}")
-        result = await send_chat(client, url, chat_body(prompt, load.max_tokens))
+        body = chat_body(prompt, load.max_tokens)
+        if load.extra_body and takes_extra(index + len(results) * level, load.extra_share):
+            body.update(load.extra_body)
+        result = await send_chat(client, url, body)
         results.append(result)
         on_done(result)
         if result.error is not None:
             await asyncio.sleep(ERROR_PAUSE_S)
     return results
+
+
+def takes_extra(request: int, share: float) -> bool:
+    """Whether request number `request` (counted over all clients of a level) carries the
+    extra fields: exactly `share` of any run of consecutive requests, spread evenly."""
+    return int((request + 1) * share) > int(request * share)
 
 
 def _wants_more(sent: int, load: LoadSettings, deadline: float | None) -> bool:

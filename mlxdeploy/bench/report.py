@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.table import Table
@@ -28,6 +29,8 @@ class LoadSettings:
     requests_per_client: int = 4
     duration_s: float | None = None  # when set, clients send requests until it has passed
     timeout_s: float = 600.0
+    extra_body: dict[str, Any] | None = None  # fields added to a share of the requests
+    extra_share: float = 1.0  # that share, 0-1, spread evenly over each client's requests
 
 
 # --------------------------------------------------------------------------- statistics

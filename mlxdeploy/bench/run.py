@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -88,6 +89,18 @@ def parse_concurrency(text: str) -> tuple[int, ...]:
     return levels
 
 
+def parse_extra_body(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        fields = json.loads(text)
+    except ValueError as exc:
+        raise BenchError(f"--extra-body: not JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise BenchError("--extra-body: expected a JSON object of request fields")
+    return fields
+
+
 def build_options(
     load: LoadSettings,
     out: Path | None,
@@ -105,6 +118,8 @@ def build_options(
         raise BenchError("--max-tokens, --prompt-tokens and --requests-per-client must be >= 1")
     if load.duration_s is not None and load.duration_s <= 0:
         raise BenchError(f"--duration must be > 0 seconds, got {load.duration_s}")
+    if not 0 <= load.extra_share <= 1:
+        raise BenchError(f"--extra-share must be between 0 and 1, got {load.extra_share}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return BenchOptions(
         load=load,

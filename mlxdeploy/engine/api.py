@@ -12,14 +12,28 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 EngineState = Literal["loading", "ready", "failed", "stopped"]
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
 class PromptRejected(ValueError):
-    """The engine cannot serve this prompt (a chat template rejected it, or it is empty)."""
+    """The engine cannot serve this prompt (a chat template rejected it, or it is empty).
+    `param` names the request field at fault when it is not the prompt itself."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the assistant made: `arguments` is JSON text, as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,30 @@ class Turn:
 
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool turn: the call it answers
+    name: str | None = None  # a tool turn: the function that answered
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call; `parameters` is its JSON Schema, as JSON text."""
+
+    name: str
+    description: str | None = None
+    parameters: str = '{"type": "object"}'
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """The tools a request offers and how it lets the model use them.
+
+    `choice`: "auto" (the model decides), "required" (at least one call), or the name of the
+    one function it must call. Either way every call's arguments match its tool's schema."""
+
+    tools: tuple[Tool, ...]
+    choice: str = "auto"
+    parallel: bool = True
 
 
 def has_system_turn(turns: Sequence[Turn]) -> bool:
@@ -75,6 +113,8 @@ class SamplingParams:
     xtc_threshold: float = 0.1
     seed: int | None = None  # None: the shared generator; else the request's own key
     constraint: Constraint | None = None  # None: free text
+    tools: ToolUse | None = None  # None: no tool calls (the text is all content)
+    logprobs: int | None = None  # None: not asked; k: each token's logprob and k top others
 
 
 @dataclass(frozen=True)
@@ -98,9 +138,48 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
-class Text:
-    """New text that is final: no later token or stop word can change it."""
+class TokenLogprob:
+    """One sampled token of the answer, for requests that ask for log-probabilities.
 
+    `logprob` is the log-softmax of the logits the sampler saw (after penalties, logit_bias
+    and constraints, before temperature and the top-k/top-p/min-p filters). `token` is the
+    text this token adds to the answer, so the tokens join to the text exactly; a token that
+    ends inside a UTF-8 character adds "" and the token that completes the character carries
+    it. `token_bytes` is `token` as UTF-8. `top` holds the most likely tokens at this position
+    as (text, UTF-8 bytes, logprob), best first; tokens no constraint allows are left out."""
+
+    token: str
+    token_bytes: bytes
+    logprob: float
+    top: tuple[tuple[str, bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Text:
+    """New text that is final: no later token or stop word can change it.
+
+    `logprobs` (requests that ask): the tokens whose text this piece completes, in order;
+    their `token`s join to `text`. Tokens of a stop word are not reported; a token that runs
+    into one is reported with the part of its text before it."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCallStarted:
+    """The model opened tool call number `index` (0, 1, ... within the answer)."""
+
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ToolCallArguments:
+    """More of call `index`'s arguments (JSON text; the pieces join to the whole)."""
+
+    index: int
     text: str
 
 
@@ -119,7 +198,7 @@ class Failed:
     message: str
 
 
-Event = Progress | Heartbeat | Text | Finished | Failed
+Event = Progress | Heartbeat | Text | ToolCallStarted | ToolCallArguments | Finished | Failed
 
 
 @dataclass(frozen=True)
@@ -157,9 +236,14 @@ class Engine(Protocol):
         """Width of the model's logits (token ids below it exist); None when unknown."""
         ...
 
-    def prepare(self, turns: Sequence[Turn], role_override: RoleOverride | None) -> Prompt:
-        """Apply the chat format and tokenize; raises PromptRejected for prompts it cannot
-        serve."""
+    def prepare(
+        self,
+        turns: Sequence[Turn],
+        role_override: RoleOverride | None,
+        tools: Sequence[Tool] = (),
+    ) -> Prompt:
+        """Apply the chat format (with the tools the model may call) and tokenize; raises
+        PromptRejected for prompts it cannot serve, or tools it cannot offer."""
         ...
 
     def prepare_text(self, text: str) -> Prompt:
@@ -168,6 +252,13 @@ class Engine(Protocol):
 
     def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Event, None]:
         """Stream events; closing the iterator early cancels the request within one step."""
+        ...
+
+    def generate_choices(
+        self, prompt: Prompt, params: SamplingParams, n: int
+    ) -> AsyncGenerator[tuple[int, Event], None]:
+        """`n` answers to one prompt, which is read once: (choice index, event) pairs until
+        every choice has finished or one has failed; closing it early cancels them all."""
         ...
 
     def stats(self) -> EngineStats:

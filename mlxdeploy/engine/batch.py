@@ -4,21 +4,31 @@
 
 mlx-lm normalizes every step's logits into log-probabilities (a logsumexp over the whole
 vocabulary for every sequence) and splits them per sequence, because its API returns
-logprobs. mlxdeploy returns none, and greedy or temperature sampling does not need them: on a
-CPU the logsumexp alone was ~20 ms of a ~95 ms step at 32 sequences (BENCHMARKS.md). Here the
-samplers receive raw logits (see `sampling.py`: each sampler normalizes only if it must).
+logprobs. Greedy or temperature sampling does not need them: on a CPU the logsumexp alone was
+~20 ms of a ~95 ms step at 32 sequences (BENCHMARKS.md). Here the samplers receive raw logits
+(see `sampling.py`: each sampler normalizes only if it must), and only the rows of requests
+that ask for log-probabilities are normalized (see `logprobs.py`); a step's responses carry
+`TokenScores` for those rows and None for the others.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, GenerationBatch
 
+from .logprobs import RowScores, arrays_of, score_rows
+
 
 class LogitsGenerationBatch(GenerationBatch):
-    def _step(self) -> tuple[list[int], list[Any]]:
+    # uid -> how many alternatives its request asked for; only those rows are normalized.
+    # The generator gives the batch its own mapping (FastBatchGenerator.__init__).
+    logprobs: Mapping[int, int] = MappingProxyType({})
+
+    def _step(self) -> tuple[list[int], list[Any]]:  # TokenScores, or None: not asked
         self._current_tokens = self._next_tokens
         self._current_logprobs = self._next_logprobs
         inputs = self._current_tokens
@@ -37,13 +47,49 @@ class LogitsGenerationBatch(GenerationBatch):
                 rows.append(row)
             logits = mx.concatenate(rows, axis=0)
         self._next_tokens = self._sample(logits)
-        self._next_logprobs = [None] * len(self.uids)
-        mx.async_eval(self._next_tokens, token_context)
-        mx.eval(inputs)
+        self._next_logprobs = self._score(logits, self._next_tokens)
+        mx.async_eval(self._next_tokens, token_context, *arrays_of(self._next_logprobs))
+        current = self._first_scores(self._current_logprobs, inputs)
+        mx.eval(inputs, *arrays_of(current))
         tokens = inputs.tolist()
         for history, token in zip(self.tokens, tokens, strict=True):
             history.append(token)
-        return tokens, [None] * len(tokens)
+        return tokens, [None if row is None else row.get() for row in current]
+
+    def _asked(self) -> list[tuple[int, int]]:
+        """(row, k) for each row whose request asked for log-probabilities."""
+        if not self.logprobs:
+            return []
+        wanted = ((e, self.logprobs.get(uid)) for e, uid in enumerate(self.uids))
+        return [(e, k) for e, k in wanted if k is not None]
+
+    def _score(self, logits: mx.array, sampled: mx.array) -> list[RowScores | None]:
+        """Lazy scores of this step's sampled tokens, for the rows that asked."""
+        asked = self._asked()
+        if not asked:
+            return [None] * len(self.uids)
+        if len(asked) < len(self.uids):
+            rows = mx.array([e for e, _ in asked])
+            logits, sampled = logits[rows], sampled[rows]
+        return score_rows(logits, sampled, asked, len(self.uids))
+
+    def _first_scores(self, current: list[Any], tokens: mx.array) -> list[RowScores | None]:
+        """A sequence's first token was sampled by mlx-lm's own step, right after its prompt,
+        which left the whole normalized row: reduce it like the others (rows that did not ask
+        drop theirs)."""
+        if not self.logprobs:
+            return [None] * len(current)
+        full = {e: row for e, row in enumerate(current) if isinstance(row, mx.array)}
+        out = [None if e in full else row for e, row in enumerate(current)]
+        asked = [(e, k) for e, k in self._asked() if e in full]
+        if not asked:
+            return out
+        rows = [e for e, _ in asked]
+        stacked = mx.stack([full[e] for e in rows])
+        firsts = score_rows(stacked, tokens[mx.array(rows)], asked, len(current), normalized=True)
+        for e in rows:
+            out[e] = firsts[e]
+        return out
 
     def _sample(self, logits: mx.array) -> mx.array:
         """One call per distinct sampler object, on the rows that hold it: a batch of many
@@ -75,8 +121,38 @@ class FastBatchGenerator(BatchGenerator):
         # Sequences that finish prefill are merged into this batch object, so its class
         # decides how every decode step runs.
         self._generation_batch = LogitsGenerationBatch.empty(self.model, self.sampler)
+        self._logprobs: dict[int, int] = {}
+        self._generation_batch.logprobs = self._logprobs
 
     @property
     def waiting(self) -> int:
         """Sequences inserted but not yet given a slot in the prompt or decode batch."""
         return len(self._unprocessed_sequences)
+
+    def insert(
+        self,
+        prompts: list[list[int]],
+        *args: Any,
+        logprobs: Sequence[int | None] | None = None,
+        **kwargs: Any,
+    ) -> list[int]:
+        """mlx-lm's insert; `logprobs`, one per prompt: None, or how many alternatives that
+        request's tokens report (its responses then carry `TokenScores`)."""
+        uids: list[int] = super().insert(prompts, *args, **kwargs)
+        for uid, k in zip(uids, logprobs or [None] * len(uids), strict=True):
+            if k is not None:
+                self._logprobs[uid] = k
+        return uids
+
+    def remove(self, uids: Sequence[int], return_prompt_caches: bool = False) -> Any:
+        for uid in uids:
+            self._logprobs.pop(uid, None)
+        return super().remove(uids, return_prompt_caches)
+
+    def _next(self) -> Any:
+        prompt_responses, responses = super()._next()
+        if self._logprobs:
+            for r in responses:
+                if r.finish_reason is not None:
+                    self._logprobs.pop(r.uid, None)
+        return prompt_responses, responses

@@ -11,6 +11,7 @@ Requests without a constraint get no processor and pay nothing.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,9 @@ import mlx.core as mx
 import numpy as np
 
 from ..spec.grammar import grammar_of
-from .api import Constraint, PromptRejected
+from .api import PromptRejected, SamplingParams
+from .tool_formats import ToolFormat
+from .tool_grammar import tool_grammar
 
 
 @dataclass
@@ -60,16 +63,31 @@ class Grammars:
         self._lltokenizer: llguidance.LLTokenizer | None = None
         self._eos = _end_token(tokenizer)
 
-    def guide(self, constraint: Constraint) -> Guide:
-        """A fresh guide; PromptRejected when the grammar does not compile for this model."""
-        try:
-            grammar = grammar_of(constraint.schema)
-        except ValueError as exc:
-            raise PromptRejected(f"response_format: {exc}") from None
+    def guide(self, params: SamplingParams, tool_format: ToolFormat | None) -> Guide | None:
+        """A fresh guide for a request's constraint and tool use, None when it has neither;
+        PromptRejected when the grammar does not compile for this model. Tool use is
+        constrained in formats with a call shape."""
+        schema = None if params.constraint is None else params.constraint.schema
+        use = params.tools
+        if use is not None and tool_format is not None and tool_format.shape is not None:
+            grammar, param = tool_grammar(tool_format, use, schema, self._marker), "tools"
+        elif schema is not None:
+            grammar, param = _schema_grammar(schema), "response_format"
+        else:
+            return None
         matcher = llguidance.LLMatcher(self._llt(), grammar, log_level=0)
         if matcher.is_error():
-            raise PromptRejected(f"response_format: {matcher.get_error()}")
+            raise PromptRejected(f"{param}: {matcher.get_error()}", param=param)
         return Guide(matcher, self._eos)
+
+    def _marker(self, text: str) -> str:
+        """A marker as the grammar spells it: a special token by its id (its text never
+        appears in the token's bytes), other text as a literal."""
+        llt = self._llt()
+        ids = llt.tokenize_str(text, parse_special=True)
+        if len(ids) == 1 and llt.is_special_token(ids[0]):
+            return f"<[{ids[0]}]>"
+        return json.dumps(text)
 
     def _llt(self) -> llguidance.LLTokenizer:
         if self._lltokenizer is None:
@@ -78,6 +96,13 @@ class Grammars:
                 hf, n_vocab=self._vocab_size, eos_token=self._eos
             )
         return self._lltokenizer
+
+
+def _schema_grammar(schema: str) -> str:
+    try:
+        return grammar_of(schema)
+    except ValueError as exc:
+        raise PromptRejected(f"response_format: {exc}", param="response_format") from None
 
 
 def _end_token(tokenizer: Any) -> int:

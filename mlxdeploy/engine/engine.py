@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import threading
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +26,14 @@ from .api import (
     PromptRejected,
     RoleOverride,
     SamplingParams,
+    Tool,
     Turn,
 )
 from .faults import FaultPlan
 from .prompt import encode_chat
 from .sampling import Vocabulary
 from .text import TextStream
+from .tool_formats import ToolFormat, infer_format, load_format
 from .weights.loader import ModelLoadError, load_model
 from .worker import Job, Sink, Worker
 
@@ -57,6 +62,7 @@ class MLXEngine:
         self._worker: Worker | None = None
         self._tokenizer: Any = None
         self._use_template = False
+        self._tool_format: ToolFormat | None = None
         self.context_length: int | None = None
         self.vocab_size: int | None = None
         self._live: set[Job] = set()  # requests being streamed; touched on the event loop only
@@ -130,12 +136,15 @@ class MLXEngine:
             self._tokenizer.chat_template = self.model.chat_template
         try:
             self._use_template = self._choose_format()
-        except ValueError as exc:
+            self._tool_format = self._choose_tool_format()
+        except (ValueError, ImportError) as exc:
             self._fail(str(exc))
             return
         self.context_length = _context_length(model)
         self.vocab_size = Vocabulary.of(model, self._tokenizer).size
-        self._worker = Worker(model, self._tokenizer, self.settings, self._deliver, fault)
+        self._worker = Worker(
+            model, self._tokenizer, self.settings, self._deliver, fault, self._tool_format
+        )
         if self._stop_requested.is_set():  # stopped while loading: never start generating
             self._worker.stop()
         self._state = "ready"
@@ -165,6 +174,11 @@ class MLXEngine:
             )
         return has_template and mode != "role_mapping"
 
+    def _choose_tool_format(self) -> ToolFormat | None:
+        if self.model.tool_parser is not None:
+            return load_format(self.model.tool_parser)
+        return infer_format(self._tokenizer) if self._use_template else None
+
     @property
     def prompt_format(self) -> str:
         return "chat template" if self._use_template else "role mapping"
@@ -174,17 +188,41 @@ class MLXEngine:
         self._loop.call_soon_threadsafe(_put_all, items)
 
     # -- requests ---------------------------------------------------------------------
-    def prepare(self, turns: Sequence[Turn], role_override: RoleOverride | None) -> Prompt:
+    def prepare(
+        self,
+        turns: Sequence[Turn],
+        role_override: RoleOverride | None,
+        tools: Sequence[Tool] = (),
+    ) -> Prompt:
+        if tools:
+            self._check_tools(role_override)
         tokens = encode_chat(
             self._tokenizer,
             turns,
             mapping=self.model.role_mapping,
             override=role_override,
             use_template=self._use_template,
+            tools=tools,
         )
         if not tokens:
             raise PromptRejected("the prompt is empty after formatting")
         return Prompt(tokens)
+
+    def _check_tools(self, role_override: RoleOverride | None) -> None:
+        """Tools need a chat template that renders them and a format to read calls in."""
+        if self._tool_format is None:
+            raise PromptRejected(
+                f"model '{self.model_id}' has no tool-call format: its chat template does not "
+                "render tools; set tool_parser and a chat_template that renders tools in the "
+                "spec (e.g. tool_parser: json_tools, chat_template: templates/chatml-tools.jinja)",
+                param="tools",
+            )
+        if not self._use_template or role_override is not None:
+            raise PromptRejected(
+                f"tools need the chat template, and model '{self.model_id}' is served "
+                "with a role mapping here; leave out role_mapping or set prompt_format: auto",
+                param="tools",
+            )
 
     def prepare_text(self, text: str) -> Prompt:
         tokens = list(self._tokenizer.encode(text))
@@ -193,43 +231,57 @@ class MLXEngine:
         return Prompt(tokens)
 
     async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Event, None]:
+        async with contextlib.aclosing(self.generate_choices(prompt, params, 1)) as choices:
+            async for _, event in choices:
+                yield event
+
+    async def generate_choices(
+        self, prompt: Prompt, params: SamplingParams, n: int
+    ) -> AsyncGenerator[tuple[int, Event], None]:
+        """`n` answers to one prompt, read once: (choice index, event) pairs, until every
+        choice has finished or one has failed. A seeded request's choice i draws from seed + i,
+        so the choices differ and each is reproducible."""
         refusal = self._refusal()
         if refusal is not None or self._worker is None:
-            yield Failed(refusal or f"the model is not ready (state: {self.state})")
+            yield 0, Failed(refusal or f"the model is not ready (state: {self.state})")
             return
-        sink: asyncio.Queue[Event] = asyncio.Queue()
-        job = Job(
-            prompt=prompt.tokens,
-            params=params,
-            sink=sink,
-            text=TextStream.create(self._tokenizer.decode, params.stop),
-        )
-        self._worker.submit(job)
-        self._live.add(job)
-        done = False
+        queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        jobs = [self._job(prompt, _choice(params, i), ChoiceSink(queue, i)) for i in range(n)]
+        self._worker.submit(jobs[0] if n == 1 else tuple(jobs))
+        self._live.update(jobs)
+        finished: set[int] = set()
+        failed = False
         try:
-            while not done:
-                try:  # skip arming a timer when an event is ready
-                    event = sink.get_nowait()
-                except asyncio.QueueEmpty:
-                    try:
-                        # asyncio.timeout, unlike wait_for on 3.11, never swallows a
-                        # cancellation that arrives together with an event.
-                        async with asyncio.timeout(self.settings.heartbeat_seconds):
-                            event = await sink.get()
-                    except TimeoutError:
-                        refusal = self._refusal()  # the thread may have died meanwhile
-                        if refusal is None:
-                            yield Heartbeat()
-                            continue
-                        event = Failed(refusal)
-                done = isinstance(event, Finished | Failed)
-                yield event
+            while len(finished) < n and not failed:
+                index, event = await self._next_event(queue)
+                failed = isinstance(event, Failed)
+                if isinstance(event, Finished):
+                    finished.add(index)
+                yield index, event
         finally:
-            self._live.discard(job)
-            if not done:
-                job.cancelled = True
-                self._worker.cancel(job)
+            self._live.difference_update(jobs)
+            for index, job in enumerate(jobs):  # the choices still running: a client gone,
+                if index not in finished and not job.cancelled:  # or another choice failed
+                    job.cancelled = True
+                    self._worker.cancel(job)
+
+    def _job(self, prompt: Prompt, params: SamplingParams, sink: ChoiceSink) -> Job:
+        text = TextStream.create(self._tokenizer.decode, params.stop)
+        return Job(prompt=prompt.tokens, params=params, sink=sink, text=text)
+
+    async def _next_event(self, queue: asyncio.Queue[tuple[int, Event]]) -> tuple[int, Event]:
+        try:  # skip arming a timer when an event is ready
+            return queue.get_nowait()
+        except asyncio.QueueEmpty:
+            pass
+        try:
+            # asyncio.timeout, unlike wait_for on 3.11, never swallows a cancellation that
+            # arrives together with an event.
+            async with asyncio.timeout(self.settings.heartbeat_seconds):
+                return await queue.get()
+        except TimeoutError:
+            refusal = self._refusal()  # the thread may have died meanwhile
+            return 0, Heartbeat() if refusal is None else Failed(refusal)
 
     def _refusal(self) -> str | None:
         """Why a request cannot be generated now, or None."""
@@ -241,6 +293,25 @@ class MLXEngine:
         if state == "stopped":  # nothing would ever read the request
             return "the model has stopped serving"
         return None
+
+
+@dataclass(frozen=True)
+class ChoiceSink:
+    """Where one choice's events go: its request's queue, tagged with the choice's index."""
+
+    queue: asyncio.Queue[tuple[int, Event]]
+    index: int
+
+    def put_nowait(self, event: Event) -> None:
+        self.queue.put_nowait((self.index, event))
+
+
+def _choice(params: SamplingParams, index: int) -> SamplingParams:
+    if index == 0 or params.seed is None:
+        return params
+    return dataclasses.replace(
+        params, seed=(params.seed + index + (1 << 63)) % (1 << 64) - (1 << 63)
+    )
 
 
 def _put_all(items: list[tuple[Sink, Event]]) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 from ..spec.settings import RoleMapping
-from .api import PromptRejected, RoleOverride, Turn, has_system_turn
+from .api import PromptRejected, RoleOverride, Tool, Turn, has_system_turn
 
 
 def merge_role_mapping(base: RoleMapping, override: RoleOverride | None) -> RoleMapping:
@@ -31,14 +32,54 @@ def role_mapped_prompt(turns: Sequence[Turn], mapping: RoleMapping) -> str:
     return prompt.rstrip()
 
 
-def template_prompt(tokenizer: Any, turns: Sequence[Turn]) -> str:
-    conversation = [{"role": turn.role, "content": turn.content} for turn in turns]
+def template_prompt(tokenizer: Any, turns: Sequence[Turn], tools: Sequence[Tool] = ()) -> str:
+    """The conversation through the chat template, as transformers' apply_chat_template(...,
+    tools=...) expects it: tool definitions, assistant calls with their arguments as objects,
+    and tool results with the id of the call they answer."""
+    conversation = [_message(turn) for turn in turns]
+    extra = {"tools": [_tool(tool) for tool in tools]} if tools else {}
     try:
         return str(
-            tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+            tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=True, tokenize=False, **extra
+            )
         )
     except Exception as exc:  # jinja2 raises for conversations a template rejects
         raise PromptRejected(f"the model's chat template rejected the messages: {exc}") from None
+
+
+def _message(turn: Turn) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+    if turn.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": _arguments(call.arguments)},
+            }
+            for call in turn.tool_calls
+        ]
+    if turn.tool_call_id is not None:
+        message["tool_call_id"] = turn.tool_call_id
+    if turn.name is not None:
+        message["name"] = turn.name
+    return message
+
+
+def _arguments(text: str) -> Any:
+    """Templates render arguments as an object (`| tojson`); text that is not JSON stays
+    text, as the client sent it."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "parameters": json.loads(tool.parameters)}
+    if tool.description is not None:
+        function["description"] = tool.description
+    return {"type": "function", "function": function}
 
 
 def encode_chat(
@@ -48,10 +89,11 @@ def encode_chat(
     mapping: RoleMapping,
     override: RoleOverride | None,
     use_template: bool,
+    tools: Sequence[Tool] = (),
 ) -> list[int]:
     """A request's own `role_mapping` always selects the role-mapping format."""
     if use_template and override is None:
-        text = template_prompt(tokenizer, turns)
+        text = template_prompt(tokenizer, turns, tools)
         return list(tokenizer.encode(text, add_special_tokens=False))
     text = role_mapped_prompt(turns, merge_role_mapping(mapping, override))
     return list(tokenizer.encode(text))

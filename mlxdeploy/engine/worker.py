@@ -8,6 +8,7 @@ event loop in one call. Cancelled requests leave the batch before the next step.
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -17,7 +18,12 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import StopSequences
-from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import (
+    LRUPromptCache,
+    can_trim_prompt_cache,
+    make_prompt_cache,
+    trim_prompt_cache,
+)
 
 from ..spec.settings import EngineSettings
 from .api import (
@@ -34,12 +40,15 @@ from .api import (
 from .batch import FastBatchGenerator
 from .constraints import Grammars, Guide
 from .faults import FaultPlan
+from .logprobs import TokenScores
 from .sampling import SamplerCache, Vocabulary
 from .text import TextStream
+from .tool_calls import CallSplitter
+from .tool_formats import ToolFormat
 
 log = logging.getLogger("mlxdeploy.engine")
 
-Sink = Any  # the request's asyncio.Queue; only the event loop touches it
+Sink = Any  # where a job's events go (put_nowait); only the event loop touches it
 Deliver = Callable[[list[tuple[Sink, Event]]], None]
 
 
@@ -54,7 +63,11 @@ class Job:
     completion_tokens: int = 0
     cancelled: bool = False  # set by the event loop when the client went away
     guide: Guide | None = None  # the constrained-decoding processor, when it has one
+    calls: CallSplitter | None = None  # splits out tool calls, when the request offers tools
     events: list[Event] = field(default_factory=list)
+
+
+Choices = tuple[Job, ...]
 
 
 @dataclass
@@ -77,12 +90,13 @@ class Worker:
         settings: EngineSettings,
         deliver: Deliver,
         fault: FaultPlan | None = None,
+        tool_format: ToolFormat | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
         self._deliver = deliver
-        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Job | Choices | None] = queue.SimpleQueue()
         self._cancelled: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._jobs: dict[int, Job] = {}
         self._samplers = SamplerCache()
@@ -94,10 +108,12 @@ class Worker:
         self._stop_sequences = StopSequences([[t] for t in eos])
         self._generator: FastBatchGenerator | None = None
         self._fault = fault
+        self._tool_format = tool_format
         self.counters = Counters()
 
     # -- called from other threads -------------------------------------------------------
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job | Choices) -> None:
+        """A request, or the choices of one request (they share the reading of the prompt)."""
         self._inbox.put(job)
 
     def cancel(self, job: Job) -> None:
@@ -166,39 +182,77 @@ class Worker:
         except queue.Empty:
             return
         while job is not None:
-            if not job.cancelled:
+            if isinstance(job, tuple):
+                self._insert_choices(job)
+            elif not job.cancelled:
                 self._insert_or_fail(job)
             try:
                 job = self._inbox.get_nowait()
             except queue.Empty:
                 return
 
-    def _insert_or_fail(self, job: Job) -> None:
+    def _insert_choices(self, jobs: Choices) -> None:
+        """The n choices of one request: their prompt is read once, then each choice starts
+        from its own copy of that cache and samples its own answer."""
+        live = [job for job in jobs if not job.cancelled]
+        if not live:
+            return
         try:
-            self._insert(job)
+            shared, cached = self._prefill(live[0].prompt)
+        except Exception as exc:
+            log.exception("reading a prompt failed")
+            self._deliver([(job.sink, Failed(f"generation failed: {exc}")) for job in live])
+            return
+        for job in live:
+            job.cached_tokens = cached
+            self._insert_or_fail(job, shared)
+
+    def _prefill(self, prompt: list[int]) -> tuple[list[Any], int]:
+        """A cache holding all of `prompt` but its last token (the prefix cache's part
+        reused), and how many tokens came from the prefix cache."""
+        cache, rest = self._fetch_cache(prompt)
+        cached = len(prompt) - len(rest)
+        if cache is None:
+            cache = make_prompt_cache(self.model)
+        todo, step = rest[:-1], self.settings.prefill_step_size
+        for at in range(0, len(todo), step):
+            self.model(mx.array(todo[at : at + step])[None], cache=cache)
+            mx.eval([c.state for c in cache])
+        return cache, cached
+
+    def _insert_or_fail(self, job: Job, shared: list[Any] | None = None) -> None:
+        try:
+            self._insert(job, shared)
         except PromptRejected as exc:  # the API checks schemas first; this is the backstop
             self._deliver([(job.sink, Failed(str(exc)))])
         except Exception as exc:  # only this request fails; the batch goes on
             log.exception("admitting a request failed")
             self._deliver([(job.sink, Failed(f"generation failed: {exc}"))])
 
-    def _insert(self, job: Job) -> None:
+    def _insert(self, job: Job, shared: list[Any] | None = None) -> None:
+        """`shared`: a cache of the prompt but its last token, copied for this job."""
         assert self._generator is not None
         p = job.params  # choose first: it may reject the request before the cache is touched
         sampler, processors = self._samplers.choose(p, self._vocabulary)
-        if p.constraint is not None:  # last: the mask is the final word on what may come next
-            job.guide = self._grammars.guide(p.constraint)
+        job.guide = self._grammars.guide(p, self._tool_format)
+        if job.guide is not None:  # last: the mask is the final word on what may come next
             processors = [*processors, job.guide]
-        cache, rest = self._fetch_cache(job.prompt)
-        job.cached_tokens = len(job.prompt) - len(rest)
+        if p.tools is not None and self._tool_format is not None:
+            job.calls = CallSplitter(self._tool_format, p.tools.tools)
+        if shared is None:
+            cache, rest = self._fetch_cache(job.prompt)
+            job.cached_tokens = len(job.prompt) - len(rest)
+        else:
+            cache, rest = copy.deepcopy(shared), job.prompt[-1:]
         (job.uid,) = self._generator.insert(
             [rest],
             max_tokens=[p.max_tokens],
             caches=[cache] if cache is not None else None,
-            all_tokens=[job.prompt[: job.cached_tokens]],
+            all_tokens=[job.prompt[: len(job.prompt) - len(rest)]],
             samplers=[sampler],
             logits_processors=[processors],
             stop_sequences=[self._stop_sequences],
+            logprobs=[p.logprobs],
         )
         self._jobs[job.uid] = job
         self._count_prompt(job)
@@ -253,7 +307,7 @@ class Worker:
             job = self._jobs.get(r.uid)
             if job is None:
                 continue
-            reason = self._advance(job, r.token, r.finish_reason)
+            reason = self._advance(job, r.token, r.finish_reason, r.logprobs)
             out.extend((job.sink, e) for e in job.events)
             job.events.clear()
             if reason is not None:
@@ -267,21 +321,31 @@ class Worker:
         if out:
             self._deliver(out)
 
-    def _advance(self, job: Job, token: int, finish: str | None) -> FinishReason | None:
-        """Feed one generated token to the job; return its finish reason when it is done."""
+    def _advance(
+        self, job: Job, token: int, finish: str | None, scores: TokenScores | None = None
+    ) -> FinishReason | None:
+        """Feed one generated token (and its scores, when its request asked) to the job;
+        return its finish reason when it is done."""
         job.completion_tokens += 1
         self.counters.completion_tokens += 1
         reason: FinishReason | None = None
         if finish == "stop":  # an end-of-sequence token: not part of the text
             piece, reason = job.text.finish(), "stop"
         else:
-            piece = job.text.add(token)
+            piece = job.text.add(token, scores)
             if job.text.stopped:
                 reason = "stop"
             elif finish == "length":
                 piece, reason = piece + job.text.finish(), "length"
-        if piece:
-            job.events.append(Text(piece))
+        logprobs = job.text.logprobs(piece)  # the tokens this piece completes, when asked
+        if piece and job.calls is not None:  # the answer may hold tool calls: split it
+            job.events.extend(job.calls.feed(piece))
+        elif piece or logprobs:
+            job.events.append(Text(piece, logprobs))
+        if reason is not None and job.calls is not None:
+            job.events.extend(job.calls.finish())
+            if reason == "stop" and job.calls.calls:
+                reason = "tool_calls"
         if reason is not None and job.guide is not None and job.guide.error is not None:
             job.events.append(Failed(f"constrained decoding failed: {job.guide.error}"))
         elif reason is not None:
@@ -308,7 +372,9 @@ class Worker:
                 job = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
+            if isinstance(job, tuple):
+                jobs.extend(job)
+            elif job is not None:
                 jobs.append(job)
         if jobs:
             self._deliver([(job.sink, Failed(message)) for job in jobs])

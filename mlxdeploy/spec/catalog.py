@@ -58,6 +58,7 @@ class ServedModel:
     role_mapping: RoleMapping
     defaults: SamplingDefaults
     stop: tuple[str, ...]
+    tool_parser: str | None = None  # None: inferred from the chat template
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ def _single(spec: Spec, files: Files) -> ServedModel | None:
         role_mapping=spec.role_mapping,
         defaults=spec.defaults,
         stop=tuple(spec.stop),
+        tool_parser=spec.tool_parser,
     )
 
 
@@ -191,6 +193,7 @@ def _entry(spec: Spec, index: int, entry: ModelEntry, files: Files) -> ServedMod
         role_mapping=overlay(spec.role_mapping, entry.role_mapping),
         defaults=overlay(spec.defaults, entry.defaults),
         stop=tuple(spec.stop if entry.stop is None else entry.stop),
+        tool_parser=entry.tool_parser or spec.tool_parser,
     )
 
 

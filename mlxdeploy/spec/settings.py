@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from .formats import ResponseFormat, Section
 from .problems import FieldError, show_value
+from .tool_parsers import TOOL_PARSER_HELP, ToolParserName
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -300,6 +301,7 @@ class ModelEntry(Section):
     model: str = Field(min_length=1, description=_SOURCE_HELP)
     prompt_format: PromptFormat | None = Field(default=None, description=_PROMPT_FORMAT_HELP)
     chat_template: str | None = Field(default=None, min_length=1, description=_CHAT_TEMPLATE_HELP)
+    tool_parser: ToolParserName | None = Field(default=None, description=TOOL_PARSER_HELP)
     role_mapping: RoleMapping | None = Field(
         default=None, description="Keys set here replace the top level's role_mapping keys."
     )
@@ -401,6 +403,7 @@ class Spec(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535, description="TCP port to listen on.")
     prompt_format: PromptFormat = Field(default="auto", description=_PROMPT_FORMAT_HELP)
     chat_template: str | None = Field(default=None, min_length=1, description=_CHAT_TEMPLATE_HELP)
+    tool_parser: ToolParserName | None = Field(default=None, description=TOOL_PARSER_HELP)
     role_mapping: RoleMapping = Field(
         default=RoleMapping(), description="Prompt pieces used when no chat template is used."
     )

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 from quart import Response
 
-from ...engine.api import Finished, Prompt
+from ...engine.api import Finished, Prompt, Text, ToolCallArguments, ToolCallStarted
+from ..answer import Answer
 from ..errors import InvalidRequest
 from ..guards.body import parse_body
 from ..routing import Target, Targets
@@ -20,9 +21,13 @@ from .wire import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    DeltaFunction,
+    DeltaToolCall,
     ResponseMessage,
+    ResponseToolCall,
 )
 
 
@@ -45,12 +50,16 @@ async def serve_chat(
     generation: Generation, body: ChatCompletionRequest, target: Target
 ) -> Response:
     override = body.role_override()
+    tools = body.tool_use()
+    offered = () if tools is None else tools.tools
 
     def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here
-        return target.engine.prepare(target.turns(body.turns(), override), override)
+        return target.engine.prepare(target.turns(body.turns(), override), override, offered)
 
-    fmt = ChatFormat(model=target.id, include_usage=body.include_usage)
-    return await generation.serve(target, body, prepare, fmt)
+    fmt = ChatFormat(
+        model=target.id, include_usage=body.include_usage, logprobs=body.logprobs is True
+    )
+    return await generation.serve(target, body, prepare, fmt, tools=tools)
 
 
 @dataclass
@@ -59,14 +68,30 @@ class ChatFormat:
 
     model: str
     include_usage: bool = False
+    logprobs: bool = False  # the request asked: choices carry their tokens' logprobs
     id: str = field(default_factory=new_completion_id)
     created: int = field(default_factory=now)
 
     def opening_event(self) -> str | None:
         return sse_event(self.chunk(Delta(role="assistant", content="")))
 
-    def content_event(self, text: str) -> str:
-        return self._text_events(text)
+    def content_event(self, event: Text) -> str:
+        if not self.logprobs:
+            return self._text_events(event.text)
+        logprobs = ChoiceLogprobs.of(event.logprobs)
+        return sse_event(self.chunk(Delta(content=event.text), logprobs=logprobs))
+
+    def call_event(self, event: ToolCallStarted | ToolCallArguments) -> str:
+        if isinstance(event, ToolCallStarted):
+            call = DeltaToolCall(
+                index=event.index,
+                id=event.id,
+                type="function",
+                function=DeltaFunction(name=event.name, arguments=""),
+            )
+        else:
+            call = DeltaToolCall(index=event.index, function=DeltaFunction(arguments=event.text))
+        return sse_event(self.chunk(Delta(tool_calls=[call])))
 
     def finish_event(self, reason: str) -> str:
         return sse_event(self.chunk(Delta(), finish_reason=reason))
@@ -79,19 +104,26 @@ class ChatFormat:
             )
         )
 
-    def whole(self, text: str, event: Finished) -> BaseModel:
-        choice = Choice(message=ResponseMessage(content=text), finish_reason=event.reason)
+    def whole(self, answer: Answer, event: Finished) -> BaseModel:
+        calls = [ResponseToolCall.of(call) for call in answer.tool_calls] or None
+        text = answer.text
+        message = ResponseMessage(content=text if text or not calls else None, tool_calls=calls)
+        logprobs = ChoiceLogprobs.of(answer.logprobs) if self.logprobs else None
+        choice = Choice(message=message, finish_reason=event.reason, logprobs=logprobs)
         usage = usage_of(event)
         return ChatCompletion(
             id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
         )
 
-    def chunk(self, delta: Delta, finish_reason: str | None = None) -> ChatCompletionChunk:
+    def chunk(
+        self,
+        delta: Delta,
+        finish_reason: str | None = None,
+        logprobs: ChoiceLogprobs | None = None,
+    ) -> ChatCompletionChunk:
+        choice = ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)  # type: ignore[arg-type]
         return ChatCompletionChunk(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],  # type: ignore[arg-type]
+            id=self.id, created=self.created, model=self.model, choices=[choice]
         )
 
     @functools.cached_property

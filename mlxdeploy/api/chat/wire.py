@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -9,13 +10,20 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StrictBool,
+    StrictInt,
     model_serializer,
     model_validator,
 )
 
-from ...engine.api import RoleOverride, Turn
+from ...engine.api import RoleOverride, TokenLogprob, ToolCall, ToolUse, Turn
 from .. import unsupported
+from ..errors import InvalidRequest
 from ..wire import SamplingFields, Usage, WireModel
+from .tools import MessageToolCall, ToolChoice, ToolDefinition, tool_use
+
+ChatFinishReason = Literal["stop", "length", "tool_calls"]
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 class TextPart(WireModel):
@@ -26,6 +34,9 @@ class TextPart(WireModel):
 class ChatMessage(WireModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant message's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+    name: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -35,7 +46,8 @@ class ChatMessage(WireModel):
         return "".join(part.text for part in self.content)
 
     def to_turn(self) -> Turn:
-        return Turn(role=self.role, content=self.text())
+        calls = tuple(call.to_call() for call in self.tool_calls or ())
+        return Turn(self.role, self.text(), calls, self.tool_call_id, self.name)
 
 
 class RoleMappingOverride(WireModel):
@@ -53,6 +65,11 @@ class RoleMappingOverride(WireModel):
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     role_mapping: RoleMappingOverride | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -60,24 +77,66 @@ class ChatCompletionRequest(SamplingFields):
         unsupported.check_fields(data, cls.model_fields, unsupported.CHAT)
         return data
 
+    @model_validator(mode="after")
+    def _logprobs_asked_for(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:  # OpenAI's rule (0 asks for nothing)
+            raise InvalidRequest(
+                "top_logprobs needs logprobs: send logprobs=true", param="top_logprobs"
+            )
+        if self.logprobs and self.tools and self.tool_choice != "none":
+            raise InvalidRequest(
+                "logprobs are not reported for requests that offer tools; leave one out",
+                param="logprobs",
+            )
+        return self
+
+    def asked_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def turns(self) -> list[Turn]:
         return [message.to_turn() for message in self.messages]
+
+    def tool_use(self) -> ToolUse | None:
+        return tool_use(self.tools, self.tool_choice, self.parallel_tool_calls)
 
     def role_override(self) -> RoleOverride | None:
         return None if self.role_mapping is None else self.role_mapping.to_role_override()
 
 
+class CallFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: CallFunction
+
+    @classmethod
+    def of(cls, call: ToolCall) -> ResponseToolCall:
+        return cls(id=call.id, function=CallFunction(name=call.name, arguments=call.arguments))
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # None: the answer is tool calls only
     refusal: None = None  # required by OpenAI's schema, and never a refusal here
+    tool_calls: list[ResponseToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _calls_only_when_made(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
 
 
 class Choice(BaseModel):
     index: int = 0
     message: ResponseMessage
-    finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    finish_reason: ChatFinishReason
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -95,17 +154,42 @@ class Delta(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer(mode="wrap")
     def _leave_out_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         return {key: value for key, value in handler(self).items() if value is not None}
 
 
+class DeltaFunction(BaseModel):
+    """The name comes once, in a call's first chunk; the arguments come in pieces."""
+
+    name: str | None = None
+    arguments: str
+
+    @model_serializer(mode="wrap")
+    def _name_once(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class DeltaToolCall(BaseModel):
+    """A streamed piece of call `index`: id, type and name in its first chunk only."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+    @model_serializer(mode="wrap")
+    def _first_chunk_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
-    finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    finish_reason: ChatFinishReason | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -115,3 +199,34 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ContentLogprob(BaseModel):
+    """One token of the answer: its log-probability and the most likely tokens there."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+    @classmethod
+    def of(cls, t: TokenLogprob) -> ContentLogprob:
+        top = [TopLogprob(token=s, logprob=lp, bytes=list(b)) for s, b, lp in t.top]
+        return cls(token=t.token, logprob=t.logprob, bytes=list(t.token_bytes), top_logprobs=top)
+
+
+class ChoiceLogprobs(BaseModel):
+    """A choice's (or a chunk's) tokens; their `token`s join to its content."""
+
+    content: list[ContentLogprob] | None
+    refusal: None = None
+
+    @classmethod
+    def of(cls, tokens: Sequence[TokenLogprob]) -> ChoiceLogprobs:
+        return cls(content=[ContentLogprob.of(t) for t in tokens])

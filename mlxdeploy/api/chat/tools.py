@@ -1,0 +1,99 @@
+"""Tool calling on the wire: the `tools` a chat request offers, its `tool_choice`, the calls in
+an assistant message, and their conversion into the engine's `ToolUse`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StrictBool, field_validator
+
+from ...engine.api import Tool, ToolCall, ToolUse
+from ...spec.grammar import problem_of
+from ..errors import InvalidRequest
+from ..wire import WireModel
+
+# OpenAI's rule for function names; it also keeps a name safe inside any call format.
+FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class FunctionDefinition(WireModel):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None  # every call is held to its schema either way
+
+    @field_validator("parameters")
+    @classmethod
+    def _enforceable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        problem = None if value is None else problem_of(json.dumps(value))
+        if problem is not None:
+            raise ValueError(f"invalid JSON schema: {problem}")
+        return value
+
+    def to_tool(self) -> Tool:
+        parameters = self.parameters if self.parameters is not None else {"type": "object"}
+        return Tool(self.name, self.description, json.dumps(parameters, ensure_ascii=False))
+
+
+class ToolDefinition(WireModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ChosenFunction(WireModel):
+    name: str
+
+
+class NamedToolChoice(WireModel):
+    type: Literal["function"]
+    function: ChosenFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class CalledFunction(WireModel):
+    name: str
+    arguments: str
+
+
+class MessageToolCall(WireModel):
+    """A call in an assistant message of the conversation (the client sends it back)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+    def to_call(self) -> ToolCall:
+        return ToolCall(self.id, self.function.name, self.function.arguments)
+
+
+def tool_use(
+    tools: list[ToolDefinition] | None,
+    choice: ToolChoice | None,
+    parallel: bool | None,
+) -> ToolUse | None:
+    """The engine's ToolUse for a request; None when the model may call nothing. A choice that
+    names no offered tool is a 400, as in OpenAI's API."""
+    if not tools:
+        if choice not in (None, "none", "auto"):
+            raise InvalidRequest("tool_choice needs tools; send tools", param="tool_choice")
+        return None
+    names = [tool.function.name for tool in tools]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise InvalidRequest(f"tools: function names must be unique: {duplicates}", param="tools")
+    if choice == "none":
+        return None
+    picked = choice.function.name if isinstance(choice, NamedToolChoice) else choice or "auto"
+    if isinstance(choice, NamedToolChoice):
+        if picked not in names:
+            raise InvalidRequest(
+                f"tool_choice names function '{picked}', which is not in tools", param="tool_choice"
+            )
+    return ToolUse(
+        tools=tuple(tool.function.to_tool() for tool in tools),
+        choice=picked,
+        parallel=True if parallel is None else parallel,
+    )

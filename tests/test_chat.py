@@ -16,7 +16,8 @@ from mlxdeploy.engine.api import Text
 @given(st.text(), st.text(min_size=1))
 def test_content_event_matches_the_chunk_model(text: str, model: str) -> None:
     fmt = ChatFormat(model=model)
-    assert fmt.content_event(Text(text)) == sse_event(fmt.chunk(Delta(content=text)))
+    assert fmt.content_event(Text(text), 0) == sse_event(fmt.chunk(Delta(content=text)))
+    assert fmt.content_event(Text(text), 3) == sse_event(fmt.chunk(Delta(content=text), 3))
 
 
 @given(st.text(), st.text(min_size=1))
@@ -25,7 +26,7 @@ def test_text_completion_content_event_matches_its_model(text: str, model: str) 
     chunk = TextCompletion(
         id=fmt.id, created=fmt.created, model=model, choices=[TextChoice(text=text)]
     )
-    assert fmt.content_event(Text(text)) == sse_event(chunk)
+    assert fmt.content_event(Text(text), 0) == sse_event(chunk)
 
 
 def test_a_delta_leaves_out_what_it_does_not_carry() -> None:
@@ -34,4 +35,4 @@ def test_a_delta_leaves_out_what_it_does_not_carry() -> None:
     opening, content = fmt.chunk(Delta(role="assistant", content="")), fmt.chunk(Delta(content="a"))
     assert opening.model_dump()["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert content.model_dump()["choices"][0]["delta"] == {"content": "a"}
-    assert fmt.chunk(Delta(), "stop").model_dump()["choices"][0]["delta"] == {}
+    assert fmt.chunk(Delta(), finish_reason="stop").model_dump()["choices"][0]["delta"] == {}

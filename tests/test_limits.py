@@ -172,14 +172,16 @@ class SwallowingEngine:
     def __init__(self) -> None:
         self.closed = False
 
-    async def generate(self, prompt: object, params: object) -> AsyncIterator[Event]:
+    async def generate_choices(
+        self, prompt: object, params: object, n: int
+    ) -> AsyncIterator[tuple[int, Event]]:
         try:
             while True:
                 try:
                     await asyncio.sleep(0.001)
                 except asyncio.CancelledError:
                     pass
-                yield Text("x")
+                yield 0, Text("x")
         finally:
             self.closed = True
 

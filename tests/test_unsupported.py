@@ -40,8 +40,6 @@ def assert_unsupported(response: httpx.Response, param: str) -> str:
 
 
 REFUSED_CHAT: list[tuple[str, Any]] = [
-    ("n", 2),
-    ("n", True),  # a JSON bool is not the number 1
     ("functions", [TOOL["function"]]),
     ("function_call", {"name": "f"}),
     ("audio", {"voice": "alloy", "format": "wav"}),
@@ -67,10 +65,10 @@ def test_unimplemented_chat_fields_are_400(http: httpx.Client, field: str, value
 
 
 def test_the_message_names_every_refused_field_and_what_to_send(http: httpx.Client) -> None:
-    body = {"messages": USER, "n": 2, "seed": 1, "modalities": ["audio"]}
-    message = assert_unsupported(http.post(CHAT, json=body), "n")
-    assert "'seed'" not in message and "'modalities'" in message  # seed is implemented
-    assert "n=1" in message and '["text"]' in message
+    body = {"messages": USER, "n": 2, "seed": 1, "modalities": ["audio"], "audio": {}}
+    message = assert_unsupported(http.post(CHAT, json=body), "modalities")
+    assert "'seed'" not in message and "'n'" not in message  # implemented
+    assert "'audio'" in message and '["text"]' in message
 
 
 ACCEPTED_CHAT: dict[str, Any] = {
@@ -109,7 +107,6 @@ def test_metadata_and_default_values_are_accepted(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("n", 3),
         ("echo", True),
         ("best_of", 2),
         ("suffix", "end"),
@@ -136,8 +133,10 @@ def test_text_completion_default_values_are_accepted(http: httpx.Client) -> None
 def test_the_official_client_sees_the_code_and_param(tiny_app: InProcessApp) -> None:
     client = tiny_app.openai(api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="tiny", messages=USER, n=2)  # type: ignore[arg-type]
-    assert (info.value.code, info.value.param) == ("unsupported_parameter", "n")
+        client.chat.completions.create(
+            model="tiny", messages=USER, prediction={"type": "content", "content": "x"}
+        )  # type: ignore[arg-type]
+    assert (info.value.code, info.value.param) == ("unsupported_parameter", "prediction")
 
 
 @pytest.mark.parametrize(
@@ -171,9 +170,9 @@ def test_response_format_is_implemented_not_refused(
 def test_a_preset_route_refuses_them_too(tiny_model_dir: Path, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.yaml", tiny_model_dir, name="tiny", endpoints={"short": {}})
     with scripted_app(spec) as app:
-        refused = app.http.post("/v1/endpoints/short", json={"messages": USER, "n": 2})
+        refused = app.http.post("/v1/endpoints/short", json={"messages": USER, "audio": {}})
         accepted = app.http.post("/v1/endpoints/short", json={"messages": USER, "n": 1})
-    assert_unsupported(refused, "n")
+    assert_unsupported(refused, "audio")
     assert accepted.status_code == 200, accepted.text
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..engine.api import Text, TokenLogprob, ToolCall, ToolCallArguments, ToolCallStarted
+from ..engine.api import (
+    Finished,
+    Text,
+    TokenLogprob,
+    ToolCall,
+    ToolCallArguments,
+    ToolCallStarted,
+)
 
 
 @dataclass
@@ -20,6 +27,7 @@ class Answer:
     parts: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # the text's tokens, when asked
     _calls: list[_Call] = field(default_factory=list)
+    finished: Finished | None = None  # how the choice ended, once it has
 
     def add(self, event: Text | ToolCallStarted | ToolCallArguments) -> None:
         if isinstance(event, Text):

@@ -52,12 +52,14 @@ class Run:
     deadline: Deadline
     slot: Slot
     on_first_token: Callable[[float], None] = lambda seconds: None
+    n: int = 1  # choices
 
-    async def events(self) -> AsyncGenerator[Event, None]:
+    async def events(self) -> AsyncGenerator[tuple[int, Event], None]:
+        """(choice index, event) pairs, until every choice has finished or one failed."""
         self.slot.claim()
         started, waiting = time.perf_counter(), True
         try:
-            stream = self.engine.generate(self.prompt, self.params)
+            stream = self.engine.generate_choices(self.prompt, self.params, self.n)
             async with contextlib.aclosing(stream) as events:
                 while True:
                     try:
@@ -66,7 +68,7 @@ class Run:
                         return
                     except TimeoutError:
                         raise RequestTimeout(self.deadline.seconds) from None
-                    if waiting and isinstance(event, Text | Finished):
+                    if waiting and isinstance(event[1], Text | Finished):
                         self.on_first_token(time.perf_counter() - started)
                         waiting = False
                     yield event
@@ -74,7 +76,9 @@ class Run:
             self.slot.release()
 
 
-async def _next_before(events: AsyncIterator[Event], deadline: Deadline) -> Event:
+async def _next_before(
+    events: AsyncIterator[tuple[int, Event]], deadline: Deadline
+) -> tuple[int, Event]:
     if _lost_cancellation():
         raise asyncio.CancelledError
     if deadline.passed():

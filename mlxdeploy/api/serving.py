@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,12 +33,12 @@ from ..spec.settings import LimitSettings
 from .answer import Answer
 from .asgi import request_exit_stack
 from .errors import GenerationFailed, InvalidRequest, RequestTimeout, json_response
-from .guards.limits import check_context, check_logit_bias, check_max_tokens
+from .guards.limits import check_context, check_logit_bias, check_max_tokens, check_n
 from .metrics import Metrics
 from .routing import Target
 from .run import Deadline, Run
 from .sse import DONE, KEEP_ALIVE, event_stream, sse_event
-from .wire import ErrorBody, ErrorDetail, SamplingFields
+from .wire import ErrorBody, ErrorDetail, SamplingFields, Usage, usage_of
 
 
 class Format(Protocol):
@@ -46,17 +46,17 @@ class Format(Protocol):
 
     include_usage: bool
 
-    def opening_event(self) -> str | None: ...
+    def opening_event(self, index: int) -> str | None: ...
 
-    def content_event(self, event: Text) -> str: ...
+    def content_event(self, event: Text, index: int) -> str: ...
 
-    def call_event(self, event: ToolCallStarted | ToolCallArguments) -> str: ...
+    def call_event(self, event: ToolCallStarted | ToolCallArguments, index: int) -> str: ...
 
-    def finish_event(self, reason: str) -> str: ...
+    def finish_event(self, reason: str, index: int) -> str: ...
 
-    def usage_event(self, event: Finished) -> str: ...
+    def usage_event(self, usage: Usage) -> str: ...
 
-    def whole(self, answer: Answer, event: Finished) -> BaseModel: ...
+    def whole(self, answers: Sequence[Answer], usage: Usage) -> BaseModel: ...
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class Generation:
         until the run's stream claims it."""
         deadline = Deadline.start(self.limits.request_timeout_seconds)
         check_max_tokens(body, self.limits)
+        check_n(body, self.limits)
         target.check_ready()
         slot = target.admission.enter()
         request_exit_stack(request.scope).callback(slot.release_unclaimed)
@@ -103,46 +104,53 @@ class Generation:
         )
         check_logit_bias(params, target.engine.vocab_size)
         observe = self.metrics.first_token_observer(target.engine.model_id)
-        return Run(target.engine, prompt, params, deadline, slot, observe)
+        return Run(target.engine, prompt, params, deadline, slot, observe, body.n or 1)
 
 
 async def complete(run: Run, fmt: Format) -> BaseModel:
-    answer = Answer()
+    answers = [Answer() for _ in range(run.n)]
     async with contextlib.aclosing(run.events()) as events:
-        async for event in events:
+        async for index, event in events:
             if isinstance(event, Text | ToolCallStarted | ToolCallArguments):
-                answer.add(event)
+                answers[index].add(event)
             elif isinstance(event, Failed):
                 raise GenerationFailed(event.message)
             elif isinstance(event, Finished):
-                return fmt.whole(answer, event)
+                answers[index].finished = event
+                ends = [answer.finished for answer in answers if answer.finished is not None]
+                if len(ends) == run.n:
+                    return fmt.whole(answers, usage_of(ends))
     raise GenerationFailed("the engine ended the request without finishing it")
 
 
 async def stream(run: Run, fmt: Format) -> AsyncIterator[str]:
     """Server-Sent Events: (role first,) then deltas, a real finish_reason, usage, [DONE].
     A failure or the deadline ends the stream with one error event."""
-    opening = fmt.opening_event()
-    if opening is not None:
-        yield opening
+    for index in range(run.n):
+        opening = fmt.opening_event(index)
+        if opening is not None:
+            yield opening
+    finished: dict[int, Finished] = {}
     try:
         async with contextlib.aclosing(run.events()) as events:
-            async for event in events:
+            async for index, event in events:
                 if isinstance(event, Progress | Heartbeat):
                     yield KEEP_ALIVE
                 elif isinstance(event, Text):
-                    yield fmt.content_event(event)
+                    yield fmt.content_event(event, index)
                 elif isinstance(event, ToolCallStarted | ToolCallArguments):
-                    yield fmt.call_event(event)
+                    yield fmt.call_event(event, index)
                 elif isinstance(event, Failed):
                     yield _error_event(event.message)
                     return
                 elif isinstance(event, Finished):
-                    yield fmt.finish_event(event.reason)
-                    if fmt.include_usage:
-                        yield fmt.usage_event(event)
-                    yield DONE
-                    return
+                    finished[index] = event
+                    yield fmt.finish_event(event.reason, index)
+                    if len(finished) == run.n:
+                        if fmt.include_usage:
+                            yield fmt.usage_event(usage_of(list(finished.values())))
+                        yield DONE
+                        return
     except RequestTimeout as exc:
         yield sse_event(exc.body())
 

@@ -69,7 +69,6 @@ NOT_SUPPORTED = "this server has no such setting; leave it out"
 
 _SHARED: Mapping[str, Rule] = MappingProxyType(
     {
-        "n": Rule(_only(1), "only one choice per request is generated; send n=1 or leave it out"),
         # mlx_lm.server extensions this server does not implement.
         "adapters": Rule(_nothing, "LoRA adapters are not supported"),
         "draft_model": Rule(_nothing, "speculative decoding is not supported"),

@@ -69,6 +69,7 @@ class SamplingFields(WireModel):
     xtc_probability: Annotated[Float, Field(ge=0, le=1)] | None = None
     xtc_threshold: Annotated[Float, Field(ge=0, le=0.5)] | None = None
     seed: Seed | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = None  # choices; limits.max_n bounds it
     stop: str | Annotated[list[str], Field(max_length=16)] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -158,13 +159,15 @@ class Usage(BaseModel):
     prompt_tokens_details: dict[str, int] | None = None
 
 
-def usage_of(event: Finished) -> Usage:
-    prompt, completion = event.prompt_tokens, event.completion_tokens
+def usage_of(finished: Sequence[Finished]) -> Usage:
+    """The usage of a request's choices: their prompt, read once, and all their tokens."""
+    prompt, cached = finished[0].prompt_tokens, finished[0].cached_tokens
+    completion = sum(event.completion_tokens for event in finished)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
-        prompt_tokens_details={"cached_tokens": event.cached_tokens},
+        prompt_tokens_details={"cached_tokens": cached},
     )
 
 

@@ -238,6 +238,9 @@ class LimitSettings(Section):
     request_timeout_seconds: float = Field(
         default=600.0, gt=0, description="A request still generating after this fails."
     )
+    max_n: int = Field(
+        default=8, ge=1, le=128, description="Most choices (`n`) one request may ask for."
+    )
 
 
 class ServerSettings(Section):

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 from quart import Response
 
-from ...engine.api import Finished, Prompt, Text, ToolCallArguments, ToolCallStarted
+from ...engine.api import Prompt, Text, ToolCallArguments, ToolCallStarted
 from ..answer import Answer
 from ..errors import InvalidRequest
 from ..guards.body import parse_body
 from ..routing import Target, Targets
 from ..serving import Generation
 from ..sse import TextEvents, sse_event
-from ..wire import new_completion_id, now, usage_of
+from ..wire import Usage, new_completion_id, now
 from .wire import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -71,17 +71,18 @@ class ChatFormat:
     logprobs: bool = False  # the request asked: choices carry their tokens' logprobs
     id: str = field(default_factory=new_completion_id)
     created: int = field(default_factory=now)
+    _templates: dict[int, TextEvents] = field(default_factory=dict, repr=False)
 
-    def opening_event(self) -> str | None:
-        return sse_event(self.chunk(Delta(role="assistant", content="")))
+    def opening_event(self, index: int) -> str | None:
+        return sse_event(self.chunk(Delta(role="assistant", content=""), index))
 
-    def content_event(self, event: Text) -> str:
+    def content_event(self, event: Text, index: int) -> str:
         if not self.logprobs:
-            return self._text_events(event.text)
+            return self._text_events(index)(event.text)
         logprobs = ChoiceLogprobs.of(event.logprobs)
-        return sse_event(self.chunk(Delta(content=event.text), logprobs=logprobs))
+        return sse_event(self.chunk(Delta(content=event.text), index, logprobs=logprobs))
 
-    def call_event(self, event: ToolCallStarted | ToolCallArguments) -> str:
+    def call_event(self, event: ToolCallStarted | ToolCallArguments, index: int) -> str:
         if isinstance(event, ToolCallStarted):
             call = DeltaToolCall(
                 index=event.index,
@@ -91,41 +92,55 @@ class ChatFormat:
             )
         else:
             call = DeltaToolCall(index=event.index, function=DeltaFunction(arguments=event.text))
-        return sse_event(self.chunk(Delta(tool_calls=[call])))
+        return sse_event(self.chunk(Delta(tool_calls=[call]), index))
 
-    def finish_event(self, reason: str) -> str:
-        return sse_event(self.chunk(Delta(), finish_reason=reason))
+    def finish_event(self, reason: str, index: int) -> str:
+        return sse_event(self.chunk(Delta(), index, finish_reason=reason))
 
-    def usage_event(self, event: Finished) -> str:
-        usage = usage_of(event)
+    def usage_event(self, usage: Usage) -> str:
         return sse_event(
             ChatCompletionChunk(
                 id=self.id, created=self.created, model=self.model, choices=[], usage=usage
             )
         )
 
-    def whole(self, answer: Answer, event: Finished) -> BaseModel:
+    def whole(self, answers: Sequence[Answer], usage: Usage) -> BaseModel:
+        choices = [self._choice(answer, index) for index, answer in enumerate(answers)]
+        return ChatCompletion(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+
+    def _choice(self, answer: Answer, index: int) -> Choice:
+        assert answer.finished is not None
         calls = [ResponseToolCall.of(call) for call in answer.tool_calls] or None
         text = answer.text
         message = ResponseMessage(content=text if text or not calls else None, tool_calls=calls)
         logprobs = ChoiceLogprobs.of(answer.logprobs) if self.logprobs else None
-        choice = Choice(message=message, finish_reason=event.reason, logprobs=logprobs)
-        usage = usage_of(event)
-        return ChatCompletion(
-            id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
-        )
+        reason = answer.finished.reason
+        return Choice(index=index, message=message, finish_reason=reason, logprobs=logprobs)
 
     def chunk(
         self,
         delta: Delta,
+        index: int = 0,
         finish_reason: str | None = None,
         logprobs: ChoiceLogprobs | None = None,
     ) -> ChatCompletionChunk:
-        choice = ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)  # type: ignore[arg-type]
+        choice = ChunkChoice(
+            index=index,
+            delta=delta,
+            finish_reason=finish_reason,  # type: ignore[arg-type]
+            logprobs=logprobs,
+        )
         return ChatCompletionChunk(
             id=self.id, created=self.created, model=self.model, choices=[choice]
         )
 
-    @functools.cached_property
-    def _text_events(self) -> TextEvents:
-        return TextEvents(lambda text: self.chunk(Delta(content=text)))
+    def _text_events(self, index: int) -> TextEvents:
+        """One template per choice, made on its first delta."""
+        events = self._templates.get(index)
+        if events is None:
+            events = self._templates[index] = TextEvents(
+                lambda text: self.chunk(Delta(content=text), index)
+            )
+        return events

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 from quart import Response
 
-from ...engine.api import Finished, Prompt, Text, ToolCallArguments, ToolCallStarted
+from ...engine.api import Prompt, Text, ToolCallArguments, ToolCallStarted
 from ..answer import Answer
 from ..guards.body import parse_body
 from ..routing import Targets
 from ..serving import Generation
 from ..sse import TextEvents, sse_event
-from ..wire import Usage, new_completion_id, now, usage_of
+from ..wire import Usage, new_completion_id, now
 from .wire import CompletionLogprobs, CompletionRequest, TextChoice, TextCompletion
 
 
@@ -38,38 +38,51 @@ class TextFormat:
     logprobs: int | None = None  # the request's N: choices carry their tokens' logprobs
     id: str = field(default_factory=lambda: new_completion_id("cmpl"))
     created: int = field(default_factory=now)
-    _offset: int = 0  # the length of the text streamed so far (the next token's text_offset)
+    # Per choice: the length of its text streamed so far (its next token's text_offset).
+    _offsets: dict[int, int] = field(default_factory=dict, repr=False)
+    _templates: dict[int, TextEvents] = field(default_factory=dict, repr=False)
 
-    def opening_event(self) -> str | None:
+    def opening_event(self, index: int) -> str | None:
         return None
 
-    def content_event(self, event: Text) -> str:
+    def content_event(self, event: Text, index: int) -> str:
         if self.logprobs is None:
-            return self._text_events(event.text)
-        logprobs = CompletionLogprobs.of(event.logprobs, self._offset)
-        self._offset += len(event.text)
-        return sse_event(self._text(TextChoice(text=event.text, logprobs=logprobs)))
+            return self._text_events(index)(event.text)
+        offset = self._offsets.get(index, 0)
+        logprobs = CompletionLogprobs.of(event.logprobs, offset)
+        self._offsets[index] = offset + len(event.text)
+        choice = TextChoice(index=index, text=event.text, logprobs=logprobs)
+        return sse_event(self._text([choice]))
 
-    def call_event(self, event: ToolCallStarted | ToolCallArguments) -> str:
+    def call_event(self, event: ToolCallStarted | ToolCallArguments, index: int) -> str:
         raise AssertionError("text completions offer no tools")
 
-    @functools.cached_property
-    def _text_events(self) -> TextEvents:
-        return TextEvents(lambda text: self._text(TextChoice(text=text)))
+    def _text_events(self, index: int) -> TextEvents:
+        """One template per choice, made on its first delta."""
+        events = self._templates.get(index)
+        if events is None:
+            events = self._templates[index] = TextEvents(
+                lambda text: self._text([TextChoice(index=index, text=text)])
+            )
+        return events
 
-    def finish_event(self, reason: str) -> str:
-        return sse_event(self._text(TextChoice(text="", finish_reason=reason)))  # type: ignore[arg-type]
+    def finish_event(self, reason: str, index: int) -> str:
+        choice = TextChoice(index=index, text="", finish_reason=reason)  # type: ignore[arg-type]
+        return sse_event(self._text([choice]))
 
-    def usage_event(self, event: Finished) -> str:
-        return sse_event(self._text(None, usage=usage_of(event)))
+    def usage_event(self, usage: Usage) -> str:
+        return sse_event(self._text([], usage=usage))
 
-    def whole(self, answer: Answer, event: Finished) -> BaseModel:
+    def whole(self, answers: Sequence[Answer], usage: Usage) -> BaseModel:
+        return self._text([self._choice(a, i) for i, a in enumerate(answers)], usage=usage)
+
+    def _choice(self, answer: Answer, index: int) -> TextChoice:
+        assert answer.finished is not None
         logprobs = None if self.logprobs is None else CompletionLogprobs.of(answer.logprobs)
-        choice = TextChoice(text=answer.text, finish_reason=event.reason, logprobs=logprobs)  # type: ignore[arg-type]
-        return self._text(choice, usage=usage_of(event))
+        reason = answer.finished.reason
+        return TextChoice(index=index, text=answer.text, finish_reason=reason, logprobs=logprobs)  # type: ignore[arg-type]
 
-    def _text(self, choice: TextChoice | None, usage: Usage | None = None) -> TextCompletion:
-        choices = [choice] if choice is not None else []
+    def _text(self, choices: list[TextChoice], usage: Usage | None = None) -> TextCompletion:
         return TextCompletion(
             id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
         )

@@ -21,6 +21,16 @@ def check_max_tokens(body: SamplingFields, limits: LimitSettings) -> None:
             )
 
 
+def check_n(body: SamplingFields, limits: LimitSettings) -> None:
+    if body.n is not None and body.n > limits.max_n:
+        raise InvalidRequest(
+            f"n is {body.n}, above this deployment's limit of {limits.max_n} choices "
+            "(limits.max_n)",
+            param="n",
+            code="integer_above_max_value",
+        )
+
+
 def check_context(prompt: Prompt, context_length: int | None, param: str = "messages") -> None:
     """The prompt must leave room for at least one generated token."""
     size = len(prompt.tokens)

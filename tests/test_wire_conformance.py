@@ -207,3 +207,19 @@ def test_every_text_chunk_with_logprobs(http: httpx.Client, document: dict[str, 
     for chunk in chunks:
         assert_valid(relaxed, "CreateCompletionResponse", chunk)
     assert any(c["choices"] and c["choices"][0]["logprobs"] for c in chunks)
+
+
+def test_every_object_names_the_build_that_answered(http: httpx.Client) -> None:
+    """`system_fingerprint`: the same on the whole answer and every chunk, and it names the
+    versions of mlxdeploy, mlx-lm and mlx."""
+    import importlib.metadata
+
+    body = {"messages": USER, "max_tokens": 4}
+    whole = http.post("/v1/chat/completions", json=body).json()
+    chunks = stream(http, "/v1/chat/completions", body)
+    text = http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}).json()
+    prints = {whole["system_fingerprint"], text["system_fingerprint"]}
+    prints |= {chunk["system_fingerprint"] for chunk in chunks}
+    (fingerprint,) = prints
+    assert f"mlx{importlib.metadata.version('mlx')}" in fingerprint
+    assert f"mlx-lm{importlib.metadata.version('mlx-lm')}" in fingerprint

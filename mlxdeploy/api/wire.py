@@ -4,6 +4,8 @@ themselves into the engine's types."""
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import time
 import uuid
 from collections.abc import Sequence
@@ -180,6 +182,21 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+@functools.cache
+def system_fingerprint() -> str:
+    """The build that answers (OpenAI's `system_fingerprint`): mlxdeploy's, mlx-lm's and mlx's
+    versions, read from the installed packages' metadata, never by importing mlx."""
+    names = ("mlxdeploy", "mlx-lm", "mlx")
+    return "-".join(f"{name}{_version(name)}" for name in names)
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 def new_completion_id(prefix: str = "chatcmpl") -> str:

@@ -19,7 +19,7 @@ from pydantic import (
 from ...engine.api import RoleOverride, TokenLogprob, ToolCall, ToolUse, Turn
 from .. import unsupported
 from ..errors import InvalidRequest
-from ..wire import SamplingFields, Usage, WireModel
+from ..wire import SamplingFields, Usage, WireModel, system_fingerprint
 from .tools import MessageToolCall, ToolChoice, ToolDefinition, tool_use
 
 ChatFinishReason = Literal["stop", "length", "tool_calls"]
@@ -146,6 +146,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
+    system_fingerprint: str = Field(default_factory=system_fingerprint)
 
 
 class Delta(BaseModel):
@@ -199,6 +200,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    system_fingerprint: str = Field(default_factory=system_fingerprint)
 
 
 class TopLogprob(BaseModel):

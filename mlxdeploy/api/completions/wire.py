@@ -16,7 +16,7 @@ from pydantic import (
 
 from ...engine.api import TokenLogprob
 from .. import unsupported
-from ..wire import SamplingFields, Usage
+from ..wire import SamplingFields, Usage, system_fingerprint
 
 MAX_LOGPROBS = 5  # OpenAI's limit for the legacy completions API
 
@@ -90,6 +90,7 @@ class TextCompletion(BaseModel):
     model: str
     choices: list[TextChoice]
     usage: Usage | None = None
+    system_fingerprint: str = Field(default_factory=system_fingerprint)
 
     @model_serializer(mode="wrap")
     def _usage_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -358,3 +358,20 @@ def test_a_requests_own_response_format_wins_over_the_presets(
     free = complete(http, model="people", response_format={"type": "text"})
     assert free == complete(http, model="tiny")  # the model's own free text, unconstrained
     assert free["text"] != complete(http, model="people")["text"]
+
+
+def test_one_mask_covers_a_batch_of_guided_and_free_rows(grammars: Grammars) -> None:
+    """The decode step masks all guided rows at once: a free row is untouched, a guided row
+    gets what its guide alone allows, a failed guide allows only the end."""
+    from mlxdeploy.engine.constraints import mask_guided_rows
+
+    alone, guided, failed = (guide_of(grammars, '{"enum": ["yes"]}') for _ in range(3))
+    for guide in (alone, guided, failed):
+        guide.advance(-1)  # the first call: nothing sampled yet
+    failed.error = "refused"
+    logits = mx.zeros((3, VOCAB + 64))
+    masked = mask_guided_rows(logits, [(1, guided), (2, failed)])
+    assert allowed(masked[0:1]) == list(range(VOCAB + 64))
+    assert allowed(masked[1:2]) == allowed(mask_guided_rows(logits[:1], [(0, alone)]))
+    assert 0 < len(allowed(masked[1:2])) < VOCAB
+    assert allowed(masked[2:3]) == [grammars._tokenizer.eos_token_id]

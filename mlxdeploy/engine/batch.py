@@ -20,6 +20,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, GenerationBatch
 
+from .constraints import Guide, mask_guided_rows
 from .logprobs import RowScores, arrays_of, score_rows
 
 
@@ -33,19 +34,9 @@ class LogitsGenerationBatch(GenerationBatch):
         self._current_logprobs = self._next_logprobs
         inputs = self._current_tokens
         logits = self.model(inputs[:, None], cache=self.prompt_cache)[:, -1, :]
-        token_context = []
+        token_context: list[mx.array] = []
         if any(self.logits_processors):
-            rows = []
-            for e in range(len(self.uids)):
-                row = logits[e : e + 1]
-                processors = self.logits_processors[e] or ()
-                if processors:
-                    context = self._token_context[e].update_and_fetch(inputs[e : e + 1])
-                    token_context.append(context)
-                    for processor in processors:
-                        row = processor(context, row)
-                rows.append(row)
-            logits = mx.concatenate(rows, axis=0)
+            logits, token_context = self._process(logits, inputs)
         self._next_tokens = self._sample(logits)
         self._next_logprobs = self._score(logits, self._next_tokens)
         mx.async_eval(self._next_tokens, token_context, *arrays_of(self._next_logprobs))
@@ -90,6 +81,33 @@ class LogitsGenerationBatch(GenerationBatch):
         for e in rows:
             out[e] = firsts[e]
         return out
+
+    def _process(self, logits: mx.array, inputs: mx.array) -> tuple[mx.array, list[mx.array]]:
+        """Each row's logits processors; the constrained rows' guides go last, all at once
+        (they need the tokens sampled last, so a batch with guides waits for them here)."""
+        rows: list[mx.array] = []
+        token_context: list[mx.array] = []
+        guided: list[tuple[int, Guide]] = []
+        for e in range(len(self.uids)):
+            row = logits[e : e + 1]
+            processors = self.logits_processors[e] or ()
+            guided.extend((e, p) for p in processors if isinstance(p, Guide))
+            others = [p for p in processors if not isinstance(p, Guide)]
+            if others:
+                context = self._token_context[e].update_and_fetch(inputs[e : e + 1])
+                token_context.append(context)
+                for processor in others:
+                    row = processor(context, row)
+            rows.append(row)
+        if token_context:  # some row has processors of its own
+            logits = mx.concatenate(rows, axis=0)
+        if guided:  # start the forward pass, then compute the masks while it runs
+            mx.async_eval(logits)
+            tokens = inputs.tolist()
+            for e, guide in guided:
+                guide.advance(tokens[e])
+            logits = mask_guided_rows(logits, guided)
+        return logits, token_context
 
     def _sample(self, logits: mx.array) -> mx.array:
         """One call per distinct sampler object, on the rows that hold it: a batch of many

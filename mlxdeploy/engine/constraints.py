@@ -12,11 +12,13 @@ Requests without a constraint get no processor and pay nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import llguidance
 import llguidance.hf
+import llguidance.numpy
 import mlx.core as mx
 import numpy as np
 
@@ -28,29 +30,53 @@ from .tool_grammar import tool_grammar
 
 @dataclass
 class Guide:
-    """The logits processor of one constrained request."""
+    """The logits processor of one constrained request.
+
+    A request's first token is sampled by mlx-lm's prompt step, which calls the guide as a
+    processor on its row; every later step masks all guided rows of the batch at once
+    (`mask_guided_rows`), their masks computed in parallel by llguidance's executor."""
 
     matcher: llguidance.LLMatcher
     eos: int  # the token that ends the answer
+    executor: llguidance.LLExecutor  # shared by the guides of one model
+    words: int  # 32-bit words in the tokenizer's token mask
     started: bool = False  # the first call comes before any token was sampled
     error: str | None = None  # the matcher refused a token: the answer cannot be trusted
 
-    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        m = self.matcher
-        if self.started and self.error is None:
-            token = tokens[-1].item()
-            assert isinstance(token, int)
-            if not m.consume_token(token):
-                self.error = m.get_error() or "the grammar refused a token"
+    def advance(self, token: int) -> None:
+        """Feed the token sampled last (nothing before the first call)."""
+        if self.started and self.error is None and not self.matcher.consume_token(token):
+            self.error = self.matcher.get_error() or "the grammar refused a token"
         self.started = True
-        if self.error is not None:  # end the answer now; the worker reports the failure
-            return mx.where(mx.arange(logits.shape[-1]) == self.eos, logits, -mx.inf)
-        bits = np.unpackbits(np.frombuffer(m.compute_bitmask(), np.uint8), bitorder="little")
-        width = logits.shape[-1]
-        if bits.size < width:  # logits wider than the tokenizer: the padding is never allowed
-            bits = np.pad(bits, (0, width - bits.size))
-        allowed = mx.array(bits[:width].view(np.bool_))
-        return mx.where(allowed, logits, -mx.inf)
+
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        token = tokens[-1].item() if self.started else -1
+        assert isinstance(token, int)
+        self.advance(token)
+        return mask_guided_rows(logits, [(0, self)])
+
+
+def mask_guided_rows(logits: mx.array, guided: Sequence[tuple[int, Guide]]) -> mx.array:
+    """`logits` with every token its row's grammar does not allow next set to -inf; rows are
+    (row of `logits`, its guide), each guide already advanced past the token sampled last.
+    Rows without a guide allow everything; a guide whose matcher failed allows only the end of
+    the answer (the worker reports it). One mask for the whole batch: no gather, no scatter."""
+    batch, width = logits.shape
+    known = guided[0][1].words  # the tokenizer's mask; logits may be wider (padding)
+    words = max((width + 31) // 32, known)
+    bitmask = np.full((batch, words), -1, dtype=np.int32)
+    masks = np.zeros((batch, known), dtype=np.int32)
+    live = [(guide.matcher, row) for row, guide in guided if guide.error is None]
+    if live:
+        llguidance.numpy.fill_next_token_bitmask_par(guided[0][1].executor, live, masks)
+    for row, guide in guided:
+        if guide.error is not None:
+            masks.view(np.uint32)[row, guide.eos // 32] = 1 << (guide.eos % 32)
+        bitmask[row] = 0  # padding past the tokenizer's vocabulary is never allowed
+        bitmask[row, :known] = masks[row]
+    bits = (mx.array(bitmask)[:, :, None] >> mx.arange(32, dtype=mx.int32)) & 1
+    allowed = bits.reshape(batch, words * 32)[:, :width].astype(mx.bool_)
+    return mx.where(allowed, logits, -mx.inf)
 
 
 class Grammars:
@@ -61,6 +87,7 @@ class Grammars:
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
         self._lltokenizer: llguidance.LLTokenizer | None = None
+        self._executor = llguidance.LLExecutor()
         self._eos = _end_token(tokenizer)
 
     def guide(self, params: SamplingParams, tool_format: ToolFormat | None) -> Guide | None:
@@ -78,7 +105,8 @@ class Grammars:
         matcher = llguidance.LLMatcher(self._llt(), grammar, log_level=0)
         if matcher.is_error():
             raise PromptRejected(f"{param}: {matcher.get_error()}", param=param)
-        return Guide(matcher, self._eos)
+        words = (self._llt().vocab_size + 31) // 32
+        return Guide(matcher, self._eos, self._executor, words)
 
     def _marker(self, text: str) -> str:
         """A marker as the grammar spells it: a special token by its id (its text never

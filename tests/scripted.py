@@ -20,6 +20,7 @@ from mlxdeploy.engine.api import (
     SamplingParams,
     Text,
     Tool,
+    ToolUse,
     Turn,
 )
 
@@ -41,10 +42,13 @@ class ScriptedEngine:
     _aborted: str | None = None
 
     def prepare(
-        self, turns: Sequence[Turn], role_override: RoleOverride | None, tools: Sequence[Tool] = ()
+        self,
+        turns: Sequence[Turn],
+        role_override: RoleOverride | None,
+        tools: ToolUse | None = None,
     ) -> Prompt:
         self.turns.append(list(turns))
-        self.tools.append(list(tools))
+        self.tools.append([] if tools is None else list(tools.tools))
         text = "".join(f"{turn.role}:{turn.content}\n" for turn in turns)
         if not text.strip():
             raise PromptRejected("the prompt is empty after formatting")

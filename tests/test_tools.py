@@ -394,3 +394,23 @@ def test_validate_rejects_an_unknown_tool_parser_and_lists_the_known(tmp_path: P
 def test_a_tool_parser_in_the_spec_reaches_its_model(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.yaml", DEMO_MODEL, tool_parser="mistral")
     assert load_spec(spec).catalog.models[0].tool_parser == "mistral"
+
+
+def test_a_forced_call_needs_a_format_that_can_be_constrained(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """qwen3_coder writes calls as XML-like parameters: auto reads them, required cannot force
+    them, and says so rather than answering without a call."""
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        tiny_model_dir,
+        name="tiny",
+        tool_parser="qwen3_coder",
+        chat_template=str(TEMPLATE),
+    )
+    with real_app(spec) as app:
+        status, error = error_of(app.http, tools=[WEATHER], tool_choice="required")
+        auto = app.http.post(CHAT, json={"messages": ASK, "max_tokens": 3, "tools": [WEATHER]})
+    assert status == 400 and error["param"] == "tool_choice"
+    assert "qwen3_coder" in error["message"] and "auto" in error["message"]
+    assert auto.status_code == 200, auto.text

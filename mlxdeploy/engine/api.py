@@ -240,7 +240,7 @@ class Engine(Protocol):
         self,
         turns: Sequence[Turn],
         role_override: RoleOverride | None,
-        tools: Sequence[Tool] = (),
+        tools: ToolUse | None = None,
     ) -> Prompt:
         """Apply the chat format (with the tools the model may call) and tokenize; raises
         PromptRejected for prompts it cannot serve, or tools it cannot offer."""

@@ -26,7 +26,7 @@ from .api import (
     PromptRejected,
     RoleOverride,
     SamplingParams,
-    Tool,
+    ToolUse,
     Turn,
 )
 from .faults import FaultPlan
@@ -192,23 +192,23 @@ class MLXEngine:
         self,
         turns: Sequence[Turn],
         role_override: RoleOverride | None,
-        tools: Sequence[Tool] = (),
+        tools: ToolUse | None = None,
     ) -> Prompt:
-        if tools:
-            self._check_tools(role_override)
+        if tools is not None:
+            self._check_tools(role_override, tools)
         tokens = encode_chat(
             self._tokenizer,
             turns,
             mapping=self.model.role_mapping,
             override=role_override,
             use_template=self._use_template,
-            tools=tools,
+            tools=() if tools is None else tools.tools,
         )
         if not tokens:
             raise PromptRejected("the prompt is empty after formatting")
         return Prompt(tokens)
 
-    def _check_tools(self, role_override: RoleOverride | None) -> None:
+    def _check_tools(self, role_override: RoleOverride | None, use: ToolUse) -> None:
         """Tools need a chat template that renders them and a format to read calls in."""
         if self._tool_format is None:
             raise PromptRejected(
@@ -222,6 +222,13 @@ class MLXEngine:
                 f"tools need the chat template, and model '{self.model_id}' is served "
                 "with a role mapping here; leave out role_mapping or set prompt_format: auto",
                 param="tools",
+            )
+        if use.choice != "auto" and self._tool_format.shape is None:
+            raise PromptRejected(
+                f"tool_choice '{use.choice}' needs a call format that can be constrained "
+                f"(json_tools or mistral); model '{self.model_id}' writes calls as "
+                f"{self._tool_format.name}; send tool_choice auto",
+                param="tool_choice",
             )
 
     def prepare_text(self, text: str) -> Prompt:

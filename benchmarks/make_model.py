@@ -38,6 +38,8 @@ class Shape:
 PRESETS = {
     "cpu-30m": Shape(),
     "gpu-0.85b": Shape(2048, 16, 5632, 32, 8, 32000, "bfloat16"),
+    # Llama-3-8B's shape (untied embeddings), for the GPU serving figures.
+    "gpu-8b": Shape(4096, 32, 14336, 32, 8, 32000, "bfloat16", tie_embeddings=False),
 }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.core
 
 from .api.guards.auth import ApiKeys, AuthConfigError, load_api_keys
 from .serve.logs import configure_logging
@@ -20,7 +21,7 @@ from .spec import Problem, Spec, SpecError, format_problems, load_spec, spec_jso
 app = typer.Typer(
     help="Serve language models on MLX from declarative YAML specs with an OpenAI-compatible API.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     # Plain click output: a usage error is the usage line and one `Error:` line, unwrapped.
     rich_markup_mode=None,
@@ -46,8 +47,45 @@ class Format(StrEnum):
 
 
 SpecArg = Annotated[
-    Path, typer.Argument(help="Path to a deployment spec (YAML).", show_default=False)
+    Path,
+    typer.Argument(help="Path to a deployment spec (YAML).", show_default=False, metavar="SPEC"),
 ]
+
+
+class Command(typer.core.TyperCommand):
+    """Usage lines in the common style: `mlxdeploy up [OPTIONS] SPEC`, `SPECS...`."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument):
+                name = (param.metavar or (param.name or "").upper()) + (
+                    "..." if param.nargs != 1 else ""
+                )
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+def _version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(
+            f"mlxdeploy {version('mlxdeploy')} (mlx {version('mlx')}, mlx-lm {version('mlx-lm')})"
+        )
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the versions and exit."
+        ),
+    ] = False,
+) -> None:
+    """Serve language models on MLX from declarative YAML specs with an OpenAI-compatible API."""
 
 
 def _fail(problems: list[Problem], fmt: Format = Format.text) -> typer.Exit:
@@ -55,9 +93,12 @@ def _fail(problems: list[Problem], fmt: Format = Format.text) -> typer.Exit:
     return typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command)
 def validate(
-    specs: Annotated[list[Path], typer.Argument(help="Spec files to check.", show_default=False)],
+    specs: Annotated[
+        list[Path],
+        typer.Argument(help="Spec files to check.", show_default=False, metavar="SPECS"),
+    ],
     fmt: Annotated[
         Format, typer.Option("--format", help="text: path:line:col lines; github: annotations.")
     ] = Format.text,
@@ -77,7 +118,7 @@ def validate(
         typer.echo(f"{len(specs)} spec{'s' if len(specs) != 1 else ''} valid")
 
 
-@app.command()
+@app.command(cls=Command)
 def up(
     spec: SpecArg,
     host: Annotated[
@@ -135,7 +176,7 @@ def _load_for_serving(
     return loaded, api_keys
 
 
-@app.command()
+@app.command(cls=Command)
 def render(spec: SpecArg) -> None:
     """Print SPEC as resolved (file, environment, defaults; secrets masked), its ids and routes."""
     try:
@@ -147,13 +188,13 @@ def render(spec: SpecArg) -> None:
     typer.echo(render_spec(loaded), nl=False)
 
 
-@app.command()
+@app.command(cls=Command)
 def schema() -> None:
     """Print the JSON Schema of the spec (for editors and yaml-language-server)."""
     typer.echo(json.dumps(spec_json_schema(), indent=2))
 
 
-@app.command()
+@app.command(cls=Command)
 def bench(
     url: Annotated[
         str | None, typer.Option(help="Base URL of a running OpenAI-compatible server.")

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -247,10 +248,57 @@ def _check_report(data: dict[str, object], out: Path, servers: list[str]) -> Non
 
 @pytest.mark.process
 @pytest.mark.slow
-def test_bench_a_running_server(tiny_server: RunningServer, tmp_path: Path) -> None:
-    data = _bench(tmp_path, "--url", tiny_server.base_url)
+@pytest.mark.parametrize("suffix", ["", "/v1", "/v1/"])
+def test_bench_a_running_server(tiny_server: RunningServer, tmp_path: Path, suffix: str) -> None:
+    """The server's root or its OpenAI-style base URL: both reach /v1/chat/completions."""
+    data = _bench(tmp_path, "--url", tiny_server.base_url + suffix)
     _check_report(data, tmp_path, ["server"])
     assert data["ratios"] == []
+
+
+@pytest.mark.process
+def test_a_server_that_fails_every_request_is_reported_not_a_crash(tmp_path: Path) -> None:
+    """Every request answered 404 (no such route): the numbers and the plot are still written,
+    and the run ends with one line naming what failed."""
+    with _not_found_server() as url:
+        common = ["--concurrency", "1,2", "--max-tokens", "4", "--requests-per-client", "1"]
+        result = CliRunner().invoke(app, ["bench", "--url", url, *common, "--out", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "every request to server failed" in result.output and "http_404" in result.output
+    assert "Traceback" not in result.output
+    assert (tmp_path / "bench.json").exists() and (tmp_path / "bench.png").exists()
+
+
+@contextlib.contextmanager
+def _not_found_server() -> Iterator[str]:
+    """A local HTTP server that answers 404 to everything (200 to /health, as a server would)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            ok = self.path == "/health"
+            self.send_response(200 if ok else 404)
+            body = b'{"status": "ok"}' if ok else b'{"error": {"message": "no such route"}}'
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
 
 
 @pytest.mark.process

@@ -704,6 +704,7 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "endpoints",
         "host",
         "port",
+        "playground",
         "prompt_format",
         "chat_template",
         "tool_parser",

@@ -21,6 +21,7 @@ from .guards.drain import Drain, install_drain
 from .guards.gate import install_gate
 from .metrics import Metrics, RequestMetrics
 from .models import ModelCard, ModelList, find_card, health_report, model_cards
+from .playground import Page, playground
 from .routing import Targets
 from .serving import Generation
 from .wire import now
@@ -57,6 +58,8 @@ def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None =
         (routes.endpoint_route(p.name, p.path), partial(preset_chat, generation, targets, p.name))
         for p in spec.catalog.presets
     ]
+    if spec.playground_enabled:
+        table.append((routes.PLAYGROUND, partial(playground, Page.load())))
     for route, view in table:
         app.add_url_rule(route.path, route.endpoint, view, methods=[route.method])
 

@@ -25,9 +25,12 @@ def plot_report(report: BenchReport, path: Path) -> None:
     levels = list(report.settings.concurrency)
     style_axes(throughput, levels, "output tokens/s (all clients)", "Throughput")
     style_axes(ttft, levels, "time to first token (s)", "TTFT p50 (solid) / p99 (dashed)")
-    ttft.set_yscale("log")
-    ttft.yaxis.set_major_formatter(ScalarFormatter())
-    ttft.yaxis.set_minor_formatter(NullFormatter())
+    if any(s.ttft_p50_s for server in report.servers for s in server.levels):
+        ttft.set_yscale("log")  # only with some positive value: nothing to scale otherwise
+        ttft.yaxis.set_major_formatter(ScalarFormatter())
+        ttft.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ttft.text(0.5, 0.5, "no request succeeded", ha="center", transform=ttft.transAxes)
     machine = report.machine
     figure.suptitle(
         f"{report.settings.max_tokens} tokens/request, ~{report.settings.prompt_tokens}-word "

@@ -89,6 +89,11 @@ def parse_concurrency(text: str) -> tuple[int, ...]:
     return levels
 
 
+def server_root(url: str) -> str:
+    """The server's root: an OpenAI-style base URL (`http://host:port/v1`) is accepted too."""
+    return url.rstrip("/").removesuffix("/v1").rstrip("/")
+
+
 def parse_extra_body(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
@@ -124,7 +129,7 @@ def build_options(
     return BenchOptions(
         load=load,
         out=out or Path(f"bench-{stamp}"),
-        url=url.rstrip("/") if url else None,
+        url=server_root(url) if url else None,
         spec_path=spec_path,
         spec=load_spec(spec_path) if spec_path else None,
         compare=compare,
@@ -203,6 +208,14 @@ def run_bench(options: BenchOptions, console: Console) -> BenchReport:
                 target = same_blas(target, report.servers)
             report.servers.append(run_target(target, options, progress))
     finish_report(report, options.out, console)
+    for server in report.servers:
+        failed = [level for level in server.levels if level.requests and not level.completed]
+        if failed:
+            kinds = ", ".join(sorted({kind for lv in failed for kind in lv.error_types}))
+            raise BenchError(
+                f"every request to {server.name} failed at {failed[0].concurrency} clients "
+                f"({kinds or 'no answer'}); results in {options.out}"
+            )
     return report
 
 
@@ -212,6 +225,7 @@ def finish_report(report: BenchReport, out: Path, console: Console) -> None:
         report.ratios = compare_levels(names[MLXDEPLOY], names[MLX_LM])
     report.machine.blas = next((s.blas for s in report.servers if s.blas), None)
     report.files["json"] = str(out / "bench.json")
+    write_json(report, out / "bench.json")  # first: the numbers are kept whatever follows
     try:
         from .plot import plot_report
 

@@ -20,6 +20,8 @@ MODELS = Route("GET", "/v1/models", "models")
 MODEL = Route("GET", "/v1/models/<path:model_id>", "model")
 CHAT_COMPLETIONS = Route("POST", "/v1/chat/completions", "chat_completions")
 COMPLETIONS = Route("POST", "/v1/completions", "completions")
+# The chat page: served only where the spec turns the playground on (Spec.playground_enabled).
+PLAYGROUND = Route("GET", "/", "playground")
 
 BUILTIN_ROUTES = (HEALTH, METRICS, MODELS, MODEL, CHAT_COMPLETIONS, COMPLETIONS)
 # A preset's path may be none of these, nor start with a prefix that a built-in route matches.

@@ -37,6 +37,8 @@ PromptFormat = Literal["auto", "chat_template", "role_mapping"]
 # OpenAI's bounds on logit_bias: entries per request, and the size of each bias.
 MAX_LOGIT_BIAS = 300
 LOGIT_BIAS_LIMIT = 100
+# Hosts only this machine can reach: the playground page is on by default there.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def check_logit_bias(value: Any) -> Any:
@@ -404,6 +406,13 @@ class Spec(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on.")
     port: int = Field(default=8080, ge=1, le=65535, description="TCP port to listen on.")
+    playground: bool | None = Field(
+        default=None,
+        description=(
+            "Serve a chat page at GET /; default (null): on when `host` is a loopback address "
+            "(127.0.0.1, localhost, ::1), off otherwise."
+        ),
+    )
     prompt_format: PromptFormat = Field(default="auto", description=_PROMPT_FORMAT_HELP)
     chat_template: str | None = Field(default=None, min_length=1, description=_CHAT_TEMPLATE_HELP)
     tool_parser: ToolParserName | None = Field(default=None, description=TOOL_PARSER_HELP)
@@ -453,6 +462,13 @@ class Spec(BaseSettings):
             message = "with 'models', each entry names itself with 'id'"
             raise FieldError(("name",), message, at_key=True)
         return self
+
+    @property
+    def playground_enabled(self) -> bool:
+        """Whether GET / serves the chat page: `playground` when set, else only on loopback."""
+        if self.playground is not None:
+            return self.playground
+        return self.host in LOOPBACK_HOSTS
 
     @property
     def base_dir(self) -> Path:

@@ -10,7 +10,8 @@ from .auth import ApiKeys
 from .cors import CorsPolicy, is_preflight
 from .request_ids import HEADER, choose_request_id, new_request_id
 
-PUBLIC_PATHS = frozenset({routes.HEALTH.path})
+# The playground page holds no secrets; its API calls carry the key the user enters.
+PUBLIC_PATHS = frozenset({routes.HEALTH.path, routes.PLAYGROUND.path})
 
 
 def install_gate(app: Quart, spec: Spec, api_keys: ApiKeys | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -26,6 +27,7 @@ from .api import (
     PromptRejected,
     RoleOverride,
     SamplingParams,
+    Text,
     ToolUse,
     Turn,
 )
@@ -258,9 +260,13 @@ class MLXEngine:
         self._live.update(jobs)
         finished: set[int] = set()
         failed = False
+        ready: collections.deque[tuple[int, Event]] = collections.deque()
         try:
             while len(finished) < n and not failed:
-                index, event = await self._next_event(queue)
+                if not ready:
+                    ready.append(await self._next_event(queue))
+                    take_ready(queue, ready)
+                index, event = ready.popleft()
                 failed = isinstance(event, Failed)
                 if isinstance(event, Finished):
                     finished.add(index)
@@ -311,6 +317,24 @@ class ChoiceSink:
 
     def put_nowait(self, event: Event) -> None:
         self.queue.put_nowait((self.index, event))
+
+
+def take_ready(
+    queue: asyncio.Queue[tuple[int, Event]], ready: collections.deque[tuple[int, Event]]
+) -> None:
+    """Move every event already queued into `ready`, joining a choice's consecutive text
+    pieces into one: a reader that fell behind (a slow client, a busy loop) gets one event,
+    and one chunk on the wire, for all the text that is ready, not one per token."""
+    while True:
+        try:
+            index, event = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return
+        last = ready[-1][1] if ready and ready[-1][0] == index else None
+        if isinstance(last, Text) and isinstance(event, Text):
+            ready[-1] = (index, Text(last.text + event.text, last.logprobs + event.logprobs))
+        else:
+            ready.append((index, event))
 
 
 def _choice(params: SamplingParams, index: int) -> SamplingParams:

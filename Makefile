@@ -44,4 +44,11 @@ lint: install
 	$(PY) -m mypy mlxdeploy
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info
+
+# A wheel and an sdist in dist/, for machines without a checkout (CI boxes, other teams):
+# `pip install dist/mlxdeploy-*.whl`.
+.PHONY: dist
+dist: install
+	rm -rf dist
+	$(PY) -m uv build -q --out-dir dist

@@ -102,20 +102,38 @@ def validate(
     fmt: Annotated[
         Format, typer.Option("--format", help="text: path:line:col lines; github: annotations.")
     ] = Format.text,
+    no_weights: Annotated[
+        bool,
+        typer.Option(
+            "--no-weights",
+            help=(
+                "For CI boxes without the models: a model source whose files are not here "
+                "(a pkg: package not installed, an HF repo not in the cache, a missing path) "
+                "is checked for its form only. Files that are here are still checked."
+            ),
+        ),
+    ] = False,
 ) -> None:
-    """Check specs without loading any weights; exit 1 if any has a problem."""
+    """Check specs without loading any weights; exit 1 if any has a problem.
+
+    Checks YAML, keys and types, extends layering, ${VAR}s, templates, tool parsers, response
+    schemas, model sources (GGUF and safetensors headers) and whether the weights fit in memory.
+    Each problem is printed once, however many of the specs extend the file it is in."""
+    from .spec.problems import unique
+
     problems: list[Problem] = []
     for path in specs:
         try:
-            load_spec(path)
+            load_spec(path, require_weights=not no_weights)
         except SpecError as exc:
             problems.extend(exc.problems)
     if problems:
-        raise _fail(problems, fmt)
+        raise _fail(unique(problems), fmt)
     if fmt is Format.json:
         typer.echo("[]")
     elif fmt is Format.text:
-        typer.echo(f"{len(specs)} spec{'s' if len(specs) != 1 else ''} valid")
+        note = " (model files not on this machine: form checked only)" if no_weights else ""
+        typer.echo(f"{len(specs)} spec{'s' if len(specs) != 1 else ''} valid{note}")
 
 
 @app.command(cls=Command)
@@ -176,16 +194,78 @@ def _load_for_serving(
     return loaded, api_keys
 
 
+class RenderAs(StrEnum):
+    systemd = "systemd"
+    launchd = "launchd"
+
+
 @app.command(cls=Command)
-def render(spec: SpecArg) -> None:
-    """Print SPEC as resolved (file, environment, defaults; secrets masked), its ids and routes."""
+def render(
+    spec: SpecArg,
+    as_: Annotated[
+        RenderAs | None,
+        typer.Option(
+            "--as",
+            help="Instead: a systemd unit or a launchd plist that runs `mlxdeploy up SPEC`.",
+        ),
+    ] = None,
+) -> None:
+    """Print SPEC as resolved (file, environment, defaults; secrets masked), the sampling a
+    request without sampling fields gets on each id, and the routes; or a service for it."""
     try:
         loaded = load_spec(spec)
     except SpecError as exc:
         raise _fail(exc.problems) from None
-    from .render import render as render_spec
+    if as_ is None:
+        from .render import render as render_spec
 
-    typer.echo(render_spec(loaded), nl=False)
+        typer.echo(render_spec(loaded), nl=False)
+        return
+    from .services import launchd_plist, service_of, systemd_unit
+
+    service = service_of(loaded, spec, Path.cwd())
+    text = systemd_unit(service) if as_ is RenderAs.systemd else launchd_plist(service)
+    typer.echo(text, nl=False)
+
+
+@app.command(cls=Command)
+def status(
+    url: Annotated[
+        str,
+        typer.Argument(
+            help="Base URL of a running mlxdeploy: http://host:port, or the /v1 URL clients use.",
+            show_default=False,
+            metavar="URL",
+        ),
+    ],
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLXDEPLOY_API_KEY",
+            help="One of the server's API keys (auth.api_keys_env / auth.api_keys_file).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the server.")] = 10.0,
+) -> None:
+    """List the requests running and queued on each model of a running server: request id,
+    state (queued, prefill, decoding), age, prompt and completion tokens."""
+    from rich.console import Console
+
+    from .status import StatusError, fetch_status, status_table
+
+    try:
+        report = fetch_status(url, api_key, timeout)
+    except StatusError as exc:
+        typer.echo(f"status: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+        return
+    console = Console()
+    if not console.is_terminal:  # piped: one line per request, for grep and awk
+        console = Console(width=1000)
+    console.print(status_table(report, url))
 
 
 @app.command(cls=Command)

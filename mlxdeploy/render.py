@@ -1,16 +1,33 @@
-"""`mlxdeploy render`: the resolved spec and the routes it serves, without loading a model."""
+"""`mlxdeploy render`: the resolved spec and the routes it serves, without loading a model.
+
+Every value is the one `up` uses: a model entry's keys that the spec leaves out show what it
+inherits from the top level, an endpoint's defaults show its model's under its own keys, and
+`sampling` shows, for each id, exactly what a request that sets no sampling field runs with
+(worked out by the API's own rule, `SamplingFields.to_sampling_params`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import yaml
 
+from .api.wire import SamplingFields
+from .engine.api import SamplingParams
 from .spec import routes
+from .spec.catalog import Preset, ServedModel
 from .spec.settings import Spec
 
 MASK = "***"
 SECRET_WORDS = {"key", "keys", "token", "secret", "password"}
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a key or variable name says it holds a secret (`api_keys`, `HF_TOKEN`); names
+    ending in _env or _file hold where a secret is, not the secret."""
+    words = name.lower().split("_")
+    return words[-1] not in ("env", "file") and bool(SECRET_WORDS & set(words))
 
 
 def masked(value: Any, key: str = "") -> Any:
@@ -19,9 +36,7 @@ def masked(value: Any, key: str = "") -> Any:
         return {k: masked(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [masked(v, key) for v in value]
-    words = key.lower().split("_")
-    is_reference = words[-1] in ("env", "file")  # the name of where a secret is, not the secret
-    if value is not None and not is_reference and SECRET_WORDS & set(words):
+    if value is not None and is_secret_name(key):
         return MASK
     return value
 
@@ -45,9 +60,81 @@ def served_table(spec: Spec) -> list[dict[str, Any]]:
     return rows
 
 
+# Only a request's own fields set these (a preset's response_format is shown as json_schema).
+NOT_SHOWN = frozenset({"seed", "constraint", "tools", "logprobs"})
+
+
+def sampling_row(params: SamplingParams) -> dict[str, Any]:
+    """Sampling params as YAML-friendly values: stop words a list, logit_bias a map, the
+    schema answers must match (when there is one) as `json_schema`."""
+    row = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    row = {key: value for key, value in row.items() if key not in NOT_SHOWN}
+    row["stop"] = list(params.stop)
+    row["logit_bias"] = dict(params.logit_bias)
+    if params.constraint is not None:
+        row["json_schema"] = json.loads(params.constraint.schema)
+    return row
+
+
+def sampling_table(spec: Spec) -> dict[str, dict[str, Any]]:
+    """For each id clients may send as `model`: what a request that sets no sampling field
+    runs with (its model's or preset's defaults, max_tokens capped by limits.max_tokens, the
+    stop words, a preset's response_format)."""
+    request = SamplingFields()
+    catalog = spec.catalog
+    rows = {
+        m.id: request.to_sampling_params(m.defaults, m.stop, spec.limits) for m in catalog.models
+    }
+    for p in catalog.presets:
+        rows[p.name] = request.to_sampling_params(
+            p.defaults, p.stop, spec.limits, p.response_format
+        )
+    return {key: sampling_row(params) for key, params in rows.items()}
+
+
+def resolved_entry(entry: dict[str, Any], spec: Spec, model: ServedModel) -> dict[str, Any]:
+    """A `models:` entry with what it inherits from the top level filled in."""
+    return {
+        **entry,
+        "prompt_format": model.prompt_format,
+        "chat_template": entry.get("chat_template") or spec.chat_template,
+        "tool_parser": model.tool_parser,
+        "role_mapping": model.role_mapping.model_dump(mode="json"),
+        "defaults": model.defaults.model_dump(mode="json"),
+        "stop": list(model.stop),
+    }
+
+
+def resolved_endpoint(endpoint: dict[str, Any], preset: Preset) -> dict[str, Any]:
+    """An endpoint with its model, its path, and its model's defaults under its own keys."""
+    return {
+        **endpoint,
+        "model": preset.model_id,
+        "path": preset.path,
+        "defaults": preset.defaults.model_dump(mode="json"),
+    }
+
+
+def resolved_settings(spec: Spec) -> dict[str, Any]:
+    settings = spec.model_dump(mode="json", exclude={"extends"})
+    if settings.get("models"):
+        served = {m.id: m for m in spec.catalog.models}
+        settings["models"] = [
+            resolved_entry(entry, spec, served[entry["id"]]) for entry in settings["models"]
+        ]
+    presets = {p.name: p for p in spec.catalog.presets}
+    settings["endpoints"] = {
+        name: resolved_endpoint(endpoint, presets[name])
+        for name, endpoint in settings.get("endpoints", {}).items()
+    }
+    return settings
+
+
 def render(spec: Spec) -> str:
-    """YAML: the settings as `up` would use them, what each model id serves, and the routes."""
-    settings = masked(spec.model_dump(mode="json", exclude={"extends"}))
+    """YAML: the settings as `up` would use them, what each model id serves, the sampling a
+    request without sampling fields gets on each, and the routes."""
+    settings = masked(resolved_settings(spec))
     settings["served"] = served_table(spec)
+    settings["sampling"] = sampling_table(spec)
     settings["routes"] = [f"{methods} {path}" for methods, path in route_table(spec)]
     return yaml.safe_dump(settings, sort_keys=False, allow_unicode=True, width=100)

@@ -4,6 +4,8 @@ only HTTP matters: it answers every prompt with the same pieces of text, one eve
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +18,8 @@ from mlxdeploy.engine.api import (
     FinishReason,
     Prompt,
     PromptRejected,
+    RequestInfo,
+    RequestState,
     RoleOverride,
     SamplingParams,
     Text,
@@ -23,6 +27,35 @@ from mlxdeploy.engine.api import (
     ToolUse,
     Turn,
 )
+
+PROGRESS: tuple[RequestState, ...] = ("queued", "prefill", "decoding")
+
+
+@dataclass(eq=False)
+class Flight:
+    """One request in flight, for `requests()`."""
+
+    label: str
+    prompt_tokens: int
+    choices: int
+    created: float = field(default_factory=time.monotonic)
+    state: RequestState = "queued"
+    completion_tokens: int = 0
+
+    def advance(self, state: RequestState) -> None:
+        """As far along as its furthest choice."""
+        if PROGRESS.index(state) > PROGRESS.index(self.state):
+            self.state = state
+
+    def info(self, now: float) -> RequestInfo:
+        return RequestInfo(
+            self.label,
+            self.state,
+            now - self.created,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.choices,
+        )
 
 
 @dataclass
@@ -39,7 +72,14 @@ class ScriptedEngine:
     turns: list[list[Turn]] = field(default_factory=list)
     tools: list[list[Tool]] = field(default_factory=list)  # the tools each prepare was given
     closed: int = 0  # generations closed before their end (client gone, deadline)
+    labels: list[str] = field(default_factory=list)  # the label of every generation
+    # When set: at most `slots` requests generate at once; the others wait, queued.
+    slots: int | None = None
+    # When given: each generation stops after its first piece until the event is set.
+    hold: threading.Event | None = None
+    flights: list[Flight] = field(default_factory=list)  # the requests in flight
     _aborted: str | None = None
+    _busy: int = 0
 
     def prepare(
         self,
@@ -59,38 +99,67 @@ class ScriptedEngine:
             raise PromptRejected("the prompt is empty")
         return Prompt([ord(c) for c in text])
 
-    async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Event, None]:
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams, label: str = ""
+    ) -> AsyncGenerator[Event, None]:
+        flight = self._take_off(prompt, label, 1)
+        try:
+            async for event in self._script(prompt, params, flight):
+                yield event
+        finally:
+            self.flights.remove(flight)
+
+    def _take_off(self, prompt: Prompt, label: str, choices: int) -> Flight:
+        self.labels.append(label)
+        flight = Flight(label, len(prompt.tokens), choices)
+        self.flights.append(flight)
+        return flight
+
+    async def _script(
+        self, prompt: Prompt, params: SamplingParams, flight: Flight
+    ) -> AsyncGenerator[Event, None]:
         self.prompts.append(prompt)
         self.params.append(params)
         self.running += 1
-        done = False
+        done = admitted = False
         try:
+            while self.slots is not None and self._busy >= self.slots:
+                await asyncio.sleep(0.005)
+            self._busy, admitted = self._busy + 1, True
+            flight.advance("prefill")
             if self._aborted is not None:
                 done = True
                 yield Failed(self._aborted)
                 return
             pieces = self.pieces[: params.max_tokens]
             reason: FinishReason = "length" if len(self.pieces) > params.max_tokens else "stop"
-            for piece in pieces:
+            for index, piece in enumerate(pieces):
                 if self.delay:
                     await asyncio.sleep(self.delay)
+                while index == 1 and self.hold is not None and not self.hold.is_set():
+                    await asyncio.sleep(0.005)
                 if self._aborted is not None:
                     done = True
                     yield Failed(self._aborted)
                     return
+                flight.advance("decoding")
+                flight.completion_tokens += 1
                 yield Text(piece)
             done = True
             yield Finished(reason, len(prompt.tokens), len(pieces), 0)
         finally:
             self.running -= 1
+            if admitted:
+                self._busy -= 1
             if not done:
                 self.closed += 1
 
     async def generate_choices(
-        self, prompt: Prompt, params: SamplingParams, n: int
+        self, prompt: Prompt, params: SamplingParams, n: int, label: str = ""
     ) -> AsyncGenerator[tuple[int, Event], None]:
         """The script once per choice, the choices' events interleaved."""
-        streams = [self.generate(prompt, params) for _ in range(n)]
+        flight = self._take_off(prompt, label, n)
+        streams = [self._script(prompt, params, flight) for _ in range(n)]
         try:
             pending = list(enumerate(streams))
             while pending:
@@ -107,9 +176,14 @@ class ScriptedEngine:
         finally:
             for stream in streams:
                 await stream.aclose()
+            self.flights.remove(flight)
 
     def stats(self) -> EngineStats:
         return EngineStats(batch_size=self.running)
+
+    def requests(self) -> list[RequestInfo]:
+        now = time.monotonic()
+        return [flight.info(now) for flight in self.flights]
 
     def abort(self, message: str) -> None:
         self._aborted = message

@@ -173,7 +173,7 @@ class SwallowingEngine:
         self.closed = False
 
     async def generate_choices(
-        self, prompt: object, params: object, n: int
+        self, prompt: object, params: object, n: int, label: str = ""
     ) -> AsyncIterator[tuple[int, Event]]:
         try:
             while True:

@@ -476,7 +476,8 @@ def test_anchors_and_merge_keys_work_and_recursive_aliases_are_errors(
 def test_empty_file(write_spec: WriteSpec, text: str, expected: str) -> None:
     path = write_spec(text)
 
-    assert single_problem(path) == f"{path}: {expected}"
+    # Line 1, col 1: GitHub annotations need a line to attach to.
+    assert single_problem(path) == f"{path}:1:1: {expected}"
 
 
 def test_top_level_must_be_a_mapping(write_spec: WriteSpec) -> None:
@@ -527,7 +528,7 @@ def test_local_paths_resolve_against_the_spec_directory(
 ) -> None:
     (tmp_path / "models" / "tiny").mkdir(parents=True)
     (tmp_path / "models" / "tiny" / "config.json").write_text("{}")
-    (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
+    (tmp_path / "tiny.gguf").write_bytes(b"GGUF\x03" + bytes(19))  # version 3, no tensors
     (tmp_path / "spec.yaml").write_text("model: models/tiny\n")
     monkeypatch.chdir("/")
 
@@ -571,7 +572,7 @@ def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "site" / "fake_models_pkg"
     (root / "tiny").mkdir(parents=True)
     (root / "__init__.py").write_text("raise ImportError('importing the package is not allowed')\n")
-    (root / "model.gguf").write_bytes(b"GGUF")
+    (root / "model.gguf").write_bytes(b"GGUF\x03" + bytes(19))  # version 3, no tensors
     (root / "tiny" / "config.json").write_text("{}")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     return root

@@ -24,6 +24,7 @@ from .models import ModelCard, ModelList, find_card, health_report, model_cards
 from .playground import Page, playground
 from .routing import Targets
 from .serving import Generation
+from .status import status
 from .wire import now
 
 View = Callable[..., Awaitable[Response]]
@@ -53,6 +54,7 @@ def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None =
         (routes.MODEL, partial(show_model, cards)),
         (routes.CHAT_COMPLETIONS, partial(chat_completions, generation, targets)),
         (routes.COMPLETIONS, partial(completions, generation, targets)),
+        (routes.STATUS, partial(status, engines, drain)),
     ]
     table += [
         (routes.endpoint_route(p.name, p.path), partial(preset_chat, generation, targets, p.name))

@@ -53,13 +53,14 @@ class Run:
     slot: Slot
     on_first_token: Callable[[float], None] = lambda seconds: None
     n: int = 1  # choices
+    label: str = ""  # the request id: how the engine's `requests()` names this request
 
     async def events(self) -> AsyncGenerator[tuple[int, Event], None]:
         """(choice index, event) pairs, until every choice has finished or one failed."""
         self.slot.claim()
         started, waiting = time.perf_counter(), True
         try:
-            stream = self.engine.generate_choices(self.prompt, self.params, self.n)
+            stream = self.engine.generate_choices(self.prompt, self.params, self.n, self.label)
             async with contextlib.aclosing(stream) as events:
                 while True:
                     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pydantic import BaseModel
-from quart import Response, request
+from quart import Response, g, request
 
 from ..engine.api import (
     Failed,
@@ -104,7 +104,8 @@ class Generation:
         )
         check_logit_bias(params, target.engine.vocab_size)
         observe = self.metrics.first_token_observer(target.engine.model_id)
-        return Run(target.engine, prompt, params, deadline, slot, observe, body.n or 1)
+        label = g.get("request_id", "")
+        return Run(target.engine, prompt, params, deadline, slot, observe, body.n or 1, label)
 
 
 async def complete(run: Run, fmt: Format) -> BaseModel:

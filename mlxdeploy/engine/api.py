@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 EngineState = Literal["loading", "ready", "failed", "stopped"]
+RequestState = Literal["queued", "prefill", "decoding"]
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 SYSTEM_ROLES = frozenset({"system", "developer"})
 
@@ -214,6 +215,23 @@ class EngineStats:
     step_failures: int = 0  # generation steps that raised (their requests failed)
 
 
+@dataclass(frozen=True)
+class RequestInfo:
+    """One request in flight, as `Engine.requests()` sees it at that moment.
+
+    `label`: what the caller tagged the request with (the API: its request id); "" when it
+    gave none. `state`: queued (waiting for a batch slot), prefill (its prompt is being
+    read) or decoding (generating). A request with several choices is one entry: its
+    completion tokens are theirs together, and it is as far along as its furthest choice."""
+
+    label: str
+    state: RequestState
+    age_seconds: float  # since the engine was given the request
+    prompt_tokens: int
+    completion_tokens: int  # generated so far
+    choices: int = 1
+
+
 class Engine(Protocol):
     @property
     def model_id(self) -> str: ...
@@ -250,12 +268,15 @@ class Engine(Protocol):
         """Tokenize a plain-text prompt (with the tokenizer's own special tokens)."""
         ...
 
-    def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Event, None]:
-        """Stream events; closing the iterator early cancels the request within one step."""
+    def generate(
+        self, prompt: Prompt, params: SamplingParams, label: str = ""
+    ) -> AsyncGenerator[Event, None]:
+        """Stream events; closing the iterator early cancels the request within one step.
+        `label` tags the request in `requests()`; the engine gives it no other meaning."""
         ...
 
     def generate_choices(
-        self, prompt: Prompt, params: SamplingParams, n: int
+        self, prompt: Prompt, params: SamplingParams, n: int, label: str = ""
     ) -> AsyncGenerator[tuple[int, Event], None]:
         """`n` answers to one prompt, which is read once: (choice index, event) pairs until
         every choice has finished or one has failed; closing it early cancels them all."""
@@ -263,6 +284,11 @@ class Engine(Protocol):
 
     def stats(self) -> EngineStats:
         """Current numbers of the generation thread (cheap; safe from the event loop)."""
+        ...
+
+    def requests(self) -> list[RequestInfo]:
+        """The requests given to the engine and not finished yet, oldest first (cheap; called
+        on the event loop)."""
         ...
 
     def abort(self, message: str) -> None:

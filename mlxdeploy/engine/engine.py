@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from .api import (
     Heartbeat,
     Prompt,
     PromptRejected,
+    RequestInfo,
+    RequestState,
     RoleOverride,
     SamplingParams,
     Text,
@@ -36,7 +39,9 @@ from .prompt import encode_chat
 from .sampling import Vocabulary
 from .text import TextStream
 from .tool_formats import ToolFormat, infer_format, load_format
+from .warmup import Discard, conversations, default_params, other_params
 from .weights.loader import ModelLoadError, load_model
+from .weights.progress import Progress
 from .worker import Job, Sink, Worker
 
 log = logging.getLogger("mlxdeploy.engine")
@@ -49,11 +54,15 @@ class MLXEngine:
         settings: EngineSettings,
         cache_root: Path | None = None,
         load_lock: threading.Lock | None = None,
+        progress: Progress | None = None,
     ):
-        """`load_lock`, shared by the engines of one server, makes them load one at a time."""
+        """`load_lock`, shared by the engines of one server, makes them load one at a time;
+        `progress` shows the download, conversion and reading of the weights (log lines when
+        None)."""
         self.model = model
         self.settings = settings
         self._load_lock = load_lock or threading.Lock()
+        self._progress = progress
         self._cache_root = cache_root
         self._state: EngineState = "loading"
         self.error: str | None = None
@@ -86,6 +95,14 @@ class MLXEngine:
 
     def stats(self) -> EngineStats:
         return self._worker.stats() if self._worker is not None else EngineStats()
+
+    def requests(self) -> list[RequestInfo]:
+        by_request: dict[int, list[Job]] = {}  # a request's choices share their sink's queue
+        for job in self._live:
+            by_request.setdefault(id(job.sink.queue), []).append(job)
+        now = time.monotonic()
+        infos = [request_info(jobs, now) for jobs in by_request.values()]
+        return sorted(infos, key=lambda info: -info.age_seconds)
 
     def abort(self, message: str) -> None:
         self._aborted = message
@@ -126,7 +143,9 @@ class MLXEngine:
                     self._state = "stopped"
                     self._loaded.set()
                     return
-                model, self._tokenizer = load_model(self.model.source, self._cache_root)
+                model, self._tokenizer = load_model(
+                    self.model.source, self._cache_root, self._progress
+                )
         except ModelLoadError as exc:
             self._fail(str(exc))
             return
@@ -149,6 +168,8 @@ class MLXEngine:
         )
         if self._stop_requested.is_set():  # stopped while loading: never start generating
             self._worker.stop()
+        elif self.settings.warmup:
+            self._warm_up(self._worker)
         self._state = "ready"
         self._loaded.set()
         log.info("model %s ready (%s)", self.model_id, self.prompt_format)
@@ -159,6 +180,28 @@ class MLXEngine:
             log.exception("the generation thread died")
             self._state = "failed"
             self._worker.fail_all("the generation thread stopped; the server cannot generate")
+
+    def _warm_up(self, worker: Worker) -> None:
+        """A few short generations through the requests' own path, so that the first request
+        is as fast as the rest (engine/warmup.py)."""
+        started = time.monotonic()
+        try:
+            params = default_params(self.model.defaults, self.model.stop)
+            short, longer = (self.prepare(turns, None) for turns in conversations())
+            other = other_params(params)
+            rounds = [[self._warmup_job(short, params)]]
+            rounds.append([self._warmup_job(longer, params), self._warmup_job(short, other)])
+            events = worker.warm_up(rounds)
+        except Exception as exc:  # serving still works; the first requests pay the cold start
+            log.warning("model %s: warm-up failed (%s)", self.model_id, exc)
+            return
+        for failed in (event for event in events if isinstance(event, Failed)):
+            log.warning("model %s: a warm-up request failed: %s", self.model_id, failed.message)
+        log.info("model %s warmed up in %.1f s", self.model_id, time.monotonic() - started)
+
+    def _warmup_job(self, prompt: Prompt, params: SamplingParams) -> Job:
+        text = TextStream.create(self._tokenizer.decode, params.stop)
+        return Job(prompt=prompt.tokens, params=params, sink=Discard(), text=text)
 
     def _fail(self, message: str) -> None:
         self.error = message
@@ -239,13 +282,15 @@ class MLXEngine:
             raise PromptRejected("the prompt is empty")
         return Prompt(tokens)
 
-    async def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Event, None]:
-        async with contextlib.aclosing(self.generate_choices(prompt, params, 1)) as choices:
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams, label: str = ""
+    ) -> AsyncGenerator[Event, None]:
+        async with contextlib.aclosing(self.generate_choices(prompt, params, 1, label)) as choices:
             async for _, event in choices:
                 yield event
 
     async def generate_choices(
-        self, prompt: Prompt, params: SamplingParams, n: int
+        self, prompt: Prompt, params: SamplingParams, n: int, label: str = ""
     ) -> AsyncGenerator[tuple[int, Event], None]:
         """`n` answers to one prompt, read once: (choice index, event) pairs, until every
         choice has finished or one has failed. A seeded request's choice i draws from seed + i,
@@ -255,7 +300,9 @@ class MLXEngine:
             yield 0, Failed(refusal or f"the model is not ready (state: {self.state})")
             return
         queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
-        jobs = [self._job(prompt, _choice(params, i), ChoiceSink(queue, i)) for i in range(n)]
+        jobs = [
+            self._job(prompt, _choice(params, i), ChoiceSink(queue, i), label) for i in range(n)
+        ]
         self._worker.submit(jobs[0] if n == 1 else tuple(jobs))
         self._live.update(jobs)
         finished: set[int] = set()
@@ -278,9 +325,9 @@ class MLXEngine:
                     job.cancelled = True
                     self._worker.cancel(job)
 
-    def _job(self, prompt: Prompt, params: SamplingParams, sink: ChoiceSink) -> Job:
+    def _job(self, prompt: Prompt, params: SamplingParams, sink: ChoiceSink, label: str) -> Job:
         text = TextStream.create(self._tokenizer.decode, params.stop)
-        return Job(prompt=prompt.tokens, params=params, sink=sink, text=text)
+        return Job(prompt=prompt.tokens, params=params, sink=sink, text=text, label=label)
 
     async def _next_event(self, queue: asyncio.Queue[tuple[int, Event]]) -> tuple[int, Event]:
         try:  # skip arming a timer when an event is ready
@@ -335,6 +382,27 @@ def take_ready(
             ready[-1] = (index, Text(last.text + event.text, last.logprobs + event.logprobs))
         else:
             ready.append((index, event))
+
+
+PROGRESS: tuple[RequestState, ...] = ("queued", "prefill", "decoding")
+
+
+def request_info(jobs: Sequence[Job], now: float) -> RequestInfo:
+    """One request's choices as one entry, as far along as its furthest choice."""
+    return RequestInfo(
+        label=jobs[0].label,
+        state=max((_request_state(job) for job in jobs), key=PROGRESS.index),
+        age_seconds=now - min(job.created for job in jobs),
+        prompt_tokens=len(jobs[0].prompt),
+        completion_tokens=sum(job.completion_tokens for job in jobs),
+        choices=len(jobs),
+    )
+
+
+def _request_state(job: Job) -> RequestState:
+    if job.completion_tokens:
+        return "decoding"
+    return "prefill" if job.reading else "queued"
 
 
 def _choice(params: SamplingParams, index: int) -> SamplingParams:

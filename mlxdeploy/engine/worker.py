@@ -12,6 +12,7 @@ import copy
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,9 @@ class Job:
     guide: Guide | None = None  # the constrained-decoding processor, when it has one
     calls: CallSplitter | None = None  # splits out tool calls, when the request offers tools
     events: list[Event] = field(default_factory=list)
+    label: str = ""  # the caller's tag for the request (`Engine.requests`)
+    created: float = field(default_factory=time.monotonic)
+    reading: bool = False  # it has a batch slot: its prompt is being read
 
 
 Choices = tuple[Job, ...]
@@ -175,6 +179,26 @@ class Worker:
             prefill_step_size=s.prefill_step_size,
             stream=mx.default_stream(mx.default_device()),
         )
+
+    def warm_up(self, rounds: list[list[Job]]) -> list[Event]:
+        """Run each round's jobs together to their end, before `run` (engine/warmup.py says
+        why). Leaves no trace: counters and prefix cache start empty. Their events, in order."""
+        events: list[Event] = []
+        deliver = self._deliver
+        self._deliver = lambda items: events.extend(event for _, event in items)
+        try:
+            for jobs in rounds:
+                self._generator = self._new_generator()
+                for job in jobs:
+                    self._insert_or_fail(job)
+                while self._jobs:
+                    self._step()
+                self._generator.close()
+        finally:
+            self._deliver, self._jobs, self._generator = deliver, {}, None
+            self._prompt_cache = LRUPromptCache(max_size=self.settings.prompt_cache_entries)
+            self.counters = Counters()
+        return events
 
     def _admit(self, block: bool) -> None:
         try:
@@ -300,6 +324,8 @@ class Worker:
         out: list[tuple[Sink, Event]] = []
         for pr in prompt_responses:
             job = self._jobs.get(pr.uid)
+            if job is not None:
+                job.reading = True
             if job is not None and not pr.end_of_prompt:
                 out.append((job.sink, Progress(*pr.progress)))
         finished_early = []

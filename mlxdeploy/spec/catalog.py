@@ -98,16 +98,18 @@ class Files:
 
 
 def read_files(
-    data: Mapping[str, Any], directory_for: DirectoryFor
+    data: Mapping[str, Any], directory_for: DirectoryFor, require_weights: bool = True
 ) -> tuple[Files, list[FieldError]]:
     """Parse every model source and read every template the (merged, unvalidated) spec names,
     so that these problems are found even while other keys are wrong. Values of the wrong
-    type are skipped: validation reports those."""
+    type are skipped: validation reports those. Without `require_weights`, a source whose
+    files are not on this machine is checked for its form only."""
     files, errors = Files(), list[FieldError]()
     for loc, value in _named(data, "model", "chat_template"):
         try:
             if loc[-1] == "model":
-                files.sources[loc] = parse_model_source(value, directory_for(loc))
+                directory = directory_for(loc)
+                files.sources[loc] = parse_model_source(value, directory, require_weights)
             else:
                 files.chat_templates[loc] = read_chat_template(directory_for(loc) / value)
         except ValueError as error:  # TemplateProblem is one

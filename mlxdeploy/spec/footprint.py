@@ -39,8 +39,13 @@ def machine_memory() -> int:
 def safetensors_bytes(path: Path, float32: bool) -> int:
     """Bytes of the tensors a .safetensors file declares, read from its JSON header."""
     with path.open("rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
+        start = f.read(8)
+        (size,) = struct.unpack("<Q", start) if len(start) == 8 else (-1,)
+        if not 0 < size <= os.fstat(f.fileno()).st_size - 8:
+            raise ValueError(f"{path.name} is not a safetensors file (no header)")
         header = json.loads(f.read(size))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path.name} is not a safetensors file (its header is not a mapping)")
     total = 0
     for name, info in header.items():
         if name == "__metadata__":
@@ -54,6 +59,8 @@ def safetensors_bytes(path: Path, float32: bool) -> int:
 
 
 def model_files(source: ModelSource) -> list[Path] | None:
+    if not source.present:
+        return None
     if source.kind == "gguf" and source.path is not None:
         return [source.path]
     if source.kind == "dir" and source.path is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,19 @@ from .settings import ENV_DELIMITER, ENV_PREFIX, EnvSource, Spec
 from .yaml_nodes import parse_yaml, position, read_text
 
 
-def load_spec(path: Path, **overrides: Any) -> Spec:
+def load_spec(path: Path, *, require_weights: bool = True, **overrides: Any) -> Spec:
     """Read, merge (YAML < environment < overrides) and validate a spec.
 
     Overrides whose value is None are ignored, so CLI flags can be passed through unset.
+    Without `require_weights` (`validate --no-weights`), a model source whose files are not
+    on this machine is checked for its form only (see `parse_model_source`).
     Raises SpecError listing every problem; never a raw YAML or pydantic exception.
     """
     shown = str(path)
-    files, problems = _read_chain(path)
+    chain = _read_chain(path)
+    if chain.broken:  # without its bases, the spec's own keys cannot be judged
+        raise SpecError(chain.problems)
+    files, problems = chain.files, list(chain.problems)
     env, env_problems = _read_env(shown)
     layers = Layers(shown, files, env, _env_names(), _drop_none(overrides))
     data: dict[str, Any] = {}
@@ -50,11 +56,14 @@ def load_spec(path: Path, **overrides: Any) -> Spec:
     except SettingsError as error:
         problems.append(Problem(shown, None, None, "environment", str(error)))
     # Sources and templates are checked even when other keys are wrong: every problem at once.
-    referenced, file_errors = read_files(merged, lambda loc: layers.file_for(loc).directory)
+    referenced, file_errors = read_files(
+        merged, lambda loc: layers.file_for(loc).directory, require_weights
+    )
     problems += [field_problem(error, layers) for error in file_errors]
     _check_memory(referenced, merged, layers, problems)
     catalog = None if spec is None else _check_catalog(spec, referenced, layers, problems)
     if problems or spec is None or catalog is None:
+        problems = _unset_alone(problems, chain.unset)
         raise SpecError(sorted(dict.fromkeys(problems), key=_problem_order))
     spec._catalog = catalog
     spec._base_dir = path.parent
@@ -81,40 +90,56 @@ def resolve_catalog(spec: Spec) -> Spec:
     return spec
 
 
-def _read_chain(path: Path) -> tuple[list[SpecFile], list[Problem]]:
+@dataclass
+class _Chain:
+    """The spec and the files it `extends`, spec first. `unset`: the problems of `${VAR}`
+    references to unset variables; `broken`: an `extends` that names no readable base."""
+
+    files: list[SpecFile] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    unset: list[Problem] = field(default_factory=list)
+    broken: bool = False
+
+
+def _read_chain(path: Path) -> _Chain:
     """The spec and the files it `extends`, interpolated; a missing base or a cycle is a problem."""
-    files: list[SpecFile] = []
-    problems: list[Problem] = []
+    chain = _Chain()
     seen: set[Path] = set()
     current: Path | None = path
     while current is not None:
         seen.add(current.resolve())
         shown = str(current)
         root, data, found = parse_yaml(shown, read_text(current))
-        problems += found + _interpolate(shown, root, data)
+        unset = _interpolate(shown, root, data)
+        chain.problems += found + unset
+        chain.unset += unset
         parent = data.pop("extends", None)
-        files.append(SpecFile(shown, root, data))
-        current = _parent(shown, root, parent, seen, problems)
-    return files, problems
+        chain.files.append(SpecFile(shown, root, data))
+        current = _parent(shown, root, parent, seen, chain)
+    return chain
 
 
 def _parent(
-    shown: str, root: yaml.Node, parent: Any, seen: set[Path], problems: list[Problem]
+    shown: str, root: yaml.Node, parent: Any, seen: set[Path], chain: _Chain
 ) -> Path | None:
     if parent is None:
         return None
     line, col = position(root, ("extends",), at_key=False)
-    if not isinstance(parent, str) or not parent:
-        problems.append(Problem(shown, line, col, "extends", "expected a path to a base spec"))
-        return None
-    target = Path(shown).parent / parent
-    if target.resolve() in seen:
-        problems.append(Problem(shown, line, col, "extends", f"'{parent}' extends itself (cycle)"))
-        return None
-    if not target.is_file():
-        problems.append(Problem(shown, line, col, "extends", f"base spec '{target}' not found"))
-        return None
-    return target
+    # Normalized, so that a base reached from several specs is named (and reported) once.
+    target = None
+    if isinstance(parent, str) and parent:
+        target = Path(os.path.normpath(Path(shown).parent / parent))
+    if target is None:
+        message = "expected a path to a base spec"
+    elif target.resolve() in seen:
+        message = f"'{parent}' extends itself (cycle)"
+    elif not target.is_file():
+        message = f"base spec '{target}' not found"
+    else:
+        return target
+    chain.problems.append(Problem(shown, line, col, "extends", message))
+    chain.broken = True
+    return None
 
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -170,7 +195,7 @@ def _check_memory(
     for loc, source in files.sources.items():
         try:
             needed = estimate_bytes(source)
-        except (OSError, ValueError, KeyError) as error:  # an unreadable header: say so, once
+        except (OSError, ValueError, KeyError, TypeError) as error:  # an unreadable header
             message = f"cannot read the size of the model's weights: {error}"
             problems.append(field_problem(FieldError(loc, message), layers))
             continue
@@ -196,6 +221,12 @@ def _model_label(data: dict[str, Any], loc: tuple[str | int, ...]) -> str:
         if isinstance(entry.get("id"), str):
             return str(entry["id"])
     return str(data.get("name") or data.get("model"))
+
+
+def _unset_alone(problems: list[Problem], unset: list[Problem]) -> list[Problem]:
+    """A value with an unset `${VAR}` has that one problem: what its raw text fails is noise."""
+    places = {(p.path, p.line, p.col) for p in unset}
+    return [p for p in problems if p in unset or (p.path, p.line, p.col) not in places]
 
 
 def _problem_order(problem: Problem) -> tuple[bool, int, int]:

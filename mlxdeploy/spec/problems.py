@@ -45,6 +45,15 @@ class FieldError(ValueError):
         self.at_key = at_key
 
 
+def unique(problems: list[Problem]) -> list[Problem]:
+    """Each problem once, in first-seen order: a base that several specs extend is checked with
+    each of them, and its problems are the same place and message every time."""
+    seen: dict[tuple[str, int | None, int | None, str], Problem] = {}
+    for problem in problems:
+        seen.setdefault((problem.path, problem.line, problem.col, problem.message), problem)
+    return list(seen.values())
+
+
 def dotted(loc: tuple[Any, ...]) -> str:
     """A location as users name fields: `('models', 0, 'id')` -> `models[0].id`."""
     text = ""

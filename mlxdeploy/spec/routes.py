@@ -20,10 +20,11 @@ MODELS = Route("GET", "/v1/models", "models")
 MODEL = Route("GET", "/v1/models/<path:model_id>", "model")
 CHAT_COMPLETIONS = Route("POST", "/v1/chat/completions", "chat_completions")
 COMPLETIONS = Route("POST", "/v1/completions", "completions")
+STATUS = Route("GET", "/v1/status", "status")  # the requests in flight, per model
 # The chat page: served only where the spec turns the playground on (Spec.playground_enabled).
 PLAYGROUND = Route("GET", "/", "playground")
 
-BUILTIN_ROUTES = (HEALTH, METRICS, MODELS, MODEL, CHAT_COMPLETIONS, COMPLETIONS)
+BUILTIN_ROUTES = (HEALTH, METRICS, MODELS, MODEL, CHAT_COMPLETIONS, COMPLETIONS, STATUS)
 # A preset's path may be none of these, nor start with a prefix that a built-in route matches.
 BUILTIN_PATHS = frozenset(route.path for route in BUILTIN_ROUTES if "<" not in route.path)
 BUILTIN_PREFIXES = tuple(route.path.split("<")[0] for route in BUILTIN_ROUTES if "<" in route.path)

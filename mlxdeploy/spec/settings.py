@@ -177,6 +177,11 @@ class EngineSettings(Section):
         le=300,
         description="Idle seconds before a stream gets an SSE keep-alive comment.",
     )
+    warmup: bool = Field(
+        default=True,
+        description="Before reporting ready, run a few short generations so that the first "
+        "requests are as fast as the rest (MLX compiles kernels on first use).",
+    )
 
 
 class AuthSettings(Section):

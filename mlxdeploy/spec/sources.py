@@ -1,12 +1,15 @@
 """Where a spec's `model:` points: an HF repo id, a local model directory, or a GGUF file.
 
-Parsing only checks the file system; it never downloads, loads weights or imports mlx.
+Parsing only checks the file system (and the first bytes of a GGUF file); it never downloads,
+loads weights or imports mlx. With `require_files=False` (`validate --no-weights`, for machines
+without the weights) a source whose files are not on this machine is checked for its form only.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,26 +17,54 @@ from typing import Literal
 _HF_REPO_ID = re.compile(r"[A-Za-z0-9._-]+/[A-Za-z0-9._-]+")
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _PKG_PREFIX = "pkg:"
+GGUF_MAGIC = b"GGUF"
+GGUF_VERSIONS = (2, 3)  # what the GGUF reader of the engine reads
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A parsed `model:` value: `repo` is set for "hf", `path` (absolute) for "dir" and "gguf"."""
+    """A parsed `model:` value: `repo` is set for "hf", `path` (absolute) for "dir" and "gguf".
+
+    `present` is False for a well-formed source whose files are not on this machine (parsed
+    with `require_files=False`); `path` is then None when it cannot be known (a `pkg:`
+    package that is not installed)."""
 
     kind: Literal["hf", "dir", "gguf"]
     value: str
     path: Path | None = None
     repo: str | None = None
+    present: bool = True
 
     def __str__(self) -> str:
-        return self.repo if self.repo is not None else str(self.path)
+        if self.repo is not None:
+            return self.repo
+        return str(self.path) if self.path is not None else self.value
 
 
-def parse_model_source(value: str, base_dir: Path) -> ModelSource:
+class SourceNotHere(ValueError):
+    """A well-formed source whose files are not on this machine."""
+
+    def __init__(self, message: str, kind: Literal["dir", "gguf"], path: Path | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.path = path
+
+
+def parse_model_source(value: str, base_dir: Path, require_files: bool = True) -> ModelSource:
     """Classify `value`; relative paths resolve against `base_dir` (the spec file's directory).
 
-    Raises ValueError with a one-line message that says what to fix.
+    Raises ValueError with a one-line message that says what to fix. Without `require_files`,
+    a source whose files are missing is returned with `present=False` instead.
     """
+    try:
+        return _parse(value, base_dir)
+    except SourceNotHere as missing:
+        if require_files:
+            raise
+        return ModelSource(kind=missing.kind, value=value, path=missing.path, present=False)
+
+
+def _parse(value: str, base_dir: Path) -> ModelSource:
     if not value.strip():
         raise ValueError(
             "model is empty: give an HF repo id (owner/name), a model directory or a .gguf file"
@@ -71,12 +102,13 @@ def _resolve(value: str, base_dir: Path) -> Path:
 def _local_source(value: str, path: Path) -> ModelSource:
     if path.suffix.lower() == ".gguf":
         if not path.exists():
-            raise ValueError(f"{value}: GGUF file not found at {path}")
+            raise SourceNotHere(f"{value}: GGUF file not found at {path}", "gguf", path)
         if not path.is_file():
             raise ValueError(f"{value}: {path} is a directory, expected a .gguf file")
+        _check_gguf_start(value, path)
         return ModelSource(kind="gguf", value=value, path=path)
     if not path.exists():
-        raise ValueError(f"{value}: no model directory at {path}")
+        raise SourceNotHere(f"{value}: no model directory at {path}", "dir", path)
     if not path.is_dir():
         raise ValueError(
             f"{value}: {path} is a file but not a .gguf; give a model directory or a .gguf file"
@@ -89,6 +121,25 @@ def _local_source(value: str, path: Path) -> ModelSource:
     return ModelSource(kind="dir", value=value, path=path)
 
 
+def _check_gguf_start(value: str, path: Path) -> None:
+    """The magic, version and table sizes that open every GGUF file, read with plain struct."""
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(24)
+    except OSError as error:
+        raise ValueError(f"{value}: cannot read {path}: {error.strerror or error}") from None
+    if start[:4] != GGUF_MAGIC:
+        raise ValueError(
+            f"{value}: {path} is not a GGUF file (it starts with {start[:4]!r}, not b'GGUF')"
+        )
+    if len(start) < 24:
+        raise ValueError(f"{value}: {path} is a truncated GGUF file ({len(start)} bytes)")
+    (version,) = struct.unpack_from("<I", start, 4)
+    if version not in GGUF_VERSIONS:
+        supported = ", ".join(map(str, GGUF_VERSIONS))
+        raise ValueError(f"{value}: {path} is GGUF version {version} (supported: {supported})")
+
+
 def _package_file(value: str) -> Path:
     """Locate `pkg:<package>/<path>` inside an installed package without importing it."""
     name, _, relative = value[len(_PKG_PREFIX) :].partition("/")
@@ -99,7 +150,7 @@ def _package_file(value: str) -> Path:
         candidate = Path(location) / rel
         if candidate.exists():
             return candidate.resolve()
-    raise ValueError(f"{value}: package '{name}' has no file '{relative}'")
+    raise SourceNotHere(f"{value}: package '{name}' has no file '{relative}'", _kind(rel))
 
 
 def _package_locations(value: str, name: str) -> list[str]:
@@ -110,9 +161,14 @@ def _package_locations(value: str, name: str) -> list[str]:
         spec = None
     distribution = name.replace("_", "-")
     if spec is None:
-        raise ValueError(
-            f"{value}: package '{name}' is not installed (pip install --no-deps {distribution})"
+        hint = f"pip install --no-deps {distribution}"
+        raise SourceNotHere(
+            f"{value}: package '{name}' is not installed ({hint})", _kind(Path(value))
         )
     if not spec.submodule_search_locations:
         raise ValueError(f"{value}: '{name}' is a module, not a package directory")
     return list(spec.submodule_search_locations)
+
+
+def _kind(path: Path) -> Literal["dir", "gguf"]:
+    return "gguf" if path.suffix.lower() == ".gguf" else "dir"

@@ -33,9 +33,8 @@ def parse_yaml(path: str, text: str) -> tuple[yaml.Node, dict[str, Any], list[Pr
     try:
         root = loader.get_single_node()
         if root is None:
-            raise SpecError(
-                [Problem(path, None, None, "", "the file is empty; add at least 'model:'")]
-            )
+            # Line 1: annotations (GitHub's among them) need a line to attach to.
+            raise SpecError([Problem(path, 1, 1, "", "the file is empty; add at least 'model:'")])
         duplicates = _node_problems(path, root, (), set(), frozenset())
         data = loader.construct_document(root)
     except yaml.MarkedYAMLError as error:

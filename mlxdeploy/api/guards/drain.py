@@ -13,8 +13,8 @@ from ..errors import Unavailable
 from .admission import Admission
 
 EXTENSION = "mlxdeploy.drain"
-# Load balancers keep asking for these while the server drains.
-SERVED_WHILE_DRAINING = frozenset({routes.HEALTH.path, routes.METRICS.path})
+# Load balancers keep asking for these while the server drains; status shows what it waits for.
+SERVED_WHILE_DRAINING = frozenset({routes.HEALTH.path, routes.METRICS.path, routes.STATUS.path})
 POLL_SECONDS = 0.05
 
 

@@ -10,20 +10,21 @@ from .auth import ApiKeys
 from .cors import CorsPolicy, is_preflight
 from .request_ids import HEADER, choose_request_id, new_request_id
 
-# The playground page holds no secrets; its API calls carry the key the user enters.
-PUBLIC_PATHS = frozenset({routes.HEALTH.path, routes.PLAYGROUND.path})
+PUBLIC_PATHS = frozenset({routes.HEALTH.path})
 
 
 def install_gate(app: Quart, spec: Spec, api_keys: ApiKeys | None) -> None:
     """Register the hooks. Preflights never need a key: browsers cannot send one with them."""
     cors = CorsPolicy.from_settings(spec.cors)
+    # The playground page holds no secrets; its API calls carry the key the user enters.
+    public = PUBLIC_PATHS | ({routes.PLAYGROUND.path} if spec.playground_enabled else set())
 
     @app.before_request
     async def admit() -> Response | None:
         g.request_id = choose_request_id(request.headers.get(HEADER))
         if is_preflight(request):
             return cors.preflight(request.headers.get("Origin"))
-        if api_keys is not None and request.path not in PUBLIC_PATHS:
+        if api_keys is not None and request.path not in public:
             api_keys.check(request.headers.get("Authorization"))
         return None
 

@@ -9,11 +9,14 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 
 from ...spec.sources import ModelSource
+from .downloads import download_bars
 from .kernels import use_fast_kernels
+from .progress import LogProgress, Progress
 from .quantized import use_cpu_quantized_matmul
+from .summary import describe, summarize
 
 log = logging.getLogger("mlxdeploy.engine")
 
@@ -27,20 +30,23 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("MLXDEPLOY_CACHE_DIR") or Path(base) / "mlxdeploy")
 
 
-def resolve_model_dir(source: ModelSource, cache_root: Path) -> Path:
+def resolve_model_dir(
+    source: ModelSource, cache_root: Path, progress: Progress | None = None
+) -> Path:
+    progress = progress or LogProgress()
     if source.kind == "hf" or source.path is None:
-        return download_repo(str(source.repo))
+        return download_repo(str(source.repo), progress)
     if source.kind == "gguf":
         from .gguf import GGUFError, convert_gguf
 
         try:
-            return convert_gguf(source.path, cache_root / "gguf")
+            return convert_gguf(source.path, cache_root / "gguf", progress=progress)
         except GGUFError as exc:
             raise ModelLoadError(str(exc)) from None
     return source.path
 
 
-def download_repo(repo: str) -> Path:
+def download_repo(repo: str, progress: Progress | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = [
@@ -57,7 +63,9 @@ def download_repo(repo: str) -> Path:
     except Exception:
         log.info("model %s is not in the Hugging Face cache; downloading it", repo)
     try:
-        return Path(snapshot_download(repo, allow_patterns=patterns))
+        with (progress or LogProgress()).step(f"downloading {repo}", None, "bytes") as step:
+            bars = download_bars(step)
+            return Path(snapshot_download(repo, allow_patterns=patterns, tqdm_class=bars))
     except Exception as exc:
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0]
         raise ModelLoadError(
@@ -67,32 +75,48 @@ def download_repo(repo: str) -> Path:
         ) from None
 
 
-def load_model(source: ModelSource, cache_root: Path | None = None) -> tuple[nn.Module, Any]:
+def load_model(
+    source: ModelSource, cache_root: Path | None = None, progress: Progress | None = None
+) -> tuple[nn.Module, Any]:
     from mlx_lm.utils import load
 
-    model_dir = resolve_model_dir(source, cache_root or default_cache_root())
+    progress = progress or LogProgress()
+    model_dir = resolve_model_dir(source, cache_root or default_cache_root(), progress)
     try:
-        model, tokenizer = load(str(model_dir))[:2]
+        model, tokenizer = load(str(model_dir), lazy=True)[:2]
+        summary = summarize(model)
+        cpu = mx.default_device() == mx.cpu
+        if cpu:  # folded into the reading: the half-precision copy is never kept
+            cast_floats(model, mx.float32)
+        read_weights(model, progress, f"loading {_short_name(source)}")
     except Exception as exc:
         raise ModelLoadError(f"cannot load model from {model_dir}: {exc}") from None
-    if mx.default_device() == mx.cpu:
-        cast_floats(model, mx.float32)
+    swiglu = 0
+    if cpu:
         swiglu = use_fast_kernels(model)
-        quantized = use_cpu_quantized_matmul(model)
-        log.info(
-            "CPU: float32 activations; %d quantized layers (dequantized for multi-row matmuls), "
-            "fast SwiGLU in %d float32 MLPs",
-            quantized,
-            swiglu,
-        )
+        use_cpu_quantized_matmul(model)
+    log.info("%s", describe(summary, "float32" if cpu else None, cpu, swiglu))
     return model, tokenizer
 
 
+def read_weights(model: nn.Module, progress: Progress, label: str) -> None:
+    """Evaluate the lazily loaded parameters one array at a time, reporting the bytes read."""
+    arrays = [array for _, array in tree_flatten(model.parameters())]
+    with progress.step(label, sum(a.nbytes for a in arrays), "bytes") as step:
+        for array in arrays:
+            mx.eval(array)
+            step.advance(array.nbytes)
+
+
 def cast_floats(model: nn.Module, dtype: mx.Dtype) -> None:
-    """Half precision on a CPU is orders of magnitude slower than float32 there."""
+    """Half precision on a CPU is orders of magnitude slower than float32 there. Lazy: the
+    cast happens when the parameters are evaluated."""
 
     def cast(a: mx.array) -> mx.array:
         return a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a
 
     model.update(tree_map(cast, model.parameters()))
-    mx.eval(model.parameters())
+
+
+def _short_name(source: ModelSource) -> str:
+    return source.path.name if source.path is not None else str(source)

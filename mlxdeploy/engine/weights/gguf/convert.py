@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from ..progress import LogProgress, Progress, Silent, Step, size
 from .config import model_config
 from .header import GGUFError, GGUFHeader, check_supported, read_header
 from .tensors import Layout, convert_weights, load_tensors, quantization_config, save_weights
@@ -40,6 +41,7 @@ def convert_gguf(
     *,
     dequantize: bool | None = None,
     dtype: str | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """Convert a llama-architecture GGUF file once into an HF-style model dir under cache_root.
 
@@ -59,9 +61,11 @@ def convert_gguf(
     check_supported(source, header)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    label = f"converting {source.name}"
     try:
-        write_model_dir(source, header, layout, staging)
-        _publish(staging, target)
+        with (progress or LogProgress()).step(label, len(header.tensors), "tensors") as step:
+            write_model_dir(source, header, layout, staging, step)
+            _publish(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -105,13 +109,25 @@ def _publish(staging: Path, target: Path) -> None:
             raise
 
 
-def write_model_dir(source: Path, header: GGUFHeader, layout: Layout, out: Path) -> None:
+def write_model_dir(
+    source: Path, header: GGUFHeader, layout: Layout, out: Path, step: Step | None = None
+) -> None:
     """Write config, weights and tokenizer of a checked GGUF file into `out`."""
-    weights = convert_weights(load_tensors(source, header), header.metadata, layout)
+    step = step or Silent()
+    step.phase(f"reading the file ({size(source.stat().st_size)})")
+    tensors = load_tensors(source, header)
+
+    def converted(name: str) -> None:  # a quantized tensor is three arrays: count its weight
+        if not name.endswith((".scales", ".biases")):
+            step.advance(1)
+
+    weights = convert_weights(tensors, header.metadata, layout, converted)
+    del tensors
     config = model_config(header.metadata, weights, source)
     quantization = quantization_config(weights)
     if quantization:
         config["quantization"] = quantization
+    step.phase(f"writing the converted model to {out.parent}")
     save_weights(weights, out)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     save_tokenizer(source, header.metadata, out)

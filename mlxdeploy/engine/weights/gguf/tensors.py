@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,13 @@ def _read_bf16(source: Path, offset: int, shape: tuple[int, ...]) -> mx.array:
 
 
 def convert_weights(
-    tensors: dict[str, mx.array], metadata: dict[str, Any], layout: Layout
+    tensors: dict[str, mx.array],
+    metadata: dict[str, Any],
+    layout: Layout,
+    converted: Callable[[str], None] | None = None,
 ) -> dict[str, mx.array]:
-    """Rename to mlx-lm's llama names, undo llama.cpp's q/k row permutation, set dtypes."""
+    """Rename to mlx-lm's llama names, undo llama.cpp's q/k row permutation, set dtypes.
+    `converted` is called with each GGUF name once its tensor is done (for progress)."""
     n_head = int(metadata["llama.attention.head_count"])
     n_head_kv = int(metadata.get("llama.attention.head_count_kv", n_head))
     weights: dict[str, mx.array] = {}
@@ -68,6 +73,10 @@ def convert_weights(
         if tensor.dtype != mx.uint32:
             tensor = tensor.astype(layout.mx_dtype)
         weights[target] = tensor
+        if not layout.dequantize:  # one at a time, so that progress can be told
+            mx.eval(tensor)
+        if converted is not None:
+            converted(name)
     if layout.dequantize:
         weights = dequantize_weights(weights, layout.mx_dtype)
     mx.eval(weights)

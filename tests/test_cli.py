@@ -207,7 +207,8 @@ def test_pre_commit_hook_runs_validate() -> None:
     import yaml
 
     hooks = yaml.safe_load((Path(__file__).parent.parent / ".pre-commit-hooks.yaml").read_text())
-    assert [(h["id"], h["entry"]) for h in hooks] == [("mlxdeploy-validate", "mlxdeploy validate --no-weights")]
+    entries = [(h["id"], h["entry"]) for h in hooks]
+    assert entries == [("mlxdeploy-validate", "mlxdeploy validate --no-weights")]
 
 
 def test_render_shows_the_resolved_spec_and_routes(runner: CliRunner, tmp_path: Path) -> None:

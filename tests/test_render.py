@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from mlxdeploy.cli import app
 from mlxdeploy.engine.api import SamplingParams
+from mlxdeploy.services import PASSED_THROUGH
 from mlxdeploy.spec import load_spec
 from tests.conftest import DEMO_MODEL, scripted_app
 from tests.scripted import ScriptedEngine
@@ -79,8 +80,9 @@ LAYERED = f"""
 
 
 @pytest.fixture(autouse=True)
-def team_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TEAM_MODEL", "TEAM_DRAFT_MODEL", "GATEWAY_PORT"):
+def unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The team's defaults, and no weight caches of the shell's for services to pass on."""
+    for name in ("TEAM_MODEL", "TEAM_DRAFT_MODEL", "GATEWAY_PORT", *PASSED_THROUGH):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -238,11 +240,17 @@ def test_systemd_unit_runs_up_on_the_spec(keys_spec: Path, tmp_path: Path) -> No
     assert unit["[Install] WantedBy"] == ["multi-user.target"]
 
 
-def test_systemd_unit_without_keys_reads_no_environment_file(tmp_path: Path) -> None:
+def test_systemd_unit_without_keys_reads_no_environment_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HF_HOME", "/data/hf")  # the weights already downloaded here
+    monkeypatch.setenv("UNRELATED", "1")
     text = rendered(ROOT / "configs" / "demo.yaml", "--as", "systemd")
     assert "EnvironmentFile" not in text
-    (execstart,) = unit_settings(text)["[Service] ExecStart"]
+    unit = unit_settings(text)
+    (execstart,) = unit["[Service] ExecStart"]
     assert execstart.endswith(f" up {ROOT}/configs/demo.yaml")
+    assert unit["[Service] Environment"] == ['"HF_HOME=/data/hf"']
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
@@ -352,7 +360,9 @@ def test_the_dockerfile_copies_what_it_installs_before_installing_it() -> None:
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    needed = {"pyproject.toml", project["readme"], "mlxdeploy", *project.get("license-files", [])}
+    licenses = [p.name for p in ROOT.glob("LICEN[CS]E*")]  # setuptools puts them in the wheel
+    needed = {"pyproject.toml", project["readme"], "mlxdeploy", *licenses}
+    needed |= set(project.get("license-files", []))
     assert needed <= copied_before
     for kind, args in steps:
         if kind == "COPY":

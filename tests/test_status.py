@@ -265,3 +265,9 @@ def test_status_command_against_a_real_server(tiny_server: RunningServer) -> Non
     (row,) = [line for line in result.output.splitlines() if "real-server-req" in line]
     cells = [cell.strip() for cell in row.split("│")[1:-1]]
     assert cells[2] == "decoding" and int(cells[5]) >= 1
+
+
+def test_status_help_reads_plainly() -> None:
+    output = CliRunner().invoke(app, ["status", "--help"], prog_name="mlxdeploy").output
+    assert output.splitlines()[0] == "Usage: mlxdeploy status [OPTIONS] URL"
+    assert "<bool>" not in output and "MLXDEPLOY_API_KEY" in output

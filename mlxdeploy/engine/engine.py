@@ -39,7 +39,8 @@ from .prompt import encode_chat
 from .sampling import Vocabulary
 from .text import TextStream
 from .tool_formats import ToolFormat, infer_format, load_format
-from .warmup import Discard, conversations, default_params, other_params
+from .warmup import Discard, conversations, default_params
+from .warmup import rounds as warmup_rounds
 from .weights.loader import ModelLoadError, load_model
 from .weights.progress import Progress
 from .worker import Job, Sink, Worker
@@ -188,10 +189,8 @@ class MLXEngine:
         try:
             params = default_params(self.model.defaults, self.model.stop)
             short, longer = (self.prepare(turns, None) for turns in conversations())
-            other = other_params(params)
-            rounds = [[self._warmup_job(short, params)]]
-            rounds.append([self._warmup_job(longer, params), self._warmup_job(short, other)])
-            events = worker.warm_up(rounds)
+            plan = warmup_rounds(short, longer, params)
+            events = worker.warm_up([[self._warmup_job(*r) for r in jobs] for jobs in plan])
         except Exception as exc:  # serving still works; the first requests pay the cold start
             log.warning("model %s: warm-up failed (%s)", self.model_id, exc)
             return

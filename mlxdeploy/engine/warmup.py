@@ -8,9 +8,10 @@ container pays it once per kernel). Prefill at batch 1 and at a padded batch of 
 decoding at batch 1 and 2, each meet their own. Besides those: the chat template's first
 render and llguidance's tokenizer (built on the first constrained request, ~0.3-1 s).
 
-Round 1 is one request with the model's default sampling; round 2 is two prompts of different
-lengths together, one with the defaults and one with the other kind of sampler (greedy or
-temperature) and a JSON constraint.
+Round 1 is one request with the model's default sampling. Round 2 is three requests together,
+on prompts of two lengths: one with the defaults, one greedy with a JSON constraint, one with
+nucleus sampling (temperature and top_p). Other sampler filters (top_k, min_p, XTC) compile
+their kernels on the first request that uses them.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..spec.settings import SamplingDefaults
-from .api import Constraint, Event, SamplingParams, Turn
+from .api import Constraint, Event, Prompt, SamplingParams, Turn
 
-WARMUP_TOKENS = 4  # a prefill and a few decode steps
+WARMUP_TOKENS = 2  # a prefill, the first token, then one decode step
+BATCH_TOKENS = 1  # a step at batch 3 dequantizes every quantized layer on a CPU (~0.4 s)
 PROMPTS = ("Hi", "Say hello to everyone in a few words, please.")
 ANY_OBJECT = Constraint('{"type": "object"}')
+NUCLEUS_TOP_P = 0.9
+Request = tuple[Prompt, SamplingParams]
 
 
 def default_params(defaults: SamplingDefaults, stop: tuple[str, ...]) -> SamplingParams:
@@ -48,11 +52,18 @@ def default_params(defaults: SamplingDefaults, stop: tuple[str, ...]) -> Samplin
     )
 
 
-def other_params(params: SamplingParams) -> SamplingParams:
-    """The other kind of sampler (greedy for a sampling default, and the reverse), with a
-    JSON constraint: what the defaults leave cold."""
-    temperature = 0.0 if params.temperature > 0 else 1.0
-    return dataclasses.replace(params, temperature=temperature, constraint=ANY_OBJECT)
+def rounds(short: Prompt, longer: Prompt, params: SamplingParams) -> list[list[Request]]:
+    """The warm-up's rounds of requests (the module docstring): `params` are the defaults."""
+    batched = dataclasses.replace(params, max_tokens=BATCH_TOKENS)
+    constrained, nucleus = others(batched)
+    return [[(short, params)], [(longer, batched), (short, constrained), (short, nucleus)]]
+
+
+def others(params: SamplingParams) -> tuple[SamplingParams, SamplingParams]:
+    """Greedy with a JSON constraint, and nucleus sampling: what the defaults may leave cold."""
+    constrained = dataclasses.replace(params, temperature=0.0, constraint=ANY_OBJECT)
+    nucleus = dataclasses.replace(params, temperature=1.0, top_p=NUCLEUS_TOP_P)
+    return constrained, nucleus
 
 
 def conversations() -> tuple[list[Turn], list[Turn]]:

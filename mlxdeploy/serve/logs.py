@@ -17,6 +17,7 @@ from hypercorn.logging import Logger as HypercornLogger
 from hypercorn.typing import ResponseSummary, WWWScope
 
 from ..api.guards.request_ids import HEADER
+from ..api.guards.request_ids import SCOPE_KEY as REQUEST_ID_KEY
 from ..spec.settings import ServerSettings
 
 ACCESS_LOGGER = "mlxdeploy.access"
@@ -69,9 +70,11 @@ class AccessLogger(HypercornLogger):
 def access_fields(
     request: WWWScope, response: ResponseSummary | None, request_time: float
 ) -> dict[str, Any]:
-    """`status` is None when the client went away before the response was complete."""
+    """`status` is None when the client went away before the response was complete; the
+    request id then comes from the scope, where the app put it."""
     headers = dict(response.get("headers", [])) if response is not None else {}
-    request_id = headers.get(_REQUEST_ID_HEADER, b"").decode("latin-1") or None
+    sent = headers.get(_REQUEST_ID_HEADER, b"").decode("latin-1")
+    request_id = sent or request.get(REQUEST_ID_KEY) or None
     return {
         "request_id": request_id,
         "method": request.get("method", "GET"),

@@ -19,9 +19,10 @@ from ..api.app import create_app
 from ..api.guards.auth import ApiKeys
 from ..api.guards.drain import drain_of
 from ..engine.weights.blas import load_fast_blas
+from ..engine.weights.progress import progress_for
 from ..spec.settings import Spec
 from .logs import ACCESS_LOGGER, AccessLogger
-from .shutdown import TrackedConfig, drain_and_abort, install_signal_handlers
+from .shutdown import TrackedConfig, drain_and_abort, install_signal_handlers, stop_engines
 
 if TYPE_CHECKING:
     from ..engine.engine import MLXEngine
@@ -105,7 +106,11 @@ async def _serve_on(
     # Each model generates on its own thread; they load one at a time (peak memory is one
     # load's, and models sharing a GGUF file convert it once).
     load_lock = threading.Lock()
-    engines = [MLXEngine(model, spec.engine, load_lock=load_lock) for model in spec.catalog.models]
+    progress = progress_for(spec.server.log_format)  # bars on a terminal, else log lines
+    engines = [
+        MLXEngine(model, spec.engine, load_lock=load_lock, progress=progress)
+        for model in spec.catalog.models
+    ]
     for engine in engines:
         engine.start(loop)
     ready_line = f"serving {', '.join(spec.catalog.ids)} on http://{address(spec.host, port)}"
@@ -123,7 +128,7 @@ async def _serve_on(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        await asyncio.gather(*(asyncio.to_thread(engine.stop) for engine in engines))
+        await stop_engines(engines, signals.forced)
     error = next((engine.error for engine in engines if engine.error), None)
     return ServeResult(1, error) if error else ServeResult(0)
 

@@ -26,7 +26,10 @@ PLAYGROUND = Route("GET", "/", "playground")
 
 BUILTIN_ROUTES = (HEALTH, METRICS, MODELS, MODEL, CHAT_COMPLETIONS, COMPLETIONS, STATUS)
 # A preset's path may be none of these, nor start with a prefix that a built-in route matches.
-BUILTIN_PATHS = frozenset(route.path for route in BUILTIN_ROUTES if "<" not in route.path)
+# The playground's `/` counts too: the app serves it where the spec turns it on.
+BUILTIN_PATHS = frozenset(
+    route.path for route in (*BUILTIN_ROUTES, PLAYGROUND) if "<" not in route.path
+)
 BUILTIN_PREFIXES = tuple(route.path.split("<")[0] for route in BUILTIN_ROUTES if "<" in route.path)
 
 

@@ -8,7 +8,7 @@ from ...spec import routes
 from ...spec.settings import Spec
 from .auth import ApiKeys
 from .cors import CorsPolicy, is_preflight
-from .request_ids import HEADER, choose_request_id, new_request_id
+from .request_ids import HEADER, SCOPE_KEY, choose_request_id, new_request_id
 
 PUBLIC_PATHS = frozenset({routes.HEALTH.path})
 
@@ -22,6 +22,7 @@ def install_gate(app: Quart, spec: Spec, api_keys: ApiKeys | None) -> None:
     @app.before_request
     async def admit() -> Response | None:
         g.request_id = choose_request_id(request.headers.get(HEADER))
+        request.scope[SCOPE_KEY] = g.request_id  # type: ignore[literal-required]
         if is_preflight(request):
             return cors.preflight(request.headers.get("Origin"))
         if api_keys is not None and request.path not in public:

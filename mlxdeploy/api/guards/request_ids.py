@@ -6,6 +6,9 @@ import re
 import uuid
 
 HEADER = "X-Request-ID"
+# The request's id in its ASGI scope, for the access log: it names requests whose client went
+# away before the response (and its header) was complete.
+SCOPE_KEY = "mlxdeploy.request_id"
 _SANE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 

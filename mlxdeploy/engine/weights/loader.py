@@ -9,20 +9,38 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_map
 
 from ...spec.sources import ModelSource
 from .downloads import download_bars
 from .kernels import use_fast_kernels
 from .progress import LogProgress, Progress
 from .quantized import use_cpu_quantized_matmul
-from .summary import describe, summarize
+from .summary import describe, parameters, summarize
 
 log = logging.getLogger("mlxdeploy.engine")
 
 
+TRANSFORMERS_TOKENIZER_LOGGER = "transformers.tokenization_utils_base"
+
+
 class ModelLoadError(Exception):
     """A model could not be made available; the message is one actionable line."""
+
+
+class LengthWarningFilter(logging.Filter):
+    """Drops transformers' "Token indices sequence length is longer than the specified
+    maximum sequence length" warning: the API checks every prompt against the model's context
+    itself and answers a prompt that does not fit with a 400 that says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token indices sequence length is longer")
+
+
+def quiet_length_warning() -> None:
+    logger = logging.getLogger(TRANSFORMERS_TOKENIZER_LOGGER)
+    if not any(isinstance(f, LengthWarningFilter) for f in logger.filters):
+        logger.addFilter(LengthWarningFilter())
 
 
 def default_cache_root() -> Path:
@@ -81,6 +99,7 @@ def load_model(
     from mlx_lm.utils import load
 
     progress = progress or LogProgress()
+    quiet_length_warning()
     model_dir = resolve_model_dir(source, cache_root or default_cache_root(), progress)
     try:
         model, tokenizer = load(str(model_dir), lazy=True)[:2]
@@ -101,7 +120,7 @@ def load_model(
 
 def read_weights(model: nn.Module, progress: Progress, label: str) -> None:
     """Evaluate the lazily loaded parameters one array at a time, reporting the bytes read."""
-    arrays = [array for _, array in tree_flatten(model.parameters())]
+    arrays = parameters(model)
     with progress.step(label, sum(a.nbytes for a in arrays), "bytes") as step:
         for array in arrays:
             mx.eval(array)

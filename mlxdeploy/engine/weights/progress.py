@@ -14,7 +14,10 @@ import sys
 import threading
 import time
 from types import TracebackType
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from rich.progress import ProgressColumn
 
 log = logging.getLogger("mlxdeploy.engine")
 
@@ -178,7 +181,7 @@ class TerminalStep:
         self._bars.update(self._task, description=f"{self.label}: {text}")
 
 
-def _columns(unit: Unit) -> list[object]:
+def _columns(unit: Unit) -> list[ProgressColumn]:
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -190,7 +193,7 @@ def _columns(unit: Unit) -> list[object]:
         TransferSpeedColumn,
     )
 
-    counts: list[object] = (
+    counts: list[ProgressColumn] = (
         [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
     )
     return [

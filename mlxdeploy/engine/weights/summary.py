@@ -32,11 +32,15 @@ def summarize(model: nn.Module) -> WeightSummary:
         elif "weight" in module and module["weight"].ndim >= 2:
             floats += 1
     dtypes = {
-        _dtype_name(a.dtype)
-        for _, a in tree_flatten(model.parameters())
-        if mx.issubdtype(a.dtype, mx.floating)
+        _dtype_name(a.dtype) for a in parameters(model) if mx.issubdtype(a.dtype, mx.floating)
     }
     return WeightSummary(tuple(sorted(bits.items())), floats, tuple(sorted(dtypes)))
+
+
+def parameters(model: nn.Module) -> list[mx.array]:
+    """Every parameter array of the model (loaded or not)."""
+    flat: list[tuple[str, mx.array]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    return [array for _, array in flat]
 
 
 def describe(summary: WeightSummary, float_dtype: str | None, cpu: bool, swiglu: int) -> str:

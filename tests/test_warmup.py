@@ -1,0 +1,89 @@
+"""The start-up warm-up: the engine runs a few short generations before it reports ready, says how
+long they took, and leaves no trace; after it, the first requests compile no MLX kernels."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import real_app, write_spec
+from tests.scrape import scrape
+from tests.servers import start_server
+
+CHAT = "/v1/chat/completions"
+WARMED = "model tiny warmed up in"
+
+
+def test_the_engine_warms_up_before_it_is_ready(
+    tiny_spec: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="mlxdeploy.engine"), real_app(tiny_spec) as app:
+        ready = [r.getMessage() for r in caplog.records if r.name == "mlxdeploy.engine"]
+        assert app.http.get("/health").json()["status"] == "ok"
+    warmed = [line for line in ready if line.startswith(WARMED)]
+    assert len(warmed) == 1, ready
+    assert warmed[0].endswith(" s")
+    assert ready.index(warmed[0]) < ready.index("model tiny ready (chat template)")
+
+
+def test_the_warm_up_leaves_no_trace(tiny_spec: Path) -> None:
+    """Counters start at zero, and the warm-up's own prompt is not in the prefix cache."""
+    with real_app(tiny_spec) as app:
+        before = scrape(app.http)
+        assert before.value("mlxdeploy_prompt_tokens_total", model="tiny") == 0
+        assert before.value("mlxdeploy_completion_tokens_total", model="tiny") == 0
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        usage = app.http.post(CHAT, json=body).json()["usage"]
+        assert usage["prompt_tokens_details"]["cached_tokens"] == 0
+        assert scrape(app.http).value("mlxdeploy_prefix_cache_hits_total", model="tiny") == 0
+
+
+def test_the_warm_up_can_be_turned_off(
+    tiny_spec: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.INFO, logger="mlxdeploy.engine"),
+        real_app(tiny_spec, engine={"warmup": False}) as app,
+    ):
+        assert app.http.get("/health").json()["status"] == "ok"
+    assert not [r for r in caplog.records if r.getMessage().startswith(WARMED)]
+
+
+def compiled_kernels(tmp: Path) -> set[str]:
+    """MLX's CPU backend compiles each fused kernel once into $TMPDIR/mlx/<version>/cpu."""
+    return {path.name for path in tmp.glob("mlx/*/cpu/*.so")}
+
+
+@pytest.mark.process
+def test_no_kernel_is_compiled_for_the_first_requests(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A fresh kernel cache, as on a new machine: the warm-up compiles what requests need, so
+    a first request, a burst of them and a JSON-constrained one compile nothing more."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    spec = write_spec(tmp_path / "tiny.yaml", tiny_model_dir, name="tiny", stop=[])
+    with start_server(spec, env={**os.environ, "TMPDIR": str(tmp)}) as server:
+        warmed = compiled_kernels(tmp)
+        assert warmed, "the warm-up compiled no kernels: is TMPDIR honoured?"
+        with httpx.Client(base_url=server.base_url, timeout=120) as http:
+            bodies = [
+                {"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 8},
+                {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0},
+                {
+                    "messages": [{"role": "user", "content": "A JSON object, please."}],
+                    "max_tokens": 8,
+                    "response_format": {"type": "json_object"},
+                },
+            ]
+            for body in bodies:
+                assert http.post(CHAT, json=body).status_code == 200
+            burst = [{**bodies[0], "messages": [{"role": "user", "content": "Go " * k}]} for k in range(1, 5)]
+            import concurrent.futures
+
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                codes = list(pool.map(lambda b: http.post(CHAT, json=b).status_code, burst))
+            assert codes == [200] * 4
+        assert compiled_kernels(tmp) == warmed

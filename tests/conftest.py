@@ -211,3 +211,21 @@ def tiny_app(tiny_spec: Path, cache_dir: Path) -> Iterator[InProcessApp]:
     """The tiny model's app in-process, real inference; shared by the HTTP contract tests."""
     with real_app(tiny_spec) as app:
         yield app
+
+
+WARMUP_ENV = "MLXDEPLOY_ENGINE__WARMUP"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_warmup() -> Iterator[None]:
+    """Engines (in-process and in server processes) skip the start-up warm-up. It exists to
+    compile MLX kernels before the first request; this machine's kernel cache is warm after
+    the first run, so for the suite it is cost only (about a third of `make test`).
+    tests/test_warmup.py turns it on."""
+    old = os.environ.get(WARMUP_ENV)
+    os.environ[WARMUP_ENV] = "false"
+    yield
+    if old is None:
+        os.environ.pop(WARMUP_ENV, None)
+    else:
+        os.environ[WARMUP_ENV] = old

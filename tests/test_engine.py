@@ -89,4 +89,6 @@ def test_a_slow_reader_gets_fewer_pieces_of_the_same_text(tiny_spec: Path) -> No
 
     fast, slow = asyncio.run(pieces(0.0)), asyncio.run(pieces(0.5))
     assert "".join(slow) == "".join(fast)
-    assert len(slow) < len(fast)
+    # 24 tokens take well under a second here: a reader that sleeps 0.5 s per piece finds the
+    # rest of the text ready in few pieces, not one per token.
+    assert len(slow) <= 6

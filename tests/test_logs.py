@@ -93,14 +93,16 @@ def test_the_flag_beats_the_spec(json_server: RunningServer) -> None:
 
 
 @contextlib.contextmanager
-def under_hypercorn(spec_path: Path) -> Iterator[str]:
-    """The spec's app on a scripted engine, under Hypercorn in this process; its base URL.
-    Leaving the block stops the server, so every access line has been written."""
+def under_hypercorn(spec_path: Path, *engines: ScriptedEngine) -> Iterator[str]:
+    """The spec's app on scripted engines (a default one per model when none are given), under
+    Hypercorn in this process; its base URL. Leaving the block stops the server, so every
+    access line has been written."""
     spec = load_spec(spec_path)
     config = hypercorn_config(spec)
     config.bind = ["127.0.0.1:0"]
     port = config.create_sockets().insecure_sockets[0].getsockname()[1]  # kept for Hypercorn
-    app = create_app(spec, [ScriptedEngine(model_id=m.id) for m in spec.catalog.models])
+    chosen = list(engines) or [ScriptedEngine(model_id=m.id) for m in spec.catalog.models]
+    app = create_app(spec, chosen)
     loop = LoopThread()
     stop = asyncio.Event()
     served = asyncio.run_coroutine_threadsafe(
@@ -143,6 +145,63 @@ def test_the_access_log_can_be_off(
         assert {r.path for r in access} >= {CHAT, "/v1/nothing"}  # type: ignore[attr-defined]
     else:
         assert not access
+
+
+def scripted_spec(tmp_path: Path) -> Path:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    return write_spec(
+        tmp_path / "spec.yaml", tmp_path / "model", name="tiny", server={"access_log": True}
+    )
+
+
+@pytest.mark.parametrize("sent", [None, "trace-gone"])
+def test_a_client_that_went_away_is_logged_with_its_request_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, sent: str | None
+) -> None:
+    """The response never completes, so Hypercorn logs it without a response (status -): the
+    id comes from the request, the client's own or the one the server chose."""
+    slow = ScriptedEngine(model_id="tiny", pieces=("word ",) * 400, delay=0.02)
+    body = {"messages": USER, "max_tokens": 400, "stream": True}
+    headers = {"X-Request-ID": sent} if sent else {}
+    with (
+        caplog.at_level(logging.INFO, logger=ACCESS_LOGGER),
+        under_hypercorn(scripted_spec(tmp_path), slow) as url,
+        httpx.Client(base_url=url, timeout=60) as http,
+    ):
+        with http.stream("POST", CHAT, json=body, headers=headers) as response:
+            request_id = response.headers["x-request-id"]
+            next(response.iter_lines())  # one line, then the client goes away
+        wait_closed(slow)
+    assert sent is None or request_id == sent
+    access = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    (gone,) = [r for r in access if vars(r)["path"] == CHAT]
+    fields = vars(gone)
+    assert fields["status"] is None
+    assert fields["request_id"] == request_id
+    assert gone.getMessage().endswith(f" - {fields['duration_ms']:.1f}ms id={request_id}")
+
+
+def wait_closed(engine: ScriptedEngine, timeout: float = 10) -> None:
+    """Until the app has closed the generation of the client that went away."""
+    deadline = time.monotonic() + timeout
+    while not engine.closed:
+        assert time.monotonic() < deadline, "the app never noticed the client went away"
+        time.sleep(0.02)
+
+
+@pytest.mark.process
+def test_a_prompt_past_the_context_leaves_no_tokenizer_warning(json_server: RunningServer) -> None:
+    """Past the tokenizer's own maximum (8192) as well as the model's context (2048): the
+    server answers 400 itself, and transformers' warning about it stays out of the log."""
+    body = {"messages": [{"role": "user", "content": "hello " * 9000}], "max_tokens": 2}
+    reply = httpx.post(f"{json_server.api_url}/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 400, reply.text
+    request_id = reply.headers["x-request-id"]
+    log = wait_for_log(json_server, f'"request_id": "{request_id}"')
+    assert f'"request_id": "{request_id}"' in log
+    assert "Token indices sequence length" not in log
+    json_lines(json_server)  # every line is still one JSON object
 
 
 def test_json_formatter_keeps_the_traceback() -> None:

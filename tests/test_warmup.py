@@ -1,21 +1,28 @@
 """The start-up warm-up: the engine runs a few short generations before it reports ready, says how
-long they took, and leaves no trace; after it, the first requests compile no MLX kernels."""
+long they took, and leaves no trace; after it, the first requests compile no MLX kernels.
+(The rest of the suite runs without it: conftest.py `no_warmup`; the spec's default is on.)"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
-import os
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import real_app, write_spec
+from tests.conftest import WARMUP_ENV, real_app, write_spec
 from tests.scrape import scrape
 from tests.servers import start_server
 
 CHAT = "/v1/chat/completions"
 WARMED = "model tiny warmed up in"
+
+
+@pytest.fixture(autouse=True)
+def spec_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spec's own default, not the suite's MLXDEPLOY_ENGINE__WARMUP=false."""
+    monkeypatch.delenv(WARMUP_ENV, raising=False)
 
 
 def test_the_engine_warms_up_before_it_is_ready(
@@ -42,9 +49,7 @@ def test_the_warm_up_leaves_no_trace(tiny_spec: Path) -> None:
         assert scrape(app.http).value("mlxdeploy_prefix_cache_hits_total", model="tiny") == 0
 
 
-def test_the_warm_up_can_be_turned_off(
-    tiny_spec: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_the_warm_up_can_be_turned_off(tiny_spec: Path, caplog: pytest.LogCaptureFixture) -> None:
     with (
         caplog.at_level(logging.INFO, logger="mlxdeploy.engine"),
         real_app(tiny_spec, engine={"warmup": False}) as app,
@@ -65,25 +70,25 @@ def test_no_kernel_is_compiled_for_the_first_requests(tiny_model_dir: Path, tmp_
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     spec = write_spec(tmp_path / "tiny.yaml", tiny_model_dir, name="tiny", stop=[])
-    with start_server(spec, env={**os.environ, "TMPDIR": str(tmp)}) as server:
+    with start_server(spec, env={"TMPDIR": str(tmp)}) as server:
         warmed = compiled_kernels(tmp)
         assert warmed, "the warm-up compiled no kernels: is TMPDIR honoured?"
-        with httpx.Client(base_url=server.base_url, timeout=120) as http:
-            bodies = [
-                {"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 8},
-                {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0},
-                {
-                    "messages": [{"role": "user", "content": "A JSON object, please."}],
-                    "max_tokens": 8,
-                    "response_format": {"type": "json_object"},
-                },
-            ]
-            for body in bodies:
-                assert http.post(CHAT, json=body).status_code == 200
-            burst = [{**bodies[0], "messages": [{"role": "user", "content": "Go " * k}]} for k in range(1, 5)]
-            import concurrent.futures
-
-            with concurrent.futures.ThreadPoolExecutor(4) as pool:
-                codes = list(pool.map(lambda b: http.post(CHAT, json=b).status_code, burst))
-            assert codes == [200] * 4
+        url = f"{server.api_url}/chat/completions"
+        for body in (
+            {"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 8},
+            {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0},
+            {
+                "messages": [{"role": "user", "content": "A JSON object, please."}],
+                "max_tokens": 8,
+                "response_format": {"type": "json_object"},
+            },
+        ):
+            assert httpx.post(url, json=body, timeout=120).status_code == 200
+        burst = [
+            {"messages": [{"role": "user", "content": "Go " * k}], "max_tokens": 8}
+            for k in range(1, 5)
+        ]
+        with concurrent.futures.ThreadPoolExecutor(len(burst)) as pool:
+            replies = list(pool.map(lambda b: httpx.post(url, json=b, timeout=120), burst))
+        assert [reply.status_code for reply in replies] == [200] * len(burst)
         assert compiled_kernels(tmp) == warmed

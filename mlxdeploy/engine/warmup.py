@@ -4,14 +4,15 @@ engine reports ready.
 What is cold in a fresh process: MLX compiles a fused kernel the first time a compiled function
 (mlx-lm's SwiGLU, the fast CPU SwiGLU, samplers) meets new dtypes or memory layouts; on a CPU
 each one is a C++ compile of a second or so (cached under $TMPDIR/mlx, so a new machine or
-container pays it once per kernel). Prefill at batch 1 and at a padded batch of 2, and
-decoding at batch 1 and 2, each meet their own. Besides those: the chat template's first
+container pays it once per kernel). A padded prefill of several prompts, and decoding at
+batch 1 and at larger batches, each meet their own. Besides those: the chat template's first
 render and llguidance's tokenizer (built on the first constrained request, ~0.3-1 s).
 
-Round 1 is one request with the model's default sampling. Round 2 is three requests together,
-on prompts of two lengths: one with the defaults, one greedy with a JSON constraint, one with
-nucleus sampling (temperature and top_p). Other sampler filters (top_k, min_p, XTC) compile
-their kernels on the first request that uses them.
+One round of three requests together, on prompts of two lengths: one with the model's default
+sampling, one greedy with a JSON constraint, one with nucleus sampling (temperature and top_p).
+The last two stop after their first token; the first goes on alone, decoding at batch 1. A
+second round (one request alone first) compiled nothing more and cost a prefill. Other sampler
+filters (top_k, min_p, XTC), and top_p for a request alone, compile their kernels on first use.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from ..spec.settings import SamplingDefaults
 from .api import Constraint, Event, Prompt, SamplingParams, Turn
 
-WARMUP_TOKENS = 2  # a prefill, the first token, then one decode step
+WARMUP_TOKENS = 3  # the request that goes on alone: its first token and two decode steps
 BATCH_TOKENS = 1  # a step at batch 3 dequantizes every quantized layer on a CPU (~0.4 s)
 PROMPTS = ("Hi", "Say hello to everyone in a few words, please.")
 ANY_OBJECT = Constraint('{"type": "object"}')
@@ -54,9 +55,8 @@ def default_params(defaults: SamplingDefaults, stop: tuple[str, ...]) -> Samplin
 
 def rounds(short: Prompt, longer: Prompt, params: SamplingParams) -> list[list[Request]]:
     """The warm-up's rounds of requests (the module docstring): `params` are the defaults."""
-    batched = dataclasses.replace(params, max_tokens=BATCH_TOKENS)
-    constrained, nucleus = others(batched)
-    return [[(short, params)], [(longer, batched), (short, constrained), (short, nucleus)]]
+    constrained, nucleus = others(dataclasses.replace(params, max_tokens=BATCH_TOKENS))
+    return [[(longer, params), (short, constrained), (short, nucleus)]]
 
 
 def others(params: SamplingParams) -> tuple[SamplingParams, SamplingParams]:

@@ -116,6 +116,7 @@ def write_model_dir(
     step = step or Silent()
     step.phase(f"reading the file ({size(source.stat().st_size)})")
     tensors = load_tensors(source, header)
+    step.phase("converting the tensors")
 
     def converted(name: str) -> None:  # a quantized tensor is three arrays: count its weight
         if not name.endswith((".scales", ".biases")):
@@ -127,7 +128,7 @@ def write_model_dir(
     quantization = quantization_config(weights)
     if quantization:
         config["quantization"] = quantization
-    step.phase(f"writing the converted model to {out.parent}")
+    step.phase("writing the converted model")
     save_weights(weights, out)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     save_tokenizer(source, header.metadata, out)

@@ -59,3 +59,22 @@ def test_make_lint_has_its_tools_and_passes() -> None:
     ):
         done = subprocess.run([sys.executable, "-m", *command], cwd=root, capture_output=True)
         assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+@pytest.mark.process  # runs git
+def test_gitignore_ignores_no_tracked_file() -> None:
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.fail("the repository's git checkout is needed to check .gitignore")
+    ignored = subprocess.run(
+        ["git", "ls-files", "--cached", "--ignored", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert ignored == []

@@ -38,3 +38,18 @@ class TextEvents:
 
     def __call__(self, text: str) -> str:
         return f"{self._head}{json.dumps(text, ensure_ascii=False)}{self._tail}"
+
+
+class ChoiceTextEvents:
+    """TextEvents for each choice of one answer, each template made on its choice's first
+    delta: `chunk(text, index)` renders choice `index`'s delta."""
+
+    def __init__(self, chunk: Callable[[str, int], BaseModel]) -> None:
+        self._chunk = chunk
+        self._by_index: dict[int, TextEvents] = {}
+
+    def __call__(self, text: str, index: int) -> str:
+        events = self._by_index.get(index)
+        if events is None:
+            events = self._by_index[index] = TextEvents(lambda t: self._chunk(t, index))
+        return events(text)

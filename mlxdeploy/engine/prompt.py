@@ -37,7 +37,7 @@ def template_prompt(tokenizer: Any, turns: Sequence[Turn], tools: Sequence[Tool]
     tools=...) expects it: tool definitions, assistant calls with their arguments as objects,
     and tool results with the id of the call they answer."""
     conversation = [_message(turn) for turn in turns]
-    extra = {"tools": [_tool(tool) for tool in tools]} if tools else {}
+    extra = {"tools": tool_dicts(tools)} if tools else {}
     try:
         return str(
             tokenizer.apply_chat_template(
@@ -73,6 +73,11 @@ def _arguments(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def tool_dicts(tools: Sequence[Tool]) -> list[dict[str, Any]]:
+    """The tools as transformers' chat templates and mlx-lm's tool parsers read them."""
+    return [_tool(tool) for tool in tools]
 
 
 def _tool(tool: Tool) -> dict[str, Any]:

@@ -8,14 +8,13 @@ reaches the content.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from .api import Event, Text, Tool, ToolCallArguments, ToolCallStarted
+from .prompt import tool_dicts
 from .tool_formats import ToolFormat
 
 log = logging.getLogger("mlxdeploy.engine")
@@ -76,7 +75,7 @@ class CallSplitter:
         """The end of the answer: an open call that never closed is parsed as it stands."""
         if self._in_call and not self._streaming:
             self._parse_whole(self._call + self._pending)
-        elif not self._in_call and (self._pending.strip() or not self.calls):
+        elif not self._in_call and self._is_content(self._pending):
             self._content(self._pending)
         self._pending = ""
         return self._take()
@@ -96,11 +95,12 @@ class CallSplitter:
         if at < 0:
             keep = _partial_suffix(self._pending, start)
             ready = self._pending[: len(self._pending) - keep]
-            if ready.strip() or (ready and not self.calls):  # blank text between calls is markup
+            if self._is_content(ready):
                 self._content(ready)
                 self._pending = self._pending[len(ready) :]
             return False
-        self._content(self._pending[:at] if (self._pending[:at].strip() or not self.calls) else "")
+        before = self._pending[:at]
+        self._content(before if self._is_content(before) else "")
         self._pending = self._pending[at + len(start) :]
         self._in_call, self._call, self._streaming = True, "", False
         return True
@@ -163,7 +163,7 @@ class CallSplitter:
     # -- output -----------------------------------------------------------------------
     def _parse_whole(self, body: str) -> None:
         try:
-            calls = self.format.parse_calls(body, _tool_dicts(self.tools))
+            calls = self.format.parse_calls(body, tool_dicts(self.tools))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("a tool call did not parse (%s): %r", exc, body[:200])
             return
@@ -171,6 +171,10 @@ class CallSplitter:
             self._events.append(ToolCallStarted(self.calls, _call_id(), name))
             self._events.append(ToolCallArguments(self.calls, arguments))
             self.calls += 1
+
+    def _is_content(self, text: str) -> bool:
+        """Blank text between or after calls is markup, not content."""
+        return bool(text.strip()) or (bool(text) and not self.calls)
 
     def _content(self, text: str) -> None:
         if text:
@@ -191,11 +195,3 @@ def _partial_suffix(text: str, marker: str) -> int:
 
 def _call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
-
-
-def _tool_dicts(tools: Sequence[Tool]) -> list[dict[str, Any]]:
-    """The tools as mlx-lm's parsers read them (some look up argument types)."""
-    return [
-        {"type": "function", "function": {"name": t.name, "parameters": json.loads(t.parameters)}}
-        for t in tools
-    ]

@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 
 from ..spec.grammar import JSON_OPTIONS
-from .api import Tool, ToolUse
+from .api import ToolUse
 from .tool_formats import ToolFormat
 
 Marker = Callable[[str], str]  # a marker's Lark spelling: "<[id]>" for a special token, else text
@@ -30,7 +30,7 @@ def tool_grammar(fmt: ToolFormat, use: ToolUse, content_schema: str | None, mark
     lines = ["%llguidance {}", f"body: {bodies}"]
     for i, tool in enumerate(tools):
         head, tail = json.dumps(shape.head_of(tool.name)), _literal(shape.tail)
-        lines.append(f"body_{i}: {head} %json {_arguments(tool)} {tail} {end}")
+        lines.append(f"body_{i}: {head} %json {_strict(tool.parameters)} {tail} {end}")
     several = use.parallel and tool_name(use) is None  # a named function: exactly one call
     more = f"({_literal(shape.separator)} call)*" if several else ""
     lines.append(f"call: {start} body")
@@ -50,10 +50,6 @@ def tool_grammar(fmt: ToolFormat, use: ToolUse, content_schema: str | None, mark
 def tool_name(use: ToolUse) -> str | None:
     """The one function a named tool_choice forces, else None."""
     return None if use.choice in ("auto", "required") else use.choice
-
-
-def _arguments(tool: Tool) -> str:
-    return _strict(tool.parameters)
 
 
 def _strict(schema: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -14,7 +15,7 @@ from ..errors import InvalidRequest
 from ..guards.body import parse_body
 from ..routing import Target, Targets
 from ..serving import Generation
-from ..sse import TextEvents, sse_event
+from ..sse import ChoiceTextEvents, sse_event
 from ..wire import Usage, new_completion_id, now
 from .wire import (
     ChatCompletion,
@@ -70,14 +71,13 @@ class ChatFormat:
     logprobs: bool = False  # the request asked: choices carry their tokens' logprobs
     id: str = field(default_factory=new_completion_id)
     created: int = field(default_factory=now)
-    _templates: dict[int, TextEvents] = field(default_factory=dict, repr=False)
 
     def opening_event(self, index: int) -> str | None:
         return sse_event(self.chunk(Delta(role="assistant", content=""), index))
 
     def content_event(self, event: Text, index: int) -> str:
         if not self.logprobs:
-            return self._text_events(index)(event.text)
+            return self._text_events(event.text, index)
         logprobs = ChoiceLogprobs.of(event.logprobs)
         return sse_event(self.chunk(Delta(content=event.text), index, logprobs=logprobs))
 
@@ -135,11 +135,6 @@ class ChatFormat:
             id=self.id, created=self.created, model=self.model, choices=[choice]
         )
 
-    def _text_events(self, index: int) -> TextEvents:
-        """One template per choice, made on its first delta."""
-        events = self._templates.get(index)
-        if events is None:
-            events = self._templates[index] = TextEvents(
-                lambda text: self.chunk(Delta(content=text), index)
-            )
-        return events
+    @functools.cached_property
+    def _text_events(self) -> ChoiceTextEvents:
+        return ChoiceTextEvents(lambda text, index: self.chunk(Delta(content=text), index))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ from ..answer import Answer
 from ..guards.body import parse_body
 from ..routing import Targets
 from ..serving import Generation
-from ..sse import TextEvents, sse_event
+from ..sse import ChoiceTextEvents, sse_event
 from ..wire import Usage, new_completion_id, now
 from .wire import CompletionLogprobs, CompletionRequest, TextChoice, TextCompletion
 
@@ -40,14 +41,13 @@ class TextFormat:
     created: int = field(default_factory=now)
     # Per choice: the length of its text streamed so far (its next token's text_offset).
     _offsets: dict[int, int] = field(default_factory=dict, repr=False)
-    _templates: dict[int, TextEvents] = field(default_factory=dict, repr=False)
 
     def opening_event(self, index: int) -> str | None:
         return None
 
     def content_event(self, event: Text, index: int) -> str:
         if self.logprobs is None:
-            return self._text_events(index)(event.text)
+            return self._text_events(event.text, index)
         offset = self._offsets.get(index, 0)
         logprobs = CompletionLogprobs.of(event.logprobs, offset)
         self._offsets[index] = offset + len(event.text)
@@ -57,14 +57,11 @@ class TextFormat:
     def call_event(self, event: ToolCallStarted | ToolCallArguments, index: int) -> str:
         raise AssertionError("text completions offer no tools")
 
-    def _text_events(self, index: int) -> TextEvents:
-        """One template per choice, made on its first delta."""
-        events = self._templates.get(index)
-        if events is None:
-            events = self._templates[index] = TextEvents(
-                lambda text: self._text([TextChoice(index=index, text=text)])
-            )
-        return events
+    @functools.cached_property
+    def _text_events(self) -> ChoiceTextEvents:
+        return ChoiceTextEvents(
+            lambda text, index: self._text([TextChoice(index=index, text=text)])
+        )
 
     def finish_event(self, reason: str, index: int) -> str:
         choice = TextChoice(index=index, text="", finish_reason=reason)  # type: ignore[arg-type]

@@ -3,16 +3,9 @@
 # Install Debian's chromium and its chromedriver where we can; never fail the set-up (the test
 # itself fails with a clear message when they are missing).
 command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && exit 0
-if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
-  SUDO=""
-  [ "$(id -u)" = "0" ] || SUDO="sudo -n"
-  APT="$SUDO env DEBIAN_FRONTEND=noninteractive apt-get"
+if [ "$(uname -s)" = "Linux" ]; then
   echo "Installing chromium and chromium-driver (Debian packages) for the playground's browser test"
-  if $APT install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
-     { $APT update -qq >/dev/null 2>&1 && \
-       $APT install -y -qq chromium chromium-driver >/dev/null 2>&1; }; then
-    exit 0
-  fi
+  "$(dirname "$0")/apt-install.sh" chromium chromium-driver && exit 0
 fi
 echo "note: could not install chromium and chromedriver; tests/test_playground.py will fail." >&2
 echo "      Install them (Debian/Ubuntu: chromium chromium-driver; macOS: brew install chromium" >&2

@@ -5,17 +5,8 @@
 for lib in /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 /usr/lib64/libopenblas*.so.0; do
   [ -e "$lib" ] && exit 0
 done
-if command -v apt-get >/dev/null 2>&1; then
-  SUDO=""
-  [ "$(id -u)" = "0" ] || SUDO="sudo -n"
-  APT="$SUDO env DEBIAN_FRONTEND=noninteractive apt-get"
-  echo "Installing OpenBLAS (Debian package libopenblas0-pthread) for fast CPU matmuls"
-  if $APT install -y -qq libopenblas0-pthread >/dev/null 2>&1 || \
-     { $APT update -qq >/dev/null 2>&1 && \
-       $APT install -y -qq libopenblas0-pthread >/dev/null 2>&1; }; then
-    exit 0
-  fi
-fi
+echo "Installing OpenBLAS (Debian package libopenblas0-pthread) for fast CPU matmuls"
+"$(dirname "$0")/apt-install.sh" libopenblas0-pthread && exit 0
 echo "note: could not install OpenBLAS; mlxdeploy will use MLX's slower reference BLAS." >&2
 echo "      Install libopenblas0-pthread (Debian/Ubuntu) or openblas (Fedora) to speed it up." >&2
 exit 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlx_lm.generate import BatchGenerator, GenerationBatch
+from mlx_lm.generate import BatchGenerator, GenerationBatch, PromptProcessingBatch
 from mlx_lm.utils import load
 from packaging.requirements import Requirement
 
@@ -95,13 +95,18 @@ def test_batch_generator_keeps_one_generation_batch_and_a_queue(model: Any) -> N
 
 
 def _generate(model: Any, generator_cls: type, prompts: list[list[int]]) -> dict[int, list[int]]:
-    generator = generator_cls(model, completion_batch_size=8, prefill_batch_size=8)
-    n = len(prompts)
-    uids = generator.insert(prompts, max_tokens=[MAX_TOKENS] * n, samplers=[greedy] * n)
+    """Greedy tokens per prompt; prompts end at different lengths and the later ones join
+    while the first decode, so rows retire, compact and join between steps."""
+    generator = generator_cls(model, completion_batch_size=8, prefill_batch_size=2)
+    lengths = [MAX_TOKENS - 2 * (i % 4) for i in range(len(prompts))]
+    uids = generator.insert(prompts, max_tokens=lengths, samplers=[greedy] * len(prompts))
     out: dict[int, list[int]] = {uid: [] for uid in uids}
-    while any(len(tokens) < MAX_TOKENS for tokens in out.values()):
+    ended: set[int] = set()
+    while len(ended) < len(uids):
         for response in generator.next_generated():
             out[response.uid].append(response.token)
+            if response.finish_reason is not None:
+                ended.add(response.uid)
     return {uids.index(uid): tokens for uid, tokens in out.items()}
 
 
@@ -109,7 +114,7 @@ def test_fast_batch_generates_the_same_tokens_as_mlx_lm(
     model: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = random.Random(0)
-    prompts = [[rng.randrange(100, 40000) for _ in range(rng.randrange(3, 40))] for _ in range(5)]
+    prompts = [[rng.randrange(100, 40000) for _ in range(rng.randrange(3, 40))] for _ in range(9)]
     steps = []
     fast_step = LogitsGenerationBatch._step
 
@@ -123,9 +128,9 @@ def test_fast_batch_generates_the_same_tokens_as_mlx_lm(
     assert ours == _generate(model, BatchGenerator, prompts)
 
 
-def test_batch_generator_has_the_shape_the_logprobs_rows_rely_on() -> None:
-    """FastBatchGenerator forgets a request's logprobs row in `_next` and `remove`, and the
-    first token's row comes from mlx-lm's own step (its whole normalized logprobs)."""
+def test_batch_generator_has_the_shape_the_schedule_relies_on() -> None:
+    """FastBatchGenerator._next replaces mlx-lm's schedule but reads its queue and prompt
+    batch: what it relies on, said where a new mlx-lm would move it."""
     assert "self._next()" in _source(BatchGenerator.next), (
         "BatchGenerator.next no longer runs through _next (FastBatchGenerator._next)"
     )
@@ -133,7 +138,92 @@ def test_batch_generator_has_the_shape_the_logprobs_rows_rely_on() -> None:
     remove = list(inspect.signature(BatchGenerator.remove).parameters)
     assert remove == ["self", "uids", "return_prompt_caches"], f"remove now takes {remove}"
     assert "self._next_logprobs.extend(batch._next_logprobs)" in _source(GenerationBatch.extend)
-    assert "self._next_logprobs = list(logprobs)" in _source(GenerationBatch._step), (
-        "mlx-lm's first step no longer leaves whole logprobs rows (LogitsGenerationBatch."
-        "_first_scores reduces them)"
+    make = _source(BatchGenerator._make_batch)
+    assert "self._currently_processing.append(" in make, (
+        "mlx-lm's _make_batch no longer records [segments, done, total] per prompt"
     )
+    assert "[sequence[1], 0, sum(len(s) for s in sequence[1])]" in make
+    insert = _source(BatchGenerator.insert_segments)
+    assert "seq.append(seq[-1][-1:])" in insert, (
+        "mlx-lm's insert no longer keeps a prompt's last token as its own segment "
+        "(FastBatchGenerator._start_decoding waits for exactly that)"
+    )
+    for name in ("prompt", "split", "empty", "extend"):
+        assert hasattr(PromptProcessingBatch, name), f"PromptProcessingBatch lost {name}"
+
+
+class Calls:
+    """Counts the model's forward passes and the tokens each reads."""
+
+    def __init__(self, model: Any):
+        self.model, self.shapes = model, []
+
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        self.shapes.append(tuple(inputs.shape))
+        return self.model(inputs, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+def _decoding(model: Any, rows: int, wait: int = 0) -> FastBatchGenerator:
+    generator = FastBatchGenerator(
+        model, completion_batch_size=16, prefill_batch_size=4, prefill_wait_steps=wait
+    )
+    generator.insert([[5, 6, 7]] * rows, max_tokens=[1000] * rows, samplers=[greedy] * rows)
+    while generator._generation_batch.live < rows:
+        generator.next()
+    return generator
+
+
+def test_a_prompt_joins_the_decode_step_without_a_pass_of_its_own(model: Any) -> None:
+    """Its prompt but the last token is read in one prefill call; the next decode step reads
+    that token with the batch and samples its first token: no forward pass at batch 1."""
+    calls = Calls(model)
+    generator = _decoding(calls, rows=3)
+    calls.shapes.clear()
+    (uid,) = generator.insert([[9, 10, 11, 12, 13]], max_tokens=[4], samplers=[greedy])
+    prompt_responses, _ = generator.next()
+    assert calls.shapes == [(3, 1), (1, 4)]  # the decode step, then the prompt but its last
+    assert [r.end_of_prompt for r in prompt_responses if r.uid == uid] == [False, True]
+    _, responses = generator.next()
+    assert calls.shapes[2:] == [(4, 1)]
+    assert uid not in [r.uid for r in responses]  # this step read its prompt's last token
+    _, responses = generator.next()
+    assert uid in [r.uid for r in responses]
+
+
+def test_prompts_wait_for_a_group_while_the_batch_decodes(model: Any) -> None:
+    calls = Calls(model)
+    generator = _decoding(calls, rows=2, wait=3)
+    calls.shapes.clear()
+    generator.insert([[9, 10, 11]], max_tokens=[4], samplers=[greedy])
+    for _ in range(2):
+        generator.next()
+    assert calls.shapes == [(2, 1), (2, 1)] and generator.waiting == 1
+    generator.next()  # the third step: it has waited prefill_wait_steps
+    assert calls.shapes[2:] == [(2, 1), (1, 2)] and generator.waiting == 0
+    calls.shapes.clear()
+    generator.insert([[9, 10, 11]] * 4, max_tokens=[4] * 4, samplers=[greedy] * 4)
+    generator.next()  # a full group (prefill_batch_size) goes at once, in one call
+    assert calls.shapes == [(3, 1), (4, 2)]
+
+
+def test_an_idle_batch_reads_a_prompt_at_once(model: Any) -> None:
+    calls = Calls(model)
+    generator = FastBatchGenerator(calls, prefill_batch_size=4, prefill_wait_steps=100)
+    generator.insert([[9, 10, 11]], max_tokens=[2], samplers=[greedy])
+    generator.next()
+    assert calls.shapes == [(1, 2)]
+
+
+def test_ended_rows_retire_and_leave_in_one_compaction(model: Any) -> None:
+    generator = _decoding(model, rows=10)
+    batch = generator._generation_batch
+    uids = list(batch.uids)
+    generator.remove(uids[:1])
+    assert len(batch.uids) == 10 and batch.live == 9  # retired, still computed
+    generator.next()
+    generator.remove(uids[1:2])  # two of ten: more than an eighth
+    generator.next()
+    assert batch.uids == uids[2:] and batch.retired == 0

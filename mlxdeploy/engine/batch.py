@@ -9,25 +9,116 @@ logprobs. Greedy or temperature sampling does not need them: on a CPU the logsum
 (see `sampling.py`: each sampler normalizes only if it must), and only the rows of requests
 that ask for log-probabilities are normalized (see `logprobs.py`); a step's responses carry
 `TokenScores` for those rows and None for the others.
+
+Two changes to how rows join and leave the batch (the scheduling is in `generator.py`):
+- A row joins with its prompt read but for the last token, and the next decode step reads that
+  token with the rest of the batch and samples the row's first token. mlx-lm runs a forward pass
+  of its own for the new rows (a whole pass over the weights for one token), then merges them.
+- A row that ends is retired, not cut out: it stays in the batch, computed but unread, until
+  enough have ended (or rows join) to make one compaction worth it. Cutting a row out copies the
+  whole batch's KV cache, which at batch 64 on a GPU costs a large part of a decode step.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator, GenerationBatch
+from mlx_lm.generate import BatchGenerator, GenerationBatch, PromptProcessingBatch, TokenBuffer
 
 from .constraints import Guide, mask_guided_rows
 from .logprobs import RowScores, arrays_of, score_rows
+
+RETIRED = -1  # the uid of a row that ended: it matches no request
+
+
+def compaction_due(rows: int, retired: int) -> bool:
+    """Whether a batch of `rows` with `retired` ended rows should be compacted now: once an
+    eighth of it has ended (every ended row, in a batch of up to 8)."""
+    return retired > 0 and retired * 8 >= max(rows, 8)
 
 
 class LogitsGenerationBatch(GenerationBatch):
     # uid -> how many alternatives its request asked for; only those rows are normalized.
     # The generator gives the batch its own mapping (FastBatchGenerator.__init__).
     logprobs: Mapping[int, int] = MappingProxyType({})
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.fresh: list[bool] = []  # per row: this step reads its prompt's last token
+        self.retired = 0  # rows that ended and wait for `compact`
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def starting(cls, read: PromptProcessingBatch, last: list[int]) -> LogitsGenerationBatch:
+        """The rows of `read`, whose prompts are read but for the tokens in `last`: the next
+        step they are part of reads those tokens and samples each row's first token."""
+        batch = cls.empty(read.model, read.fallback_sampler)
+        batch.uids, batch.prompt_cache, batch.tokens = read.uids, read.prompt_cache, read.tokens
+        batch.samplers, batch.logits_processors = read.samplers, read.logits_processors
+        batch.stop_sequences, batch.max_tokens = read.stop_sequences, read.max_tokens
+        rows = len(read.uids)
+        batch._next_tokens = mx.array(last, dtype=mx.uint32)
+        batch._next_logprobs = [None] * rows
+        batch._token_context = [TokenBuffer(t) for t in read.tokens]
+        batch._num_tokens = [0] * rows
+        batch._matchers = [ss.matcher() for ss in read.stop_sequences]
+        batch.fresh = [True] * rows
+        return batch
+
+    @property
+    def live(self) -> int:
+        return len(self.uids) - self.retired
+
+    def extend(self, batch: LogitsGenerationBatch) -> None:
+        super().extend(batch)
+        self.fresh.extend(batch.fresh)
+        self.retired += batch.retired
+
+    def filter(self, keep: list[int]) -> None:
+        super().filter(keep)
+        self.fresh = [self.fresh[i] for i in keep]
+        self.retired = sum(1 for uid in self.uids if uid == RETIRED)
+
+    def retire(self, rows: Sequence[int]) -> None:
+        """Rows whose requests ended: computed, greedily and unread, until `compact`."""
+        for e in rows:
+            if self.uids[e] != RETIRED:
+                self.uids[e] = RETIRED
+                self.samplers[e] = self.fallback_sampler  # never a seeded one's group
+                self.logits_processors[e] = []
+                self.retired += 1
+
+    def compact(self) -> None:
+        """Cut the retired rows out (one copy of the batch's KV cache)."""
+        if self.retired:
+            self.filter([e for e, uid in enumerate(self.uids) if uid != RETIRED])
+
+    def next(self) -> list[GenerationBatch.Response]:
+        """mlx-lm's `next`, for live rows that read a generated token; rows that end retire."""
+        if not self.uids:
+            return []
+        fresh, self.fresh = self.fresh, [False] * len(self.uids)
+        tokens, scores = self._step()
+        responses, ended = [], []
+        for e, uid in enumerate(self.uids):
+            if uid == RETIRED or fresh[e]:
+                continue
+            self._num_tokens[e] += 1
+            finish = "length" if self._num_tokens[e] >= self.max_tokens[e] else None
+            if self._matchers[e].advance(tokens[e]):
+                finish = "stop"
+            done = finish is not None
+            cache, history = (self.extract_cache(e), self.tokens[e]) if done else (None, None)
+            responses.append(self.Response(uid, tokens[e], scores[e], finish, cache, history))
+            if done:
+                ended.append(e)
+        self.retire(ended)
+        if compaction_due(len(self.uids), self.retired):
+            self.compact()
+        return responses
 
     def _step(self) -> tuple[list[int], list[Any]]:  # TokenScores, or None: not asked
         self._current_tokens = self._next_tokens
@@ -40,7 +131,7 @@ class LogitsGenerationBatch(GenerationBatch):
         self._next_tokens = self._sample(logits)
         self._next_logprobs = self._score(logits, self._next_tokens)
         mx.async_eval(self._next_tokens, token_context, *arrays_of(self._next_logprobs))
-        current = self._first_scores(self._current_logprobs, inputs)
+        current = self._current_logprobs
         mx.eval(inputs, *arrays_of(current))
         tokens = inputs.tolist()
         for history, token in zip(self.tokens, tokens, strict=True):
@@ -63,24 +154,6 @@ class LogitsGenerationBatch(GenerationBatch):
             rows = mx.array([e for e, _ in asked])
             logits, sampled = logits[rows], sampled[rows]
         return score_rows(logits, sampled, asked, len(self.uids))
-
-    def _first_scores(self, current: list[Any], tokens: mx.array) -> list[RowScores | None]:
-        """A sequence's first token was sampled by mlx-lm's own step, right after its prompt,
-        which left the whole normalized row: reduce it like the others (rows that did not ask
-        drop theirs)."""
-        if not self.logprobs:
-            return [None] * len(current)
-        full = {e: row for e, row in enumerate(current) if isinstance(row, mx.array)}
-        out = [None if e in full else row for e, row in enumerate(current)]
-        asked = [(e, k) for e, k in self._asked() if e in full]
-        if not asked:
-            return out
-        rows = [e for e, _ in asked]
-        stacked = mx.stack([full[e] for e in rows])
-        firsts = score_rows(stacked, tokens[mx.array(rows)], asked, len(current), normalized=True)
-        for e in rows:
-            out[e] = firsts[e]
-        return out
 
     def _process(self, logits: mx.array, inputs: mx.array) -> tuple[mx.array, list[mx.array]]:
         """Each row's logits processors; the constrained rows' guides go last, all at once
@@ -134,13 +207,25 @@ class LogitsGenerationBatch(GenerationBatch):
 
 
 class FastBatchGenerator(BatchGenerator):
-    def __init__(self, model: Any, **kwargs: Any):
+    """mlx-lm's BatchGenerator with its own schedule (`_next`): each call runs one decode step
+    for the batch, then, when prompts are being read, one prefill chunk of those prompts.
+
+    Prompts are admitted in groups. A prefill call costs a pass over the weights whatever its
+    size, so while the batch decodes, waiting prompts are held until a full group is waiting
+    (`prefill_batch_size`) or the oldest has waited `prefill_wait_steps` decode steps; an idle
+    batch admits at once. Rows whose prompts are read
+    join the decode batch at the next step (`LogitsGenerationBatch.starting`)."""
+
+    def __init__(self, model: Any, *, prefill_wait_steps: int = 0, **kwargs: Any):
         super().__init__(model, **kwargs)
         # Sequences that finish prefill are merged into this batch object, so its class
         # decides how every decode step runs.
         self._generation_batch = LogitsGenerationBatch.empty(self.model, self.sampler)
         self._logprobs: dict[int, int] = {}
         self._generation_batch.logprobs = self._logprobs
+        self._wait_steps = prefill_wait_steps
+        self._steps = 0  # decode steps run
+        self._arrived: dict[int, int] = {}  # uid -> `_steps` when it was inserted
 
     @property
     def waiting(self) -> int:
@@ -158,19 +243,109 @@ class FastBatchGenerator(BatchGenerator):
         request's tokens report (its responses then carry `TokenScores`)."""
         uids: list[int] = super().insert(prompts, *args, **kwargs)
         for uid, k in zip(uids, logprobs or [None] * len(uids), strict=True):
+            self._arrived[uid] = self._steps
             if k is not None:
                 self._logprobs[uid] = k
         return uids
 
     def remove(self, uids: Sequence[int], return_prompt_caches: bool = False) -> Any:
-        for uid in uids:
-            self._logprobs.pop(uid, None)
-        return super().remove(uids, return_prompt_caches)
+        """Decoding rows retire (`LogitsGenerationBatch.retire`); waiting ones leave."""
+        caches = self.extract_cache(uids) if return_prompt_caches else {}
+        gone = set(uids)
+        for uid in gone:
+            self._forget(uid)
+        batch = self._generation_batch
+        batch.retire([e for e, uid in enumerate(batch.uids) if uid in gone])
+        super().remove(uids)
+        return caches
+
+    def _forget(self, uid: int) -> None:
+        self._logprobs.pop(uid, None)
+        self._arrived.pop(uid, None)
 
     def _next(self) -> Any:
-        prompt_responses, responses = super()._next()
-        if self._logprobs:
-            for r in responses:
-                if r.finish_reason is not None:
-                    self._logprobs.pop(r.uid, None)
+        responses = self._decode()
+        self._admit()
+        prompt_responses = self._read_prompts() if len(self._prompt_batch) else []
         return prompt_responses, responses
+
+    def _decode(self) -> list[GenerationBatch.Response]:
+        batch = self._generation_batch
+        if not batch.uids:
+            return []
+        tic = time.perf_counter()
+        responses = batch.next()
+        self._counters.decode_time += time.perf_counter() - tic
+        self._counters.generation_tokens += len(responses)
+        self._counters.generation_steps += 1
+        self._steps += 1
+        if self._steps % 512 == 0:
+            mx.clear_cache()
+        for r in responses:
+            if r.finish_reason is not None:
+                self._forget(r.uid)
+        return responses
+
+    def _admit(self) -> None:
+        """Move waiting sequences to the prompt batch when a group is due (class docstring)."""
+        reading = len(self._prompt_batch)
+        room = min(
+            self.prefill_batch_size - reading,
+            self.completion_batch_size - self._generation_batch.live - reading,
+        )
+        n = min(room, self.waiting)
+        if n <= 0:
+            return
+        oldest = self._unprocessed_sequences[0][0]
+        waited = self._steps - self._arrived.get(oldest, self._steps)
+        idle = self._generation_batch.live == 0 or reading > 0
+        if idle or n >= self.prefill_batch_size or waited >= self._wait_steps:
+            self._prompt_batch.extend(self._make_batch(n))
+
+    def _read_prompts(self) -> list[PromptProcessingBatch.Response]:
+        """One prefill chunk of every prompt being read; rows read but for their last token
+        go on to decoding."""
+        out = self._start_decoding()
+        if not self._currently_processing:
+            return out
+        chunks = []
+        for e, seq in enumerate(self._currently_processing):
+            segments = seq[0]
+            n = min(len(segments[0]), self.prefill_step_size)
+            chunks.append(segments[0][:n])
+            segments[0] = segments[0][n:]
+            end_of_segment = not segments[0]
+            if end_of_segment:
+                segments.pop(0)
+            seq[1] += n
+            uid = self._prompt_batch.uids[e]
+            out.append(PromptProcessingBatch.Response(uid, (seq[1], seq[2]), end_of_segment, False))
+        self._counters.prompt_tokens += sum(len(c) for c in chunks)
+        tic = time.perf_counter()
+        self._prompt_batch.prompt(chunks)
+        self._counters.prompt_time += time.perf_counter() - tic
+        return out + self._start_decoding()
+
+    def _start_decoding(self) -> list[PromptProcessingBatch.Response]:
+        processing = self._currently_processing
+        ready = [e for e, seq in enumerate(processing) if len(seq[0]) == 1 and len(seq[0][0]) == 1]
+        if not ready:
+            return []
+        last = [processing[e][0][0][0] for e in ready]
+        totals = [processing[e][2] for e in ready]
+        if len(ready) == len(processing):  # the usual case: the whole group is read
+            read = self._prompt_batch
+            self._prompt_batch = PromptProcessingBatch.empty(
+                self.model, self.sampler, prefill_step_size=self.prefill_step_size
+            )
+            self._currently_processing = []
+        else:
+            read = self._prompt_batch.split(ready)
+            self._currently_processing = [s for e, s in enumerate(processing) if e not in ready]
+        uids = list(read.uids)
+        self._generation_batch.compact()  # one copy for both: rows leave, rows join
+        self._generation_batch.extend(LogitsGenerationBatch.starting(read, last))
+        return [
+            PromptProcessingBatch.Response(uid, (total, total), True, True)
+            for uid, total in zip(uids, totals, strict=True)
+        ]

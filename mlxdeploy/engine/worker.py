@@ -177,6 +177,7 @@ class Worker:
             completion_batch_size=s.max_batch_size,
             prefill_batch_size=s.prefill_batch_size,
             prefill_step_size=s.prefill_step_size,
+            prefill_wait_steps=s.prefill_wait_steps,
             stream=mx.default_stream(mx.default_device()),
         )
 

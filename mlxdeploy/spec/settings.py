@@ -158,6 +158,13 @@ class EngineSettings(Section):
     prefill_step_size: int = Field(
         default=512, ge=16, le=65536, description="Prompt tokens per request in one prefill step."
     )
+    prefill_wait_steps: int = Field(
+        default=4,
+        ge=0,
+        le=1024,
+        description="While the batch decodes, how many decode steps a prompt may wait for "
+        "others to be read with it in one prefill call (0: read each at once).",
+    )
     prompt_cache_bytes: int = Field(
         default=1 << 30,
         ge=0,

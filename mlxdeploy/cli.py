@@ -288,6 +288,13 @@ def bench(
     same_blas: Annotated[
         bool, typer.Option(help="Give mlx_lm.server the BLAS mlxdeploy loaded (LD_PRELOAD).")
     ] = True,
+    ceiling: Annotated[
+        bool,
+        typer.Option(
+            help="With --spec: first run the same load on the engine in-process (no HTTP) and "
+            "decode-only at each level; the table shows mlxdeploy's share of both."
+        ),
+    ] = True,
     concurrency: Annotated[
         str, typer.Option(help="Comma-separated numbers of concurrent clients.")
     ] = "1,8,32,64,256",
@@ -308,7 +315,8 @@ def bench(
         Path | None, typer.Option(help="Results dir (JSON, PNG, logs); default ./bench-<time>.")
     ] = None,
 ) -> None:
-    """Closed-loop load test with streaming chat completions; optionally beside mlx_lm.server."""
+    """Closed-loop load test with streaming chat completions; with --spec, beside the engine's
+    in-process ceiling (and mlx_lm.server with --compare)."""
     from rich.console import Console
 
     from .bench import BenchError
@@ -320,7 +328,7 @@ def bench(
             parse_concurrency(concurrency), max_tokens, prompt_tokens, requests_per_client,
             duration, timeout, parse_extra_body(extra_body), extra_share,
         )  # fmt: skip
-        run_bench(build_options(load, out, url, spec, compare, same_blas), Console())
+        run_bench(build_options(load, out, url, spec, compare, same_blas, ceiling), Console())
     except SpecError as exc:
         raise _fail(exc.problems) from None
     except BenchError as exc:

@@ -212,12 +212,17 @@ def test_cli_reports_a_bad_flag_in_one_line() -> None:
 
 
 def _bench(out: Path, *args: str) -> dict[str, object]:
+    return _run_bench(out, *args)[0]
+
+
+def _run_bench(out: Path, *args: str) -> tuple[dict[str, object], str]:
+    """The report's JSON and what the command printed."""
     common = ["--concurrency", "1,2", "--max-tokens", "8", "--prompt-tokens", "16"]
     result = CliRunner().invoke(app, ["bench", *common, "--requests-per-client", "2",
                                       "--out", str(out), *args])  # fmt: skip
     assert result.exit_code == 0, result.output
     data: dict[str, object] = json.loads((out / "bench.json").read_text())
-    return data
+    return data, result.output
 
 
 def _check_report(data: dict[str, object], out: Path, servers: list[str]) -> None:
@@ -250,10 +255,17 @@ def _check_report(data: dict[str, object], out: Path, servers: list[str]) -> Non
 @pytest.mark.slow
 @pytest.mark.parametrize("suffix", ["", "/v1", "/v1/"])
 def test_bench_a_running_server(tiny_server: RunningServer, tmp_path: Path, suffix: str) -> None:
-    """The server's root or its OpenAI-style base URL: both reach /v1/chat/completions."""
-    data = _bench(tmp_path, "--url", tiny_server.base_url + suffix)
+    """The server's root or its OpenAI-style base URL: both reach /v1/chat/completions.
+    Without a spec there is no engine to measure in-process: one line says so."""
+    data, output = _run_bench(tmp_path, "--url", tiny_server.base_url + suffix)
     _check_report(data, tmp_path, ["server"])
-    assert data["ratios"] == []
+    assert data["ratios"] == [] and data["fractions"] == [] and data["ceiling"] is None
+    reason = data["ceiling_skipped"]
+    assert isinstance(reason, str) and "--url" in reason and "--spec" in reason
+    assert [line for line in output.splitlines() if "ceiling " in line] == [
+        f"engine ceiling {reason}"
+    ]
+    assert "of engine" not in output
 
 
 @pytest.mark.process
@@ -306,8 +318,11 @@ def _not_found_server() -> Iterator[str]:
 def test_bench_starts_and_stops_mlxdeploy_from_a_spec(
     tiny_spec: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    data = _bench(tmp_path, "--spec", str(tiny_spec))
+    """The engine's in-process ceiling first (the default), then the server; mlxdeploy's share
+    of the ceiling per level in the JSON and in the table."""
+    data, output = _run_bench(tmp_path, "--spec", str(tiny_spec))
     _check_report(data, tmp_path, ["mlxdeploy"])
+    _check_ceiling(data, output, tmp_path)
     servers = data["servers"]
     assert isinstance(servers, list)
     server = servers[0]
@@ -322,8 +337,10 @@ def test_bench_starts_and_stops_mlxdeploy_from_a_spec(
 def test_compare_with_mlx_lm_server_on_the_same_model(
     tiny_spec: Path, tiny_model_dir: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    data = _bench(tmp_path, "--spec", str(tiny_spec), "--compare")
+    data = _bench(tmp_path, "--spec", str(tiny_spec), "--compare", "--no-ceiling")
     _check_report(data, tmp_path, ["mlxdeploy", "mlx_lm.server"])
+    assert data["ceiling"] is None and data["ceiling_skipped"] == "not measured (--no-ceiling)"
+    assert data["fractions"] == [] and not (tmp_path / "engine.log").exists()
     servers = data["servers"]
     assert isinstance(servers, list)
     assert str(tiny_model_dir) in servers[1]["command"]
@@ -332,6 +349,33 @@ def test_compare_with_mlx_lm_server_on_the_same_model(
     assert isinstance(ratios, list)
     assert [r["concurrency"] for r in ratios] == [1, 2]
     assert all(r["throughput"] > 0 for r in ratios)
+
+
+def _check_ceiling(data: dict[str, object], output: str, out: Path) -> None:
+    ceiling = data["ceiling"]
+    assert isinstance(ceiling, dict) and data["ceiling_skipped"] is None
+    assert Path(ceiling["log"]) == out / "engine.log" and "mlxdeploy.bench.ceiling" in " ".join(
+        ceiling["command"]
+    )
+    assert [level["concurrency"] for level in ceiling["levels"]] == [1, 2]
+    for level in ceiling["levels"]:
+        assert set(level) == LEVEL_FIELDS and level["errors"] == 0
+        assert level["completed"] == level["requests"] == 2 * level["concurrency"]
+        assert level["throughput_tok_s"] > 0
+    assert [d["concurrency"] for d in ceiling["decode"]] == [1, 2]
+    assert all(d["tok_s"] > 0 for d in ceiling["decode"])
+    fractions = data["fractions"]
+    assert isinstance(fractions, list) and [f["concurrency"] for f in fractions] == [1, 2]
+    for share in fractions:
+        assert share["of_engine"] > 0 and share["of_decode"] > 0 and share["engine_of_decode"] > 0
+    assert "of engine, of decode" in output and "engine ceiling" not in output  # measured
+    rows = [line.split() for line in output.splitlines()]
+    ours = [row for row in rows if row[1:2] == ["mlxdeploy"]]
+    assert len(ours) == 2 and all(row[-1].endswith("%") and row[-2].endswith("%") for row in ours)
+    engine = [row for row in rows if row[1:2] == ["in-process"] and len(row) > 3]
+    assert len(engine) == 2 and all(row[-1].endswith("%") for row in engine)
+    decode = [row for row in rows if row[1:3] == ["decode", "only"]]
+    assert len(decode) == 2 and all(float(row[3]) > 0 for row in decode)
 
 
 # --------------------------------------------------------------------------- servers

@@ -12,9 +12,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
-from .report import BenchReport, LevelStats, ServerReport
+from .report import DECODE_ONLY, ENGINE, BenchReport, CeilingReport, LevelStats, ServerReport
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+CEILING_COLOR = "tab:gray"
 
 
 def plot_report(report: BenchReport, path: Path) -> None:
@@ -22,10 +23,14 @@ def plot_report(report: BenchReport, path: Path) -> None:
     throughput, ttft = figure.subplots(1, 2)
     for server, color in zip(report.servers, COLORS, strict=False):
         plot_server(throughput, ttft, server, color)
+    if report.ceiling is not None:
+        plot_ceiling(throughput, ttft, report.ceiling)
     levels = list(report.settings.concurrency)
     style_axes(throughput, levels, "output tokens/s (all clients)", "Throughput")
     style_axes(ttft, levels, "time to first token (s)", "TTFT p50 (solid) / p99 (dashed)")
-    if any(s.ttft_p50_s for server in report.servers for s in server.levels):
+    ceiling = report.ceiling.levels if report.ceiling else []
+    timed = [*ceiling, *(level for server in report.servers for level in server.levels)]
+    if any(s.ttft_p50_s for s in timed):
         ttft.set_yscale("log")  # only with some positive value: nothing to scale otherwise
         ttft.yaxis.set_major_formatter(ScalarFormatter())
         ttft.yaxis.set_minor_formatter(NullFormatter())
@@ -49,6 +54,14 @@ def plot_server(throughput: Axes, ttft: Axes, server: ServerReport, color: str) 
     p99 = _points(levels, "ttft_p99_s")
     ttft.plot(*p50, "o-", color=color, label=f"{server.name} p50")
     ttft.plot(*p99, "s--", color=color, label=f"{server.name} p99")
+
+
+def plot_ceiling(throughput: Axes, ttft: Axes, ceiling: CeilingReport) -> None:
+    """The engine in-process like a server, and its decode-only rate as a dotted line."""
+    plot_server(throughput, ttft, ServerReport(ENGINE, "", levels=ceiling.levels), CEILING_COLOR)
+    rates = [(d.concurrency, d.tok_s) for d in ceiling.decode if d.tok_s is not None]
+    xs, ys = [x for x, _ in rates], [y for _, y in rates]
+    throughput.plot(xs, ys, "^:", color=CEILING_COLOR, label=DECODE_ONLY)
 
 
 def _points(levels: list[LevelStats], name: str) -> tuple[list[int], list[float]]:

@@ -19,6 +19,8 @@ from rich.table import Table
 
 MLXDEPLOY = "mlxdeploy"
 MLX_LM = "mlx_lm.server"
+ENGINE = "in-process"  # the ceiling: the same load straight to the engine, no HTTP
+DECODE_ONLY = "decode only"  # the ceiling's plain decoding at batch C, nobody arriving
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,43 @@ class ServerReport:
 
 
 @dataclass
+class DecodeRate:
+    """Plain decoding at batch `batch`: the engine's completion tokens over the window where
+    the same `batch` requests (the bench's request, without --extra-body) all decoded."""
+
+    concurrency: int
+    batch: int  # the concurrency, capped by engine.max_batch_size
+    tok_s: float | None  # None: no window was found (fewer than two polls inside one)
+    window_s: float = 0.0
+    window_tokens: int = 0
+    window_steps: float = 0.0  # window_tokens / batch
+    polls: int = 0
+
+
+@dataclass
+class CeilingReport:
+    """The engine in-process (`python -m mlxdeploy.bench.ceiling`): the HTTP bench's load
+    straight to an MLXEngine of the spec's first model, and decode only, per level."""
+
+    command: list[str]
+    log: str
+    blas: str | None = None
+    levels: list[LevelStats] = field(default_factory=list)
+    decode: list[DecodeRate] = field(default_factory=list)
+
+
+@dataclass
+class Fraction:
+    """Per level: mlxdeploy's tok/s over the engine's in-process closed loop, and over its
+    decode-only rate; and the in-process closed loop's own share of decode only."""
+
+    concurrency: int
+    of_engine: float | None
+    of_decode: float | None
+    engine_of_decode: float | None
+
+
+@dataclass
 class Ratio:
     concurrency: int
     throughput: float | None
@@ -143,6 +182,9 @@ class BenchReport:
     settings: LoadSettings
     servers: list[ServerReport] = field(default_factory=list)
     ratios: list[Ratio] = field(default_factory=list)  # mlxdeploy / mlx_lm.server
+    ceiling: CeilingReport | None = None
+    ceiling_skipped: str | None = None  # why there is no ceiling
+    fractions: list[Fraction] = field(default_factory=list)  # mlxdeploy / ceiling
     files: dict[str, str] = field(default_factory=dict)
 
 
@@ -188,6 +230,27 @@ def compare_levels(ours: ServerReport, theirs: ServerReport) -> list[Ratio]:
     ]
 
 
+def ceiling_fractions(ours: ServerReport | None, ceiling: CeilingReport) -> list[Fraction]:
+    http = {s.concurrency: s.throughput_tok_s for s in ours.levels} if ours else {}
+    decode = {d.concurrency: d.tok_s for d in ceiling.decode}
+    return [
+        Fraction(
+            s.concurrency,
+            ratio(http.get(s.concurrency), s.throughput_tok_s),
+            ratio(http.get(s.concurrency), decode.get(s.concurrency)),
+            ratio(s.throughput_tok_s, decode.get(s.concurrency)),
+        )
+        for s in ceiling.levels
+    ]
+
+
+def read_ceiling(path: Path) -> tuple[list[LevelStats], list[DecodeRate]]:
+    """The levels the ceiling wrote; ValueError, TypeError or KeyError if it is not that."""
+    data = json.loads(path.read_text())
+    levels = [LevelStats(**level) for level in data["levels"]]
+    return levels, [DecodeRate(**decode) for decode in data["decode"]]
+
+
 def write_json(report: BenchReport, path: Path) -> None:
     path.write_text(json.dumps(asdict(report), indent=2, default=str) + "\n")
 
@@ -207,32 +270,78 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
 TABLE_COLUMNS = ("clients", "server", "tok/s", "TTFT\np50 ms", "TTFT\np99 ms", "lat.\np50 s",
                  "lat.\np99 s", "done", "err")  # fmt: skip
 
 
 def render_table(report: BenchReport) -> Table:
-    """Per concurrency, one row per server; the ratios mlxdeploy / mlx_lm.server on its row."""
+    """Per concurrency, one row per server; the ratios mlxdeploy / mlx_lm.server on its row;
+    with a ceiling, its two rows and mlxdeploy's shares of them."""
     title = f"{report.settings.max_tokens} tokens per request, closed-loop clients"
-    caption = f"ratio: {MLXDEPLOY} / {MLX_LM}" if report.ratios else None
-    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
+    table = Table(
+        title=title, caption=_caption(report), box=box.SIMPLE_HEAD, pad_edge=False, padding=0
+    )
     for name in TABLE_COLUMNS:
         text = name == "server"
         table.add_column(name, justify="left" if text else "right", no_wrap=text, min_width=4)
     if report.ratios:
         table.add_column("ratio\ntok/s", justify="right", min_width=5)
         table.add_column("ratio\nTTFT99", justify="right", min_width=5)
-    ratios = {r.concurrency: r for r in report.ratios}
+    if report.ceiling:
+        table.add_column("of\nengine", justify="right", min_width=6)
+        table.add_column("of\ndecode", justify="right", min_width=6)
     for level in report.settings.concurrency:
-        for server in report.servers:
-            stats = next((s for s in server.levels if s.concurrency == level), None)
-            row = [str(level), server.name, *_level_cells(stats)]
-            if report.ratios:
-                found = ratios.get(level) if server.name == MLXDEPLOY else None
-                row += [_x(found.throughput), _x(found.ttft_p99)] if found else ["", ""]
+        for row in _rows(report, level):
             table.add_row(*row)
         table.add_section()
     return table
+
+
+def _caption(report: BenchReport) -> str | None:
+    lines = [f"ratio: {MLXDEPLOY} / {MLX_LM}"] if report.ratios else []
+    if report.ceiling:
+        lines.append(f"of engine, of decode: tok/s / {ENGINE} tok/s, / {DECODE_ONLY} tok/s")
+    return "\n".join(lines) or None
+
+
+def _rows(report: BenchReport, level: int) -> list[list[str]]:
+    ratios = {r.concurrency: r for r in report.ratios}
+    fractions = {f.concurrency: f for f in report.fractions}
+    rows = []
+    for server in report.servers:
+        stats = next((s for s in server.levels if s.concurrency == level), None)
+        row = [str(level), server.name, *_level_cells(stats)]
+        ours = server.name == MLXDEPLOY
+        if report.ratios:
+            found = ratios.get(level) if ours else None
+            row += [_x(found.throughput), _x(found.ttft_p99)] if found else ["", ""]
+        if report.ceiling:
+            share = fractions.get(level) if ours else None
+            row += [_pct(share.of_engine), _pct(share.of_decode)] if share else ["", ""]
+        rows.append(row)
+    if report.ceiling:
+        rows += _ceiling_rows(report, report.ceiling, level, fractions.get(level))
+    return rows
+
+
+def _ceiling_rows(
+    report: BenchReport, ceiling: CeilingReport, level: int, share: Fraction | None
+) -> list[list[str]]:
+    """The in-process closed loop (with its own share of decode only), and decode only."""
+    pad = ["", ""] if report.ratios else []
+    stats = next((s for s in ceiling.levels if s.concurrency == level), None)
+    decode = next((d for d in ceiling.decode if d.concurrency == level), None)
+    rate = "-" if decode is None or decode.tok_s is None else f"{decode.tok_s:.1f}"
+    own = _pct(share.engine_of_decode) if share else ""
+    blank = ["-"] * (len(TABLE_COLUMNS) - 3)
+    return [
+        [str(level), ENGINE, *_level_cells(stats), *pad, "", own],
+        [str(level), DECODE_ONLY, rate, *blank, *pad, "", ""],
+    ]
 
 
 def _level_cells(stats: LevelStats | None) -> list[str]:

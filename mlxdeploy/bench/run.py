@@ -1,7 +1,8 @@
 """`mlxdeploy bench`: check the flags, bench each server in turn, write JSON, PNG and a table.
 
 Servers are benchmarked one at a time (never two at once), mlxdeploy beside mlx_lm.server
-with `--compare`.
+with `--compare`. With `--spec`, the engine's in-process ceiling (ceiling.py, in a child
+process) is measured first, so the table shows what share of it the HTTP path reaches.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field, replace
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,28 +34,37 @@ from ..spec.load import Spec, load_spec
 from . import BenchError
 from .load import run_level
 from .report import (
+    ENGINE,
     MLX_LM,
     MLXDEPLOY,
     BenchReport,
+    CeilingReport,
     LoadSettings,
     RequestResult,
     ServerReport,
     blas_line,
+    ceiling_fractions,
     compare_levels,
     machine_info,
+    read_ceiling,
     render_table,
     write_json,
 )
 from .servers import (
     LOCALHOST,
+    POLL_S,
     fetch_health,
     free_port,
+    launch,
     mlx_lm_command,
     mlxdeploy_command,
     resolve_model_dir,
     running,
     sigterm_as_exit,
+    stop_process,
 )
+
+CEILING_LEVEL_LINE = re.compile(r"^ceiling: \d+ clients", re.MULTILINE)  # one per level done
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,7 @@ class BenchOptions:
     spec: Spec | None = None
     compare: bool = False
     same_blas: bool = True
+    ceiling: bool = True  # with a spec: measure the engine in-process first
     command: str = ""
 
 
@@ -113,6 +126,7 @@ def build_options(
     spec_path: Path | None,
     compare: bool,
     same_blas: bool = True,
+    ceiling: bool = True,
 ) -> BenchOptions:
     """Check the combination of flags; load the spec (raises SpecError on a bad one)."""
     if (url is None) == (spec_path is None):
@@ -134,6 +148,7 @@ def build_options(
         spec=load_spec(spec_path) if spec_path else None,
         compare=compare,
         same_blas=same_blas,
+        ceiling=ceiling,
         command=shlex.join(sys.argv),
     )
 
@@ -191,6 +206,60 @@ def run_target(target: Target, options: BenchOptions, progress: Progress) -> Ser
     return report
 
 
+def ceiling_command(spec_path: Path, load: LoadSettings, out_file: Path) -> list[str]:
+    return [sys.executable, "-m", "mlxdeploy.bench.ceiling", str(spec_path),
+            "--load", json.dumps(asdict(load)), "--out", str(out_file)]  # fmt: skip
+
+
+def ceiling_skip_reason(options: BenchOptions) -> str | None:
+    if options.spec_path is None:
+        return "not measured: --url benchmarks a running server; the ceiling needs --spec"
+    if not options.ceiling:
+        return "not measured (--no-ceiling)"
+    if options.load.extra_body and "model" in options.load.extra_body:
+        return "not measured: --extra-body sets model; the ceiling runs the spec's first model"
+    return None
+
+
+def measure_ceiling(
+    options: BenchOptions, progress: Progress
+) -> tuple[CeilingReport | None, str | None]:
+    """The ceiling, or why there is none: a failed run is one line and the bench goes on."""
+    reason = ceiling_skip_reason(options)
+    if reason is not None:
+        return None, reason
+    task = progress.add_task(ENGINE, total=len(options.load.concurrency))
+    try:
+        return run_ceiling(options, lambda done: progress.update(task, completed=done)), None
+    except BenchError as exc:
+        progress.remove_task(task)
+        return None, f"not measured: {exc}"
+
+
+def run_ceiling(options: BenchOptions, levels_done: Callable[[int], None]) -> CeilingReport:
+    """`python -m mlxdeploy.bench.ceiling` to its end (it loads the model, so it ends before
+    any server starts); `levels_done` from the line it logs per level."""
+    assert options.spec_path is not None
+    out_file, log_path = options.out / "engine.json", options.out / "engine.log"
+    out_file.unlink(missing_ok=True)  # a file left by an earlier run is not this run's result
+    command = ceiling_command(options.spec_path, options.load, out_file)
+    child = launch(ENGINE, command, log_path)
+    try:
+        while child.process.poll() is None:
+            levels_done(len(CEILING_LEVEL_LINE.findall(child.log())))
+            time.sleep(POLL_S)
+    finally:
+        code = stop_process(child.process)
+    if code != 0:
+        raise BenchError(f"the in-process run exited with {code} ({log_path}): {child.last_line()}")
+    levels_done(len(options.load.concurrency))
+    try:
+        levels, decode = read_ceiling(out_file)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise BenchError(f"cannot read {out_file}: {exc}") from None
+    return CeilingReport(command, str(log_path), blas_line(child.log()), levels, decode)
+
+
 def run_bench(options: BenchOptions, console: Console) -> BenchReport:
     """Benchmark each server in turn (never two at once), then write JSON, PNG and a table."""
     options.out.mkdir(parents=True, exist_ok=True)
@@ -203,6 +272,9 @@ def run_bench(options: BenchOptions, console: Console) -> BenchReport:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
     with sigterm_as_exit(), Progress(*columns, console=console) as progress:
+        report.ceiling, report.ceiling_skipped = measure_ceiling(options, progress)
+        if report.ceiling_skipped:
+            progress.console.print(f"engine ceiling {report.ceiling_skipped}", soft_wrap=True)
         for target in planned_targets(options):
             if target.name == MLX_LM and options.same_blas:
                 target = same_blas(target, report.servers)
@@ -223,7 +295,10 @@ def finish_report(report: BenchReport, out: Path, console: Console) -> None:
     names = {s.name: s for s in report.servers}
     if MLXDEPLOY in names and MLX_LM in names:
         report.ratios = compare_levels(names[MLXDEPLOY], names[MLX_LM])
-    report.machine.blas = next((s.blas for s in report.servers if s.blas), None)
+    if report.ceiling:
+        report.fractions = ceiling_fractions(names.get(MLXDEPLOY), report.ceiling)
+    ceiling_blas = report.ceiling.blas if report.ceiling else None
+    report.machine.blas = next((s.blas for s in report.servers if s.blas), ceiling_blas)
     report.files["json"] = str(out / "bench.json")
     write_json(report, out / "bench.json")  # first: the numbers are kept whatever follows
     try:

@@ -1,71 +1,61 @@
-"""Requests that share a prefix reuse its KV cache, and usage says how much was reused."""
+"""engine/prefix_cache.py: the same answers as mlx-lm's trie search, walking one branch."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
+import random
 
-import httpx
-import pytest
+from mlx_lm.models.cache import PromptTrie
 
-from tests.conftest import real_app, write_spec
-from tests.inprocess import InProcessApp
-
-SYSTEM = "You are a meticulous assistant for a shipping company. " * 8
+from mlxdeploy.engine.prefix_cache import ShallowPromptTrie
 
 
-def chat(http: httpx.Client, turns: list[dict[str, str]]) -> dict:
-    body = {"messages": turns, "max_tokens": 4, "temperature": 0}
-    response = http.post("/v1/chat/completions", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
+def _tries(prompts: list[list[int]]) -> tuple[PromptTrie, ShallowPromptTrie]:
+    theirs, ours = PromptTrie(), ShallowPromptTrie()
+    for prompt in prompts:
+        theirs.add(0, prompt, tuple(prompt))
+        ours.add(0, prompt, tuple(prompt))
+    return theirs, ours
 
 
-def cached(reply: dict) -> int:
-    return int(reply["usage"]["prompt_tokens_details"]["cached_tokens"])
+def test_search_agrees_with_mlx_lm_on_exact_shorter_and_shared_prefixes() -> None:
+    rng = random.Random(0)
+    template = [1, 2, 3, 4, 5]
+    tails = [[rng.randrange(6, 12) for _ in range(rng.randrange(1, 30))] for _ in range(40)]
+    cached = [template + tail for tail in tails]
+    theirs, ours = _tries(cached)
+    queries = cached[:10] + [c[: len(c) // 2] for c in cached[10:20]]
+    queries += [template + [rng.randrange(6, 12) for _ in range(20)] for _ in range(30)]
+    queries += [[99, 1, 2], [], template[:2]]
+    for query in queries:
+        expected, found = theirs.search(0, query), ours.search(0, query)
+        assert (found.exact, found.shorter, found.common_prefix) == (
+            expected.exact,
+            expected.shorter,
+            expected.common_prefix,
+        ), query
+        assert (found.longer is None) == (expected.longer is None), query
+        if found.longer is not None:  # any cached prompt below the shared prefix serves
+            assert found.longer[: found.common_prefix] == query[: found.common_prefix]
+            assert ours.get(0, found.longer) == tuple(found.longer)
 
 
-def test_a_shared_system_prompt_is_served_from_the_cache(tiny_app: InProcessApp) -> None:
-    system = f"{uuid.uuid4().hex} {SYSTEM}"  # new to this engine, whatever ran before
-    first = chat(
-        tiny_app.http,
-        [{"role": "system", "content": system}, {"role": "user", "content": "Where is order 1?"}],
-    )
-    second = chat(
-        tiny_app.http,
-        [{"role": "system", "content": system}, {"role": "user", "content": "Cancel order 2."}],
-    )
-    assert cached(first) < 10  # at most the template's opening tokens, from earlier requests
-    # Everything up to the user's words is shared: the system prompt's ~80 tokens at least.
-    assert 80 <= cached(second) < second["usage"]["prompt_tokens"]
+def test_search_walks_one_branch_below_the_shared_prefix() -> None:
+    """Counted through the nodes it reads: not the whole subtree under the template."""
+    template = [1, 2, 3]
+    cached = [template + [10 + i] + list(range(100, 150)) for i in range(50)]
+    _, ours = _tries(cached)
+    reads = 0
 
+    class Counting(dict):  # type: ignore[type-arg]
+        def __getitem__(self, key: object) -> object:
+            nonlocal reads
+            reads += 1
+            return super().__getitem__(key)
 
-def test_a_conversation_reuses_its_earlier_turns(tiny_app: InProcessApp) -> None:
-    turns = [{"role": "user", "content": "Remember the number 7. " * 10}]
-    first = chat(tiny_app.http, turns)
-    turns += [
-        {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
-        {"role": "user", "content": "Which number?"},
-    ]
-    second = chat(tiny_app.http, turns)
-    assert cached(second) >= first["usage"]["prompt_tokens"] - 1
+    def wrap(node: dict) -> Counting:  # type: ignore[type-arg]
+        return Counting({k: wrap(v) if isinstance(v, dict) else v for k, v in node.items()})
 
-
-@pytest.fixture(scope="module")
-def uncached(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[httpx.Client]:
-    spec = write_spec(
-        tmp_path_factory.mktemp("nocache") / "spec.yaml",
-        tiny_model_dir,
-        engine={"prompt_cache_bytes": 0},
-    )
-    with real_app(spec) as app:
-        yield app.http
-
-
-def test_a_zero_budget_turns_the_cache_off(uncached: httpx.Client) -> None:
-    turns = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}]
-    chat(uncached, turns)
-    assert cached(chat(uncached, turns)) == 0
+    ours._trie = {0: wrap(ours._trie[0])}
+    result = ours.search(0, template + [7, 8])
+    assert result.common_prefix == 3 and result.longer is not None
+    assert reads <= len(template) + 52  # the prefix, then one cached prompt's tail

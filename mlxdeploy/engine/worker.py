@@ -20,7 +20,6 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import StopSequences
 from mlx_lm.models.cache import (
-    LRUPromptCache,
     can_trim_prompt_cache,
     make_prompt_cache,
     trim_prompt_cache,
@@ -42,6 +41,7 @@ from .batch import FastBatchGenerator
 from .constraints import Grammars, Guide
 from .faults import FaultPlan
 from .logprobs import TokenScores
+from .prefix_cache import PrefixCache
 from .sampling import SamplerCache, Vocabulary
 from .text import TextStream
 from .tool_calls import CallSplitter
@@ -106,7 +106,7 @@ class Worker:
         self._samplers = SamplerCache()
         self._vocabulary = Vocabulary.of(model, tokenizer)
         self._grammars = Grammars(tokenizer, self._vocabulary.size)
-        self._prompt_cache = LRUPromptCache(max_size=settings.prompt_cache_entries)
+        self._prompt_cache = PrefixCache(settings.prompt_cache_entries)
         self._stop = threading.Event()
         eos = sorted(tokenizer.eos_token_ids)
         self._stop_sequences = StopSequences([[t] for t in eos])
@@ -197,7 +197,7 @@ class Worker:
                 self._generator.close()
         finally:
             self._deliver, self._jobs, self._generator = deliver, {}, None
-            self._prompt_cache = LRUPromptCache(max_size=self.settings.prompt_cache_entries)
+            self._prompt_cache = PrefixCache(self.settings.prompt_cache_entries)
             self.counters = Counters()
         return events
 

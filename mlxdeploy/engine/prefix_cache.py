@@ -1,0 +1,53 @@
+"""mlx-lm's LRU prompt cache with a search that costs the prompt's length, not the cache's size.
+
+When a prompt shares only a prefix with the cached ones (a chat template's system turn, say),
+mlx-lm's `PromptTrie.search` looks for the shortest cached prompt below the shared prefix by
+walking every node under it, building a list per node: with 64 cached prompts of a few hundred
+tokens that is tens of thousands of nodes, on the generation thread, for every admitted request.
+Any cached prompt below the shared prefix serves equally (its cache is trimmed to the prefix),
+so this search follows one branch down to the nearest entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlx_lm.models.cache import LRUPromptCache, PromptTrie, PromptTrieResult
+
+VALUE = "__value__"  # mlx-lm's key for a node's entry
+
+
+class ShallowPromptTrie(PromptTrie):
+    def search(self, model: Any, tokens: list[int]) -> PromptTrieResult:
+        if model not in self._trie:
+            return PromptTrieResult(model, None, None, None, 0)
+        node = self._trie[model]
+        if not tokens and VALUE in node:
+            return PromptTrieResult(model, [], None, None, 0)
+        last, index = -1, 0
+        while index < len(tokens) and tokens[index] in node:
+            node = node[tokens[index]]
+            if VALUE in node:
+                last = index
+            index += 1
+        if last == len(tokens) - 1 >= 0:
+            return PromptTrieResult(model, tokens, None, None, 0)
+        shorter = tokens[: last + 1] if last > 0 else None
+        longer = tokens[:index] + self._down(node) if index > 0 else None
+        return PromptTrieResult(model, None, shorter, longer, index)
+
+    @staticmethod
+    def _down(node: dict[Any, Any]) -> list[int]:
+        """The tokens from `node` to the nearest entry along its first branches."""
+        path: list[int] = []
+        while VALUE not in node:
+            token = next(iter(node))
+            path.append(token)
+            node = node[token]
+        return path
+
+
+class PrefixCache(LRUPromptCache):
+    def __init__(self, max_size: int):
+        super().__init__(max_size=max_size)
+        self._trie = ShallowPromptTrie()

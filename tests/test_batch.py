@@ -19,6 +19,8 @@ from mlx_lm.generate import BatchGenerator, GenerationBatch, PromptProcessingBat
 from mlx_lm.utils import load
 from packaging.requirements import Requirement
 
+from mlxdeploy.engine import batch as batch_module
+from mlxdeploy.engine import slots
 from mlxdeploy.engine.batch import FastBatchGenerator, LogitsGenerationBatch
 from mlxdeploy.engine.sampling import greedy
 
@@ -125,6 +127,28 @@ def test_fast_batch_generates_the_same_tokens_as_mlx_lm(
     monkeypatch.setattr(LogitsGenerationBatch, "_step", counted)
     ours = _generate(model, FastBatchGenerator, prompts)
     assert steps, "FastBatchGenerator decoded without LogitsGenerationBatch._step"
+    assert ours == _generate(model, BatchGenerator, prompts)
+
+
+def test_rows_placed_into_ended_rows_and_trimmed_decode_the_same(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New rows written into the slots of ended ones, and the shared length trimmed at every
+    step, give the same tokens as mlx-lm's cut-and-append batch."""
+    rng = random.Random(1)
+    prompts = [[rng.randrange(100, 40000) for _ in range(rng.randrange(2, 12))] for _ in range(9)]
+    placed: list[int] = []
+    place = slots.place_rows
+
+    def counted(cache: Any, incoming: Any, free: Any, lengths: Any) -> None:
+        placed.append(len(free))
+        place(cache, incoming, free, lengths)
+
+    monkeypatch.setattr(slots, "place_rows", counted)
+    monkeypatch.setattr(slots, "TRIM_AT", 1)
+    monkeypatch.setattr(batch_module, "TRIM_EVERY", 1)
+    ours = _generate(model, FastBatchGenerator, prompts)
+    assert placed, "no row was placed into an ended row's slot"
     assert ours == _generate(model, BatchGenerator, prompts)
 
 

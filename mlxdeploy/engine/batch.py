@@ -29,10 +29,15 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, GenerationBatch, PromptProcessingBatch, TokenBuffer
 
+from . import slots
 from .constraints import Guide, mask_guided_rows
 from .logprobs import RowScores, arrays_of, score_rows
 
 RETIRED = -1  # the uid of a row that ended: it matches no request
+TRIM_EVERY = 64  # decode steps between looks at how much of the shared length can go
+# The per-row lists of a decode batch besides its cache and next tokens.
+ROW_STATE = ("uids", "tokens", "samplers", "logits_processors", "stop_sequences", "max_tokens",
+             "_next_logprobs", "_token_context", "_num_tokens", "_matchers", "fresh")  # fmt: skip
 
 
 def compaction_due(rows: int, retired: int) -> bool:
@@ -48,7 +53,8 @@ class LogitsGenerationBatch(GenerationBatch):
 
     def __init__(self, *args: Any, **kwargs: Any):
         self.fresh: list[bool] = []  # per row: this step reads its prompt's last token
-        self.retired = 0  # rows that ended and wait for `compact`
+        self.retired = 0  # rows that ended, to be reused (`join`) or cut out (`compact`)
+        self._steps = 0
         super().__init__(*args, **kwargs)
 
     @classmethod
@@ -83,13 +89,40 @@ class LogitsGenerationBatch(GenerationBatch):
         self.retired = sum(1 for uid in self.uids if uid == RETIRED)
 
     def retire(self, rows: Sequence[int]) -> None:
-        """Rows whose requests ended: computed, greedily and unread, until `compact`."""
+        """Rows whose requests ended: computed, greedily and unread, until new rows take
+        their place (`join`) or `compact` cuts them out."""
+        rows = [e for e in rows if self.uids[e] != RETIRED]
         for e in rows:
-            if self.uids[e] != RETIRED:
-                self.uids[e] = RETIRED
-                self.samplers[e] = self.fallback_sampler  # never a seeded one's group
-                self.logits_processors[e] = []
-                self.retired += 1
+            self.uids[e] = RETIRED
+            self.samplers[e] = self.fallback_sampler  # never a seeded one's group
+            self.logits_processors[e] = []
+        self.retired += len(rows)
+        for cache in self.prompt_cache:
+            slots.empty_rows(cache, rows)
+
+    def join(self, batch: LogitsGenerationBatch) -> None:
+        """Rows that start decoding: written into retired rows when there are enough and the
+        caches allow it (only their own cache is copied, `slots.py`), else appended after a
+        compaction (the whole batch's cache is copied once)."""
+        free = [e for e, uid in enumerate(self.uids) if uid == RETIRED][: len(batch.uids)]
+        fits = len(free) == len(batch.uids)
+        fits = fits and slots.reusable(self.prompt_cache, batch.prompt_cache)
+        lengths = slots.row_lengths(batch.prompt_cache[0]) if fits else []
+        if not fits or max(lengths) > self.prompt_cache[0]._idx:
+            self.compact()
+            self.extend(batch)
+            return
+        for cache, incoming in zip(self.prompt_cache, batch.prompt_cache, strict=True):
+            slots.place_rows(cache, incoming, free, lengths)
+        for j, e in enumerate(free):
+            self._take_row(e, batch, j)
+        self._next_tokens[mx.array(free)] = batch._next_tokens
+        self.retired -= len(free)
+
+    def _take_row(self, e: int, batch: LogitsGenerationBatch, j: int) -> None:
+        """Row `j` of `batch`'s state (all but its cache) into row `e`."""
+        for name in ROW_STATE:
+            getattr(self, name)[e] = getattr(batch, name)[j]
 
     def compact(self) -> None:
         """Cut the retired rows out (one copy of the batch's KV cache)."""
@@ -115,9 +148,12 @@ class LogitsGenerationBatch(GenerationBatch):
             responses.append(self.Response(uid, tokens[e], scores[e], finish, cache, history))
             if done:
                 ended.append(e)
+                # Computed now: unevaluated, the copy would hold the whole batch's cache.
+                mx.async_eval([c.state for c in cache])
         self.retire(ended)
-        if compaction_due(len(self.uids), self.retired):
-            self.compact()
+        self._steps += 1
+        if self._steps % TRIM_EVERY == 0:
+            slots.trim_left(self.prompt_cache)
         return responses
 
     def _step(self) -> tuple[list[int], list[Any]]:  # TokenScores, or None: not asked
@@ -284,6 +320,8 @@ class FastBatchGenerator(BatchGenerator):
         for r in responses:
             if r.finish_reason is not None:
                 self._forget(r.uid)
+        if not self.waiting and compaction_due(len(batch.uids), batch.retired):
+            batch.compact()  # no prompt is coming to take the ended rows' places
         return responses
 
     def _admit(self) -> None:
@@ -343,8 +381,7 @@ class FastBatchGenerator(BatchGenerator):
             read = self._prompt_batch.split(ready)
             self._currently_processing = [s for e, s in enumerate(processing) if e not in ready]
         uids = list(read.uids)
-        self._generation_batch.compact()  # one copy for both: rows leave, rows join
-        self._generation_batch.extend(LogitsGenerationBatch.starting(read, last))
+        self._generation_batch.join(LogitsGenerationBatch.starting(read, last))
         return [
             PromptProcessingBatch.Response(uid, (total, total), True, True)
             for uid, total in zip(uids, totals, strict=True)

@@ -1,0 +1,75 @@
+"""Rows of mlx-lm's BatchKVCache reused in place: a new sequence's keys and values are written
+into the row of one that ended, instead of the batch being cut and concatenated.
+
+mlx-lm's batch cache keeps every row right-aligned at a shared index `_idx`, each row's
+history starting at its `left_padding` (attention masks what lies before it). A row of length
+L fits any slot when L <= `_idx`: its keys go to [_idx - L, _idx) and its left padding becomes
+_idx - L. Only that row's data is copied; cutting rows out (`filter`) and appending them
+(`extend`) each copy the whole batch's cache, layer by layer.
+
+Rows that ended are given an empty history (left padding = `_idx`), so that the oldest live
+row alone decides how much of the shared length can be trimmed (`trim_left`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import BatchKVCache
+
+TRIM_AT = 64  # trim the shared length once every row has at least this much padding
+
+
+def reusable(caches: Sequence[Any], incoming: Sequence[Any]) -> bool:
+    """Whether rows of `incoming` can be placed into rows of `caches` (plain batch caches on
+    both sides, with content)."""
+    return bool(caches) and all(
+        type(c) is BatchKVCache and type(o) is BatchKVCache and c.keys is not None
+        and o.keys is not None
+        for c, o in zip(caches, incoming, strict=True)
+    )  # fmt: skip
+
+
+def row_lengths(cache: BatchKVCache) -> list[int]:
+    """The length of each row's history (a sync on its left padding)."""
+    lengths = (cache._idx - cache.left_padding).tolist()
+    assert isinstance(lengths, list)
+    return lengths
+
+
+def place_rows(
+    cache: BatchKVCache, incoming: BatchKVCache, slots: Sequence[int], lengths: Sequence[int]
+) -> None:
+    """Row j of `incoming` (its last `lengths[j]` positions) into row `slots[j]` of `cache`."""
+    end, source_end = cache._idx, incoming._idx
+    for j, (slot, length) in enumerate(zip(slots, lengths, strict=True)):
+        target, source = slice(end - length, end), slice(source_end - length, source_end)
+        cache.keys[slot : slot + 1, :, target, :] = incoming.keys[j : j + 1, :, source, :]
+        cache.values[slot : slot + 1, :, target, :] = incoming.values[j : j + 1, :, source, :]
+    rows = mx.array(list(slots))
+    sizes = mx.array(list(lengths), dtype=cache.left_padding.dtype)
+    cache.left_padding[rows] = end - sizes
+    cache.offset[rows] = sizes.astype(cache.offset.dtype)
+
+
+def empty_rows(cache: BatchKVCache, rows: Sequence[int]) -> None:
+    """Rows whose sequences ended: no history left to attend to or to keep."""
+    if type(cache) is BatchKVCache and rows:
+        cache.left_padding[mx.array(list(rows))] = cache._idx
+
+
+def trim_left(caches: Sequence[Any]) -> None:
+    """Drop the positions before every row's history (mlx-lm's `filter` does it when rows
+    leave); one sync on the left padding."""
+    if not reusable(caches, caches):
+        return
+    shift = min(caches[0].left_padding.tolist())
+    if shift < TRIM_AT:
+        return
+    for cache in caches:
+        cache.keys = cache.keys[..., shift:, :]
+        cache.values = cache.values[..., shift:, :]
+        cache._idx -= shift
+        cache.left_padding = cache.left_padding - shift

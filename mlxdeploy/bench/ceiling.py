@@ -50,6 +50,7 @@ from ..engine.api import (
     Text,
 )
 from ..engine.weights.blas import load_fast_blas
+from ..serve.gil import hand_back_the_gil_sooner
 from ..spec import SpecError, load_spec
 from ..spec.settings import Spec
 from .load import ERROR_PAUSE_S, WARMUP_TOKENS, _wants_more, chat_body, make_prompt, takes_extra
@@ -314,6 +315,7 @@ def run(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     log.info(load_fast_blas().describe())  # before MLX is imported
+    hand_back_the_gil_sooner()  # as `up` does
     try:
         load = load_settings(args.load)
         spec = load_spec(args.spec)

@@ -268,6 +268,11 @@ class FastBatchGenerator(BatchGenerator):
         """Sequences inserted but not yet given a slot in the prompt or decode batch."""
         return len(self._unprocessed_sequences)
 
+    @property
+    def pending(self) -> int:
+        """Sequences inserted and not decoding yet: waiting, or their prompts being read."""
+        return self.waiting + len(self._prompt_batch)
+
     def insert(
         self,
         prompts: list[list[int]],

@@ -189,7 +189,7 @@ class MLXEngine:
         try:
             params = default_params(self.model.defaults, self.model.stop)
             short, longer = (self.prepare(turns, None) for turns in conversations())
-            plan = warmup_rounds(short, longer, params)
+            plan = warmup_rounds(short, longer, params, self.settings.prefill_wait_steps)
             events = worker.warm_up([[self._warmup_job(*r) for r in jobs] for jobs in plan])
         except Exception as exc:  # serving still works; the first requests pay the cold start
             log.warning("model %s: warm-up failed (%s)", self.model_id, exc)

@@ -10,9 +10,11 @@ render and llguidance's tokenizer (built on the first constrained request, ~0.3-
 
 One round of three requests together, on prompts of two lengths: one with the model's default
 sampling, one greedy with a JSON constraint, one with nucleus sampling (temperature and top_p).
-The last two stop after their first token; the first goes on alone, decoding at batch 1. A
-second round (one request alone first) compiled nothing more and cost a prefill. Other sampler
-filters (top_k, min_p, XTC), and top_p for a request alone, compile their kernels on first use.
+The last two stop after their first token, while a second round's request waits: it then takes
+the place of one of them in the batch (the cache rows written in place, `slots.py`), and when
+it ends too the batch is compacted around the first request, which goes on alone, decoding at
+batch 1. Other sampler filters (top_k, min_p, XTC), and top_p for a request alone, compile
+their kernels on first use.
 """
 
 from __future__ import annotations
@@ -53,10 +55,16 @@ def default_params(defaults: SamplingDefaults, stop: tuple[str, ...]) -> Samplin
     )
 
 
-def rounds(short: Prompt, longer: Prompt, params: SamplingParams) -> list[list[Request]]:
-    """The warm-up's rounds of requests (the module docstring): `params` are the defaults."""
-    constrained, nucleus = others(dataclasses.replace(params, max_tokens=BATCH_TOKENS))
-    return [[(longer, params), (short, constrained), (short, nucleus)]]
+def rounds(
+    short: Prompt, longer: Prompt, params: SamplingParams, wait_steps: int
+) -> list[list[Request]]:
+    """The warm-up's rounds of requests (the module docstring): `params` are the defaults;
+    `wait_steps`, how long the second round's prompt may wait to be read (the first request
+    decodes until it has joined and ended)."""
+    quick = dataclasses.replace(params, max_tokens=BATCH_TOKENS)
+    constrained, nucleus = others(quick)
+    first = dataclasses.replace(params, max_tokens=params.max_tokens + wait_steps + BATCH_TOKENS)
+    return [[(longer, first), (short, constrained), (short, nucleus)], [(short, quick)]]
 
 
 def others(params: SamplingParams) -> tuple[SamplingParams, SamplingParams]:

@@ -182,19 +182,22 @@ class Worker:
         )
 
     def warm_up(self, rounds: list[list[Job]]) -> list[Event]:
-        """Run each round's jobs together to their end, before `run` (engine/warmup.py says
-        why). Leaves no trace: counters and prefix cache start empty. Their events, in order."""
+        """Run the rounds' jobs to their end, before `run` (engine/warmup.py says why): each
+        round is inserted once the jobs before it all decode. Leaves no trace: counters and
+        prefix cache start empty. Their events, in order."""
         events: list[Event] = []
         deliver = self._deliver
         self._deliver = lambda items: events.extend(event for _, event in items)
+        self._generator = generator = self._new_generator()
         try:
             for jobs in rounds:
-                self._generator = self._new_generator()
+                while self._jobs and generator.pending:
+                    self._step()
                 for job in jobs:
                     self._insert_or_fail(job)
-                while self._jobs:
-                    self._step()
-                self._generator.close()
+            while self._jobs:
+                self._step()
+            generator.close()
         finally:
             self._deliver, self._jobs, self._generator = deliver, {}, None
             self._prompt_cache = PrefixCache(self.settings.prompt_cache_entries)

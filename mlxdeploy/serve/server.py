@@ -21,6 +21,7 @@ from ..api.guards.drain import drain_of
 from ..engine.weights.blas import load_fast_blas
 from ..engine.weights.progress import progress_for
 from ..spec.settings import Spec
+from .gil import hand_back_the_gil_sooner
 from .logs import ACCESS_LOGGER, AccessLogger
 from .shutdown import TrackedConfig, drain_and_abort, install_signal_handlers, stop_engines
 
@@ -98,6 +99,7 @@ async def _serve_on(
     spec: Spec, api_keys: ApiKeys | None, config: TrackedConfig, port: int
 ) -> ServeResult:
     log.info(load_fast_blas().describe())  # before MLX is imported
+    hand_back_the_gil_sooner()
     from ..engine.engine import MLXEngine  # the only place the server reaches for MLX
 
     loop = asyncio.get_running_loop()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlxdeploy.engine.text import StopMatcher, TextStream
+from mlxdeploy.engine.text import StopMatcher, TextStream, fast_decode
 
 # A toy byte-level vocabulary: multi-byte characters split across tokens, like byte-level BPE.
 VOCAB = [b" ", b"a", b"b", b"\n", b"\xc3", b"\xa9", b" the", b"</s>", b"<", b"/", b"s", b">"]
@@ -65,3 +68,20 @@ def test_incomplete_utf8_is_held_until_complete() -> None:
     stream = TextStream.create(decode, ())
     assert stream.add(4) == ""
     assert stream.add(5) == "é"
+
+
+def test_fast_decode_gives_the_tokenizers_own_text(demo_dir: Path) -> None:
+    """The Rust decode stands in for transformers' only where it gives the same text: every
+    special token, byte pieces, spaces; and a tokenizer that cleans up spaces keeps its own."""
+    from mlx_lm.utils import load_tokenizer
+
+    tokenizer = load_tokenizer(demo_dir)
+    decode = fast_decode(tokenizer)
+    assert isinstance(decode, partial), "the demo's fast tokenizer should get the Rust decode"
+    special = sorted(tokenizer.all_special_ids)
+    windows = [special, [28, 1035, 253, 216], list(range(0, 400, 7)), list(range(49000, 49152))]
+    windows += [[t] for t in range(200, 260)]
+    for ids in windows:
+        assert decode(ids) == tokenizer.decode(ids), ids
+    tokenizer._tokenizer.clean_up_tokenization_spaces = True
+    assert fast_decode(tokenizer) == tokenizer.decode

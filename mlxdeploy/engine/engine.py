@@ -37,7 +37,7 @@ from .api import (
 from .faults import FaultPlan
 from .prompt import encode_chat
 from .sampling import Vocabulary
-from .text import TextStream
+from .text import Decode, TextStream, fast_decode
 from .tool_formats import ToolFormat, infer_format, load_format
 from .warmup import Discard, conversations, default_params
 from .warmup import rounds as warmup_rounds
@@ -73,6 +73,7 @@ class MLXEngine:
         self._thread: threading.Thread | None = None
         self._worker: Worker | None = None
         self._tokenizer: Any = None
+        self._decode: Decode = str  # the tokenizer's decode, once loaded
         self._use_template = False
         self._tool_format: ToolFormat | None = None
         self.context_length: int | None = None
@@ -156,6 +157,7 @@ class MLXEngine:
             return
         if self.model.chat_template is not None:  # the spec's template wins
             self._tokenizer.chat_template = self.model.chat_template
+        self._decode = fast_decode(self._tokenizer)
         try:
             self._use_template = self._choose_format()
             self._tool_format = self._choose_tool_format()
@@ -199,7 +201,7 @@ class MLXEngine:
         log.info("model %s warmed up in %.1f s", self.model_id, time.monotonic() - started)
 
     def _warmup_job(self, prompt: Prompt, params: SamplingParams) -> Job:
-        text = TextStream.create(self._tokenizer.decode, params.stop)
+        text = TextStream.create(self._decode, params.stop)
         return Job(prompt=prompt.tokens, params=params, sink=Discard(), text=text)
 
     def _fail(self, message: str) -> None:
@@ -325,7 +327,7 @@ class MLXEngine:
                     self._worker.cancel(job)
 
     def _job(self, prompt: Prompt, params: SamplingParams, sink: ChoiceSink, label: str) -> Job:
-        text = TextStream.create(self._tokenizer.decode, params.stop)
+        text = TextStream.create(self._decode, params.stop)
         return Job(prompt=prompt.tokens, params=params, sink=sink, text=text, label=label)
 
     async def _next_event(self, queue: asyncio.Queue[tuple[int, Event]]) -> tuple[int, Event]:

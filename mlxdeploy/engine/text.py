@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from .api import TokenLogprob
 
@@ -25,6 +26,19 @@ if TYPE_CHECKING:
     from .logprobs import TokenScores
 
 Decode = Callable[[Sequence[int]], str]
+
+
+def fast_decode(tokenizer: Any) -> Decode:
+    """`tokenizer.decode`, or the Rust tokenizer's own decode when it gives the same text.
+    Streams decode twice per token per request; transformers' wrapper adds ~5 us of Python to
+    each call (1.5 ms per decode step at 64 requests on a CPU, against 0.35 ms)."""
+    wrapped = getattr(tokenizer, "_tokenizer", tokenizer)  # mlx-lm's TokenizerWrapper
+    backend = getattr(wrapped, "backend_tokenizer", None)
+    if backend is None or getattr(wrapped, "clean_up_tokenization_spaces", True):
+        return tokenizer.decode  # type: ignore[no-any-return]
+    return partial(backend.decode, skip_special_tokens=False)
+
+
 REPLACEMENT = "\ufffd"
 
 

@@ -53,7 +53,7 @@ from ..engine.weights.blas import load_fast_blas
 from ..serve.gil import hand_back_the_gil_sooner
 from ..spec import SpecError, load_spec
 from ..spec.settings import Spec
-from .load import ERROR_PAUSE_S, WARMUP_TOKENS, _wants_more, chat_body, make_prompt, takes_extra
+from .load import WARMUP_TOKENS, chat_body, client_loop, make_prompt
 from .report import DecodeRate, LevelStats, LoadSettings, RequestResult, summarize
 
 log = logging.getLogger("mlxdeploy.bench.ceiling")
@@ -131,19 +131,7 @@ async def read_events(
 
 async def run_client(bench: Bench, index: int, level: int) -> list[RequestResult]:
     """load.run_client's requests, in its order, to the engine."""
-    load = bench.load
-    results: list[RequestResult] = []
-    deadline = time.perf_counter() + load.duration_s if load.duration_s else None
-    while _wants_more(len(results), load, deadline):
-        prompt = make_prompt(load.prompt_tokens, f"{level}-{index}-{len(results)}")
-        body = chat_body(prompt, load.max_tokens)
-        if load.extra_body and takes_extra(index + len(results) * level, load.extra_share):
-            body.update(load.extra_body)
-        result = await send(bench, body)
-        results.append(result)
-        if result.error is not None:
-            await asyncio.sleep(ERROR_PAUSE_S)
-    return results
+    return await client_loop(bench.load, level, index, lambda body: send(bench, body))
 
 
 async def closed_loop(bench: Bench, level: int) -> LevelStats:

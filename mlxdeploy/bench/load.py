@@ -12,7 +12,7 @@ import json
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 
@@ -105,6 +105,17 @@ async def run_client(
     level: int,
     on_done: Callable[[RequestResult], None],
 ) -> list[RequestResult]:
+    return await client_loop(load, level, index, lambda body: send_chat(client, url, body), on_done)
+
+
+async def client_loop(
+    load: LoadSettings,
+    level: int,
+    index: int,
+    send: Callable[[dict[str, object]], Awaitable[RequestResult]],
+    on_done: Callable[[RequestResult], None] = lambda result: None,
+) -> list[RequestResult]:
+    """Client `index` of a level: its requests in order, each sent when the last is done."""
     results: list[RequestResult] = []
     deadline = time.perf_counter() + load.duration_s if load.duration_s else None
     while _wants_more(len(results), load, deadline):
@@ -112,7 +123,7 @@ async def run_client(
         body = chat_body(prompt, load.max_tokens)
         if load.extra_body and takes_extra(index + len(results) * level, load.extra_share):
             body.update(load.extra_body)
-        result = await send_chat(client, url, body)
+        result = await send(body)
         results.append(result)
         on_done(result)
         if result.error is not None:

@@ -325,7 +325,7 @@ class FastBatchGenerator(BatchGenerator):
         for r in responses:
             if r.finish_reason is not None:
                 self._forget(r.uid)
-        if not self.waiting and compaction_due(len(batch.uids), batch.retired):
+        if not self.pending and compaction_due(len(batch.uids), batch.retired):
             batch.compact()  # no prompt is coming to take the ended rows' places
         return responses
 

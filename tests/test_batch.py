@@ -21,8 +21,8 @@ from packaging.requirements import Requirement
 
 from mlxdeploy.engine import batch as batch_module
 from mlxdeploy.engine import slots
-from mlxdeploy.engine.batch import FastBatchGenerator, LogitsGenerationBatch
-from mlxdeploy.engine.sampling import greedy
+from mlxdeploy.engine.batch import RETIRED, FastBatchGenerator, LogitsGenerationBatch
+from mlxdeploy.engine.sampling import SamplerKey, SeededSampler, greedy
 
 PYPROJECT = Path(__file__).parent.parent / "pyproject.toml"
 # What LogitsGenerationBatch._step reads and writes on the batch (mlx-lm sets them all in
@@ -251,3 +251,20 @@ def test_ended_rows_retire_and_leave_in_one_compaction(model: Any) -> None:
     generator.remove(uids[1:2])  # two of ten: more than an eighth
     generator.next()
     assert batch.uids == uids[2:] and batch.retired == 0
+
+
+def test_retired_rows_share_a_live_rows_sampler_but_never_a_seeded_one(model: Any) -> None:
+    """So a batch with ended rows still samples in one call per distinct sampler."""
+    seeded = SeededSampler(SamplerKey(temperature=1.0), seed=7)
+    generator = FastBatchGenerator(model, completion_batch_size=8, prefill_batch_size=8)
+    samplers = [seeded, greedy, greedy, greedy]
+    uids = generator.insert([[5, 6, 7]] * 4, max_tokens=[1000] * 4, samplers=samplers)
+    while generator._generation_batch.live < 4:
+        generator.next()
+    batch = generator._generation_batch
+    generator.insert([[8, 9, 10, 11]], max_tokens=[4], samplers=[greedy])  # keeps rows retired
+    generator.remove(uids[1:2])
+    assert batch.retired == 1 and batch.samplers[batch.uids.index(RETIRED)] is greedy
+    generator.remove([uids[2], uids[3]])  # only the seeded row is live: the fallback
+    retired = [s for s, u in zip(batch.samplers, batch.uids, strict=True) if u == RETIRED]
+    assert len(retired) == 3 and seeded not in retired

@@ -7,10 +7,13 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from mlxdeploy.engine import slots
+from mlxdeploy.engine.batch import LogitsGenerationBatch
 from tests.conftest import WARMUP_ENV, real_app, write_spec
 from tests.scrape import scrape
 from tests.servers import start_server
@@ -92,3 +95,29 @@ def test_no_kernel_is_compiled_for_the_first_requests(tiny_model_dir: Path, tmp_
             replies = list(pool.map(lambda b: httpx.post(url, json=b, timeout=120), burst))
         assert [reply.status_code for reply in replies] == [200] * len(burst)
         assert compiled_kernels(tmp) == warmed
+
+
+@pytest.mark.parametrize("wait", [0, 4])
+def test_the_warm_up_places_a_row_into_an_ended_one_and_compacts(
+    tiny_spec: Path, monkeypatch: pytest.MonkeyPatch, wait: int
+) -> None:
+    """Both first uses of the schedule's cache operations happen before ready: a new row
+    written into an ended row's place, and a compaction around a live row."""
+    placed: list[int] = []
+    compacted: list[int] = []
+    place, compact = slots.place_rows, LogitsGenerationBatch.compact
+
+    def counted_place(cache: Any, incoming: Any, free: Any, lengths: Any) -> None:
+        placed.append(len(free))
+        place(cache, incoming, free, lengths)
+
+    def counted_compact(self: LogitsGenerationBatch) -> None:
+        if self.retired and self.live:
+            compacted.append(self.live)
+        compact(self)
+
+    monkeypatch.setattr(slots, "place_rows", counted_place)
+    monkeypatch.setattr(LogitsGenerationBatch, "compact", counted_compact)
+    with real_app(tiny_spec, engine={"prefill_wait_steps": wait}) as app:
+        assert app.http.get("/health").json()["status"] == "ok"
+    assert placed and compacted

@@ -32,6 +32,7 @@ from mlx_lm.generate import BatchGenerator, GenerationBatch, PromptProcessingBat
 from . import slots
 from .constraints import Guide, mask_guided_rows
 from .logprobs import RowScores, arrays_of, score_rows
+from .sampling import SeededSampler
 
 RETIRED = -1  # the uid of a row that ended: it matches no request
 TRIM_EVERY = 64  # decode steps between looks at how much of the shared length can go
@@ -94,11 +95,19 @@ class LogitsGenerationBatch(GenerationBatch):
         rows = [e for e in rows if self.uids[e] != RETIRED]
         for e in rows:
             self.uids[e] = RETIRED
-            self.samplers[e] = self.fallback_sampler  # never a seeded one's group
             self.logits_processors[e] = []
+        sampler = self._shared_sampler()
+        for e in rows:
+            self.samplers[e] = sampler
         self.retired += len(rows)
         for cache in self.prompt_cache:
             slots.empty_rows(cache, rows)
+
+    def _shared_sampler(self) -> Any:
+        """A live row's sampler for the retired rows, so that they add no sampler call of
+        their own; never a seeded one (each of those draws for its own rows only)."""
+        live = (s for s, uid in zip(self.samplers, self.uids, strict=True) if uid != RETIRED)
+        return next((s for s in live if not isinstance(s, SeededSampler)), self.fallback_sampler)
 
     def join(self, batch: LogitsGenerationBatch) -> None:
         """Rows that start decoding: written into retired rows when there are enough and the

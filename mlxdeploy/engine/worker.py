@@ -183,8 +183,8 @@ class Worker:
 
     def warm_up(self, rounds: list[list[Job]]) -> list[Event]:
         """Run the rounds' jobs to their end, before `run` (engine/warmup.py says why): each
-        round is inserted once the jobs before it all decode. Leaves no trace: counters and
-        prefix cache start empty. Their events, in order."""
+        round is inserted once the jobs before it have all been through a decode step. Leaves
+        no trace: counters and prefix cache start empty. Their events, in order."""
         events: list[Event] = []
         deliver = self._deliver
         self._deliver = lambda items: events.extend(event for _, event in items)
@@ -193,12 +193,14 @@ class Worker:
             for jobs in rounds:
                 while self._jobs and generator.pending:
                     self._step()
+                if self._jobs:  # the step that reads their prompts' last tokens
+                    self._step()
                 for job in jobs:
                     self._insert_or_fail(job)
             while self._jobs:
                 self._step()
-            generator.close()
         finally:
+            generator.close()
             self._deliver, self._jobs, self._generator = deliver, {}, None
             self._prompt_cache = PrefixCache(self.settings.prompt_cache_entries)
             self.counters = Counters()

@@ -10,13 +10,14 @@ logprobs. Greedy or temperature sampling does not need them: on a CPU the logsum
 that ask for log-probabilities are normalized (see `logprobs.py`); a step's responses carry
 `TokenScores` for those rows and None for the others.
 
-Two changes to how rows join and leave the batch (the scheduling is in `generator.py`):
+Two changes to how rows join and leave the batch (the schedule is `FastBatchGenerator._next`):
 - A row joins with its prompt read but for the last token, and the next decode step reads that
   token with the rest of the batch and samples the row's first token. mlx-lm runs a forward pass
   of its own for the new rows (a whole pass over the weights for one token), then merges them.
-- A row that ends is retired, not cut out: it stays in the batch, computed but unread, until
-  enough have ended (or rows join) to make one compaction worth it. Cutting a row out copies the
-  whole batch's KV cache, which at batch 64 on a GPU costs a large part of a decode step.
+- A row that ends is retired, not cut out: it stays in the batch, computed but unread, until a
+  new row takes its place (`join`, `slots.py`) or, with no prompt coming, enough have ended to
+  make one compaction worth it. Cutting a row out copies the whole batch's KV cache, which at
+  batch 128 on a GPU costs more than a decode step.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ class LogitsGenerationBatch(GenerationBatch):
     def __init__(self, *args: Any, **kwargs: Any):
         self.fresh: list[bool] = []  # per row: this step reads its prompt's last token
         self.retired = 0  # rows that ended, to be reused (`join`) or cut out (`compact`)
-        self._steps = 0
         super().__init__(*args, **kwargs)
 
     @classmethod
@@ -160,9 +160,6 @@ class LogitsGenerationBatch(GenerationBatch):
                 # Computed now: unevaluated, the copy would hold the whole batch's cache.
                 mx.async_eval([c.state for c in cache])
         self.retire(ended)
-        self._steps += 1
-        if self._steps % TRIM_EVERY == 0:
-            slots.trim_left(self.prompt_cache)
         return responses
 
     def _step(self) -> tuple[list[int], list[Any]]:  # TokenScores, or None: not asked
@@ -258,8 +255,8 @@ class FastBatchGenerator(BatchGenerator):
     Prompts are admitted in groups. A prefill call costs a pass over the weights whatever its
     size, so while the batch decodes, waiting prompts are held until a full group is waiting
     (`prefill_batch_size`) or the oldest has waited `prefill_wait_steps` decode steps; an idle
-    batch admits at once. Rows whose prompts are read
-    join the decode batch at the next step (`LogitsGenerationBatch.starting`)."""
+    batch admits at once. Rows whose prompts are read join the decode batch at the next step
+    (`LogitsGenerationBatch.starting`)."""
 
     def __init__(self, model: Any, *, prefill_wait_steps: int = 0, **kwargs: Any):
         super().__init__(model, **kwargs)
@@ -269,13 +266,17 @@ class FastBatchGenerator(BatchGenerator):
         self._logprobs: dict[int, int] = {}
         self._generation_batch.logprobs = self._logprobs
         self._wait_steps = prefill_wait_steps
-        self._steps = 0  # decode steps run
-        self._arrived: dict[int, int] = {}  # uid -> `_steps` when it was inserted
+        self._arrived: dict[int, int] = {}  # uid -> decode steps run when it was inserted
 
     @property
     def waiting(self) -> int:
         """Sequences inserted but not yet given a slot in the prompt or decode batch."""
         return len(self._unprocessed_sequences)
+
+    @property
+    def _steps(self) -> int:
+        """Decode steps run."""
+        return int(self._counters.generation_steps)
 
     @property
     def pending(self) -> int:
@@ -328,9 +329,10 @@ class FastBatchGenerator(BatchGenerator):
         self._counters.decode_time += time.perf_counter() - tic
         self._counters.generation_tokens += len(responses)
         self._counters.generation_steps += 1
-        self._steps += 1
         if self._steps % 512 == 0:
             mx.clear_cache()
+        if self._steps % TRIM_EVERY == 0:
+            slots.trim_left(batch.prompt_cache)
         for r in responses:
             if r.finish_reason is not None:
                 self._forget(r.uid)

@@ -41,13 +41,13 @@ class StepScores:
     _lists: tuple[list[Any], list[Any], list[Any]] | None = None
 
     @classmethod
-    def of(cls, logits: mx.array, tokens: mx.array, k: int, normalized: bool = False) -> StepScores:
-        """`logits`: (R, V) rows (log-probabilities already when `normalized`); `tokens`: (R,)
+    def of(cls, logits: mx.array, tokens: mx.array, k: int) -> StepScores:
+        """`logits`: (R, V) rows; `tokens`: (R,)
         the token sampled in each. Only (R, 1) and (R, k) results are normalized: the whole
         rows are read twice (a logsumexp, a partition) and never rewritten."""
         if logits.dtype != mx.float32:
             logits = logits.astype(mx.float32)
-        lse = 0.0 if normalized else mx.logsumexp(logits, axis=-1, keepdims=True)
+        lse = mx.logsumexp(logits, axis=-1, keepdims=True)
         chosen = (mx.take_along_axis(logits, tokens.reshape(-1, 1), axis=-1) - lse)[:, 0]
         width = logits.shape[-1]
         k = min(k, width)
@@ -98,11 +98,10 @@ def score_rows(
     tokens: mx.array,
     asked: list[tuple[int, int]],
     size: int,
-    normalized: bool = False,
 ) -> list[RowScores | None]:
     """Scores for the rows `asked` ((row, k) pairs; `logits` and `tokens` hold those rows
     only, in that order) of a batch of `size` rows; None for the other rows."""
-    step = StepScores.of(logits, tokens, max(k for _, k in asked), normalized)
+    step = StepScores.of(logits, tokens, max(k for _, k in asked))
     out: list[RowScores | None] = [None] * size
     for i, (row, k) in enumerate(asked):
         out[row] = RowScores(step, i, k)

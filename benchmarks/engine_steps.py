@@ -6,6 +6,12 @@ Prints decode ms/step for both generators (greedy, random prompts) and prefill t
 model with and without mlxdeploy's CPU kernels (and, for a quantized model, decode with them).
 No HTTP: this isolates the engine. `--logprobs K` adds mlxdeploy's decode step with K top
 alternatives asked by every sequence, and by half of them.
+
+`--churn C [C ...]` measures the engine's own rate with arrivals and departures, the load an
+HTTP closed loop makes: C sequences in flight, each finished one replaced at once by a new
+random prompt (`--churn-shape PROMPT TOKENS`), driven straight through `next()` with no event
+loop, no detokenization and no other thread. This is the ceiling a server reaches with C
+clients; the static decode above is the ceiling with no prompts to read.
 """
 
 from __future__ import annotations
@@ -54,12 +60,48 @@ def prefill_tok_s(model: object, batch: int = 8, length: int = 128) -> float:
     return 3 * batch * length / (time.perf_counter() - start)
 
 
+def churn_tok_s(
+    model: object, cls: type, clients: int, prompt: int, tokens: int, **settings: int
+) -> tuple[float, int]:
+    """Tokens per second with `clients` sequences kept in flight (module docstring), over the
+    second and third generations of requests; and the `next()` calls that took."""
+    from mlxdeploy.engine.sampling import greedy
+
+    rng = random.Random(clients)
+    gen = cls(model, completion_batch_size=clients, **settings)
+
+    def add(n: int) -> None:
+        prompts = [[rng.randrange(1000, 40000) for _ in range(prompt)] for _ in range(n)]
+        gen.insert(prompts, max_tokens=[tokens] * n, samplers=[greedy] * n)
+
+    add(clients)
+    finished = generated = calls = 0
+    start = 0.0
+    while finished < 3 * clients:
+        if finished >= clients and not start:  # the first generation warms every shape
+            start, generated, calls = time.perf_counter(), 0, 0
+        responses = gen.next()[1]
+        calls += 1
+        generated += len(responses)
+        done = sum(r.finish_reason is not None for r in responses)
+        finished += done
+        if done:
+            add(done)
+    gen.close()
+    return generated / (time.perf_counter() - start), calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a local mlx-lm model dir")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--prefill", type=int, nargs=2, default=[8, 128], metavar=("B", "LEN"))
     parser.add_argument("--logprobs", type=int, metavar="K", help="also decode asking logprobs")
+    parser.add_argument("--churn", type=int, nargs="*", default=[], metavar="C")
+    parser.add_argument(
+        "--churn-shape", type=int, nargs=2, default=[190, 128], metavar=("PROMPT", "TOKENS")
+    )
+    parser.add_argument("--only-churn", action="store_true", help="skip the static timings")
     args = parser.parse_args()
     rows, length = args.prefill
     print(load_fast_blas().describe())
@@ -72,6 +114,20 @@ def main() -> None:
     from mlxdeploy.engine.weights.quantized import use_cpu_quantized_matmul
 
     model = load(args.model)[0]
+    for clients in args.churn:
+        p, t = args.churn_shape
+        schedule = {"prefill_batch_size": 8, "prefill_step_size": 512}
+        fast, calls = churn_tok_s(
+            model, FastBatchGenerator, clients, p, t, prefill_wait_steps=4, **schedule
+        )
+        base, base_calls = churn_tok_s(model, BatchGenerator, clients, p, t, **schedule)
+        print(
+            f"churn, {clients} in flight, {p}-token prompts, {t} tokens: "
+            f"mlxdeploy {fast:.1f} tok/s ({calls} steps), "
+            f"mlx-lm {base:.1f} tok/s ({base_calls} steps)"
+        )
+    if args.only_churn:
+        return
     print(f"prefill {rows}x{length}, mlx-lm model: {prefill_tok_s(model, rows, length):.0f} tok/s")
     for batch in args.batch:
         base = decode_ms(model, BatchGenerator, batch, greedy)

@@ -43,7 +43,7 @@ def masked(value: Any, key: str = "") -> Any:
 
 def route_table(spec: Spec) -> list[tuple[str, str]]:
     """Every route the app serves: the built-in ones, each preset's own path, the playground."""
-    declared = list(routes.BUILTIN_ROUTES)
+    declared = list(routes.served_routes(spec.apis))
     declared += [routes.endpoint_route(p.name, p.path) for p in spec.catalog.presets]
     if spec.playground_enabled:
         declared.append(routes.PLAYGROUND)

@@ -19,9 +19,12 @@ from .guards.auth import ApiKeys, load_api_keys
 from .guards.body import install_body_reader
 from .guards.drain import Drain, install_drain
 from .guards.gate import install_gate
+from .messages.serving import count_tokens, create_message
 from .metrics import Metrics, RequestMetrics
 from .models import ModelCard, ModelList, find_card, health_report, model_cards
 from .playground import Page, playground
+from .responses.serving import create_response, delete_response, get_response
+from .responses.store import ResponseStore
 from .routing import Targets
 from .serving import Generation
 from .status import status
@@ -47,15 +50,22 @@ def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None =
     install_body_reader(app)  # before the gate's hooks: a 401 must not leave a body unread
     cards = model_cards(spec.catalog, created=now())
 
-    table: list[tuple[routes.Route, View]] = [
-        (routes.HEALTH, partial(health, engines, drain)),
-        (routes.METRICS, partial(prometheus_metrics, metrics)),
-        (routes.MODELS, partial(list_models, cards)),
-        (routes.MODEL, partial(show_model, cards)),
-        (routes.CHAT_COMPLETIONS, partial(chat_completions, generation, targets)),
-        (routes.COMPLETIONS, partial(completions, generation, targets)),
-        (routes.STATUS, partial(status, engines, drain)),
-    ]
+    stored = ResponseStore(spec.limits.stored_responses)
+    views: dict[routes.Route, View] = {
+        routes.HEALTH: partial(health, engines, drain),
+        routes.METRICS: partial(prometheus_metrics, metrics),
+        routes.MODELS: partial(list_models, cards),
+        routes.MODEL: partial(show_model, cards),
+        routes.STATUS: partial(status, engines, drain),
+        routes.CHAT_COMPLETIONS: partial(chat_completions, generation, targets),
+        routes.COMPLETIONS: partial(completions, generation, targets),
+        routes.RESPONSES: partial(create_response, generation, targets, stored),
+        routes.RESPONSE: partial(get_response, stored),
+        routes.RESPONSE_DELETE: partial(delete_response, stored),
+        routes.MESSAGES: partial(create_message, generation, targets),
+        routes.COUNT_TOKENS: partial(count_tokens, targets),
+    }
+    table = [(route, views[route]) for route in routes.served_routes(spec.apis)]
     table += [
         (routes.endpoint_route(p.name, p.path), partial(preset_chat, generation, targets, p.name))
         for p in spec.catalog.presets

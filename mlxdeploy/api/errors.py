@@ -1,5 +1,5 @@
-"""The one error shape: every 4xx/5xx leaves the server as an OpenAI error body, from one
-set of handlers."""
+"""One error shape per API: every 4xx/5xx leaves the server as an OpenAI error body, or, on
+Anthropic's Messages routes, as an Anthropic one, from one set of handlers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
-from quart import Quart, Response, request
+from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from ..spec.routes import MESSAGES_PREFIX
 from .wire import ErrorBody, ErrorDetail
 
 log = logging.getLogger("mlxdeploy.app")
@@ -127,9 +128,36 @@ def json_response(payload: BaseModel | dict[str, Any], status: int = 200) -> Res
     return Response(json.dumps(data, ensure_ascii=False), status, mimetype="application/json")
 
 
+# Anthropic's error types by status; it answers "overloaded" with 529, not 503.
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+ANTHROPIC_STATUS = {503: 529}
+
+
+def anthropic_error(exc: APIError) -> tuple[dict[str, Any], int]:
+    """`exc` as Anthropic's error body, and the status Anthropic's API gives it."""
+    status = ANTHROPIC_STATUS.get(exc.status, exc.status)
+    kind = ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    error = {"type": kind, "message": exc.message}
+    return {"type": "error", "error": error, "request_id": g.get("request_id")}, status
+
+
 def error_response(exc: APIError) -> Response:
-    """The one error shape, with the error's own headers (Retry-After, WWW-Authenticate)."""
-    response = json_response(exc.body(), exc.status)
+    """The error in the shape of the API the request spoke, with its own headers
+    (Retry-After, WWW-Authenticate)."""
+    if request.path.startswith(MESSAGES_PREFIX):
+        body, status = anthropic_error(exc)
+        response = json_response(body, status)
+    else:
+        response = json_response(exc.body(), exc.status)
     response.headers.update(exc.headers)
     return response
 

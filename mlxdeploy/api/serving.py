@@ -41,7 +41,13 @@ from .sse import DONE, KEEP_ALIVE, event_stream, sse_event
 from .wire import ErrorBody, ErrorDetail, SamplingFields, Usage, usage_of
 
 
-class Format(Protocol):
+class Assembler(Protocol):
+    """How one API renders a whole answer."""
+
+    def whole(self, answers: Sequence[Answer], usage: Usage) -> BaseModel: ...
+
+
+class Format(Assembler, Protocol):
     """How one API renders a generation: the whole answer, or its stream's events."""
 
     include_usage: bool
@@ -55,8 +61,6 @@ class Format(Protocol):
     def finish_event(self, reason: str, index: int) -> str: ...
 
     def usage_event(self, usage: Usage) -> str: ...
-
-    def whole(self, answers: Sequence[Answer], usage: Usage) -> BaseModel: ...
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ class Generation:
         return Run(target.engine, prompt, params, deadline, slot, observe, body.n or 1, label)
 
 
-async def complete(run: Run, fmt: Format) -> BaseModel:
+async def complete(run: Run, fmt: Assembler) -> BaseModel:
     answers = [Answer() for _ in range(run.n)]
     async with contextlib.aclosing(run.events()) as events:
         async for index, event in events:
@@ -154,6 +158,52 @@ async def stream(run: Run, fmt: Format) -> AsyncIterator[str]:
                         return
     except RequestTimeout as exc:
         yield sse_event(exc.body())
+
+
+class Renderer(Protocol):
+    """How an API with one answer per request (Responses, Messages) streams it: each engine
+    event becomes zero or more Server-Sent Events, in the API's own vocabulary."""
+
+    def opening(self) -> list[str]: ...
+
+    def keep_alive(self) -> str: ...
+
+    def text(self, event: Text) -> list[str]: ...
+
+    def call(self, event: ToolCallStarted | ToolCallArguments) -> list[str]: ...
+
+    def finished(self, event: Finished) -> list[str]: ...
+
+    def failed(self, message: str) -> list[str]: ...
+
+
+async def stream_one(run: Run, renderer: Renderer) -> AsyncIterator[str]:
+    """One answer's Server-Sent Events through `renderer`; a failure or the deadline ends the
+    stream with the renderer's error events."""
+    for chunk in renderer.opening():
+        yield chunk
+    try:
+        async with contextlib.aclosing(run.events()) as events:
+            async for _, event in events:
+                for chunk in _render(renderer, event):
+                    yield chunk
+                if isinstance(event, Failed | Finished):
+                    return
+    except RequestTimeout as exc:
+        for chunk in renderer.failed(exc.message):
+            yield chunk
+
+
+def _render(renderer: Renderer, event: object) -> list[str]:
+    if isinstance(event, Text):
+        return renderer.text(event)
+    if isinstance(event, ToolCallStarted | ToolCallArguments):
+        return renderer.call(event)
+    if isinstance(event, Finished):
+        return renderer.finished(event)
+    if isinstance(event, Failed):
+        return renderer.failed(event.message)
+    return [renderer.keep_alive()]  # Progress, Heartbeat
 
 
 def _error_event(message: str) -> str:

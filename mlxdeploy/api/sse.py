@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from pydantic import BaseModel
 from quart import Response
@@ -16,6 +17,13 @@ def sse_event(model: BaseModel) -> str:
     """One Server-Sent Event carrying `model` as compact JSON."""
     payload = model.model_dump()
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def typed_event(kind: str, payload: dict[str, Any]) -> str:
+    """A named Server-Sent Event (`event: kind`) whose JSON data carries `"type": kind` first,
+    as the Responses and Messages APIs send them."""
+    data = json.dumps({"type": kind, **payload}, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {kind}\ndata: {data}\n\n"
 
 
 def event_stream(events: AsyncIterator[str]) -> Response:

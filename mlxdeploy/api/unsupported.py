@@ -107,6 +107,28 @@ TEXT: Mapping[str, Rule] = MappingProxyType(
 """Rules for /v1/completions."""
 
 
+def _obfuscation_only(value: Any) -> bool:
+    # Obfuscation pads stream events with random characters; the answer is the same.
+    return isinstance(value, dict) and set(value) <= {"include_obfuscation"}
+
+
+RESPONSES: Mapping[str, Rule] = MappingProxyType(
+    {
+        "truncation": Rule(_only("disabled"), 'the input is never truncated; send "disabled"'),
+        "include": Rule(_empty_list, "no extra output data is available; leave include out"),
+        "reasoning": Rule(_nothing, "reasoning settings are not supported"),
+        "background": Rule(_only(False), "background responses are not supported; send false"),
+        "max_tool_calls": Rule(_nothing, "a limit on tool calls is not supported"),
+        "top_logprobs": Rule(_only(0), "log-probabilities are not reported here; send 0"),
+        "prompt": Rule(_nothing, "stored prompt templates are not supported; send input"),
+        "conversation": Rule(_nothing, "conversations are not supported; use previous_response_id"),
+        "context_management": Rule(_nothing, NOT_SUPPORTED),
+        "stream_options": Rule(_obfuscation_only, "only include_obfuscation is accepted"),
+    }
+)
+"""Rules for /v1/responses (OpenAI's Responses API)."""
+
+
 def check_fields(data: Any, implemented: Iterable[str], rules: Mapping[str, Rule]) -> None:
     """Raise the 400 for the first field of `data` that would be silently dropped; its
     message names every such field."""
@@ -137,3 +159,22 @@ def _reason(name: str, value: Any, rules: Mapping[str, Rule]) -> str:
     if rule is None:
         return "this server does not implement it; leave it out"
     return rule.hint
+
+
+def _thinking_off(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("type") == "disabled"
+
+
+MESSAGES: Mapping[str, Rule] = MappingProxyType(
+    {
+        "thinking": Rule(
+            _thinking_off, 'extended thinking is not supported; send {"type": "disabled"}'
+        ),
+        "container": Rule(_nothing, "code execution containers are not supported"),
+        "mcp_servers": Rule(_nothing, "MCP servers are not supported"),
+        "context_management": Rule(_nothing, NOT_SUPPORTED),
+        "inference_geo": Rule(_nothing, NOT_SUPPORTED),
+        "output_config": Rule(_nothing, NOT_SUPPORTED),
+    }
+)
+"""Rules for /v1/messages and /v1/messages/count_tokens (Anthropic's Messages API)."""

@@ -97,6 +97,10 @@ class SamplingFields(WireModel):
             raise ValueError(f"invalid JSON schema: {problem}")
         return value
 
+    def wire_name(self, field: str) -> str:
+        """What the request's own API calls this field (errors name it so)."""
+        return field
+
     def stop_words(self) -> list[str]:
         if self.stop is None:
             return []

@@ -186,10 +186,14 @@ class ToolCallArguments:
 
 @dataclass(frozen=True)
 class Finished:
+    """How a choice ended. `stop_word`: the request's (or the spec's) stop word that ended it,
+    when one did; None for an end-of-sequence token, the length limit, or tool calls."""
+
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    stop_word: str | None = None
 
 
 @dataclass(frozen=True)

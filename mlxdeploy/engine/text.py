@@ -82,6 +82,7 @@ class StopMatcher:
     stop_words: tuple[str, ...]
     pending: str = ""
     stopped: bool = False
+    word: str | None = None  # the stop word that ended the text, once one has
 
     def feed(self, text: str) -> str:
         """Return text safe to emit; sets `stopped` when a stop word appears."""
@@ -103,8 +104,13 @@ class StopMatcher:
         return out
 
     def _first_hit(self) -> int | None:
-        hits = [i for i in (self.pending.find(w) for w in self.stop_words) if i >= 0]
-        return min(hits) if hits else None
+        """Where the earliest stop word starts (the first listed of those starting there);
+        remembers which it is."""
+        hits = [(i, w) for w in self.stop_words if (i := self.pending.find(w)) >= 0]
+        if not hits:
+            return None
+        at, self.word = min(hits, key=lambda hit: hit[0])
+        return at
 
     def _partial_suffix(self) -> int:
         """Length of the longest suffix of `pending` that is a proper prefix of a stop word."""
@@ -199,6 +205,11 @@ class TextStream:
     @property
     def stopped(self) -> bool:
         return self.matcher.stopped
+
+    @property
+    def stop_word(self) -> str | None:
+        """The stop word that ended the text; None while none has (or at end of sequence)."""
+        return self.matcher.word
 
     def add(self, token: int, scores: TokenScores | None = None) -> str:
         if scores is None:

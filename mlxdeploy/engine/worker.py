@@ -381,9 +381,9 @@ class Worker:
         if reason is not None and job.guide is not None and job.guide.error is not None:
             job.events.append(Failed(f"constrained decoding failed: {job.guide.error}"))
         elif reason is not None:
-            job.events.append(
-                Finished(reason, len(job.prompt), job.completion_tokens, job.cached_tokens)
-            )
+            word = job.text.stop_word if reason == "stop" else None
+            counts = (len(job.prompt), job.completion_tokens, job.cached_tokens)
+            job.events.append(Finished(reason, *counts, stop_word=word))
         return reason
 
     def _store_cache(self, tokens: list[int] | None, cache: list[Any] | None) -> None:

@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from .formats import ResponseFormat, Section
 from .problems import FieldError, show_value
+from .routes import API_NAMES, ApiName
 from .tool_parsers import TOOL_PARSER_HELP, ToolParserName
 
 if TYPE_CHECKING:
@@ -255,6 +256,12 @@ class LimitSettings(Section):
     max_n: int = Field(
         default=8, ge=1, le=128, description="Most choices (`n`) one request may ask for."
     )
+    stored_responses: int = Field(
+        default=1000,
+        ge=0,
+        description="Responses (the Responses API) kept in memory for previous_response_id "
+        "and GET /v1/responses/{id}; the oldest go first, all are lost at restart; 0 keeps none.",
+    )
 
 
 class ServerSettings(Section):
@@ -416,6 +423,14 @@ class Spec(BaseSettings):
         default={},
         description="Named presets, each served as a model id and at its own path.",
     )
+    apis: list[ApiName] = Field(
+        default=list(API_NAMES),
+        min_length=1,
+        description=(
+            "The APIs served: chat (/v1/chat/completions), completions (/v1/completions), "
+            "responses (OpenAI's /v1/responses), messages (Anthropic's /v1/messages)."
+        ),
+    )
     host: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on.")
     port: int = Field(default=8080, ge=1, le=65535, description="TCP port to listen on.")
     playground: bool | None = Field(
@@ -459,6 +474,14 @@ class Spec(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, EnvSource(settings_cls)
+
+    @field_validator("apis")
+    @classmethod
+    def _each_api_once(cls, value: list[str]) -> list[str]:
+        repeated = sorted({api for api in value if value.count(api) > 1})
+        if repeated:
+            raise ValueError(f"each API is named once; repeated: {', '.join(repeated)}")
+        return value
 
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> Spec:

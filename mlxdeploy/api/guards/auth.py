@@ -29,12 +29,14 @@ class AuthConfigError(Exception):
 class ApiKeys:
     keys: tuple[bytes, ...]
 
-    def check(self, authorization: str | None) -> None:
-        """Raise Unauthorized unless the header is `Bearer <one of the keys>`."""
-        token = bearer_token(authorization)
+    def check(self, authorization: str | None, api_key: str | None = None) -> None:
+        """Raise Unauthorized unless `Authorization: Bearer <key>` or `x-api-key: <key>`
+        (Anthropic's header) carries one of the keys."""
+        token = bearer_token(authorization) or (api_key or "").strip() or None
         if token is None:
             raise Unauthorized(
-                "Missing API key: send it as the header 'Authorization: Bearer <key>'"
+                "Missing API key: send it as the header 'Authorization: Bearer <key>' "
+                "or 'x-api-key: <key>'"
             )
         if not self.matches(token):
             raise Unauthorized("Incorrect API key provided")

@@ -26,7 +26,7 @@ def install_gate(app: Quart, spec: Spec, api_keys: ApiKeys | None) -> None:
         if is_preflight(request):
             return cors.preflight(request.headers.get("Origin"))
         if api_keys is not None and request.path not in public:
-            api_keys.check(request.headers.get("Authorization"))
+            api_keys.check(request.headers.get("Authorization"), request.headers.get("x-api-key"))
         return None
 
     @app.after_request

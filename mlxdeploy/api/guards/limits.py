@@ -14,9 +14,10 @@ def check_max_tokens(body: SamplingFields, limits: LimitSettings) -> None:
     for param in ("max_tokens", "max_completion_tokens"):
         asked = getattr(body, param)
         if asked is not None and asked > limits.max_tokens:
+            name = body.wire_name(param)
             raise InvalidRequest(
-                f"{param} is {asked}, above this deployment's limit of {limits.max_tokens}",
-                param=param,
+                f"{name} is {asked}, above this deployment's limit of {limits.max_tokens}",
+                param=name,
                 code="integer_above_max_value",
             )
 

@@ -1,0 +1,280 @@
+"""Anthropic's Messages API on the wire: the request (system, messages of content blocks,
+tools), the message it answers with, and the conversion into the engine's types."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictInt,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from ...engine.api import Finished, Tool, ToolCall, ToolUse, Turn
+from ...spec.grammar import problem_of
+from .. import unsupported
+from ..chat.tools import FunctionName
+from ..errors import InvalidRequest
+from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, WireModel
+
+
+def _kind(value: Any) -> str:
+    return str(value.get("type") if isinstance(value, dict) else value.type)
+
+
+class TextBlock(WireModel):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseBlock(WireModel):
+    """A call the assistant made, sent back as part of the conversation."""
+
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ToolResultBlock(WireModel):
+    """What the client's tool returned for call `tool_use_id`."""
+
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[TextBlock] = ""
+    is_error: StrictBool = False
+
+    def text(self) -> str:
+        text = (
+            self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
+        )
+        return f"error: {text}" if self.is_error else text
+
+
+ContentBlock = Annotated[
+    Annotated[TextBlock, Tag("text")]
+    | Annotated[ToolUseBlock, Tag("tool_use")]
+    | Annotated[ToolResultBlock, Tag("tool_result")],
+    Discriminator(_kind),
+]
+
+
+class MessageParam(WireModel):
+    role: Literal["user", "assistant"]
+    content: str | list[ContentBlock]
+
+    def blocks(self) -> list[Any]:
+        if isinstance(self.content, str):
+            return [TextBlock(type="text", text=self.content)]
+        return list(self.content)
+
+
+class ToolParam(WireModel):
+    name: FunctionName
+    description: str | None = None
+    input_schema: dict[str, Any]
+    type: Literal["custom"] | None = None
+
+    @field_validator("input_schema")
+    @classmethod
+    def _enforceable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problem = problem_of(json.dumps(value))
+        if problem is not None:
+            raise ValueError(f"invalid JSON schema: {problem}")
+        return value
+
+    def to_tool(self) -> Tool:
+        return Tool(self.name, self.description, json.dumps(self.input_schema, ensure_ascii=False))
+
+
+class ToolChoiceParam(WireModel):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _name_iff_tool(self) -> ToolChoiceParam:
+        if (self.type == "tool") != (self.name is not None):
+            raise ValueError("name is required with type tool, and only then")
+        return self
+
+
+StopSequence = Annotated[str, Field(min_length=1)]
+
+
+class Conversation(WireModel):
+    """What a request says to the model: shared by messages and count_tokens."""
+
+    model: str | None = None
+    messages: Annotated[list[MessageParam], Field(min_length=1)]
+    system: str | list[TextBlock] | None = None
+    tools: list[ToolParam] | None = None
+    tool_choice: ToolChoiceParam | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_silent_drops(cls, data: Any) -> Any:
+        unsupported.check_fields(data, cls.model_fields, unsupported.MESSAGES)
+        return data
+
+    def turns(self) -> list[Turn]:
+        """The conversation as the chat format sees it: tool results become tool turns (before
+        the user's own text in the same message), tool_use blocks the assistant's calls."""
+        system = self.system if isinstance(self.system, str) else _joined(self.system or [])
+        turns = [Turn("system", system)] if system else []
+        names: dict[str, str] = {}
+        for index, message in enumerate(self.messages):
+            turns += _turns_of(message, index, names)
+        return turns
+
+    def tool_use(self) -> ToolUse | None:
+        tools, choice = self.tools or [], self.tool_choice
+        if not tools:
+            if choice is not None and choice.type not in ("auto", "none"):
+                raise InvalidRequest("tool_choice needs tools; send tools", param="tool_choice")
+            return None
+        names = [tool.name for tool in tools]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise InvalidRequest(f"tools: names must be unique: {repeated}", param="tools")
+        if choice is not None and choice.type == "none":
+            return None
+        if choice is not None and choice.type == "tool" and choice.name not in names:
+            raise InvalidRequest(
+                f"tool_choice names tool '{choice.name}', which is not in tools",
+                param="tool_choice",
+            )
+        mode = "auto" if choice is None or choice.type == "auto" else choice.name or "required"
+        parallel = not (choice is not None and choice.disable_parallel_tool_use)
+        return ToolUse(tuple(tool.to_tool() for tool in tools), mode, parallel)
+
+
+def _joined(blocks: list[TextBlock]) -> str:
+    return "".join(block.text for block in blocks)
+
+
+def _turns_of(message: MessageParam, index: int, names: dict[str, str]) -> list[Turn]:
+    blocks = message.blocks()
+    texts = [b for b in blocks if isinstance(b, TextBlock)]
+    if message.role == "assistant":
+        if any(isinstance(b, ToolResultBlock) for b in blocks):
+            raise InvalidRequest(
+                "tool_result blocks belong in user messages", param=f"messages.{index}.content"
+            )
+        calls = tuple(
+            ToolCall(b.id, b.name, json.dumps(b.input, ensure_ascii=False))
+            for b in blocks
+            if isinstance(b, ToolUseBlock)
+        )
+        names.update((call.id, call.name) for call in calls)
+        return [Turn("assistant", _joined(texts), calls)]
+    if any(isinstance(b, ToolUseBlock) for b in blocks):
+        raise InvalidRequest(
+            "tool_use blocks belong in assistant messages", param=f"messages.{index}.content"
+        )
+    results = [
+        Turn("tool", b.text(), tool_call_id=b.tool_use_id, name=names.get(b.tool_use_id))
+        for b in blocks
+        if isinstance(b, ToolResultBlock)
+    ]
+    return results + ([Turn("user", _joined(texts))] if texts or not results else [])
+
+
+class MessagesRequest(Conversation):
+    max_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+    stop_sequences: Annotated[list[StopSequence], Field(max_length=16)] | None = None
+    temperature: Annotated[Float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[Float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_LIMIT)] | None = None
+    stream: StrictBool = False
+
+    def sampling(self) -> MessagesSampling:
+        return MessagesSampling(
+            model=self.model,
+            stream=self.stream,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            stop=self.stop_sequences,
+        )
+
+
+class MessagesSampling(SamplingFields):
+    """A Messages request's sampling fields under the names the shared checks use."""
+
+    def wire_name(self, field: str) -> str:
+        return "stop_sequences" if field == "stop" else field
+
+
+# -- the message ---------------------------------------------------------------------------
+
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
+
+
+def stop_reason(
+    finished: Finished, stop_sequences: list[str] | None
+) -> tuple[StopReason, str | None]:
+    """Anthropic's stop_reason and stop_sequence: a stop word is a `stop_sequence` only when
+    the request sent it (the spec's own stop words end the turn)."""
+    if finished.reason == "length":
+        return "max_tokens", None
+    if finished.reason == "tool_calls":
+        return "tool_use", None
+    word = finished.stop_word
+    if word is not None and word in (stop_sequences or []):
+        return "stop_sequence", word
+    return "end_turn", None
+
+
+class OutputText(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+    citations: None = None
+
+
+class Caller(BaseModel):
+    type: Literal["direct"] = "direct"
+
+
+class OutputToolUse(BaseModel):
+    type: Literal["tool_use"] = "tool_use"
+    id: str
+    name: str
+    input: dict[str, Any]
+    caller: Caller = Caller()
+
+
+class MessageUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation: None = None
+    inference_geo: None = None
+    server_tool_use: None = None
+    service_tier: Literal["standard"] = "standard"
+
+
+class Message(BaseModel):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText | OutputToolUse]
+    model: str
+    stop_reason: StopReason | None
+    stop_sequence: str | None
+    stop_details: None = None
+    usage: MessageUsage
+    container: None = None
+
+
+class TokenCount(BaseModel):
+    input_tokens: int

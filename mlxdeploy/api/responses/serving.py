@@ -1,0 +1,306 @@
+"""Serving OpenAI's Responses API: POST /v1/responses (whole or streamed with its typed
+events), and GET / DELETE /v1/responses/{id} on the responses kept in memory."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from quart import Response
+
+from ...engine.api import Finished, Prompt, Text, ToolCallArguments, ToolCallStarted, Turn
+from ..answer import Answer
+from ..errors import InvalidRequest, NotFound, json_response
+from ..guards.body import parse_body
+from ..routing import Targets
+from ..serving import Generation, complete, stream_one
+from ..sse import KEEP_ALIVE, event_stream, typed_event
+from ..wire import Usage, now, usage_of
+from .store import ResponseStore, Stored
+from .wire import (
+    DeletedResponse,
+    IncompleteDetails,
+    OutputCall,
+    OutputItem,
+    OutputMessage,
+    OutputText,
+    ResponseError,
+    ResponseObject,
+    ResponseRequest,
+    ResponseUsage,
+    turns_of,
+)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+async def create_response(
+    generation: Generation, targets: Targets, store: ResponseStore
+) -> Response:
+    body = await parse_body(ResponseRequest)
+    target = targets.lookup(body.model)
+    conversation = (*_history(store, body.previous_response_id), *body.items())
+    turns = [Turn("system", body.instructions)] if body.instructions else []
+    turns += turns_of(list(conversation))
+    tools = body.tool_use()
+
+    def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here
+        return target.engine.prepare(target.turns(turns, None), None, tools)
+
+    run = await generation.start(target, body.sampling(), prepare, "input", tools)
+    draft = Draft(body, target.id, run.params.temperature, run.params.top_p, run.params.max_tokens)
+    keep = _keeper(store, body.store, conversation)
+    if body.stream:
+        return event_stream(stream_one(run, ResponseEvents(draft, keep)))
+    response = await complete(run, draft)
+    assert isinstance(response, ResponseObject)
+    keep(response)
+    return json_response(response)
+
+
+async def get_response(store: ResponseStore, response_id: str) -> Response:
+    return json_response(_stored(store, response_id).response)
+
+
+async def delete_response(store: ResponseStore, response_id: str) -> Response:
+    _stored(store, response_id)
+    store.delete(response_id)
+    return json_response(DeletedResponse(id=response_id))
+
+
+def _stored(store: ResponseStore, response_id: str) -> Stored:
+    stored = store.get(response_id)
+    if stored is None:
+        raise NotFound(
+            f"no response with id '{response_id}' is stored here (responses are kept in "
+            "memory until restart, up to limits.stored_responses)",
+            param="response_id",
+        )
+    return stored
+
+
+def _history(store: ResponseStore, previous: str | None) -> tuple[Any, ...]:
+    if previous is None:
+        return ()
+    stored = store.get(previous)
+    if stored is None:
+        raise InvalidRequest(
+            f"previous response with id '{previous}' not found (responses are kept in memory "
+            "until restart, up to limits.stored_responses; one sent with store: false is not)",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        )
+    return stored.conversation
+
+
+def _keeper(
+    store: ResponseStore, wanted: bool, conversation: tuple[Any, ...]
+) -> Callable[[ResponseObject], None]:
+    def keep(response: ResponseObject) -> None:
+        if wanted:
+            outputs = tuple(item.as_input() for item in response.output)
+            store.put(Stored(response, (*conversation, *outputs)))
+
+    return keep
+
+
+@dataclass
+class Draft:
+    """A response's fields that the request decides, and the response once its output is
+    known (also the `Assembler` of the whole answer)."""
+
+    body: ResponseRequest
+    model: str
+    temperature: float
+    top_p: float
+    max_output_tokens: int
+    id: str = field(default_factory=lambda: new_id("resp"))
+    created_at: int = field(default_factory=now)
+
+    def build(
+        self,
+        status: str,
+        output: Sequence[OutputItem] = (),
+        usage: ResponseUsage | None = None,
+        error: str | None = None,
+    ) -> ResponseObject:
+        body = self.body
+        tools = [tool.model_dump(exclude_none=True) for tool in body.tools or []]
+        choice = body.tool_choice
+        return ResponseObject(
+            id=self.id,
+            created_at=self.created_at,
+            status=status,  # type: ignore[arg-type]
+            error=None if error is None else ResponseError(message=error),
+            incomplete_details=IncompleteDetails() if status == "incomplete" else None,
+            instructions=body.instructions,
+            max_output_tokens=self.max_output_tokens,
+            model=self.model,
+            output=list(output),
+            parallel_tool_calls=body.parallel_tool_calls is not False,
+            previous_response_id=body.previous_response_id,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            tool_choice=choice.model_dump() if hasattr(choice, "model_dump") else choice or "auto",
+            tools=tools,
+            text={"format": body.format().model_dump(by_alias=True, exclude_none=True)},
+            usage=usage,
+            metadata=body.metadata or {},
+            store=body.store,
+        )
+
+    def finish(self, output: Sequence[OutputItem], finished: Finished) -> ResponseObject:
+        status = "incomplete" if finished.reason == "length" else "completed"
+        return self.build(status, output, ResponseUsage.of(usage_of([finished])))
+
+    def whole(self, answers: Sequence[Answer], usage: Usage) -> ResponseObject:
+        answer = answers[0]
+        assert answer.finished is not None
+        done = "incomplete" if answer.finished.reason == "length" else "completed"
+        calls = [
+            OutputCall(
+                id=new_id("fc"),
+                call_id=c.id,
+                name=c.name,
+                arguments=c.arguments,
+                status="completed",
+            )
+            for c in answer.tool_calls
+        ]
+        output: list[OutputItem] = []
+        if answer.text or not calls:
+            text = OutputText(text=answer.text)
+            output.append(OutputMessage(id=new_id("msg"), status=done, content=[text]))
+        return self.finish([*output, *calls], answer.finished)
+
+
+@dataclass
+class ResponseEvents:
+    """The Responses API's stream of one answer (`Renderer`): every event numbered, each
+    output item opened, filled and closed, then the whole response once more."""
+
+    draft: Draft
+    keep: Callable[[ResponseObject], None]
+    output: list[OutputItem] = field(default_factory=list)
+    open: OutputMessage | OutputCall | None = None
+    pieces: list[str] = field(default_factory=list)  # the open item's text or arguments
+    sequence: int = 0
+
+    def opening(self) -> list[str]:
+        shell = self.draft.build("in_progress").model_dump()
+        return [
+            self._event("response.created", response=shell),
+            self._event("response.in_progress", response=shell),
+        ]
+
+    def keep_alive(self) -> str:
+        return KEEP_ALIVE
+
+    def text(self, event: Text) -> list[str]:
+        out = [] if isinstance(self.open, OutputMessage) else self._close() + self._open_message()
+        assert self.open is not None
+        self.pieces.append(event.text)
+        return out + [
+            self._event(
+                "response.output_text.delta",
+                item_id=self.open.id,
+                output_index=len(self.output),
+                content_index=0,
+                delta=event.text,
+                logprobs=[],
+            )
+        ]
+
+    def call(self, event: ToolCallStarted | ToolCallArguments) -> list[str]:
+        if isinstance(event, ToolCallStarted):
+            out = self._close()
+            self.open = OutputCall(
+                id=new_id("fc"),
+                call_id=event.id,
+                name=event.name,
+                arguments="",
+                status="in_progress",
+            )
+            added = self._event(
+                "response.output_item.added",
+                output_index=len(self.output),
+                item=self.open.model_dump(),
+            )
+            return out + [added]
+        assert self.open is not None
+        self.pieces.append(event.text)
+        return [
+            self._event(
+                "response.function_call_arguments.delta",
+                item_id=self.open.id,
+                output_index=len(self.output),
+                delta=event.text,
+            )
+        ]
+
+    def finished(self, event: Finished) -> list[str]:
+        status = "incomplete" if event.reason == "length" else "completed"
+        out = [] if self.open or self.output else self._open_message()
+        out += self._close(status)
+        response = self.draft.finish(self.output, event)
+        self.keep(response)
+        return out + [self._event(f"response.{status}", response=response.model_dump())]
+
+    def failed(self, message: str) -> list[str]:
+        response = self.draft.build("failed", self.output, error=message)
+        return [self._event("response.failed", response=response.model_dump())]
+
+    def _open_message(self) -> list[str]:
+        self.open = OutputMessage(id=new_id("msg"), status="in_progress", content=[])
+        index = len(self.output)
+        return [
+            self._event(
+                "response.output_item.added", output_index=index, item=self.open.model_dump()
+            ),
+            self._event(
+                "response.content_part.added",
+                item_id=self.open.id,
+                output_index=index,
+                content_index=0,
+                part=OutputText(text="").model_dump(),
+            ),
+        ]
+
+    def _close(self, status: str = "completed") -> list[str]:
+        """The open item's closing events; the item joins the output."""
+        item, joined, index = self.open, "".join(self.pieces), len(self.output)
+        if item is None:
+            return []
+        self.open, self.pieces = None, []
+        out: list[str] = []
+        if isinstance(item, OutputMessage):
+            part = OutputText(text=joined)
+            done = OutputMessage(id=item.id, status=status, content=[part])  # type: ignore[arg-type]
+            ids = {"item_id": item.id, "output_index": index, "content_index": 0}
+            out.append(self._event("response.output_text.done", **ids, text=joined, logprobs=[]))
+            out.append(self._event("response.content_part.done", **ids, part=part.model_dump()))
+        else:
+            done = item.model_copy(update={"arguments": joined, "status": "completed"})
+            out.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item.id,
+                    output_index=index,
+                    name=item.name,
+                    arguments=joined,
+                )
+            )
+        self.output.append(done)
+        out.append(
+            self._event("response.output_item.done", output_index=index, item=done.model_dump())
+        )
+        return out
+
+    def _event(self, kind: str, **payload: Any) -> str:
+        event = typed_event(kind, {**payload, "sequence_number": self.sequence})
+        self.sequence += 1
+        return event

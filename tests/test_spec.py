@@ -703,6 +703,7 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "name",
         "models",
         "endpoints",
+        "apis",
         "host",
         "port",
         "playground",

@@ -232,7 +232,8 @@ def test_status_command_sends_the_api_key(
     assert refused.exit_code == 1
     assert refused.output.splitlines() == [
         "status: http://server:8080/v1/status: HTTP 401: Missing API key: send it as the header "
-        "'Authorization: Bearer <key>' (pass --api-key or set MLXDEPLOY_API_KEY)"
+        "'Authorization: Bearer <key>' or 'x-api-key: <key>' (pass --api-key or set "
+        "MLXDEPLOY_API_KEY)"
     ]
     assert wrong.exit_code == 1
     assert wrong.output.splitlines() == [

@@ -129,7 +129,7 @@ class Draft:
         error: str | None = None,
     ) -> ResponseObject:
         body = self.body
-        tools = [tool.model_dump(exclude_none=True) for tool in body.tools or []]
+        tools = [tool.model_dump() for tool in body.tools or []]
         choice = body.tool_choice
         return ResponseObject(
             id=self.id,
@@ -150,7 +150,6 @@ class Draft:
             text={"format": body.format().model_dump(by_alias=True, exclude_none=True)},
             usage=usage,
             metadata=body.metadata or {},
-            store=body.store,
         )
 
     def finish(self, output: Sequence[OutputItem], finished: Finished) -> ResponseObject:

@@ -10,10 +10,12 @@ from pydantic import (
     BaseModel,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
     Tag,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -323,9 +325,15 @@ class ResponseObject(BaseModel):
     tools: list[dict[str, Any]]
     text: dict[str, Any]
     truncation: Literal["disabled"] = "disabled"
-    usage: ResponseUsage | None = None
+    usage: ResponseUsage | None = None  # left out until the response is done
     metadata: dict[str, str]
-    store: bool
+
+    @model_serializer(mode="wrap")
+    def _usage_once_known(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("usage") is None:
+            data.pop("usage", None)
+        return data
 
 
 class DeletedResponse(BaseModel):

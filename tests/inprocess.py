@@ -3,7 +3,8 @@ event loop thread, with engines started on that same loop. No server process, no
 
 Bodies stream as the app sends them (SSE tests read events one by one), and closing a
 response early tells the app the client went away (`http.disconnect`), as Hypercorn does.
-Both the test's `httpx.Client` and the official `openai` client run on it.
+Both the test's `httpx.Client` and the official `openai` client run on it; `httpx2_client`
+gives the same transport to clients built on httpx2 (the official `anthropic` client).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
+import httpx2
 
 from mlxdeploy.api.app import create_app
 from mlxdeploy.api.guards.auth import ApiKeys
@@ -55,7 +57,11 @@ class _Exchange:
     task: asyncio.Task[None] | None = None
 
 
-class _Body(httpx.SyncByteStream):
+class _Body:
+    """The response body as the app sends it; `error` is the client library's own."""
+
+    error: type[Exception] = httpx.RemoteProtocolError
+
     def __init__(self, exchange: _Exchange, loop: asyncio.AbstractEventLoop) -> None:
         self._exchange = exchange
         self._loop = loop
@@ -66,14 +72,19 @@ class _Body(httpx.SyncByteStream):
             if chunk is _END:
                 return
             if isinstance(chunk, BaseException):
-                raise httpx.RemoteProtocolError(f"the app failed mid-body: {chunk!r}")
+                raise self.error(f"the app failed mid-body: {chunk!r}")
             yield chunk
 
     def close(self) -> None:  # the client went away, or read to the end
         self._loop.call_soon_threadsafe(self._exchange.gone.set)
 
 
-class ASGITransport(httpx.BaseTransport):
+class _Transport:
+    """Calls the app for each request (`handle_request`); made concrete per client library."""
+
+    http: Any = httpx
+    body: type[_Body] = _Body
+
     def __init__(self, app: Any, loop: LoopThread) -> None:
         self._app = app
         self._loop = loop
@@ -82,8 +93,8 @@ class ASGITransport(httpx.BaseTransport):
         body = request.read()
         exchange = self._loop.run(self._open(request, body))
         status, headers = exchange.start.result(timeout=300)
-        return httpx.Response(
-            status, headers=headers, stream=_Body(exchange, self._loop.loop), request=request
+        return self.http.Response(  # type: ignore[no-any-return]
+            status, headers=headers, stream=self.body(exchange, self._loop.loop), request=request
         )
 
     async def _open(self, request: httpx.Request, body: bytes) -> _Exchange:
@@ -122,6 +133,23 @@ class ASGITransport(httpx.BaseTransport):
             exchange.chunks.put(_END)
 
 
+class _HttpxBody(_Body, httpx.SyncByteStream):
+    pass
+
+
+class _Httpx2Body(_Body, httpx2.SyncByteStream):
+    error = httpx2.RemoteProtocolError
+
+
+class ASGITransport(_Transport, httpx.BaseTransport):
+    body = _HttpxBody
+
+
+class ASGITransport2(_Transport, httpx2.BaseTransport):
+    http = httpx2
+    body = _Httpx2Body
+
+
 def _scope(request: httpx.Request) -> dict[str, Any]:
     url = request.url
     return {
@@ -155,6 +183,11 @@ class InProcessApp:
         """Another client of the same app (other headers, timeouts)."""
         transport = ASGITransport(self.app, self.loop)
         return httpx.Client(transport=transport, base_url=BASE_URL, **kwargs)
+
+    def httpx2_client(self, **kwargs: Any) -> httpx2.Client:
+        """A client of the same app for libraries built on httpx2."""
+        transport = ASGITransport2(self.app, self.loop)
+        return httpx2.Client(transport=transport, base_url=BASE_URL, **kwargs)
 
     def openai(self, **kwargs: Any) -> Any:
         from openai import OpenAI

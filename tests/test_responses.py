@@ -377,6 +377,15 @@ def test_a_failed_generation_streams_response_failed(tmp_path: Path) -> None:
         ({"input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}, "text.format"),
         ({"input": "x", "tool_choice": "required"}, "tool_choice"),
         ({"input": []}, "input"),
+        (
+            {
+                "input": "x",
+                "text": {
+                    "format": {"type": "json_schema", "name": "n", "schema": {"type": "nonsense"}}
+                },
+            },
+            "text.format",
+        ),
     ],
 )
 def test_what_this_server_does_not_do_is_a_400_naming_it(

@@ -165,8 +165,20 @@ def _thinking_off(value: Any) -> bool:
     return isinstance(value, dict) and value.get("type") == "disabled"
 
 
+def _anything(value: Any) -> bool:
+    return True
+
+
+LABEL = "accepted as a label"  # never shown: any value is accepted
+
 MESSAGES: Mapping[str, Rule] = MappingProxyType(
     {
+        # Hints and labels of Anthropic's service; the text generated is the same.
+        "cache_control": Rule(_anything, LABEL),  # prompts are cached here by prefix anyway
+        "diagnostics": Rule(_anything, LABEL),
+        "speed": Rule(_anything, LABEL),
+        "user_profile_id": Rule(_anything, LABEL),
+        "workspace_id": Rule(_anything, LABEL),
         "thinking": Rule(
             _thinking_off, 'extended thinking is not supported; send {"type": "disabled"}'
         ),
@@ -174,7 +186,6 @@ MESSAGES: Mapping[str, Rule] = MappingProxyType(
         "mcp_servers": Rule(_nothing, "MCP servers are not supported"),
         "context_management": Rule(_nothing, NOT_SUPPORTED),
         "inference_geo": Rule(_nothing, NOT_SUPPORTED),
-        "output_config": Rule(_nothing, NOT_SUPPORTED),
     }
 )
 """Rules for /v1/messages and /v1/messages/count_tokens (Anthropic's Messages API)."""

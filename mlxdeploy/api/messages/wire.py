@@ -18,11 +18,20 @@ from pydantic import (
 )
 
 from ...engine.api import Finished, Tool, ToolCall, ToolUse, Turn
+from ...spec.formats import ResponseFormat
 from ...spec.grammar import problem_of
 from .. import unsupported
 from ..chat.tools import FunctionName
 from ..errors import InvalidRequest
 from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, WireModel
+
+
+def enforceable(schema: dict[str, Any]) -> dict[str, Any]:
+    """A schema the grammar compiler takes, or a 400 when the body is parsed."""
+    problem = problem_of(json.dumps(schema))
+    if problem is not None:
+        raise ValueError(f"invalid JSON schema: {problem}")
+    return schema
 
 
 def _kind(value: Any) -> str:
@@ -85,10 +94,7 @@ class ToolParam(WireModel):
     @field_validator("input_schema")
     @classmethod
     def _enforceable(cls, value: dict[str, Any]) -> dict[str, Any]:
-        problem = problem_of(json.dumps(value))
-        if problem is not None:
-            raise ValueError(f"invalid JSON schema: {problem}")
-        return value
+        return enforceable(value)
 
     def to_tool(self) -> Tool:
         return Tool(self.name, self.description, json.dumps(self.input_schema, ensure_ascii=False))
@@ -104,6 +110,29 @@ class ToolChoiceParam(WireModel):
         if (self.type == "tool") != (self.name is not None):
             raise ValueError("name is required with type tool, and only then")
         return self
+
+
+class OutputFormat(WireModel):
+    """`output_config.format`: the answer is JSON that matches `schema`."""
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+    @field_validator("schema_")
+    @classmethod
+    def _enforceable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return enforceable(value)
+
+
+class OutputConfig(WireModel):
+    format: OutputFormat | None = None
+    effort: None = None  # any effort but the default is a 400: there is one way to answer
+
+    def response_format(self) -> ResponseFormat | None:
+        if self.format is None:
+            return None
+        schema = {"name": "output", "schema": self.format.schema_}
+        return ResponseFormat.model_validate({"type": "json_schema", "json_schema": schema})
 
 
 StopSequence = Annotated[str, Field(min_length=1)]
@@ -194,6 +223,7 @@ class MessagesRequest(Conversation):
     top_p: Annotated[Float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_LIMIT)] | None = None
     stream: StrictBool = False
+    output_config: OutputConfig | None = None
 
     def sampling(self) -> MessagesSampling:
         return MessagesSampling(
@@ -204,6 +234,9 @@ class MessagesRequest(Conversation):
             top_p=self.top_p,
             top_k=self.top_k,
             stop=self.stop_sequences,
+            response_format=None
+            if self.output_config is None
+            else self.output_config.response_format(),
         )
 
 

@@ -146,6 +146,9 @@ class TextFormat(WireModel):
     def _named_schema(self) -> TextFormat:
         if self.type == "json_schema" and (self.name is None or self.schema_ is None):
             raise ValueError("a json_schema format needs name and schema")
+        problem = None if self.schema_ is None else problem_of(json.dumps(self.schema_))
+        if problem is not None:
+            raise ValueError(f"invalid JSON schema: {problem}")
         return self
 
     def response_format(self) -> ResponseFormat:

@@ -1,7 +1,8 @@
 """An agent framework (openai-agents) completes a tool call against the shipped demo served by a
-real `mlxdeploy up`: the agent's first turn is forced to call the tool (`tool_choice`
-required), the SDK runs the tool and sends its result back, and the next turn (auto, since
-the SDK resets the tool choice after a call) answers in text."""
+real `mlxdeploy up`, over chat completions and over the Responses API (the SDK's default): the
+agent's first turn is forced to call the tool (`tool_choice` required), the SDK runs the tool
+and sends its result back, and the next turn (auto, since the SDK resets the tool choice after
+a call) answers in text."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from agents import (
     Agent,
     ModelSettings,
     OpenAIChatCompletionsModel,
+    OpenAIResponsesModel,
     Runner,
     function_tool,
     set_tracing_disabled,
@@ -53,7 +55,10 @@ class Weather:
 
     cities: list[Any] = field(default_factory=list)
 
-    def agent(self, server: RunningServer, **settings: Any) -> Agent[None]:
+    def agent(self, server: RunningServer, responses: bool = False, **settings: Any) -> Agent[None]:
+        """`responses`: the agent speaks the Responses API (the SDK's default), else chat
+        completions."""
+
         @function_tool
         def get_weather(city: str) -> str:
             """The current weather in a city."""
@@ -65,7 +70,9 @@ class Weather:
             name="weather",
             instructions="Answer weather questions with the get_weather tool.",
             tools=[get_weather],
-            model=OpenAIChatCompletionsModel(model=MODEL, openai_client=client),
+            model=(OpenAIResponsesModel if responses else OpenAIChatCompletionsModel)(
+                model=MODEL, openai_client=client
+            ),
             model_settings=ModelSettings(
                 tool_choice="required", max_tokens=80, temperature=0, **settings
             ),
@@ -101,6 +108,31 @@ def test_streamed_agent_completes_a_tool_call(demo: RunningServer) -> None:
     async def run() -> tuple[RunResultStreaming, list[str]]:
         streamed = Runner.run_streamed(agent, QUESTION, max_turns=4)
         names: list[str] = [
+            event.name
+            async for event in streamed.stream_events()
+            if event.type == "run_item_stream_event"
+        ]
+        return streamed, names
+
+    result, names = asyncio.run(run())
+    assert names[:2] == ["tool_called", "tool_output"]
+    assert names[-1] == "message_output_created"
+    assert_completed_call(result, weather)
+
+
+def test_agent_on_the_responses_api_completes_a_tool_call(demo: RunningServer) -> None:
+    weather = Weather()
+    result = asyncio.run(Runner.run(weather.agent(demo, responses=True), QUESTION, max_turns=4))
+    assert_completed_call(result, weather)
+
+
+def test_streamed_agent_on_the_responses_api_completes_a_tool_call(demo: RunningServer) -> None:
+    weather = Weather()
+    agent = weather.agent(demo, responses=True, parallel_tool_calls=False)
+
+    async def run() -> tuple[RunResultStreaming, list[str]]:
+        streamed = Runner.run_streamed(agent, QUESTION, max_turns=4)
+        names = [
             event.name
             async for event in streamed.stream_events()
             if event.type == "run_item_stream_event"

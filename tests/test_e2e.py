@@ -1,4 +1,5 @@
-"""End to end: a real `mlxdeploy up` process driven by the official openai client."""
+"""End to end: a real `mlxdeploy up` process driven by the official openai and anthropic
+clients."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from tests.servers import RunningServer
 pytestmark = pytest.mark.process  # every test here drives a real server process
 
 MESSAGES = [{"role": "user", "content": "Tell me a story about a lighthouse."}]
+# A format that ends after a few tokens, so that the answer completes.
+VERDICT = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+    "additionalProperties": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +85,33 @@ def test_bad_request_raises_bad_request_error(client: openai.OpenAI) -> None:
 def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4", messages=MESSAGES)  # type: ignore[arg-type]
+
+
+def test_responses_stream_through_a_real_server(client: openai.OpenAI) -> None:
+    with client.responses.stream(
+        model="tiny",
+        input="Tell me a story about a lighthouse.",
+        text={"format": {"type": "json_schema", "name": "verdict", "schema": VERDICT}},
+        temperature=0.0,
+        max_output_tokens=48,
+    ) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == final.output_text
+    assert client.responses.retrieve(final.id).output_text == final.output_text
+
+
+def test_messages_stream_through_a_real_server(tiny_server: RunningServer) -> None:
+    import anthropic
+
+    claude = anthropic.Anthropic(base_url=tiny_server.base_url, api_key="unused", max_retries=0)
+    with claude.messages.stream(
+        model="tiny", messages=MESSAGES, max_tokens=12, extra_body={"temperature": 0.0}
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    whole = claude.messages.create(
+        model="tiny", messages=MESSAGES, max_tokens=12, extra_body={"temperature": 0.0}
+    )
+    assert final.content[0].text == text == whole.content[0].text
+    assert final.stop_reason == whole.stop_reason

@@ -22,7 +22,7 @@ from mlxdeploy.cli import app
 from mlxdeploy.engine.api import SamplingParams
 from mlxdeploy.services import PASSED_THROUGH
 from mlxdeploy.spec import load_spec
-from tests.conftest import DEMO_MODEL, scripted_app
+from tests.conftest import DEMO_MODEL, scripted_app, write_spec
 from tests.scripted import ScriptedEngine
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -371,3 +371,25 @@ def test_the_dockerfile_copies_what_it_installs_before_installing_it() -> None:
     assert pin is not None and pin.group(1) in (ROOT / "Makefile").read_text()
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv"} <= set(ignored)
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+
+def test_render_lists_the_routes_of_the_apis_the_spec_serves(tmp_path: Path) -> None:
+    every = rendered(write_spec(tmp_path / "all.yaml", "owner/model"))["routes"]
+    for route in (
+        "POST /v1/chat/completions",
+        "POST /v1/completions",
+        "POST /v1/responses",
+        "GET /v1/responses/<response_id>",
+        "DELETE /v1/responses/<response_id>",
+        "POST /v1/messages",
+        "POST /v1/messages/count_tokens",
+    ):
+        assert route in every
+    only = rendered(write_spec(tmp_path / "some.yaml", "owner/model", apis=["messages"]))
+    served = {route.split(" ", 1)[1] for route in only["routes"]}
+    assert "/v1/messages" in served and "/v1/messages/count_tokens" in served
+    assert not served & {"/v1/chat/completions", "/v1/completions", "/v1/responses"}
+    assert "/health" in served and "/v1/models" in served  # always served

@@ -95,6 +95,21 @@ def assert_completed_call(result: RunResultBase, weather: Weather) -> None:
     assert usage.requests == 2 and usage.input_tokens > 0 and usage.output_tokens > 0
 
 
+def run_streamed(agent: Agent[None]) -> tuple[RunResultStreaming, list[str]]:
+    """The agent's run on the question, streamed, and the names of its item events."""
+
+    async def run() -> tuple[RunResultStreaming, list[str]]:
+        streamed = Runner.run_streamed(agent, QUESTION, max_turns=4)
+        names = [
+            event.name
+            async for event in streamed.stream_events()
+            if event.type == "run_item_stream_event"
+        ]
+        return streamed, names
+
+    return asyncio.run(run())
+
+
 def test_agent_completes_a_tool_call(demo: RunningServer) -> None:
     weather = Weather()
     result = asyncio.run(Runner.run(weather.agent(demo), QUESTION, max_turns=4))
@@ -104,17 +119,7 @@ def test_agent_completes_a_tool_call(demo: RunningServer) -> None:
 def test_streamed_agent_completes_a_tool_call(demo: RunningServer) -> None:
     weather = Weather()
     agent = weather.agent(demo, parallel_tool_calls=False, include_usage=True)
-
-    async def run() -> tuple[RunResultStreaming, list[str]]:
-        streamed = Runner.run_streamed(agent, QUESTION, max_turns=4)
-        names: list[str] = [
-            event.name
-            async for event in streamed.stream_events()
-            if event.type == "run_item_stream_event"
-        ]
-        return streamed, names
-
-    result, names = asyncio.run(run())
+    result, names = run_streamed(agent)
     assert names[:2] == ["tool_called", "tool_output"]
     assert names[-1] == "message_output_created"
     assert_completed_call(result, weather)
@@ -129,17 +134,7 @@ def test_agent_on_the_responses_api_completes_a_tool_call(demo: RunningServer) -
 def test_streamed_agent_on_the_responses_api_completes_a_tool_call(demo: RunningServer) -> None:
     weather = Weather()
     agent = weather.agent(demo, responses=True, parallel_tool_calls=False)
-
-    async def run() -> tuple[RunResultStreaming, list[str]]:
-        streamed = Runner.run_streamed(agent, QUESTION, max_turns=4)
-        names = [
-            event.name
-            async for event in streamed.stream_events()
-            if event.type == "run_item_stream_event"
-        ]
-        return streamed, names
-
-    result, names = asyncio.run(run())
+    result, names = run_streamed(agent)
     assert names[:2] == ["tool_called", "tool_output"]
     assert names[-1] == "message_output_created"
     assert_completed_call(result, weather)

@@ -309,7 +309,19 @@ def test_built_in_routes_are_the_ones_endpoints_may_not_take(root: Path) -> None
     assert served_routes(path) == table
     paths = {path for _, path in table}
     assert {p for p in paths if not p.startswith(BUILTIN_PREFIXES)} == BUILTIN_PATHS
-    assert {p for p in paths if p.startswith(BUILTIN_PREFIXES)} == {"/v1/models/<path:model_id>"}
+    assert {p for p in paths if p.startswith(BUILTIN_PREFIXES)} == {
+        "/v1/models/<path:model_id>",
+        "/v1/responses/<response_id>",
+    }
+
+
+def test_a_preset_may_not_take_a_route_of_an_api_the_spec_turned_off(root: Path) -> None:
+    """The built-in routes are reserved whatever `apis` serves: turning an API on later must
+    not move a preset."""
+    path = write(root, "model: models/a\napis: [chat]\nendpoints:\n  m:\n    path: /v1/messages\n")
+    with pytest.raises(SpecError) as raised:
+        load_spec(path)
+    assert "/v1/messages" in str(raised.value)
 
 
 def test_the_route_table_lists_the_preset_routes_the_app_serves(root: Path) -> None:

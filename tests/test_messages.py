@@ -20,21 +20,13 @@ from mlxdeploy.engine.api import ToolCall, Turn
 from tests.conftest import DEMO_MODEL, real_app, scripted_app, write_spec
 from tests.inprocess import BASE_URL, InProcessApp
 from tests.scripted import ScriptedEngine
-from tests.test_wire_conformance import strict
+from tests.test_tools import WEATHER_SCHEMA
+from tests.test_wire_conformance import named_events, strict
 
 SCHEMAS = Path(__file__).parent / "data" / "anthropic_messages.schema.json"
 TEMPLATE = Path(__file__).parent.parent / "templates" / "chatml-tools.jinja"
 KEYS_ENV = "MESSAGES_TEST_KEYS"
 KEY = "sk-messages-test"
-WEATHER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 20},
-        "unit": {"enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
 WEATHER_TOOL = {
     "name": "get_weather",
     "description": "The current weather in a city",
@@ -66,19 +58,7 @@ def client(app: InProcessApp, **kwargs: Any) -> anthropic.Anthropic:
 
 
 def events(http: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """A streamed message's events, each checked to name its type on the `event:` line."""
-    out = []
-    with http.stream("POST", "/v1/messages", json={**body, "stream": True}) as response:
-        assert response.status_code == 200, response.read()
-        kind = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                kind = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                event = json.loads(line.removeprefix("data: "))
-                assert event["type"] == kind
-                out.append(event)
-    return out
+    return named_events(http, "/v1/messages", body)
 
 
 @pytest.fixture(scope="module")

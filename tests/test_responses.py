@@ -25,19 +25,11 @@ from mlxdeploy.engine.api import ToolCall, Turn
 from tests.conftest import DEMO_MODEL, real_app, scripted_app, write_spec
 from tests.inprocess import InProcessApp
 from tests.scripted import ScriptedEngine
-from tests.test_wire_conformance import strict
+from tests.test_tools import WEATHER_SCHEMA
+from tests.test_wire_conformance import named_events, strict
 
 SCHEMAS = Path(__file__).parent / "data" / "openai_responses_api.schema.json"
 TEMPLATE = Path(__file__).parent.parent / "templates" / "chatml-tools.jinja"
-WEATHER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 20},
-        "unit": {"enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
 WEATHER_TOOL = {
     "type": "function",
     "name": "get_weather",
@@ -87,19 +79,7 @@ def assert_valid(document: dict[str, Any], name: str, payload: dict[str, Any]) -
 
 
 def events(http: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """A streamed response's events, each checked to name its type on the `event:` line."""
-    out = []
-    with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as response:
-        assert response.status_code == 200, response.read()
-        kind = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                kind = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                event = json.loads(line.removeprefix("data: "))
-                assert event["type"] == kind
-                out.append(event)
-    return out
+    return named_events(http, "/v1/responses", body)
 
 
 @pytest.fixture(scope="module")
@@ -367,7 +347,7 @@ def test_a_failed_generation_streams_response_failed(tmp_path: Path) -> None:
         ({"input": "x", "background": True}, "background"),
         ({"input": "x", "truncation": "auto"}, "truncation"),
         ({"input": "x", "frobnicate": 1}, "frobnicate"),
-        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0]"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]},
             "input",

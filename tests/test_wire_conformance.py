@@ -75,6 +75,23 @@ def text_stream_document(document: dict[str, Any]) -> dict[str, Any]:
     return relaxed
 
 
+def named_events(http: httpx.Client, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stream of named events (the Responses and Messages APIs'), each checked to name its
+    `type` on its `event:` line."""
+    out = []
+    with http.stream("POST", path, json={**body, "stream": True}) as response:
+        assert response.status_code == 200, response.read()
+        kind = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                event = json.loads(line.removeprefix("data: "))
+                assert event["type"] == kind
+                out.append(event)
+    return out
+
+
 def stream(http: httpx.Client, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     with http.stream("POST", path, json={**body, "stream": True}) as response:
         assert response.status_code == 200

@@ -4,6 +4,7 @@ an assistant message, and their conversion into the engine's `ToolUse`."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictBool, field_validator
@@ -74,26 +75,30 @@ def tool_use(
     choice: ToolChoice | None,
     parallel: bool | None,
 ) -> ToolUse | None:
-    """The engine's ToolUse for a request; None when the model may call nothing. A choice that
-    names no offered tool is a 400, as in OpenAI's API."""
+    """The engine's ToolUse for a chat request; None when the model may call nothing."""
+    named = isinstance(choice, NamedToolChoice)
+    picked = choice.function.name if isinstance(choice, NamedToolChoice) else choice
+    return offered([tool.function.to_tool() for tool in tools or []], picked, named, parallel)
+
+
+def offered(
+    tools: Sequence[Tool], choice: str | None, named: bool, parallel: bool | None
+) -> ToolUse | None:
+    """The tool use every API's request resolves to. `choice`: "none", "auto", "required", or
+    (`named`) the one function's name; None is auto. A choice that needs tools without any, a
+    repeated name, or a named function not offered is a 400, as in OpenAI's API."""
     if not tools:
-        if choice not in (None, "none", "auto"):
+        if named or choice not in (None, "none", "auto"):
             raise InvalidRequest("tool_choice needs tools; send tools", param="tool_choice")
         return None
-    names = [tool.function.name for tool in tools]
+    names = [tool.name for tool in tools]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise InvalidRequest(f"tools: function names must be unique: {duplicates}", param="tools")
-    if choice == "none":
+    if choice == "none" and not named:
         return None
-    picked = choice.function.name if isinstance(choice, NamedToolChoice) else choice or "auto"
-    if isinstance(choice, NamedToolChoice):
-        if picked not in names:
-            raise InvalidRequest(
-                f"tool_choice names function '{picked}', which is not in tools", param="tool_choice"
-            )
-    return ToolUse(
-        tools=tuple(tool.function.to_tool() for tool in tools),
-        choice=picked,
-        parallel=True if parallel is None else parallel,
-    )
+    if named and choice not in names:
+        raise InvalidRequest(
+            f"tool_choice names function '{choice}', which is not in tools", param="tool_choice"
+        )
+    return ToolUse(tuple(tools), choice or "auto", True if parallel is None else parallel)

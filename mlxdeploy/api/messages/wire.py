@@ -21,7 +21,7 @@ from ...engine.api import Finished, Tool, ToolCall, ToolUse, Turn
 from ...spec.formats import ResponseFormat
 from ...spec.grammar import problem_of
 from .. import unsupported
-from ..chat.tools import FunctionName
+from ..chat.tools import FunctionName, offered
 from ..errors import InvalidRequest
 from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, WireModel
 
@@ -164,25 +164,13 @@ class Conversation(WireModel):
         return turns
 
     def tool_use(self) -> ToolUse | None:
-        tools, choice = self.tools or [], self.tool_choice
-        if not tools:
-            if choice is not None and choice.type not in ("auto", "none"):
-                raise InvalidRequest("tool_choice needs tools; send tools", param="tool_choice")
-            return None
-        names = [tool.name for tool in tools]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise InvalidRequest(f"tools: names must be unique: {repeated}", param="tools")
-        if choice is not None and choice.type == "none":
-            return None
-        if choice is not None and choice.type == "tool" and choice.name not in names:
-            raise InvalidRequest(
-                f"tool_choice names tool '{choice.name}', which is not in tools",
-                param="tool_choice",
-            )
-        mode = "auto" if choice is None or choice.type == "auto" else choice.name or "required"
+        """The engine's ToolUse: `any` is required, `tool` names the one to call."""
+        choice, tools = self.tool_choice, [tool.to_tool() for tool in self.tools or []]
+        modes = {"auto": "auto", "any": "required", "none": "none"}
+        picked = None if choice is None else choice.name or modes[choice.type]
         parallel = not (choice is not None and choice.disable_parallel_tool_use)
-        return ToolUse(tuple(tool.to_tool() for tool in tools), mode, parallel)
+        named = choice is not None and choice.type == "tool"
+        return offered(tools, picked, named, parallel)
 
 
 def _joined(blocks: list[TextBlock]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from quart import Response
 
@@ -22,6 +22,7 @@ from .store import ResponseStore, Stored
 from .wire import (
     DeletedResponse,
     IncompleteDetails,
+    NamedFunction,
     OutputCall,
     OutputItem,
     OutputMessage,
@@ -32,6 +33,13 @@ from .wire import (
     ResponseUsage,
     turns_of,
 )
+
+Ending = Literal["completed", "incomplete"]
+
+
+def ending(finished: Finished) -> Ending:
+    """A finished answer's status: incomplete when it ran into max_output_tokens."""
+    return "incomplete" if finished.reason == "length" else "completed"
 
 
 def new_id(prefix: str) -> str:
@@ -145,7 +153,9 @@ class Draft:
             previous_response_id=body.previous_response_id,
             temperature=self.temperature,
             top_p=self.top_p,
-            tool_choice=choice.model_dump() if hasattr(choice, "model_dump") else choice or "auto",
+            tool_choice=choice.model_dump()
+            if isinstance(choice, NamedFunction)
+            else choice or "auto",
             tools=tools,
             text={"format": body.format().model_dump(by_alias=True, exclude_none=True)},
             usage=usage,
@@ -153,13 +163,12 @@ class Draft:
         )
 
     def finish(self, output: Sequence[OutputItem], finished: Finished) -> ResponseObject:
-        status = "incomplete" if finished.reason == "length" else "completed"
-        return self.build(status, output, ResponseUsage.of(usage_of([finished])))
+        return self.build(ending(finished), output, ResponseUsage.of(usage_of([finished])))
 
     def whole(self, answers: Sequence[Answer], usage: Usage) -> ResponseObject:
         answer = answers[0]
         assert answer.finished is not None
-        done = "incomplete" if answer.finished.reason == "length" else "completed"
+        done = ending(answer.finished)
         calls = [
             OutputCall(
                 id=new_id("fc"),
@@ -242,7 +251,7 @@ class ResponseEvents:
         ]
 
     def finished(self, event: Finished) -> list[str]:
-        status = "incomplete" if event.reason == "length" else "completed"
+        status = ending(event)
         out = [] if self.open or self.output else self._open_message()
         out += self._close(status)
         response = self.draft.finish(self.output, event)
@@ -269,16 +278,17 @@ class ResponseEvents:
             ),
         ]
 
-    def _close(self, status: str = "completed") -> list[str]:
+    def _close(self, status: Ending = "completed") -> list[str]:
         """The open item's closing events; the item joins the output."""
         item, joined, index = self.open, "".join(self.pieces), len(self.output)
         if item is None:
             return []
         self.open, self.pieces = None, []
         out: list[str] = []
+        done: OutputItem
         if isinstance(item, OutputMessage):
             part = OutputText(text=joined)
-            done = OutputMessage(id=item.id, status=status, content=[part])  # type: ignore[arg-type]
+            done = OutputMessage(id=item.id, status=status, content=[part])
             ids = {"item_id": item.id, "output_index": index, "content_index": 0}
             out.append(self._event("response.output_text.done", **ids, text=joined, logprobs=[]))
             out.append(self._event("response.content_part.done", **ids, part=part.model_dump()))

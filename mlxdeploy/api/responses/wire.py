@@ -14,17 +14,15 @@ from pydantic import (
     StrictBool,
     StrictInt,
     Tag,
-    field_validator,
     model_serializer,
     model_validator,
 )
 
-from ...engine.api import Tool, ToolCall, ToolUse, Turn
+from ...engine.api import ToolCall, ToolUse, Turn
 from ...spec.formats import ResponseFormat
 from ...spec.grammar import problem_of
 from .. import unsupported
-from ..chat.tools import FunctionName
-from ..errors import InvalidRequest
+from ..chat.tools import FunctionDefinition, offered
 from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, Usage, WireModel
 
 
@@ -105,24 +103,10 @@ def turns_of(items: list[Any]) -> list[Turn]:
     return turns
 
 
-class FunctionTool(WireModel):
+class FunctionTool(FunctionDefinition):
+    """A function the model may call: chat's function definition, flattened into the tool."""
+
     type: Literal["function"]
-    name: FunctionName
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: StrictBool | None = None  # every call is held to its schema either way
-
-    @field_validator("parameters")
-    @classmethod
-    def _enforceable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        problem = None if value is None else problem_of(json.dumps(value))
-        if problem is not None:
-            raise ValueError(f"invalid JSON schema: {problem}")
-        return value
-
-    def to_tool(self) -> Tool:
-        parameters = self.parameters if self.parameters is not None else {"type": "object"}
-        return Tool(self.name, self.description, json.dumps(parameters, ensure_ascii=False))
 
 
 class NamedFunction(WireModel):
@@ -206,25 +190,11 @@ class ResponseRequest(WireModel):
 
     def tool_use(self) -> ToolUse | None:
         """The engine's ToolUse; None when the model may call nothing."""
-        tools, choice = self.tools or [], self.tool_choice
-        if not tools:
-            if choice not in (None, "none", "auto"):
-                raise InvalidRequest("tool_choice needs tools; send tools", param="tool_choice")
-            return None
-        names = [tool.name for tool in tools]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise InvalidRequest(f"tools: function names must be unique: {repeated}", param="tools")
-        if choice == "none":
-            return None
-        picked = choice.name if isinstance(choice, NamedFunction) else choice or "auto"
-        if isinstance(choice, NamedFunction) and picked not in names:
-            raise InvalidRequest(
-                f"tool_choice names function '{picked}', which is not in tools",
-                param="tool_choice",
-            )
-        parallel = True if self.parallel_tool_calls is None else self.parallel_tool_calls
-        return ToolUse(tuple(tool.to_tool() for tool in tools), picked, parallel)
+        choice = self.tool_choice
+        named = isinstance(choice, NamedFunction)
+        picked = choice.name if isinstance(choice, NamedFunction) else choice
+        tools = [tool.to_tool() for tool in self.tools or []]
+        return offered(tools, picked, named, self.parallel_tool_calls)
 
 
 class ResponseSampling(SamplingFields):

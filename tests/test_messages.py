@@ -308,6 +308,7 @@ def test_a_missing_max_tokens_is_anthropics_400(
         {"max_tokens": 10**6, "messages": HELLO},
         {"max_tokens": 5, "messages": HELLO, "temperature": 1.5},
         {"max_tokens": 5, "messages": HELLO, "output_config": {"effort": "high"}},
+        {"max_tokens": 5, "messages": [*HELLO, {"role": "assistant", "content": "The answer is"}]},
         {
             "max_tokens": 5,
             "messages": HELLO,

@@ -153,6 +153,16 @@ class Conversation(WireModel):
         unsupported.check_fields(data, cls.model_fields, unsupported.MESSAGES)
         return data
 
+    @model_validator(mode="after")
+    def _ends_with_the_user(self) -> Conversation:
+        if self.messages[-1].role == "assistant":
+            raise InvalidRequest(
+                "the last message is the assistant's: continuing a partial assistant message "
+                "(prefill) is not supported; end with a user message",
+                param="messages",
+            )
+        return self
+
     def turns(self) -> list[Turn]:
         """The conversation as the chat format sees it: tool results become tool turns (before
         the user's own text in the same message), tool_use blocks the assistant's calls."""

@@ -98,10 +98,7 @@ class Generation:
         target.check_ready()
         slot = target.admission.enter()
         request_exit_stack(request.scope).callback(slot.release_unclaimed)
-        try:
-            prompt = await asyncio.to_thread(prepare)
-        except PromptRejected as exc:
-            raise InvalidRequest(str(exc), param=exc.param or prompt_param) from None
+        prompt = await read_prompt(prepare, prompt_param)
         check_context(prompt, target.engine.context_length, prompt_param)
         params = body.to_sampling_params(
             target.defaults, target.stop, self.limits, target.response_format, tools
@@ -110,6 +107,15 @@ class Generation:
         observe = self.metrics.first_token_observer(target.engine.model_id)
         label = g.get("request_id", "")
         return Run(target.engine, prompt, params, deadline, slot, observe, body.n or 1, label)
+
+
+async def read_prompt(prepare: Callable[[], Prompt], param: str) -> Prompt:
+    """The prompt, formatted and tokenized off the event loop; one the engine rejects is a
+    400 naming `param` (or the field the engine names)."""
+    try:
+        return await asyncio.to_thread(prepare)
+    except PromptRejected as exc:
+        raise InvalidRequest(str(exc), param=exc.param or param) from None
 
 
 async def complete(run: Run, fmt: Assembler) -> BaseModel:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -205,6 +206,20 @@ def _version(name: str) -> str:
 
 def new_completion_id(prefix: str = "chatcmpl") -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def new_id(prefix: str) -> str:
+    """An object id as the Responses and Messages APIs write them (`resp_…`, `msg_…`)."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def enforceable(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A JSON Schema the grammar compiler takes (for a field validator: a bad one is a 400
+    when the body is parsed, before the request takes a batch slot)."""
+    problem = None if schema is None else problem_of(json.dumps(schema))
+    if problem is not None:
+        raise ValueError(f"invalid JSON schema: {problem}")
+    return schema
 
 
 def now() -> int:

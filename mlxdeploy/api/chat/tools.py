@@ -10,9 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictBool, field_validator
 
 from ...engine.api import Tool, ToolCall, ToolUse
-from ...spec.grammar import problem_of
 from ..errors import InvalidRequest
-from ..wire import WireModel
+from ..wire import WireModel, enforceable
 
 # OpenAI's rule for function names; it also keeps a name safe inside any call format.
 FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -24,13 +23,7 @@ class FunctionDefinition(WireModel):
     parameters: dict[str, Any] | None = None
     strict: StrictBool | None = None  # every call is held to its schema either way
 
-    @field_validator("parameters")
-    @classmethod
-    def _enforceable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        problem = None if value is None else problem_of(json.dumps(value))
-        if problem is not None:
-            raise ValueError(f"invalid JSON schema: {problem}")
-        return value
+    _enforceable = field_validator("parameters")(enforceable)
 
     def to_tool(self) -> Tool:
         parameters = self.parameters if self.parameters is not None else {"type": "object"}

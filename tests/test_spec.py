@@ -718,6 +718,8 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "cors",
         "limits",
         "server",
+        "cluster",
+        "distributed",
     }
     assert all(field.get("description") for field in schema["properties"].values())
     assert schema["properties"]["port"] | {"description": ""} == {

@@ -23,7 +23,7 @@ from ..spec.settings import ServerSettings
 
 ACCESS_LOGGER = "mlxdeploy.access"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-ACCESS_FIELDS = ("request_id", "method", "path", "status", "duration_ms")
+ACCESS_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "replica")
 _REQUEST_ID_HEADER = HEADER.lower().encode()
 
 
@@ -107,7 +107,8 @@ def render_access(request: WWWScope, fields: dict[str, Any]) -> str:
     peer = f"{client[0]}:{client[1]}" if client and len(client) == 2 else "-"
     version = request.get("http_version", "1.1")
     status = fields["status"] if fields["status"] is not None else "-"
-    return (
+    line = (
         f'{peer} "{fields["method"]} {fields["path"]} HTTP/{version}" {status} '
         f"{fields['duration_ms']:.1f}ms id={fields['request_id'] or '-'}"
     )
+    return f"{line} replica={fields['replica']}" if fields.get("replica") else line

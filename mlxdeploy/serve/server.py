@@ -98,23 +98,10 @@ async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
 async def _serve_on(
     spec: Spec, api_keys: ApiKeys | None, config: TrackedConfig, port: int
 ) -> ServeResult:
-    log.info(load_fast_blas().describe())  # before MLX is imported
-    hand_back_the_gil_sooner()
-    from ..engine.engine import MLXEngine  # the only place the server reaches for MLX
-
     loop = asyncio.get_running_loop()
     signals = install_signal_handlers(loop)
     stop = signals.requested
-    # Each model generates on its own thread; they load one at a time (peak memory is one
-    # load's, and models sharing a GGUF file convert it once).
-    load_lock = threading.Lock()
-    progress = progress_for(spec.server.log_format)  # bars on a terminal, else log lines
-    engines = [
-        MLXEngine(model, spec.engine, load_lock=load_lock, progress=progress)
-        for model in spec.catalog.models
-    ]
-    for engine in engines:
-        engine.start(loop)
+    engines = start_engines(spec, loop)
     ready_line = f"serving {', '.join(spec.catalog.ids)} on http://{address(spec.host, port)}"
     watcher = asyncio.create_task(_watch_load(engines, stop, ready_line))
     app = create_app(spec, engines, api_keys)
@@ -133,6 +120,25 @@ async def _serve_on(
         await stop_engines(engines, signals.forced)
     error = next((engine.error for engine in engines if engine.error), None)
     return ServeResult(1, error) if error else ServeResult(0)
+
+
+def start_engines(spec: Spec, loop: asyncio.AbstractEventLoop) -> list[MLXEngine]:
+    """One engine per model, loading in the background and delivering on `loop`."""
+    log.info(load_fast_blas().describe())  # before MLX is imported
+    hand_back_the_gil_sooner()
+    from ..engine.engine import MLXEngine  # the only place the server reaches for MLX
+
+    # Each model generates on its own thread; they load one at a time (peak memory is one
+    # load's, and models sharing a GGUF file convert it once).
+    load_lock = threading.Lock()
+    progress = progress_for(spec.server.log_format)  # bars on a terminal, else log lines
+    engines = [
+        MLXEngine(model, spec.engine, load_lock=load_lock, progress=progress)
+        for model in spec.catalog.models
+    ]
+    for engine in engines:
+        engine.start(loop)
+    return engines
 
 
 async def _watch_load(engines: list[MLXEngine], stop: asyncio.Event, ready_line: str) -> None:

@@ -27,6 +27,7 @@ from pydantic_settings import (
 from .formats import ResponseFormat, Section
 from .problems import FieldError, show_value
 from .routes import API_NAMES, ApiName
+from .scale import ClusterSettings, DistributedSettings
 from .tool_parsers import TOOL_PARSER_HELP, ToolParserName
 
 if TYPE_CHECKING:
@@ -460,6 +461,14 @@ class Spec(BaseSettings):
     cors: CorsSettings = Field(default=CorsSettings(), description="Browser cross-origin access.")
     limits: LimitSettings = Field(default=LimitSettings(), description="Per-request bounds.")
     server: ServerSettings = Field(default=ServerSettings(), description="Shutdown and logging.")
+    cluster: ClusterSettings | None = Field(
+        default=None,
+        description="Serve replicas of this server on Ray Serve (`pip install mlxdeploy[ray]`).",
+    )
+    distributed: DistributedSettings | None = Field(
+        default=None,
+        description="Split the model over several processes or machines with mx.distributed.",
+    )
 
     _base_dir: Path | None = PrivateAttr(None)
     _catalog: Catalog | None = PrivateAttr(None)
@@ -496,6 +505,19 @@ class Spec(BaseSettings):
         if self.models is not None and self.name is not None:
             message = "with 'models', each entry names itself with 'id'"
             raise FieldError(("name",), message, at_key=True)
+        return self
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> Spec:
+        if self.cluster is not None and self.distributed is not None:
+            message = (
+                "use either 'cluster' (replicas of the whole server) or 'distributed' (one "
+                "model split over ranks), not both"
+            )
+            raise FieldError(("distributed",), message, at_key=True)
+        if self.distributed is not None and self.models is not None and len(self.models) > 1:
+            message = f"a distributed spec serves one model; this one lists {len(self.models)}"
+            raise FieldError(("models",), message, at_key=True)
         return self
 
     @property

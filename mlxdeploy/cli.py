@@ -165,6 +165,8 @@ def up(
     configure_logging(loaded.server, log_level.value)
     if loaded.cluster is not None:
         result = _serve_replicas(loaded, spec, log_format, log_level)
+    elif loaded.distributed is not None:
+        result = _serve_ranks(loaded, spec, (host, port, log_format, log_level))
     else:
         from .serve.server import serve
 
@@ -185,6 +187,22 @@ def _serve_replicas(
     overrides = {"server": {"log_format": log_format.value}} if log_format else {}
     args = ReplicaArgs(str(service.spec), overrides, log_level.value)
     return serve_replicas(loaded, args, replica_environment(service, with_secrets=True))
+
+
+def _serve_ranks(
+    loaded: Spec, spec: Path, flags: tuple[str | None, int | None, LogFormat | None, LogLevel]
+) -> ServeResult:
+    from .serve.sharded.launch import serve_ranks
+    from .services import service_of
+
+    assert loaded.distributed is not None
+    host, port, log_format, log_level = flags
+    service = service_of(loaded, spec, Path.cwd())
+    rank_args = [str(service.spec), "--log-level", log_level.value]
+    rank_args += ["--host", host] if host else []
+    rank_args += ["--port", str(port)] if port is not None else []
+    rank_args += ["--log-format", log_format.value] if log_format else []
+    return serve_ranks(loaded.distributed, rank_args, service.environment)
 
 
 def exit_now(code: int) -> NoReturn:

@@ -23,7 +23,7 @@ Two changes to how rows join and leave the batch (the schedule is `FastBatchGene
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -52,6 +52,8 @@ class LogitsGenerationBatch(GenerationBatch):
     # uid -> how many alternatives its request asked for; only those rows are normalized.
     # The generator gives the batch its own mapping (FastBatchGenerator.__init__).
     logprobs: Mapping[int, int] = MappingProxyType({})
+    # A distributed model's ranks take rank 0's sampled tokens (peers.py); None on one process.
+    agree: Callable[[mx.array], mx.array] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any):
         self.fresh: list[bool] = []  # per row: this step reads its prompt's last token
@@ -171,6 +173,8 @@ class LogitsGenerationBatch(GenerationBatch):
         if any(self.logits_processors):
             logits, token_context = self._process(logits, inputs)
         self._next_tokens = self._sample(logits)
+        if self.agree is not None:
+            self._next_tokens = self.agree(self._next_tokens)
         self._next_logprobs = self._score(logits, self._next_tokens)
         mx.async_eval(self._next_tokens, token_context, *arrays_of(self._next_logprobs))
         current = self._current_logprobs
@@ -258,13 +262,21 @@ class FastBatchGenerator(BatchGenerator):
     batch admits at once. Rows whose prompts are read join the decode batch at the next step
     (`LogitsGenerationBatch.starting`)."""
 
-    def __init__(self, model: Any, *, prefill_wait_steps: int = 0, **kwargs: Any):
+    def __init__(
+        self,
+        model: Any,
+        *,
+        prefill_wait_steps: int = 0,
+        agree: Callable[[mx.array], mx.array] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(model, **kwargs)
         # Sequences that finish prefill are merged into this batch object, so its class
         # decides how every decode step runs.
         self._generation_batch = LogitsGenerationBatch.empty(self.model, self.sampler)
         self._logprobs: dict[int, int] = {}
         self._generation_batch.logprobs = self._logprobs
+        self._generation_batch.agree = agree
         self._wait_steps = prefill_wait_steps
         self._arrived: dict[int, int] = {}  # uid -> decode steps run when it was inserted
 

@@ -35,6 +35,7 @@ from .api import (
     Turn,
 )
 from .faults import FaultPlan
+from .peers import LostRank, Order, Peers
 from .prompt import encode_chat
 from .sampling import Vocabulary
 from .text import Decode, TextStream, fast_decode
@@ -56,10 +57,12 @@ class MLXEngine:
         cache_root: Path | None = None,
         load_lock: threading.Lock | None = None,
         progress: Progress | None = None,
+        peers: Peers | None = None,
     ):
         """`load_lock`, shared by the engines of one server, makes them load one at a time;
         `progress` shows the download, conversion and reading of the weights (log lines when
-        None)."""
+        None); `peers`: the ranks of a distributed model, this engine being one of them (on
+        rank 0 it serves; on the others `follow` runs it)."""
         self.model = model
         self.settings = settings
         self._load_lock = load_lock or threading.Lock()
@@ -80,6 +83,7 @@ class MLXEngine:
         self.vocab_size: int | None = None
         self._live: set[Job] = set()  # requests being streamed; touched on the event loop only
         self._aborted: str | None = None
+        self._peers = peers
 
     @property
     def model_id(self) -> str:
@@ -145,8 +149,9 @@ class MLXEngine:
                     self._state = "stopped"
                     self._loaded.set()
                     return
+                shard = self._peers.shard if self._peers is not None else None
                 model, self._tokenizer = load_model(
-                    self.model.source, self._cache_root, self._progress
+                    self.model.source, self._cache_root, self._progress, shard
                 )
         except ModelLoadError as exc:
             self._fail(str(exc))
@@ -166,9 +171,7 @@ class MLXEngine:
             return
         self.context_length = _context_length(model)
         self.vocab_size = Vocabulary.of(model, self._tokenizer).size
-        self._worker = Worker(
-            model, self._tokenizer, self.settings, self._deliver, fault, self._tool_format
-        )
+        self._worker = self._new_worker(model, fault)
         if self._stop_requested.is_set():  # stopped while loading: never start generating
             self._worker.stop()
         elif self.settings.warmup:
@@ -179,10 +182,30 @@ class MLXEngine:
         try:
             self._worker.run()
             self._state = "stopped"
+        except LostRank as exc:  # the worker has failed its requests with this message
+            self.error = str(exc)
+            self._state = "failed"
         except BaseException:
             log.exception("the generation thread died")
             self._state = "failed"
             self._worker.fail_all("the generation thread stopped; the server cannot generate")
+
+    def _new_worker(self, model: Any, fault: FaultPlan | None) -> Worker:
+        peers, tools = self._peers, self._tool_format
+        if peers is None or peers.leader:
+            return Worker(model, self._tokenizer, self.settings, self._deliver, fault, tools, peers)
+        follow = self._follower_job
+        return Worker(model, self._tokenizer, self.settings, _nowhere, fault, tools, peers, follow)
+
+    def follow(self) -> EngineState:
+        """A follower rank's whole life, on this thread: load, then generate what rank 0
+        hands out until it stops (or a rank is lost)."""
+        self._main()
+        return self.state
+
+    def _follower_job(self, order: Order) -> Job:
+        text = TextStream.create(self._decode, order.params.stop)
+        return Job(order.prompt, order.params, Discard(), text, label=order.label)
 
     def _warm_up(self, worker: Worker) -> None:
         """A few short generations through the requests' own path, so that the first request
@@ -412,6 +435,10 @@ def _choice(params: SamplingParams, index: int) -> SamplingParams:
     return dataclasses.replace(
         params, seed=(params.seed + index + (1 << 63)) % (1 << 64) - (1 << 63)
     )
+
+
+def _nowhere(items: list[tuple[Sink, Event]]) -> None:
+    """A follower's events: rank 0 answers the clients."""
 
 
 def _put_all(items: list[tuple[Sink, Event]]) -> None:

@@ -41,6 +41,7 @@ from .batch import FastBatchGenerator
 from .constraints import Grammars, Guide
 from .faults import FaultPlan
 from .logprobs import TokenScores
+from .peers import LostRank, Order, Peers, Tick
 from .prefix_cache import PrefixCache
 from .sampling import SamplerCache, Vocabulary
 from .text import TextStream
@@ -49,6 +50,7 @@ from .tool_formats import ToolFormat
 
 log = logging.getLogger("mlxdeploy.engine")
 
+SHUTTING_DOWN = "the server is shutting down"
 Sink = Any  # where a job's events go (put_nowait); only the event loop touches it
 Deliver = Callable[[list[tuple[Sink, Event]]], None]
 
@@ -95,7 +97,11 @@ class Worker:
         deliver: Deliver,
         fault: FaultPlan | None = None,
         tool_format: ToolFormat | None = None,
+        peers: Peers | None = None,
+        make_job: Callable[[Order], Job] | None = None,
     ):
+        """`peers`: the ranks of a distributed model; a follower (not rank 0) rebuilds the
+        leader's requests with `make_job`."""
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
@@ -113,6 +119,8 @@ class Worker:
         self._generator: FastBatchGenerator | None = None
         self._fault = fault
         self._tool_format = tool_format
+        self._peers = peers
+        self._make_job = make_job
         self.counters = Counters()
 
     # -- called from other threads -------------------------------------------------------
@@ -147,10 +155,13 @@ class Worker:
     # -- the generation thread -----------------------------------------------------------
     def run(self) -> None:
         self._generator = self._new_generator()
+        if self._peers is not None:
+            self._run_in_lockstep(self._peers)
+            return
         while not self._stop.is_set():
-            self._admit(block=not self._jobs)
+            self._admit(self._take(block=not self._jobs))
             try:
-                self._drop_cancelled()
+                self._drop_cancelled(self._take_cancelled())
                 if self._jobs:
                     self._step()
             except Exception as exc:  # contain the failure to the requests in the batch
@@ -159,7 +170,50 @@ class Worker:
                 self._fail_all(f"generation failed: {exc}")
                 self._replace_generator()
             self.counters.queued = self._generator.waiting if self._generator else 0
-        self.fail_all("the server is shutting down")
+        self.fail_all(SHUTTING_DOWN)
+
+    def _run_in_lockstep(self, peers: Peers) -> None:
+        """The generation loop of a distributed model (peers.py): every rank admits, drops
+        and steps as the leader does. Any failure ends it on this rank: the ranks could no
+        longer agree on the batch."""
+        try:
+            while self._lockstep_turn(peers):
+                self.counters.queued = self._generator.waiting if self._generator else 0
+        except Exception as exc:
+            message = f"the distributed model stopped: {exc}"
+            log.error("%s (rank %d of %d)", message, peers.rank, peers.size)
+            self.fail_all(message)
+            raise LostRank(message) from exc
+        self.fail_all(SHUTTING_DOWN)
+
+    def _lockstep_turn(self, peers: Peers) -> bool:
+        if peers.leader:
+            # Cancellations first: one that comes after them finds its job in the batch
+            # next turn, one that came before leaves its job out of the inbox's take.
+            cancelled = self._take_cancelled()
+            admitted = self._take(block=not self._jobs)
+            stop = self._stop.is_set()
+            if stop:  # taken from the inbox, never to be read: they end here
+                self._deliver([(job.sink, Failed(SHUTTING_DOWN)) for job in _flat(admitted)])
+                admitted = []
+            peers.share(Tick([_order(x) for x in admitted], [j.uid for j in cancelled], stop))
+        else:
+            tick = peers.share(None)
+            admitted = [self._rebuild(order) for order in tick.admitted]
+            cancelled, stop = [self._jobs[uid] for uid in tick.cancelled], tick.stop
+        if stop:
+            return False
+        self._admit(admitted)
+        self._drop_cancelled(cancelled)
+        if self._jobs:
+            self._step()
+        return True
+
+    def _rebuild(self, order: Order | tuple[Order, ...]) -> Job | Choices:
+        assert self._make_job is not None, "a follower rebuilds the leader's requests"
+        if isinstance(order, tuple):
+            return tuple(self._make_job(o) for o in order)
+        return self._make_job(order)
 
     def _replace_generator(self) -> None:
         """After a failed step the batch's state is unknown: start from an empty one."""
@@ -179,6 +233,7 @@ class Worker:
             prefill_step_size=s.prefill_step_size,
             prefill_wait_steps=s.prefill_wait_steps,
             stream=mx.default_stream(mx.default_device()),
+            agree=self._peers.agree if self._peers is not None else None,
         )
 
     def warm_up(self, rounds: list[list[Job]]) -> list[Event]:
@@ -206,27 +261,38 @@ class Worker:
             self.counters = Counters()
         return events
 
-    def _admit(self, block: bool) -> None:
+    def _take(self, block: bool) -> list[Job | Choices]:
+        """The requests in the inbox, less those whose clients went away meanwhile; up to a
+        stop (None)."""
+        taken: list[Job | Choices] = []
         try:
-            job = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
         except queue.Empty:
-            return
-        while job is not None:
-            if isinstance(job, tuple):
-                self._insert_choices(job)
-            elif not job.cancelled:
-                self._insert_or_fail(job)
+            return taken
+        while item is not None:
+            if isinstance(item, tuple):
+                live = tuple(job for job in item if not job.cancelled)
+                if live:
+                    taken.append(live)
+            elif not item.cancelled:
+                taken.append(item)
             try:
-                job = self._inbox.get_nowait()
+                item = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                break
+        return taken
+
+    def _admit(self, taken: list[Job | Choices]) -> None:
+        for item in taken:
+            if isinstance(item, tuple):
+                self._insert_choices(item)
+            else:
+                self._insert_or_fail(item)
 
     def _insert_choices(self, jobs: Choices) -> None:
         """The n choices of one request: their prompt is read once, then each choice starts
         from its own copy of that cache and samples its own answer."""
-        live = [job for job in jobs if not job.cancelled]
-        if not live:
-            return
+        live = list(jobs)  # `_take` left out the choices cancelled by then
         try:
             shared, cached = self._prefill(live[0].prompt)
         except Exception as exc:
@@ -307,20 +373,23 @@ class Worker:
             rest = prompt[-1:]
         return cache, rest
 
-    def _drop_cancelled(self) -> None:
-        assert self._generator is not None
-        uids = []
+    def _take_cancelled(self) -> list[Job]:
+        taken: list[Job] = []
         while True:
             try:
                 job = self._cancelled.get_nowait()
             except queue.Empty:
-                break
+                return taken
             # The identity check matters: after a failed step the new generator reuses uids.
             if self._jobs.get(job.uid) is job:
-                del self._jobs[job.uid]
-                uids.append(job.uid)
-        if uids:
-            self._generator.remove(uids)
+                taken.append(job)
+
+    def _drop_cancelled(self, jobs: list[Job]) -> None:
+        assert self._generator is not None
+        for job in jobs:
+            del self._jobs[job.uid]
+        if jobs:
+            self._generator.remove([job.uid for job in jobs])
 
     def _step(self) -> None:
         assert self._generator is not None
@@ -410,3 +479,13 @@ class Worker:
                 jobs.append(job)
         if jobs:
             self._deliver([(job.sink, Failed(message)) for job in jobs])
+
+
+def _flat(taken: list[Job | Choices]) -> list[Job]:
+    return [job for item in taken for job in (item if isinstance(item, tuple) else (item,))]
+
+
+def _order(item: Job | Choices) -> Order | tuple[Order, ...]:
+    if isinstance(item, tuple):
+        return tuple(Order(job.prompt, job.params, job.label) for job in item)
+    return Order(item.prompt, item.params, item.label)

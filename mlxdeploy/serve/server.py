@@ -27,6 +27,7 @@ from .shutdown import TrackedConfig, drain_and_abort, install_signal_handlers, s
 
 if TYPE_CHECKING:
     from ..engine.engine import MLXEngine
+    from ..engine.peers import Peers
 
 log = logging.getLogger("mlxdeploy.server")
 
@@ -82,7 +83,10 @@ def bound_port(sockets: Sockets, requested: int) -> int:
     return requested
 
 
-async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
+async def serve(
+    spec: Spec, api_keys: ApiKeys | None = None, peers: Peers | None = None
+) -> ServeResult:
+    """`peers`: this process is rank 0 of a distributed model (serve/sharded/)."""
     config = hypercorn_config(spec)
     try:
         sockets = listen(config)
@@ -90,20 +94,22 @@ async def serve(spec: Spec, api_keys: ApiKeys | None = None) -> ServeResult:
         where = address(spec.host, spec.port)
         return ServeResult(1, f"cannot listen on {where}: {exc.strerror or exc}", "port")
     try:
-        return await _serve_on(spec, api_keys, config, bound_port(sockets, spec.port))
+        return await _serve_on(spec, api_keys, config, bound_port(sockets, spec.port), peers)
     finally:
         close_sockets(sockets)
 
 
 async def _serve_on(
-    spec: Spec, api_keys: ApiKeys | None, config: TrackedConfig, port: int
+    spec: Spec, api_keys: ApiKeys | None, config: TrackedConfig, port: int, peers: Peers | None
 ) -> ServeResult:
     loop = asyncio.get_running_loop()
     signals = install_signal_handlers(loop)
     stop = signals.requested
-    engines = start_engines(spec, loop)
+    engines = start_engines(spec, loop, peers)
     ready_line = f"serving {', '.join(spec.catalog.ids)} on http://{address(spec.host, port)}"
-    watcher = asyncio.create_task(_watch_load(engines, stop, ready_line))
+    if peers is not None:
+        ready_line += f" ({peers.size} ranks, {peers.strategy} parallel)"
+    watcher = asyncio.create_task(_watch_load(engines, stop, ready_line, peers is not None))
     app = create_app(spec, engines, api_keys)
 
     async def drained() -> None:  # Hypercorn stops serving when this returns
@@ -122,7 +128,9 @@ async def _serve_on(
     return ServeResult(1, error) if error else ServeResult(0)
 
 
-def start_engines(spec: Spec, loop: asyncio.AbstractEventLoop) -> list[MLXEngine]:
+def start_engines(
+    spec: Spec, loop: asyncio.AbstractEventLoop, peers: Peers | None = None
+) -> list[MLXEngine]:
     """One engine per model, loading in the background and delivering on `loop`."""
     log.info(load_fast_blas().describe())  # before MLX is imported
     hand_back_the_gil_sooner()
@@ -133,7 +141,7 @@ def start_engines(spec: Spec, loop: asyncio.AbstractEventLoop) -> list[MLXEngine
     load_lock = threading.Lock()
     progress = progress_for(spec.server.log_format)  # bars on a terminal, else log lines
     engines = [
-        MLXEngine(model, spec.engine, load_lock=load_lock, progress=progress)
+        MLXEngine(model, spec.engine, load_lock=load_lock, progress=progress, peers=peers)
         for model in spec.catalog.models
     ]
     for engine in engines:
@@ -141,8 +149,12 @@ def start_engines(spec: Spec, loop: asyncio.AbstractEventLoop) -> list[MLXEngine
     return engines
 
 
-async def _watch_load(engines: list[MLXEngine], stop: asyncio.Event, ready_line: str) -> None:
+async def _watch_load(
+    engines: list[MLXEngine], stop: asyncio.Event, ready_line: str, fatal: bool = False
+) -> None:
     """Stop at the first model that fails to load; say where the server is once all are ready.
+    `fatal`: a generation thread that ends later stops the server too (a distributed model
+    that lost a rank cannot generate again).
 
     It polls, rather than waiting in threads, so that no thread outlives a shutdown."""
     while True:
@@ -155,3 +167,9 @@ async def _watch_load(engines: list[MLXEngine], stop: asyncio.Event, ready_line:
         await asyncio.sleep(LOAD_POLL_SECONDS)
     # Shown at any --log-level: it names the port (`--port 0`) that clients and tools wait for.
     log.log(max(logging.INFO, log.getEffectiveLevel()), ready_line)
+    while fatal and not stop.is_set():
+        if any(engine.state == "failed" for engine in engines):
+            log.error("stopping: %s", next((e.error for e in engines if e.error), "failed"))
+            stop.set()
+            return
+        await asyncio.sleep(LOAD_POLL_SECONDS)

@@ -22,7 +22,9 @@ from .catalog import Catalog, CatalogError, Files, build_catalog, read_files
 from .footprint import estimate_bytes, gib, machine_memory
 from .placement import Layers, SpecFile, field_problem, validation_problem
 from .problems import FieldError, Problem, SpecError, dotted
+from .scale import DistributedSettings
 from .settings import ENV_DELIMITER, ENV_PREFIX, EnvSource, Spec
+from .sharding import model_config, model_problem
 from .yaml_nodes import parse_yaml, position, read_text
 
 
@@ -62,6 +64,8 @@ def load_spec(path: Path, *, require_weights: bool = True, **overrides: Any) -> 
     problems += [field_problem(error, layers) for error in file_errors]
     _check_memory(referenced, merged, layers, problems)
     catalog = None if spec is None else _check_catalog(spec, referenced, layers, problems)
+    if spec is not None and spec.distributed is not None:
+        _check_split(spec.distributed, referenced, layers, problems)
     if problems or spec is None or catalog is None:
         problems = _unset_alone(problems, chain.unset)
         raise SpecError(sorted(dict.fromkeys(problems), key=_problem_order))
@@ -79,6 +83,26 @@ def _check_catalog(
     except CatalogError as error:
         problems += [field_problem(field_error, layers) for field_error in error.errors]
         return None
+
+
+def _check_split(
+    distributed: DistributedSettings, files: Files, layers: Layers, problems: list[Problem]
+) -> None:
+    """A model that does not split over the ranks is a problem before any rank starts."""
+    for loc, source in files.sources.items():
+        try:
+            config = model_config(source)
+        except (OSError, ValueError) as error:
+            message = f"cannot read the model's config.json: {error}"
+            problems.append(field_problem(FieldError(loc, message), layers))
+            continue
+        problem = (
+            None
+            if config is None
+            else model_problem(config, distributed.size, distributed.strategy)
+        )
+        if problem is not None:
+            problems.append(field_problem(FieldError(loc, problem), layers))
 
 
 def resolve_catalog(spec: Spec) -> Spec:

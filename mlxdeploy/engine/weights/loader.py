@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,13 @@ def download_repo(repo: str, progress: Progress | None = None) -> Path:
 
 
 def load_model(
-    source: ModelSource, cache_root: Path | None = None, progress: Progress | None = None
+    source: ModelSource,
+    cache_root: Path | None = None,
+    progress: Progress | None = None,
+    shard: Callable[[nn.Module], None] | None = None,
 ) -> tuple[nn.Module, Any]:
+    """`shard`: splits the lazily loaded model (a distributed model's rank), so that only its
+    own part of the weights is read."""
     from mlx_lm.utils import load
 
     progress = progress or LogProgress()
@@ -103,6 +109,8 @@ def load_model(
     model_dir = resolve_model_dir(source, cache_root or default_cache_root(), progress)
     try:
         model, tokenizer = load(str(model_dir), lazy=True)[:2]
+        if shard is not None:
+            shard(model)
         summary = summarize(model)
         cpu = mx.default_device() == mx.cpu
         if cpu:  # folded into the reading: the half-precision copy is never kept

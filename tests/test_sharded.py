@@ -1,0 +1,241 @@
+"""One model split over 2 ranks (the spec's `distributed`): a real `mlxdeploy up` that starts
+them through mlx.launch on the ring backend, tensor parallel, on this machine. Its greedy
+answers are the single-process server's (`tiny_server`), token for token; a rank killed
+mid-stream ends the stream with an error event and `up` with a non-zero status."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from mlxdeploy.cli import app
+from tests.conftest import write_spec
+from tests.servers import RunningServer, start_server, stop_server
+
+RANKS = 2
+PROMPTS = [
+    "Tell me a story about a lighthouse.",
+    "What is the capital of France?",
+    "List three colours.",
+    "Write a haiku about rain.",
+]
+TOKENS = 24
+LOGPROB_TOLERANCE = 1e-3  # the ranks' partial sums add up in another order than one matmul
+
+
+def write_sharded_spec(spec_dir: Path, model: Path, **fields: object) -> Path:
+    distributed = {"ranks": RANKS, "strategy": "tensor"}
+    return write_spec(
+        spec_dir / "sharded.yaml",
+        model,
+        name="tiny",
+        defaults={"max_tokens": 16},
+        distributed=distributed,
+        **fields,
+    )
+
+
+@pytest.fixture(scope="module")
+def sharded(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    spec = write_sharded_spec(tmp_path_factory.mktemp("sharded"), tiny_model_dir)
+    with start_server(spec) as running:
+        yield running
+
+
+def client_of(server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0, timeout=120)
+
+
+def greedy(client: openai.OpenAI, prompt: str) -> tuple[str, list[float]]:
+    reply = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=TOKENS,
+        temperature=0,
+        logprobs=True,
+    )
+    choice = reply.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    return choice.message.content or "", [t.logprob for t in choice.logprobs.content]
+
+
+def streamed(client: openai.OpenAI, prompt: str) -> str:
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=TOKENS,
+        temperature=0,
+        stream=True,
+    )
+    return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+
+
+@pytest.mark.process
+def test_the_ready_line_names_the_ranks(sharded: RunningServer) -> None:
+    assert f"({RANKS} ranks, tensor parallel)" in sharded.log()
+    assert "rank 1: model tiny ready" in sharded.log()  # the follower loaded its shard
+
+
+@pytest.mark.process
+def test_greedy_chat_equals_one_process(sharded: RunningServer, tiny_server: RunningServer) -> None:
+    one, two = client_of(tiny_server), client_of(sharded)
+    for prompt in PROMPTS:
+        text, logprobs = greedy(two, prompt)
+        expected_text, expected_logprobs = greedy(one, prompt)
+        assert text == expected_text
+        assert logprobs == pytest.approx(expected_logprobs, abs=LOGPROB_TOLERANCE)
+
+
+@pytest.mark.process
+def test_greedy_streams_equal_one_process(
+    sharded: RunningServer, tiny_server: RunningServer
+) -> None:
+    one, two = client_of(tiny_server), client_of(sharded)
+    for prompt in PROMPTS[:2]:
+        assert streamed(two, prompt) == greedy(one, prompt)[0]
+
+
+@pytest.mark.process
+def test_concurrent_requests_batch_on_every_rank(
+    sharded: RunningServer, tiny_server: RunningServer
+) -> None:
+    """Requests arriving together share decode steps: the ranks admit and retire them in
+    the same order, or the answers (and the ranks' caches) would part."""
+    one, two = client_of(tiny_server), client_of(sharded)
+    expected = [greedy(one, prompt)[0] for prompt in PROMPTS]
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        got = list(pool.map(lambda prompt: streamed(two, prompt), PROMPTS * 2))
+    assert got == expected * 2
+
+
+@pytest.mark.process
+def test_a_client_that_goes_away_leaves_the_ranks_in_step(sharded: RunningServer) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 400,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{sharded.api_url}/chat/completions", json=body) as response:
+        next(response.iter_lines())  # the stream has started; leave mid-answer
+    two = client_of(sharded)
+    assert greedy(two, PROMPTS[0]) == greedy(two, PROMPTS[0])  # still answering, the same
+
+
+@pytest.mark.process
+def test_sigterm_stops_every_rank_with_status_0(sharded: RunningServer) -> None:
+    assert stop_server(sharded, timeout=60) == 0
+    assert rank_pids(sharded.process.pid) == {}
+
+
+def rank_pids(root: int) -> dict[int, int]:
+    """rank -> pid of the ranks among `root`'s descendants (mlx.launch sets MLX_RANK)."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mlxdeploy.serve.sharded.rank" not in command or not _descends(int(entry.name), root):
+            continue
+        for variable in environ:
+            if variable.startswith(b"MLX_RANK="):
+                ranks[int(variable.split(b"=", 1)[1])] = int(entry.name)
+    return ranks
+
+
+def _descends(pid: int, root: int) -> bool:
+    while pid > 1:
+        if pid == root:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            return False
+    return False
+
+
+@pytest.mark.process
+def test_a_rank_killed_mid_stream_fails_the_stream_and_up(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    spec = write_sharded_spec(tmp_path, tiny_model_dir)
+    with start_server(spec) as server:
+        ranks = rank_pids(server.process.pid)
+        assert sorted(ranks) == [0, 1], ranks
+        body = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1500,
+            "stream": True,
+        }
+        events = []
+        with httpx.stream(
+            "POST", f"{server.api_url}/chat/completions", json=body, timeout=60
+        ) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(line[len("data: ") :])
+                if len(events) == 3:  # the answer is streaming: rank 1 dies
+                    os.kill(ranks[1], signal.SIGKILL)
+        assert events[-1] != "[DONE]"
+        assert '"error"' in events[-1] and "the distributed model stopped" in events[-1]
+        deadline = time.monotonic() + 60
+        while server.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.process.returncode not in (None, 0)  # it stopped, and says it failed
+        assert rank_pids(server.process.pid) == {}
+
+
+def test_validate_rejects_a_model_whose_heads_do_not_split(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for item in tiny_model_dir.iterdir():
+        (odd / item.name).write_bytes(item.read_bytes())
+    config = (odd / "config.json").read_text()
+    (odd / "config.json").write_text(
+        config.replace('"num_attention_heads": 4', '"num_attention_heads": 3').replace(
+            '"num_key_value_heads": 2', '"num_key_value_heads": 3'
+        )
+    )
+    spec = write_sharded_spec(tmp_path, odd)
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"{spec}:1:8: model: ")
+    assert "3 attention heads" in line and "not divisible by 2" in line
+
+
+def test_validate_rejects_a_strategy_the_architecture_lacks(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    spec = write_spec(
+        tmp_path / "pipe.yaml", tiny_model_dir, distributed={"ranks": 2, "strategy": "pipeline"}
+    )
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 1
+    assert "cannot split 'llama' models by layers (pipeline)" in result.output
+
+
+def test_validate_accepts_the_sharded_spec(tiny_model_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["validate", str(write_sharded_spec(tmp_path, tiny_model_dir))]
+    )
+    assert result.exit_code == 0, result.output

@@ -125,17 +125,22 @@ def other_tiny_model_dir(demo_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return make_tiny_model(tmp_path_factory.mktemp("other-tiny-llama"), demo_dir, seed=1)
 
 
-def make_tiny_model(out: Path, demo_dir: Path, seed: int) -> Path:
+def make_tiny_model(
+    out: Path, demo_dir: Path, seed: int, config: dict[str, Any] = TINY_CONFIG
+) -> Path:
+    """Random weights of `config`'s architecture (an mlx-lm model type), SmolLM2's tokenizer."""
+    import importlib
+
     import mlx.core as mx
     from mlx.utils import tree_flatten
-    from mlx_lm.models import llama
 
     for name in TOKENIZER_FILES:
         if (demo_dir / name).exists():
             shutil.copy(demo_dir / name, out / name)
-    (out / "config.json").write_text(json.dumps(TINY_CONFIG))
+    (out / "config.json").write_text(json.dumps(config))
     mx.random.seed(seed)
-    model = llama.Model(llama.ModelArgs.from_dict(TINY_CONFIG))
+    architecture = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
+    model = architecture.Model(architecture.ModelArgs.from_dict(config))
     mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())))
     return out
 

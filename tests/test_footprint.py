@@ -52,3 +52,18 @@ def test_validate_refuses_a_model_larger_than_memory(tmp_path: Path) -> None:
 
 def test_a_repo_that_is_not_downloaded_is_not_measured(tmp_path: Path) -> None:
     assert estimate_bytes(parse_model_source("mlxdeploy-tests/not-downloaded", tmp_path)) is None
+
+
+def test_a_model_split_over_machines_needs_its_share_on_each(tmp_path: Path) -> None:
+    model = tmp_path / "big"
+    model.mkdir()
+    (model / "config.json").write_text('{"num_attention_heads": 4, "intermediate_size": 8}')
+    rows = machine_memory() * 3 // 2 // 4 // 4096  # 1.5 machines' worth
+    write_header_only(model / "model.safetensors", {"w": ("F32", [rows, 4096])})
+    two_hosts = {"hosts": ["10.0.0.1", "10.0.0.2"]}
+    split = write_spec(tmp_path / "split.yaml", model, distributed=two_hosts)
+    assert CliRunner().invoke(app, ["validate", str(split)]).exit_code == 0
+    one_host = {"hosts": ["10.0.0.1", "10.0.0.1"]}  # both ranks on one machine's memory
+    crowded = write_spec(tmp_path / "crowded.yaml", model, distributed=one_host)
+    result = CliRunner().invoke(app, ["validate", str(crowded)])
+    assert result.exit_code == 1 and "this machine has" in result.output

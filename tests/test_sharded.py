@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlxdeploy.cli import app
-from tests.conftest import write_spec
+from tests.conftest import TINY_CONFIG, make_tiny_model, write_spec
 from tests.servers import RunningServer, start_server, stop_server
 
 RANKS = 2
@@ -29,6 +29,7 @@ PROMPTS = [
     "Write a haiku about rain.",
 ]
 TOKENS = 24
+TINY_QWEN2 = {**TINY_CONFIG, "model_type": "qwen2", "num_hidden_layers": 4}
 LOGPROB_TOLERANCE = 1e-3  # the ranks' partial sums add up in another order than one matmul
 
 
@@ -58,16 +59,28 @@ def client_of(server: RunningServer) -> openai.OpenAI:
 
 
 def greedy(client: openai.OpenAI, prompt: str) -> tuple[str, list[float]]:
+    """The greedy answer, and the logprobs of its tokens and of each step's runners-up."""
     reply = client.chat.completions.create(
         model="tiny",
         messages=[{"role": "user", "content": prompt}],
         max_tokens=TOKENS,
         temperature=0,
         logprobs=True,
+        top_logprobs=3,
     )
     choice = reply.choices[0]
     assert choice.logprobs is not None and choice.logprobs.content
-    return choice.message.content or "", [t.logprob for t in choice.logprobs.content]
+    scores = [t.logprob for t in choice.logprobs.content]
+    scores += [alt.logprob for t in choice.logprobs.content for alt in t.top_logprobs]
+    return choice.message.content or "", scores
+
+
+def assert_same_answers(one: openai.OpenAI, two: openai.OpenAI) -> None:
+    for prompt in PROMPTS:
+        text, logprobs = greedy(two, prompt)
+        expected_text, expected_logprobs = greedy(one, prompt)
+        assert text == expected_text
+        assert logprobs == pytest.approx(expected_logprobs, abs=LOGPROB_TOLERANCE)
 
 
 def streamed(client: openai.OpenAI, prompt: str) -> str:
@@ -89,12 +102,7 @@ def test_the_ready_line_names_the_ranks(sharded: RunningServer) -> None:
 
 @pytest.mark.process
 def test_greedy_chat_equals_one_process(sharded: RunningServer, tiny_server: RunningServer) -> None:
-    one, two = client_of(tiny_server), client_of(sharded)
-    for prompt in PROMPTS:
-        text, logprobs = greedy(two, prompt)
-        expected_text, expected_logprobs = greedy(one, prompt)
-        assert text == expected_text
-        assert logprobs == pytest.approx(expected_logprobs, abs=LOGPROB_TOLERANCE)
+    assert_same_answers(client_of(tiny_server), client_of(sharded))
 
 
 @pytest.mark.process
@@ -137,6 +145,22 @@ def test_a_client_that_goes_away_leaves_the_ranks_in_step(sharded: RunningServer
 def test_sigterm_stops_every_rank_with_status_0(sharded: RunningServer) -> None:
     assert stop_server(sharded, timeout=60) == 0
     assert rank_pids(sharded.process.pid) == {}
+
+
+@pytest.mark.process
+def test_pipeline_parallel_equals_one_process(
+    demo_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Whole layers per rank (qwen2 splits that way; llama does not), warm-up on."""
+    spec_dir = tmp_path_factory.mktemp("pipeline")
+    (spec_dir / "model").mkdir()
+    model = make_tiny_model(spec_dir / "model", demo_dir, 0, TINY_QWEN2)
+    single = write_spec(spec_dir / "one.yaml", model, name="tiny")
+    split = write_sharded_spec(spec_dir, model, engine={"warmup": True})
+    split.write_text(split.read_text().replace('"tensor"', '"pipeline"'))
+    with start_server(single) as one, start_server(split) as two:
+        assert f"({RANKS} ranks, pipeline parallel)" in two.log()
+        assert_same_answers(client_of(one), client_of(two))
 
 
 def rank_pids(root: int) -> dict[int, int]:

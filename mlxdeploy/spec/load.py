@@ -62,7 +62,8 @@ def load_spec(path: Path, *, require_weights: bool = True, **overrides: Any) -> 
         merged, lambda loc: layers.file_for(loc).directory, require_weights
     )
     problems += [field_problem(error, layers) for error in file_errors]
-    _check_memory(referenced, merged, layers, problems)
+    machines = spec.distributed.machines if spec is not None and spec.distributed else 1
+    _check_memory(referenced, merged, layers, problems, machines)
     catalog = None if spec is None else _check_catalog(spec, referenced, layers, problems)
     if spec is not None and spec.distributed is not None:
         _check_split(spec.distributed, referenced, layers, problems)
@@ -211,10 +212,15 @@ def _typed(text: str) -> Any:
 
 
 def _check_memory(
-    files: Files, data: dict[str, Any], layers: Layers, problems: list[Problem]
+    files: Files,
+    data: dict[str, Any],
+    layers: Layers,
+    problems: list[Problem],
+    machines: float = 1,
 ) -> None:
     """Weights that cannot fit this machine's memory together are a problem before anything
-    loads. Sizes come from file headers; no weights are read."""
+    loads. Sizes come from file headers; no weights are read. A model split over several
+    `machines` (distributed hosts) needs its share on each."""
     sizes: list[tuple[str, int]] = []
     for loc, source in files.sources.items():
         try:
@@ -226,13 +232,15 @@ def _check_memory(
         if needed is not None:
             sizes.append((_model_label(data, loc), needed))
     needed, available = sum(size for _, size in sizes), machine_memory()
-    if needed <= available:
+    if needed <= available * machines:
         return
     if "models" in data:
         parts = ", ".join(f"{label} {gib(size)}" for label, size in sizes)
         message = f"the models' weights need about {gib(needed)} of memory together ({parts})"
     else:
         message = f"the model's weights need about {gib(needed)} of memory"
+    if machines > 1:
+        message += f", {gib(int(needed / machines))} on each of {machines:g} machines"
     message += f", this machine has {gib(available)}; use smaller or quantized models"
     where = ("models",) if "models" in data else ("model",)
     problems.append(field_problem(FieldError(where, message), layers))

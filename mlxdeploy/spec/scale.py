@@ -133,3 +133,11 @@ class DistributedSettings(Section):
     @property
     def size(self) -> int:
         return len(self.hosts) if self.hosts is not None else int(self.ranks or 0)
+
+    @property
+    def machines(self) -> float:
+        """How many machines share the weights: the ranks over the most ranks on one host
+        (ranks on one machine share its memory)."""
+        if self.hosts is None:
+            return 1
+        return self.size / max(self.hosts.count(host) for host in self.hosts)

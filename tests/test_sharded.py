@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlxdeploy.cli import app
-from tests.conftest import TINY_CONFIG, make_tiny_model, write_spec
+from tests.conftest import DEMO_MODEL, TINY_CONFIG, make_tiny_model, write_spec
 from tests.servers import RunningServer, start_server, stop_server
 
 RANKS = 2
@@ -245,6 +245,20 @@ def test_validate_rejects_a_model_whose_heads_do_not_split(
     (line,) = result.output.strip().splitlines()
     assert line.startswith(f"{spec}:1:8: model: ")
     assert "3 attention heads" in line and "not divisible by 2" in line
+
+
+def test_validate_rejects_the_demo_model_over_2_ranks(tmp_path: Path) -> None:
+    """SmolLM2-135M has 9 heads: the split its GGUF header says cannot be made."""
+    spec = write_spec(tmp_path / "demo.yaml", DEMO_MODEL, distributed={"ranks": RANKS})
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"{spec}:1:8: model: tensor parallelism splits the 9 attention heads "
+        "(num_attention_heads) over 2 ranks, and 9 is not divisible by 2; use a number of "
+        "ranks that divides 9"
+    )
+    spec.write_text(spec.read_text().replace('"ranks": 2', '"ranks": 3'))
+    assert CliRunner().invoke(app, ["validate", str(spec)]).exit_code == 0  # 9, 3, 1536
 
 
 def test_validate_rejects_a_strategy_the_architecture_lacks(

@@ -245,13 +245,6 @@ def test_a_gguf_header_the_engine_cannot_read_is_a_problem(
     assert problem.endswith(expected)
 
 
-def test_the_spec_reads_the_gguf_versions_the_engine_reads() -> None:
-    from mlxdeploy.engine.weights.gguf import header
-    from mlxdeploy.spec import sources
-
-    assert (sources.GGUF_MAGIC, sources.GGUF_VERSIONS) == (header.GGUF_MAGIC, header.GGUF_VERSIONS)
-
-
 def test_the_demo_gguf_header_is_accepted(tmp_path: Path) -> None:
     from tests.conftest import DEMO_MODEL
 

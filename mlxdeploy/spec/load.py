@@ -20,6 +20,7 @@ from pydantic_settings import SettingsError
 
 from .catalog import Catalog, CatalogError, Files, build_catalog, read_files
 from .footprint import estimate_bytes, gib, machine_memory
+from .gguf_header import GGUFError
 from .placement import Layers, SpecFile, field_problem, validation_problem
 from .problems import FieldError, Problem, SpecError, dotted
 from .scale import DistributedSettings
@@ -93,7 +94,7 @@ def _check_split(
     for loc, source in files.sources.items():
         try:
             config = model_config(source)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, GGUFError) as error:
             message = f"cannot read the model's config.json: {error}"
             problems.append(field_problem(FieldError(loc, message), layers))
             continue

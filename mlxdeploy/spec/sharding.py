@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .gguf_header import read_header
 from .scale import Strategy
 from .sources import ModelSource
 
@@ -38,9 +39,9 @@ def split_problem(config: Mapping[str, Any], ranks: int, strategy: Strategy) -> 
             value = config.get("num_attention_heads")
         if isinstance(value, int) and value % ranks:
             return (
-                f"tensor parallelism splits the {value} {what} ({key}) over the ranks, and "
-                f"{value} is not divisible by {ranks}; use a number of ranks that divides "
-                f"{value}, or strategy: pipeline"
+                f"tensor parallelism splits the {value} {what} ({key}) over {ranks} ranks, "
+                f"and {value} is not divisible by {ranks}; use a number of ranks that divides "
+                f"{value}"
             )
     return None
 
@@ -72,9 +73,22 @@ def _has_pipeline(module: Any) -> bool:
     return any(hasattr(cls, "pipeline") and hasattr(cls, "pipeline_layers") for cls in classes)
 
 
+# GGUF metadata -> the config.json keys the split is judged by (a GGUF model is a llama).
+GGUF_KEYS = {
+    "num_attention_heads": "llama.attention.head_count",
+    "num_key_value_heads": "llama.attention.head_count_kv",
+    "intermediate_size": "llama.feed_forward_length",
+    "num_hidden_layers": "llama.block_count",
+}
+
+
 def model_config(source: ModelSource) -> dict[str, Any] | None:
-    """The config.json of a model directory (or a downloaded repo); None when it is not on
-    this machine or not in that form (a GGUF file is checked when it loads)."""
+    """The config.json of a model directory (or a downloaded repo), or what a GGUF file's
+    header says of the same numbers; None when the model is not on this machine."""
+    if source.present and source.kind == "gguf" and source.path is not None:
+        metadata = read_header(source.path).metadata
+        config = {key: metadata[name] for key, name in GGUF_KEYS.items() if name in metadata}
+        return {"model_type": "llama", **config}
     path = _config_path(source)
     if path is None:
         return None
@@ -83,7 +97,7 @@ def model_config(source: ModelSource) -> dict[str, Any] | None:
 
 
 def _config_path(source: ModelSource) -> Path | None:
-    if not source.present or source.kind == "gguf":
+    if not source.present:
         return None
     if source.kind == "dir" and source.path is not None:
         return source.path / "config.json"
@@ -97,7 +111,11 @@ def _config_path(source: ModelSource) -> Path | None:
 def model_problem(config: Mapping[str, Any], ranks: int, strategy: Strategy) -> str | None:
     model_type = config.get("model_type")
     if isinstance(model_type, str):
-        problem = support_problem(model_type, strategy)
-        if problem is not None:
-            return problem
-    return split_problem(config, ranks, strategy)
+        unsupported = support_problem(model_type, strategy)
+        if unsupported is not None:
+            return unsupported
+    problem = split_problem(config, ranks, strategy)
+    layers_too = isinstance(model_type, str) and support_problem(model_type, "pipeline") is None
+    if problem is not None and strategy == "tensor" and layers_too:
+        problem += ", or strategy: pipeline"
+    return problem

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .gguf_header import GGUF_MAGIC, GGUF_VERSIONS
+
 _HF_REPO_ID = re.compile(r"[A-Za-z0-9._-]+/[A-Za-z0-9._-]+")
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _PKG_PREFIX = "pkg:"
-GGUF_MAGIC = b"GGUF"
-GGUF_VERSIONS = (2, 3)  # what the GGUF reader of the engine reads
 
 
 @dataclass(frozen=True)

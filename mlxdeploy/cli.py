@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from .spec import Problem, Spec, SpecError, format_problems, load_spec, spec_jso
 
 if TYPE_CHECKING:
     from .serve.server import ServeResult
+    from .serve.sharded.rank import RankArgs
 
 app = typer.Typer(
     help="Serve language models on MLX from declarative YAML specs with an OpenAI-compatible API.",
@@ -166,7 +168,11 @@ def up(
     if loaded.cluster is not None:
         result = _serve_replicas(loaded, spec, log_format, log_level)
     elif loaded.distributed is not None:
-        result = _serve_ranks(loaded, spec, (host, port, log_format, log_level))
+        from .serve.sharded.rank import RankArgs
+
+        formats = log_format.value if log_format else None
+        flags = RankArgs(spec, log_level.value, formats, host, port)
+        result = _serve_ranks(loaded, spec, flags)
     else:
         from .serve.server import serve
 
@@ -189,20 +195,14 @@ def _serve_replicas(
     return serve_replicas(loaded, args, replica_environment(service, with_secrets=True))
 
 
-def _serve_ranks(
-    loaded: Spec, spec: Path, flags: tuple[str | None, int | None, LogFormat | None, LogLevel]
-) -> ServeResult:
+def _serve_ranks(loaded: Spec, spec: Path, flags: RankArgs) -> ServeResult:
     from .serve.sharded.launch import serve_ranks
     from .services import service_of
 
     assert loaded.distributed is not None
-    host, port, log_format, log_level = flags
     service = service_of(loaded, spec, Path.cwd())
-    rank_args = [str(service.spec), "--log-level", log_level.value]
-    rank_args += ["--host", host] if host else []
-    rank_args += ["--port", str(port)] if port is not None else []
-    rank_args += ["--log-format", log_format.value] if log_format else []
-    return serve_ranks(loaded.distributed, rank_args, service.environment)
+    args = dataclasses.replace(flags, spec=service.spec)
+    return serve_ranks(loaded.distributed, args.argv(), service.environment)
 
 
 def exit_now(code: int) -> NoReturn:

@@ -114,6 +114,9 @@ def systemd_unit(service: Service, env_dir: Path = SYSTEMD_ENV_DIR) -> str:
         *_systemd_secrets(service, env_dir),
         "Restart=on-failure",
         "RestartSec=5",
+        # SIGTERM to `up` alone: it drains, then stops what it started (Ray, mlx.launch's ranks);
+        # what is left at the timeout gets SIGKILL.
+        "KillMode=mixed",
         f"TimeoutStopSec={service.stop_seconds}",
         "",
         "[Install]",

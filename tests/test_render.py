@@ -230,6 +230,7 @@ def test_systemd_unit_runs_up_on_the_spec(keys_spec: Path, tmp_path: Path) -> No
     assert unit["[Service] WorkingDirectory"] == [str(tmp_path)]
     assert unit["[Service] Restart"] == ["on-failure"]
     assert unit["[Service] TimeoutStopSec"] == ["45"]  # the base's 30 s drain, and a margin
+    assert unit["[Service] KillMode"] == ["mixed"]  # SIGTERM to up, which stops its children
     assert unit["[Service] Environment"] == [
         '"MLXDEPLOY_ENGINE__MAX_BATCH_SIZE=4"',
         '"SERVICE_PORT=9123"',

@@ -17,9 +17,11 @@ import yaml
 from typer.testing import CliRunner
 
 from mlxdeploy.cli import app
+from tests.conftest import write_spec
 from tests.logwait import wait_for_log
 from tests.servers import RunningServer, start_server, stop_server
 from tests.test_auth import ENV_KEYS, ENV_NAME, FILE_KEY, bearer, write_auth_spec
+from tests.test_sharded import alive
 
 pytest.importorskip("ray.serve")  # the `ray` extra, which `make install` installs
 
@@ -163,10 +165,14 @@ def test_a_killed_replica_leaves_the_service_answering(
 
 
 @pytest.mark.process
-def test_sigterm_removes_the_replicas_and_exits_0(cluster: RunningServer) -> None:
-    assert stop_server(cluster, timeout=90) == 0
-    assert replica_pids(cluster.process.pid) == []
-    assert "removing the replicas" in cluster.log()
+def test_sigterm_removes_the_replicas_and_exits_0(tiny_model_dir: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "one.yaml", tiny_model_dir, name="tiny", cluster={"replicas": 1})
+    with start_server(spec, timeout=300) as server:
+        pids = replica_pids(server.process.pid)
+        assert len(pids) == 1, pids
+        assert stop_server(server, timeout=90) == 0
+    assert not any(alive(pid) for pid in pids)
+    assert "removing the replicas" in server.log()
 
 
 def test_render_as_ray_loads_with_serves_schema(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -137,9 +137,57 @@ def test_a_client_that_goes_away_leaves_the_ranks_in_step(
 
 
 @pytest.mark.process
-def test_sigterm_stops_every_rank_with_status_0(sharded: RunningServer) -> None:
-    assert stop_server(sharded, timeout=60) == 0
-    assert rank_pids(sharded.process.pid) == {}
+def test_every_api_and_field_on_ranks_equals_one_process(
+    sharded: RunningServer, tiny_server: RunningServer
+) -> None:
+    """Choices, a schema, stop words and the Messages API take the same paths on every rank."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    bodies = [
+        ("/v1/chat/completions", {**greedy_request(PROMPTS[0]), "n": 2}),
+        ("/v1/chat/completions", {**greedy_request(PROMPTS[1]), "stop": ["e"]}),
+        (
+            "/v1/chat/completions",
+            {
+                **greedy_request(PROMPTS[2]),
+                "max_tokens": 40,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "a", "schema": schema},
+                },
+            },
+        ),
+        ("/v1/messages", {**greedy_request(PROMPTS[3]), "max_tokens": TOKENS}),
+    ]
+    for path, body in bodies:
+        got = httpx.post(sharded.base_url + path, json=body, timeout=120)
+        expected = httpx.post(tiny_server.base_url + path, json=body, timeout=120)
+        assert got.status_code == expected.status_code == 200, got.text
+        assert answers(got.json()) == answers(expected.json())
+
+
+def answers(body: dict[str, Any]) -> list[Any]:
+    if "choices" in body:
+        return [(c["message"]["content"], c["finish_reason"]) for c in body["choices"]]
+    return [body["content"], body["stop_reason"]]
+
+
+@pytest.mark.process
+def test_sigterm_stops_every_rank_with_status_0(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with start_server(write_sharded_spec(tmp_path, tiny_model_dir)) as server:
+        pids = rank_pids(server.process.pid)
+        assert sorted(pids) == [0, 1], pids
+        assert stop_server(server, timeout=60) == 0
+    assert not any(alive(pid) for pid in pids.values())
+    assert "rank 1: " in server.log() and "Traceback" not in server.log()
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 @pytest.mark.process
@@ -218,7 +266,10 @@ def test_a_rank_killed_mid_stream_fails_the_stream_and_up(
         while server.process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert server.process.returncode not in (None, 0)  # it stopped, and says it failed
-        assert rank_pids(server.process.pid) == {}
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in ranks.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in ranks.values())
 
 
 def test_validate_rejects_a_model_whose_heads_do_not_split(

@@ -172,10 +172,11 @@ class MLXEngine:
         self.context_length = _context_length(model)
         self.vocab_size = Vocabulary.of(model, self._tokenizer).size
         self._worker = self._new_worker(model, fault)
-        if self._stop_requested.is_set():  # stopped while loading: never start generating
-            self._worker.stop()
-        elif self.settings.warmup:
-            self._warm_up(self._worker)
+        try:
+            self._get_ready(self._worker)
+        except LostRank as exc:  # a rank that failed to load, or to warm up
+            self._fail(f"the distributed model did not start: {exc}")
+            return
         self._state = "ready"
         self._loaded.set()
         log.info("model %s ready (%s)", self.model_id, self.prompt_format)
@@ -189,6 +190,16 @@ class MLXEngine:
             log.exception("the generation thread died")
             self._state = "failed"
             self._worker.fail_all("the generation thread stopped; the server cannot generate")
+
+    def _get_ready(self, worker: Worker) -> None:
+        if self._peers is not None:
+            self._peers.barrier()  # every rank has loaded (warm-ups and turns are collectives)
+        stopped = self._stop_requested.is_set()
+        if stopped:  # stopped while loading: never start generating
+            worker.stop()
+        # The ranks of a distributed model warm up together, whatever rank 0 was told.
+        if self.settings.warmup and (self._peers is not None or not stopped):
+            self._warm_up(worker)
 
     def _new_worker(self, model: Any, fault: FaultPlan | None) -> Worker:
         peers, tools = self._peers, self._tool_format
@@ -217,6 +228,8 @@ class MLXEngine:
             plan = warmup_rounds(short, longer, params, self.settings.prefill_wait_steps)
             events = worker.warm_up([[self._warmup_job(*r) for r in jobs] for jobs in plan])
         except Exception as exc:  # serving still works; the first requests pay the cold start
+            if self._peers is not None:  # but a rank that failed alone has left the others
+                raise LostRank(f"warm-up failed: {exc}") from exc
             log.warning("model %s: warm-up failed (%s)", self.model_id, exc)
             return
         for failed in (event for event in events if isinstance(event, Failed)):

@@ -73,15 +73,22 @@ class Peers:
     def leader(self) -> bool:
         return self.rank == 0
 
+    def barrier(self) -> None:
+        self._sum(mx.array(0))
+
     def share(self, tick: Tick | None) -> Tick:
-        """The leader's tick, on every rank (the leader passes it, the others None)."""
-        payload = pickle.dumps(tick) if self.leader else b""
-        size = self._sum(mx.array(len(payload)))
+        """The leader's tick, on every rank (the leader passes it, the others None): its size,
+        then, unless it is empty (most turns), the tick itself."""
+        payload = pickle.dumps(tick) if self.leader and tick != Tick() else b""
+        size = int(np.asarray(self._sum(mx.array(len(payload)))))
         if self.leader:
             assert tick is not None
-            self._sum(mx.array(np.frombuffer(payload, dtype=np.uint8)))
+            if size:
+                self._sum(mx.array(np.frombuffer(payload, dtype=np.uint8)))
             return tick
-        received = self._sum(mx.zeros(int(np.asarray(size)), dtype=mx.uint8))
+        if not size:
+            return Tick()
+        received = self._sum(mx.zeros(size, dtype=mx.uint8))
         shared = pickle.loads(np.asarray(received).tobytes())
         if not isinstance(shared, Tick):
             raise LostRank("the leader sent something that is not a tick")

@@ -296,6 +296,8 @@ class Worker:
         try:
             shared, cached = self._prefill(live[0].prompt)
         except Exception as exc:
+            if self._peers is not None:  # the ranks' caches may no longer agree
+                raise
             log.exception("reading a prompt failed")
             self._deliver([(job.sink, Failed(f"generation failed: {exc}")) for job in live])
             return
@@ -322,6 +324,8 @@ class Worker:
         except PromptRejected as exc:  # the API checks schemas first; this is the backstop
             self._deliver([(job.sink, Failed(str(exc)))])
         except Exception as exc:  # only this request fails; the batch goes on
+            if self._peers is not None:  # unless the ranks may no longer agree on the batch
+                raise
             log.exception("admitting a request failed")
             self._deliver([(job.sink, Failed(f"generation failed: {exc}"))])
 
@@ -460,7 +464,8 @@ class Worker:
         if budget <= 0 or not tokens or cache is None:
             return
         self._prompt_cache.insert_cache(0, list(tokens), cache)
-        self._prompt_cache.trim_to(n_bytes=budget)
+        if self._peers is None:  # ranks' shares differ in bytes (pipeline): entries bound them
+            self._prompt_cache.trim_to(n_bytes=budget)
 
     def fail_all(self, message: str) -> None:
         """Fail every request, waiting ones included; for the end of the generation thread."""

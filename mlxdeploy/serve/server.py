@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,7 +24,13 @@ from ..engine.weights.progress import progress_for
 from ..spec.settings import Spec
 from .gil import hand_back_the_gil_sooner
 from .logs import ACCESS_LOGGER, AccessLogger
-from .shutdown import TrackedConfig, drain_and_abort, install_signal_handlers, stop_engines
+from .shutdown import (
+    STOP_TIMEOUT_SECONDS,
+    TrackedConfig,
+    drain_and_abort,
+    install_signal_handlers,
+    stop_engines,
+)
 
 if TYPE_CHECKING:
     from ..engine.engine import MLXEngine
@@ -34,6 +41,8 @@ log = logging.getLogger("mlxdeploy.server")
 # Bursts of clients queue in the kernel instead of being reset (mlx_lm.server listens with 5).
 LISTEN_BACKLOG = 4096
 LOAD_POLL_SECONDS = 0.1
+LOST_RANK = "the distributed model stopped: another rank exited"
+LOST_STOP_SECONDS = 2.0
 
 
 @dataclass
@@ -103,13 +112,19 @@ async def _serve_on(
     spec: Spec, api_keys: ApiKeys | None, config: TrackedConfig, port: int, peers: Peers | None
 ) -> ServeResult:
     loop = asyncio.get_running_loop()
-    signals = install_signal_handlers(loop)
+    lost: asyncio.Event | None = None
+    if peers is None:
+        signals = install_signal_handlers(loop)
+    else:  # rank 0: `up` asks for a drain with SIGINT; mlx.launch's SIGTERM says a rank ended
+        signals = install_signal_handlers(loop, (signal.SIGINT,))
+        lost = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, lost.set)
     stop = signals.requested
     engines = start_engines(spec, loop, peers)
     ready_line = f"serving {', '.join(spec.catalog.ids)} on http://{address(spec.host, port)}"
     if peers is not None:
         ready_line += f" ({peers.size} ranks, {peers.strategy} parallel)"
-    watcher = asyncio.create_task(_watch_load(engines, stop, ready_line, peers is not None))
+    watcher = asyncio.create_task(_watch_load(engines, stop, ready_line, lost))
     app = create_app(spec, engines, api_keys)
 
     async def drained() -> None:  # Hypercorn stops serving when this returns
@@ -123,8 +138,14 @@ async def _serve_on(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        await stop_engines(engines, signals.forced)
+        # A rank lost in a collective may never give its generation thread back.
+        gone = lost is not None and lost.is_set()
+        await stop_engines(
+            engines, signals.forced, LOST_STOP_SECONDS if gone else STOP_TIMEOUT_SECONDS
+        )
     error = next((engine.error for engine in engines if engine.error), None)
+    if lost is not None and lost.is_set():
+        error = error or LOST_RANK
     return ServeResult(1, error) if error else ServeResult(0)
 
 
@@ -150,16 +171,17 @@ def start_engines(
 
 
 async def _watch_load(
-    engines: list[MLXEngine], stop: asyncio.Event, ready_line: str, fatal: bool = False
+    engines: list[MLXEngine], stop: asyncio.Event, ready_line: str, lost: asyncio.Event | None
 ) -> None:
     """Stop at the first model that fails to load; say where the server is once all are ready.
-    `fatal`: a generation thread that ends later stops the server too (a distributed model
-    that lost a rank cannot generate again).
+    `lost` (rank 0 of a distributed model): a rank that ended, or a generation thread that
+    ended, stops the server too; the ranks cannot generate again.
 
     It polls, rather than waiting in threads, so that no thread outlives a shutdown."""
     while True:
         states = {engine.state for engine in engines}
-        if "failed" in states:
+        if "failed" in states or (lost is not None and lost.is_set()):
+            _end_generation(engines, lost)
             stop.set()
             return
         if "loading" not in states:
@@ -167,9 +189,20 @@ async def _watch_load(
         await asyncio.sleep(LOAD_POLL_SECONDS)
     # Shown at any --log-level: it names the port (`--port 0`) that clients and tools wait for.
     log.log(max(logging.INFO, log.getEffectiveLevel()), ready_line)
-    while fatal and not stop.is_set():
-        if any(engine.state == "failed" for engine in engines):
-            log.error("stopping: %s", next((e.error for e in engines if e.error), "failed"))
+    while lost is not None and not stop.is_set():
+        if lost.is_set() or any(engine.state == "failed" for engine in engines):
+            _end_generation(engines, lost)
             stop.set()
             return
         await asyncio.sleep(LOAD_POLL_SECONDS)
+
+
+def _end_generation(engines: list[MLXEngine], lost: asyncio.Event | None) -> None:
+    """A distributed model that lost a rank: every request in flight ends with the reason now
+    (its generation thread may be stuck in a collective that never returns)."""
+    if lost is None:
+        return
+    reason = next((e.error for e in engines if e.error), None) or LOST_RANK
+    log.error("stopping: %s", reason)
+    for engine in engines:
+        engine.abort(reason)

@@ -65,9 +65,12 @@ class ShutdownSignals:
         (self.forced if self.requested.is_set() else self.requested).set()
 
 
-def install_signal_handlers(loop: asyncio.AbstractEventLoop) -> ShutdownSignals:
+def install_signal_handlers(
+    loop: asyncio.AbstractEventLoop,
+    which: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> ShutdownSignals:
     signals = ShutdownSignals()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in which:
         loop.add_signal_handler(sig, signals.receive)
     return signals
 

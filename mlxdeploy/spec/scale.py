@@ -3,6 +3,7 @@ and `distributed` (one model sharded over several ranks with mx.distributed)."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -128,6 +129,10 @@ class DistributedSettings(Section):
         if self.hosts is not None and len(self.hosts) < 2:
             message = "a distributed model needs at least 2 hosts"
             raise FieldError(("distributed", "hosts"), message)
+        for index, host in enumerate(self.hosts or []):
+            if self.backend == "ring" and not _is_address(host):
+                message = f"the ring backend connects to IP addresses; {host!r} is not one"
+                raise FieldError(("distributed", "hosts", index), message)
         return self
 
     @property
@@ -141,3 +146,11 @@ class DistributedSettings(Section):
         if self.hosts is None:
             return 1
         return self.size / max(self.hosts.count(host) for host in self.hosts)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -4,8 +4,9 @@ does not divide would otherwise fail inside a forward pass, on every rank)."""
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import ast
+import functools
+import importlib.util
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,30 +48,58 @@ def split_problem(config: Mapping[str, Any], ranks: int, strategy: Strategy) -> 
 
 
 def support_problem(model_type: str, strategy: Strategy) -> str | None:
-    """Whether mlx-lm can shard this architecture that way (its model class says)."""
-    module = _mlx_lm_module(model_type)
-    if module is None:
+    """Whether mlx-lm can shard this architecture that way, as its model's source says (read,
+    not imported: the spec never loads MLX)."""
+    ways = splits_of(model_type)
+    if ways is None:
         return f"mlx-lm has no model type '{model_type}'"
-    if strategy == "tensor" and not hasattr(module.Model, "shard"):
-        return f"mlx-lm cannot split '{model_type}' models by heads (tensor); try pipeline"
-    if strategy == "pipeline" and not _has_pipeline(module):
-        return f"mlx-lm cannot split '{model_type}' models by layers (pipeline); try tensor"
+    if strategy not in ways:
+        other = "pipeline" if strategy == "tensor" else "tensor"
+        how = "by heads (tensor)" if strategy == "tensor" else "by layers (pipeline)"
+        hint = f"; try strategy: {other}" if other in ways else ""
+        return f"mlx-lm cannot split '{model_type}' models {how}{hint}"
     return None
 
 
-def _mlx_lm_module(model_type: str) -> Any:
-    from mlx_lm.utils import MODEL_REMAPPING
-
-    name = MODEL_REMAPPING.get(model_type, model_type)
-    try:
-        return importlib.import_module(f"mlx_lm.models.{name}")
-    except ImportError:
+@functools.cache
+def splits_of(model_type: str) -> frozenset[Strategy] | None:
+    """How mlx-lm's module for `model_type` splits: tensor when its Model has `shard`,
+    pipeline when a class of it takes PipelineMixin; None when there is no such module."""
+    models = _mlx_lm_dir() / "models"
+    name = _remapped(model_type)
+    path = models / f"{name}.py"
+    if not name.isidentifier() or not path.is_file():
         return None
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    ways: set[Strategy] = set()
+    for cls in classes:
+        methods = {f.name for f in cls.body if isinstance(f, ast.FunctionDef)}
+        if cls.name == "Model" and "shard" in methods:
+            ways.add("tensor")
+        if any(isinstance(b, ast.Name) and b.id == "PipelineMixin" for b in cls.bases):
+            ways.add("pipeline")
+    return frozenset(ways)
 
 
-def _has_pipeline(module: Any) -> bool:
-    classes = (value for _, value in inspect.getmembers(module, inspect.isclass))
-    return any(hasattr(cls, "pipeline") and hasattr(cls, "pipeline_layers") for cls in classes)
+def _mlx_lm_dir() -> Path:
+    spec = importlib.util.find_spec("mlx_lm")  # finds, does not import
+    if spec is None or spec.origin is None:
+        raise ValueError("mlx-lm is not installed")
+    return Path(spec.origin).parent
+
+
+def _remapped(model_type: str) -> str:
+    """mlx-lm's MODEL_REMAPPING (model types served by another type's module), read from its
+    source."""
+    tree = ast.parse((_mlx_lm_dir() / "utils.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "MODEL_REMAPPING" for t in node.targets
+        ):
+            mapping = ast.literal_eval(node.value)
+            return str(mapping.get(model_type, model_type))
+    return model_type
 
 
 # GGUF metadata -> the config.json keys the split is judged by (a GGUF model is a llama).
@@ -103,8 +132,12 @@ def _config_path(source: ModelSource) -> Path | None:
         return source.path / "config.json"
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    snapshots = Path(HF_HUB_CACHE) / f"models--{str(source.repo).replace('/', '--')}" / "snapshots"
-    found = sorted(snapshots.glob("*/config.json")) if snapshots.is_dir() else []
+    repo = Path(HF_HUB_CACHE) / f"models--{str(source.repo).replace('/', '--')}"
+    main = repo / "refs" / "main"  # the revision a download without one takes
+    if main.is_file():
+        path = repo / "snapshots" / main.read_text(encoding="utf-8").strip() / "config.json"
+        return path if path.is_file() else None
+    found = sorted((repo / "snapshots").glob("*/config.json"))
     return found[-1] if found else None
 
 

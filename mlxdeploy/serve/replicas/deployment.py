@@ -20,7 +20,7 @@ from ..logs import configure_logging
 from ..server import LOAD_POLL_SECONDS, start_engines
 from ..shutdown import stop_engines
 from .access import ReplicaAccess
-from .options import DEPLOYMENT_NAME, ReplicaArgs, deployment_options
+from .options import CONSTRUCTOR_RETRIES, DEPLOYMENT_NAME, ReplicaArgs, deployment_options
 
 log = logging.getLogger("mlxdeploy.server")
 
@@ -75,4 +75,5 @@ def build(args: dict[str, Any]) -> Application:
     """The application a Serve config deploys: `args` are a ReplicaArgs mapping."""
     replica = ReplicaArgs.from_dict(args)
     spec = load_replica_spec(replica)
-    return Server.options(**deployment_options(spec)).bind(**replica.as_dict())  # type: ignore[attr-defined]
+    options = deployment_options(spec) | {"max_constructor_retry_count": CONSTRUCTOR_RETRIES}
+    return Server.options(**options).bind(**replica.as_dict())  # type: ignore[attr-defined]

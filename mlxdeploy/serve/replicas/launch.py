@@ -3,6 +3,7 @@ Serve's proxy on the spec's host and port, and remove them again on SIGINT/SIGTE
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -92,14 +93,18 @@ def drive(spec: Spec, plan: DriverPlan) -> ServeResult:
 
     cluster = spec.cluster or ClusterSettings()
     joined = cluster.address or os.environ.get("RAY_ADDRESS")
-    ray.init(**_init_options(joined, plan.env))
+    try:
+        ray.init(**_init_options(joined, plan.env))
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        return ServeResult(1, f"cannot start or join Ray ({joined or 'local'}): {exc}", "cluster")
     stop = _stop_on_signals()  # after ray.init, which installs handlers of its own
     try:
         serve.start(http_options=http_options(spec, plan.port), proxy_location="EveryNode")
         serve.run(build(plan.args.as_dict()), name=cluster.app_name, route_prefix="/")
     except Exception as exc:  # a replica that cannot start fails the deployment
-        _leave(cluster, joined)
-        return ServeResult(1, f"the replicas did not start: {exc}", "cluster")
+        with contextlib.suppress(Exception):
+            _leave(cluster, joined)
+        return ServeResult(1, f"the replicas did not start: {_gist(exc)}", "cluster")
     log.log(
         max(logging.INFO, log.getEffectiveLevel()),
         f"serving {', '.join(spec.catalog.ids)} on http://{address(spec.host, plan.port)} "
@@ -112,6 +117,15 @@ def drive(spec: Spec, plan: DriverPlan) -> ServeResult:
     log.info("removing the replicas (each finishes its requests first)")
     _leave(cluster, joined)
     return ServeResult(0)
+
+
+def _gist(exc: Exception) -> str:
+    """Ray's error, whose text holds the replica's whole traceback: its first line and the
+    replica's own last words (the exception the replica raised)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 2:
+        return " ".join(lines)
+    return f"{lines[0]} ... {lines[-1]}"
 
 
 def _init_options(joined: str | None, env: dict[str, str]) -> dict[str, Any]:

@@ -17,7 +17,8 @@ REPLICA_HEADER = "X-Replica-ID"
 STOP_MARGIN_SECONDS = 10.0
 HEALTH_CHECK_PERIOD_SECONDS = 5.0
 HEALTH_CHECK_TIMEOUT_SECONDS = 30.0
-# A replica that cannot start (a model that does not load) fails the deployment after these.
+# A replica that cannot start (a model that does not load) fails the deployment after these
+# (Serve's max_constructor_retry_count, set in code: its config file has no such key).
 CONSTRUCTOR_RETRIES = 2
 
 

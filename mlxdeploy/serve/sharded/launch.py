@@ -9,6 +9,7 @@ When a rank dies, mlx.launch stops the others; rank 0 has already failed its req
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from ..server import ServeResult
 from .rank import EXIT_STATUS, STOP
 
 RANK_MODULE = "mlxdeploy.serve.sharded.rank"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def launcher() -> str | None:
@@ -75,7 +77,11 @@ def serve_ranks(
         return ServeResult(1, "distributed needs mlx.launch (it comes with mlx)", "distributed")
     command = launch_command(distributed, launch, rank_args, shared_cores(distributed, env))
     ranks = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=_end_with_parent,
     )
     assert ranks.stdin is not None and ranks.stdout is not None
     status: list[int] = []
@@ -107,5 +113,14 @@ def _stop_on_signals(stdin: IO[bytes]) -> None:
         except (BrokenPipeError, ValueError):  # mlx.launch has already gone
             pass
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
+        signal.signal(signum, stop)
+
+
+def _end_with_parent() -> None:
+    """In mlx.launch, before it starts: on Linux, a SIGTERM when `up` dies (even by SIGKILL),
+    which ends mlx.launch, closing rank 0's stdin, which drains it (rank.py)."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -1,7 +1,8 @@
 """One rank of a distributed model, as mlx.launch starts it (`launch.py` says how).
 
 Rank 0 serves HTTP; "stop" on its stdin (mlx.launch hands every rank what `up` writes to
-it) drains it as SIGTERM would. At the end it prints its exit status on stdout, the one line
+it) drains it as SIGINT would, while a SIGTERM (mlx.launch's, when another rank has exited)
+ends its requests with that reason. At the end it prints its exit status on stdout, the one line
 `up` needs: mlx.launch itself always exits 0. The other ranks follow rank 0 until it stops,
 or until a rank is lost (exit 1)."""
 
@@ -14,46 +15,68 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ...api.guards.auth import ApiKeys, AuthConfigError, load_api_keys
 from ...engine.weights.blas import load_fast_blas
 from ...spec.load import load_spec
 from ...spec.problems import SpecError
 from ...spec.settings import Spec
 from ..logs import configure_logging
 
+if TYPE_CHECKING:
+    from ...engine.peers import Peers
+
 EXIT_STATUS = "mlxdeploy: rank 0 exits with status "
 STOP = "stop"
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mlxdeploy-rank")
-    parser.add_argument("spec", type=Path)
-    parser.add_argument("--log-level", default="info")
-    parser.add_argument("--log-format", choices=("text", "json"))
-    parser.add_argument("--host")
-    parser.add_argument("--port", type=int)
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class RankArgs:
+    """What `up` hands each rank on its command line: the spec and `up`'s own flags."""
 
+    spec: Path
+    log_level: str = "info"
+    log_format: str | None = None
+    host: str | None = None
+    port: int | None = None
 
-def load(args: argparse.Namespace) -> Spec:
-    overrides: dict[str, Any] = {"host": args.host, "port": args.port or None}
-    if args.log_format:
-        overrides["server"] = {"log_format": args.log_format}
-    spec = load_spec(args.spec, **overrides)
-    return spec.model_copy(update={"port": 0}) if args.port == 0 else spec
+    def argv(self) -> list[str]:
+        args = [str(self.spec), "--log-level", self.log_level]
+        for flag, value in (("--log-format", self.log_format), ("--host", self.host)):
+            args += [flag, value] if value else []
+        return args + (["--port", str(self.port)] if self.port is not None else [])
+
+    @classmethod
+    def parse(cls, argv: list[str]) -> RankArgs:
+        parser = argparse.ArgumentParser(prog="mlxdeploy-rank")
+        parser.add_argument("spec", type=Path)
+        parser.add_argument("--log-level", default="info")
+        parser.add_argument("--log-format", choices=("text", "json"))
+        parser.add_argument("--host")
+        parser.add_argument("--port", type=int)
+        return cls(**vars(parser.parse_args(argv)))
+
+    def load(self) -> Spec:
+        overrides: dict[str, Any] = {"host": self.host, "port": self.port or None}
+        if self.log_format:
+            overrides["server"] = {"log_format": self.log_format}
+        spec = load_spec(self.spec, **overrides)
+        return spec.model_copy(update={"port": 0}) if self.port == 0 else spec
 
 
 def main(argv: list[str]) -> int:
-    args = parse(argv)
-    blas = load_fast_blas()  # before MLX loads (checking the spec's split imports it)
+    args = RankArgs.parse(argv)
+    blas = load_fast_blas()  # before anything imports MLX
     try:
-        spec = load(args)
+        spec = args.load()
+        api_keys = load_api_keys(spec.auth, spec.base_dir)
     except SpecError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
+        return _fail(*(str(problem) for problem in exc.problems))
+    except AuthConfigError as exc:
+        return _fail(f"{args.spec}: {exc.field}: {exc.message}")
     configure_logging(spec.server, args.log_level)
     logging.getLogger("mlxdeploy").info(blas.describe())
     import mlx.core as mx
@@ -61,26 +84,35 @@ def main(argv: list[str]) -> int:
     from ...engine.peers import Peers
 
     assert spec.distributed is not None, "launch.py starts ranks for distributed specs only"
-    group = mx.distributed.init(strict=True, backend=spec.distributed.backend)
+    try:
+        group = mx.distributed.init(strict=True, backend=spec.distributed.backend)
+    except RuntimeError as exc:  # a port in use, a host that cannot be reached
+        return _fail(f"{args.spec}: distributed: the ranks could not connect: {exc}")
     peers = Peers(group, spec.distributed.strategy)
     if peers.leader:
-        return lead(spec, peers, args)
+        return lead(spec, api_keys, peers, args.spec)
     name_the_rank(peers.rank)
     return follow(spec, peers)
 
 
-def lead(spec: Spec, peers: Any, args: argparse.Namespace) -> int:
+def _fail(*lines: str) -> int:
+    for line in lines:
+        print(line, file=sys.stderr)
+    return 1
+
+
+def lead(spec: Spec, api_keys: ApiKeys | None, peers: Peers, path: Path) -> int:
     from ..server import serve
 
     threading.Thread(target=_stop_on_stdin, name="mlxdeploy-stdin", daemon=True).start()
-    result = asyncio.run(serve(spec, None, peers))
+    result = asyncio.run(serve(spec, api_keys, peers))
     if result.error:
-        print(f"{args.spec}: {result.field}: {result.error}", file=sys.stderr)
+        print(f"{path}: {result.field}: {result.error}", file=sys.stderr)
     print(f"{EXIT_STATUS}{result.exit_code}", flush=True)
     return result.exit_code
 
 
-def follow(spec: Spec, peers: Any) -> int:
+def follow(spec: Spec, peers: Peers) -> int:
     from ...engine.engine import MLXEngine
 
     (model,) = spec.catalog.models  # the spec's validation allows one model
@@ -89,10 +121,12 @@ def follow(spec: Spec, peers: Any) -> int:
 
 
 def _stop_on_stdin() -> None:
-    """Each "stop" line is a SIGTERM: the first drains, a second stops at once."""
+    """Each "stop" line is a SIGINT (the first drains, a second stops at once); so is the end
+    of stdin, which comes when mlx.launch (and so `up`) is gone."""
     for line in sys.stdin:
         if line.strip() == STOP:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def name_the_rank(rank: int) -> None:

@@ -2,7 +2,8 @@
 `distributed` specs. One process, or each rank under mlx.launch:
 
     python benchmarks/sharded_steps.py /tmp/bench-30m
-    mlx.launch --backend ring -n 2 --python .venv/bin/python benchmarks/sharded_steps.py /tmp/bench-30m
+    mlx.launch --backend ring -n 2 --python .venv/bin/python \
+        benchmarks/sharded_steps.py /tmp/bench-30m
 
 Rank 0 prints ms per decode step at each batch size, tensor parallel (mlx-lm's `shard`)."""
 

@@ -283,16 +283,21 @@ class Worker:
         return taken
 
     def _admit(self, taken: list[Job | Choices]) -> None:
+        """On one process, a request whose client left while earlier ones were read is left
+        out too; ranks in lockstep admit exactly what rank 0 took."""
+        recheck = self._peers is None
         for item in taken:
             if isinstance(item, tuple):
-                self._insert_choices(item)
-            else:
+                self._insert_choices(item, recheck)
+            elif not (recheck and item.cancelled):
                 self._insert_or_fail(item)
 
-    def _insert_choices(self, jobs: Choices) -> None:
+    def _insert_choices(self, jobs: Choices, recheck: bool = True) -> None:
         """The n choices of one request: their prompt is read once, then each choice starts
         from its own copy of that cache and samples its own answer."""
-        live = list(jobs)  # `_take` left out the choices cancelled by then
+        live = [job for job in jobs if not (recheck and job.cancelled)]
+        if not live:
+            return
         try:
             shared, cached = self._prefill(live[0].prompt)
         except Exception as exc:

@@ -327,7 +327,10 @@ def test_browser_sends_the_key_it_is_given(browser: Any, keyed_demo: str) -> Non
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(keyed_demo + "/")
-    status = browser.find_element("css selector", "#status")
+    # On a loaded machine the page may still be arriving when get() returns.
+    status = WebDriverWait(browser, WAIT_S).until(
+        lambda d: d.find_elements("css selector", "#status")
+    )[0]
     WebDriverWait(browser, WAIT_S).until(lambda d: "API key" in status.text)
     assert status.get_attribute("class") == "hint error"
     key = browser.find_element("css selector", "#api-key")

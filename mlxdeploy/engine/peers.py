@@ -23,7 +23,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..spec.scale import Strategy
-from ..spec.sharding import model_problem
+from ..spec.sharding import split_problem
 from .api import SamplingParams
 
 
@@ -60,8 +60,16 @@ class Peers:
         """This rank's part of a lazily loaded model: a slice of every layer (tensor) or a
         run of whole layers (pipeline), as mlx-lm's models split themselves."""
         args = getattr(model, "args", None)
-        config = vars(args) if args is not None else {}
-        problem = model_problem(config, self.size, self.strategy)
+        problem = split_problem(vars(args) if args is not None else {}, self.size, self.strategy)
+        tensor, pipeline = (
+            hasattr(model, "shard"),
+            hasattr(getattr(model, "model", None), "pipeline"),
+        )
+        kind = type(model).__module__.rsplit(".", 1)[-1]
+        if self.strategy == "tensor" and not tensor:
+            problem = f"mlx-lm cannot split '{kind}' models by heads (tensor)"
+        if self.strategy == "pipeline" and not pipeline:
+            problem = f"mlx-lm cannot split '{kind}' models by layers (pipeline)"
         if problem is not None:
             raise ValueError(problem)
         if self.strategy == "tensor":

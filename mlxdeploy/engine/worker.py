@@ -390,7 +390,7 @@ class Worker:
             except queue.Empty:
                 return taken
             # The identity check matters: after a failed step the new generator reuses uids.
-            if self._jobs.get(job.uid) is job:
+            if self._jobs.get(job.uid) is job and job not in taken:  # cancelled once or twice
                 taken.append(job)
 
     def _drop_cancelled(self, jobs: list[Job]) -> None:

@@ -41,7 +41,8 @@ log = logging.getLogger("mlxdeploy.server")
 # Bursts of clients queue in the kernel instead of being reset (mlx_lm.server listens with 5).
 LISTEN_BACKLOG = 4096
 LOAD_POLL_SECONDS = 0.1
-LOST_RANK = "the distributed model stopped: another rank exited"
+DISTRIBUTED = "the distributed model"  # how the errors of a distributed model begin
+LOST_RANK = f"{DISTRIBUTED} stopped: another rank exited"
 LOST_STOP_SECONDS = 2.0
 
 
@@ -146,14 +147,17 @@ async def _serve_on(
     error = next((engine.error for engine in engines if engine.error), None)
     if lost is not None and lost.is_set():
         error = error or LOST_RANK
-    return ServeResult(1, error) if error else ServeResult(0)
+    if error is None:
+        return ServeResult(0)
+    return ServeResult(1, error, "distributed" if error.startswith(DISTRIBUTED) else "model")
 
 
 def start_engines(
     spec: Spec, loop: asyncio.AbstractEventLoop, peers: Peers | None = None
 ) -> list[MLXEngine]:
     """One engine per model, loading in the background and delivering on `loop`."""
-    log.info(load_fast_blas().describe())  # before MLX is imported
+    if peers is None:  # a rank has chosen its BLAS before it reached for mx.distributed
+        log.info(load_fast_blas().describe())  # before MLX is imported
     hand_back_the_gil_sooner()
     from ..engine.engine import MLXEngine  # the only place the server reaches for MLX
 
@@ -189,7 +193,7 @@ async def _watch_load(
         await asyncio.sleep(LOAD_POLL_SECONDS)
     # Shown at any --log-level: it names the port (`--port 0`) that clients and tools wait for.
     log.log(max(logging.INFO, log.getEffectiveLevel()), ready_line)
-    while lost is not None and not stop.is_set():
+    while lost is not None:  # during a drain too: its requests must not wait on a lost rank
         if lost.is_set() or any(engine.state == "failed" for engine in engines):
             _end_generation(engines, lost)
             stop.set()

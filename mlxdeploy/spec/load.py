@@ -98,11 +98,14 @@ def _check_split(
             message = f"cannot read the model's config.json: {error}"
             problems.append(field_problem(FieldError(loc, message), layers))
             continue
-        problem = (
-            None
-            if config is None
-            else model_problem(config, distributed.size, distributed.strategy)
-        )
+        try:
+            problem = (
+                None
+                if config is None
+                else model_problem(config, distributed.size, distributed.strategy)
+            )
+        except ValueError as error:  # mlx-lm's sources in a form this cannot read
+            problem = f"cannot check the split: {error}"
         if problem is not None:
             problems.append(field_problem(FieldError(loc, problem), layers))
 

@@ -64,22 +64,35 @@ def support_problem(model_type: str, strategy: Strategy) -> str | None:
 @functools.cache
 def splits_of(model_type: str) -> frozenset[Strategy] | None:
     """How mlx-lm's module for `model_type` splits: tensor when its Model has `shard`,
-    pipeline when a class of it takes PipelineMixin; None when there is no such module."""
-    models = _mlx_lm_dir() / "models"
+    pipeline when a class of it takes PipelineMixin; None when there is no such module.
+    Raises ValueError when mlx-lm's sources cannot be read."""
     name = _remapped(model_type)
-    path = models / f"{name}.py"
-    if not name.isidentifier() or not path.is_file():
+    if not name.isidentifier() or not (_mlx_lm_dir() / "models" / f"{name}.py").is_file():
         return None
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    return frozenset(_module_splits(name, depth=0))
+
+
+def _module_splits(name: str, depth: int) -> set[Strategy]:
+    tree = _parse(_mlx_lm_dir() / "models" / f"{name}.py")
     ways: set[Strategy] = set()
-    for cls in classes:
-        methods = {f.name for f in cls.body if isinstance(f, ast.FunctionDef)}
-        if cls.name == "Model" and "shard" in methods:
-            ways.add("tensor")
-        if any(isinstance(b, ast.Name) and b.id == "PipelineMixin" for b in cls.bases):
-            ways.add("pipeline")
-    return frozenset(ways)
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            methods = {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
+            if node.name == "Model" and "shard" in methods:
+                ways.add("tensor")
+            if any(isinstance(b, ast.Name) and b.id == "PipelineMixin" for b in node.bases):
+                ways.add("pipeline")
+        elif isinstance(node, ast.ImportFrom) and node.level == 1 and node.module and depth < 3:
+            if any(alias.name == "Model" for alias in node.names):  # Model from a sibling
+                ways |= _module_splits(node.module, depth + 1)
+    return ways
+
+
+def _parse(path: Path) -> ast.Module:
+    try:
+        return ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read mlx-lm's source {path.name}: {error}") from None
 
 
 def _mlx_lm_dir() -> Path:
@@ -92,14 +105,24 @@ def _mlx_lm_dir() -> Path:
 def _remapped(model_type: str) -> str:
     """mlx-lm's MODEL_REMAPPING (model types served by another type's module), read from its
     source."""
-    tree = ast.parse((_mlx_lm_dir() / "utils.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "MODEL_REMAPPING" for t in node.targets
-        ):
-            mapping = ast.literal_eval(node.value)
+    for node in _parse(_mlx_lm_dir() / "utils.py").body:
+        target, value = _assignment(node)
+        if target == "MODEL_REMAPPING" and value is not None:
+            try:
+                mapping = ast.literal_eval(value)
+            except ValueError as error:
+                raise ValueError(f"cannot read mlx-lm's MODEL_REMAPPING: {error}") from None
             return str(mapping.get(model_type, model_type))
     return model_type
+
+
+def _assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = node.targets[0]
+        return (target.id if isinstance(target, ast.Name) else None), node.value
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id, node.value
+    return None, None
 
 
 # GGUF metadata -> the config.json keys the split is judged by (a GGUF model is a llama).

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +26,7 @@ from ..server import ServeResult
 from .rank import EXIT_STATUS, STOP
 
 RANK_MODULE = "mlxdeploy.serve.sharded.rank"
+STATUS_LINE = re.compile(re.escape(EXIT_STATUS) + r"(\d+)\n?")
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -81,46 +84,69 @@ def serve_ranks(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=_end_with_parent,
+        preexec_fn=_ended_with(os.getpid()),
     )
     assert ranks.stdin is not None and ranks.stdout is not None
     status: list[int] = []
     relay = threading.Thread(target=_relay, args=(ranks.stdout, status), daemon=True)
     relay.start()
-    _stop_on_signals(ranks.stdin)
+    _stop_on_signals(ranks)
     ranks.wait()
     relay.join()
     if not status:
-        return ServeResult(1, "rank 0 ended without an exit status (killed?)", "distributed")
+        message = (
+            f"rank 0 ended without an exit status (mlx.launch exited {ranks.returncode}); "
+            "the lines above say why"
+        )
+        return ServeResult(1, message, "distributed")
     return ServeResult(status[-1])
 
 
 def _relay(stdout: IO[bytes], status: list[int]) -> None:
+    """mlx.launch's stdout, passed on, less rank 0's status (found anywhere in a line: the
+    ranks' output arrives in chunks that may share a line)."""
     for raw in stdout:
         line = raw.decode(errors="replace")
-        if line.startswith(EXIT_STATUS):
-            status.append(int(line[len(EXIT_STATUS) :].strip()))
-            continue
-        sys.stdout.write(line)
-        sys.stdout.flush()
+        found = STATUS_LINE.search(line)
+        if found:
+            status.append(int(found.group(1)))
+            line = line[: found.start()] + line[found.end() :]
+        if line.strip():
+            sys.stdout.write(line)
+            sys.stdout.flush()
 
 
-def _stop_on_signals(stdin: IO[bytes]) -> None:
+def _stop_on_signals(ranks: subprocess.Popen[bytes]) -> None:
+    """The first signal asks rank 0 to drain ("stop"); the next one ends every rank."""
+    asked: list[int] = []
+
     def stop(signum: int, frame: Any) -> None:
+        asked.append(signum)
         try:
-            stdin.write(f"{STOP}\n".encode())
-            stdin.flush()
-        except (BrokenPipeError, ValueError):  # mlx.launch has already gone
+            if len(asked) > 1:
+                os.killpg(ranks.pid, signal.SIGTERM)  # mlx.launch's own session
+                return
+            assert ranks.stdin is not None
+            ranks.stdin.write(f"{STOP}\n".encode())
+            ranks.stdin.flush()
+        except (BrokenPipeError, ValueError, ProcessLookupError):  # already gone
             pass
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
         signal.signal(signum, stop)
 
 
-def _end_with_parent() -> None:
-    """In mlx.launch, before it starts: on Linux, a SIGTERM when `up` dies (even by SIGKILL),
-    which ends mlx.launch, closing rank 0's stdin, which drains it (rank.py)."""
+def _ended_with(parent: int) -> Callable[[], None]:
+    """For mlx.launch, before it starts: on Linux, a SIGTERM when `up` dies (even by SIGKILL),
+    which ends mlx.launch, closing rank 0's stdin, which drains it (rank.py). prctl is looked up
+    here, not in the child: a forked child of a threaded process must not load libraries."""
     if sys.platform != "linux":
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        return lambda: None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def arrange() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # `up` died before the call
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange

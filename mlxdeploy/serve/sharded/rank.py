@@ -98,12 +98,17 @@ def main(argv: list[str]) -> int:
 def _fail(*lines: str) -> int:
     for line in lines:
         print(line, file=sys.stderr)
+    if os.environ.get("MLX_RANK", "0") == "0":  # `up` reads rank 0's status, whatever failed
+        print(f"{EXIT_STATUS}1", flush=True)
     return 1
 
 
 def lead(spec: Spec, api_keys: ApiKeys | None, peers: Peers, path: Path) -> int:
     from ..server import serve
 
+    # Until the server's own handlers are in place, a "stop" (SIGINT) is dropped rather than
+    # raised as KeyboardInterrupt; `up` escalates a second Ctrl-C to SIGTERM for the ranks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_stop_on_stdin, name="mlxdeploy-stdin", daemon=True).start()
     result = asyncio.run(serve(spec, api_keys, peers))
     if result.error:

@@ -86,3 +86,40 @@ def test_a_distributed_spec_serves_one_model(tmp_path: Path) -> None:
     )
     problem = single_problem(path, require_weights=False)
     assert problem == f"{path}:1:1: models: a distributed spec serves one model; this one lists 2"
+
+
+def test_splits_are_read_from_mlx_lms_sources() -> None:
+    from mlxdeploy.spec.sharding import splits_of
+
+    assert splits_of("llama") == {"tensor"}
+    assert splits_of("qwen2") == {"tensor", "pipeline"}
+    assert splits_of("mistral") == {"tensor"}  # served by llama's module (MODEL_REMAPPING)
+    assert "tensor" in (splits_of("solar_open") or set())  # its Model comes from glm4_moe
+    assert splits_of("no_such_model") is None
+
+
+def test_unreadable_mlx_lm_sources_are_one_problem(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlxdeploy.spec import sharding
+
+    fake = tmp_path / "mlx_lm"
+    (fake / "models").mkdir(parents=True)
+    (fake / "utils.py").write_text("MODEL_REMAPPING = {\n")  # cut short
+    monkeypatch.setattr(sharding, "_mlx_lm_dir", lambda: fake)
+    sharding.splits_of.cache_clear()
+    try:
+        path = tmp_path / "spec.yaml"
+        path.write_text(f"model: {tiny_model_dir}\ndistributed: {{ranks: 2}}\n")
+        problem = single_problem(path)
+    finally:
+        sharding.splits_of.cache_clear()
+    assert problem.startswith(f"{path}:1:8: model: cannot check the split: cannot read mlx-lm's")
+
+
+def test_ring_hosts_are_addresses(tmp_path: Path) -> None:
+    body = "distributed: {hosts: [10.0.0.1, gpu-box]}\n"
+    problem = single_problem(spec_file(tmp_path, body), require_weights=False)
+    assert problem.endswith(
+        "distributed.hosts[1]: the ring backend connects to IP addresses; 'gpu-box' is not one"
+    )

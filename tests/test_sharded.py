@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -244,32 +244,53 @@ def test_a_rank_killed_mid_stream_fails_the_stream_and_up(
     with start_server(spec) as server:
         ranks = rank_pids(server.process.pid)
         assert sorted(ranks) == [0, 1], ranks
-        body = {
-            "model": "tiny",
-            "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": 1500,
-            "stream": True,
-        }
-        events = []
-        with httpx.stream(
-            "POST", f"{server.api_url}/chat/completions", json=body, timeout=60
-        ) as response:
-            for line in response.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                events.append(line[len("data: ") :])
-                if len(events) == 3:  # the answer is streaming: rank 1 dies
-                    os.kill(ranks[1], signal.SIGKILL)
-        assert events[-1] != "[DONE]"
+        events = stream_until(server, lambda: os.kill(ranks[1], signal.SIGKILL))
         assert '"error"' in events[-1] and "the distributed model stopped" in events[-1]
-        deadline = time.monotonic() + 60
-        while server.process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert server.process.returncode not in (None, 0)  # it stopped, and says it failed
+        assert wait_exit(server) not in (None, 0)  # it stopped, and says it failed
     deadline = time.monotonic() + 10
     while any(alive(pid) for pid in ranks.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(pid) for pid in ranks.values())
+
+
+@pytest.mark.process
+def test_a_rank_that_stops_answering_fails_the_stream_and_up(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A rank alive but silent (SIGSTOP: its sockets stay open, so no collective fails) is
+    found by the stall timeout: the stream ends with an error, `up` with a non-zero status."""
+    distributed = {"ranks": RANKS, "stall_timeout_seconds": 3}
+    spec = write_spec(tmp_path / "stall.yaml", tiny_model_dir, name="tiny", distributed=distributed)
+    with start_server(spec) as server:
+        ranks = rank_pids(server.process.pid)
+        events = stream_until(server, lambda: os.kill(ranks[1], signal.SIGSTOP))
+        assert "a rank stopped answering (a turn took over 3 s)" in events[-1]
+        os.kill(ranks[1], signal.SIGKILL)  # a stopped process never reads mlx.launch's SIGTERM
+        assert wait_exit(server) not in (None, 0)
+    assert "a rank stopped answering" in server.log() and "Traceback" not in server.log()
+
+
+def stream_until(server: RunningServer, act: Callable[[], None]) -> list[str]:
+    """A long stream's data events, with `act` run once the third has come."""
+    body = {**greedy_request("hi"), "max_tokens": 1500, "stream": True}
+    events: list[str] = []
+    url = f"{server.api_url}/chat/completions"
+    with httpx.stream("POST", url, json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            events.append(line[len("data: ") :])
+            if len(events) == 3:
+                act()
+    assert events[-1] != "[DONE]"
+    return events
+
+
+def wait_exit(server: RunningServer, timeout: float = 60) -> int | None:
+    deadline = time.monotonic() + timeout
+    while server.process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return server.process.returncode
 
 
 def test_validate_rejects_a_model_whose_heads_do_not_split(

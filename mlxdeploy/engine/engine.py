@@ -99,6 +99,11 @@ class MLXEngine:
     def running(self) -> int:
         return self._worker.active if self._worker is not None else 0
 
+    def stalled_seconds(self) -> float:
+        """How long the ranks of a distributed model have been in one turn (0 elsewhere)."""
+        turned = self._worker.turned if self._worker is not None else None
+        return 0.0 if turned is None else time.monotonic() - turned
+
     def stats(self) -> EngineStats:
         return self._worker.stats() if self._worker is not None else EngineStats()
 

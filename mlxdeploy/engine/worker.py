@@ -121,6 +121,7 @@ class Worker:
         self._tool_format = tool_format
         self._peers = peers
         self._make_job = make_job
+        self.turned: float | None = None  # when the last lockstep turn ended (peers.py)
         self.counters = Counters()
 
     # -- called from other threads -------------------------------------------------------
@@ -177,7 +178,9 @@ class Worker:
         and steps as the leader does. Any failure ends it on this rank: the ranks could no
         longer agree on the batch."""
         try:
+            self.turned = time.monotonic()
             while self._lockstep_turn(peers):
+                self.turned = time.monotonic()
                 self.counters.queued = self._generator.waiting if self._generator else 0
         except Exception as exc:
             message = f"the distributed model stopped: {exc}"

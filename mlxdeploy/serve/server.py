@@ -125,7 +125,8 @@ async def _serve_on(
     ready_line = f"serving {', '.join(spec.catalog.ids)} on http://{address(spec.host, port)}"
     if peers is not None:
         ready_line += f" ({peers.size} ranks, {peers.strategy} parallel)"
-    watcher = asyncio.create_task(_watch_load(engines, stop, ready_line, lost))
+    stall = spec.distributed.stall_timeout_seconds if spec.distributed else None
+    watcher = asyncio.create_task(_watch_load(engines, stop, ready_line, lost, stall))
     app = create_app(spec, engines, api_keys)
 
     async def drained() -> None:  # Hypercorn stops serving when this returns
@@ -136,15 +137,16 @@ async def _serve_on(
     try:
         await hypercorn_serve(app, config, shutdown_trigger=drained)  # type: ignore[arg-type]
     finally:
+        stalled = watcher.result() if watcher.done() and not watcher.cancelled() else None
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         # A rank lost in a collective may never give its generation thread back.
-        gone = lost is not None and lost.is_set()
+        gone = stalled is not None or (lost is not None and lost.is_set())
         await stop_engines(
             engines, signals.forced, LOST_STOP_SECONDS if gone else STOP_TIMEOUT_SECONDS
         )
-    error = next((engine.error for engine in engines if engine.error), None)
+    error = next((engine.error for engine in engines if engine.error), None) or stalled
     if lost is not None and lost.is_set():
         error = error or LOST_RANK
     if error is None:
@@ -175,11 +177,16 @@ def start_engines(
 
 
 async def _watch_load(
-    engines: list[MLXEngine], stop: asyncio.Event, ready_line: str, lost: asyncio.Event | None
-) -> None:
+    engines: list[MLXEngine],
+    stop: asyncio.Event,
+    ready_line: str,
+    lost: asyncio.Event | None,
+    stall: float | None = None,
+) -> str | None:
     """Stop at the first model that fails to load; say where the server is once all are ready.
-    `lost` (rank 0 of a distributed model): a rank that ended, or a generation thread that
-    ended, stops the server too; the ranks cannot generate again.
+    `lost` (rank 0 of a distributed model): a rank that ended, a generation thread that ended,
+    or a turn of the ranks longer than `stall` seconds stops the server too; the ranks cannot
+    generate again. Returns why it stopped a stalled server.
 
     It polls, rather than waiting in threads, so that no thread outlives a shutdown."""
     while True:
@@ -187,26 +194,37 @@ async def _watch_load(
         if "failed" in states or (lost is not None and lost.is_set()):
             _end_generation(engines, lost)
             stop.set()
-            return
+            return None
         if "loading" not in states:
             break
         await asyncio.sleep(LOAD_POLL_SECONDS)
     # Shown at any --log-level: it names the port (`--port 0`) that clients and tools wait for.
     log.log(max(logging.INFO, log.getEffectiveLevel()), ready_line)
     while lost is not None:  # during a drain too: its requests must not wait on a lost rank
-        if lost.is_set() or any(engine.state == "failed" for engine in engines):
-            _end_generation(engines, lost)
+        stalled = _stall(engines, stall)
+        if stalled or lost.is_set() or any(engine.state == "failed" for engine in engines):
+            _end_generation(engines, lost, stalled)
             stop.set()
-            return
+            return stalled
         await asyncio.sleep(LOAD_POLL_SECONDS)
+    return None
 
 
-def _end_generation(engines: list[MLXEngine], lost: asyncio.Event | None) -> None:
+def _stall(engines: list[MLXEngine], stall: float | None) -> str | None:
+    """Why the ranks are taken as lost when a turn has lasted longer than `stall` seconds."""
+    if stall is None or not any(engine.stalled_seconds() > stall for engine in engines):
+        return None
+    return f"{DISTRIBUTED} stopped: a rank stopped answering (a turn took over {stall:g} s)"
+
+
+def _end_generation(
+    engines: list[MLXEngine], lost: asyncio.Event | None, reason: str | None = None
+) -> None:
     """A distributed model that lost a rank: every request in flight ends with the reason now
     (its generation thread may be stuck in a collective that never returns)."""
     if lost is None:
         return
-    reason = next((e.error for e in engines if e.error), None) or LOST_RANK
+    reason = reason or next((e.error for e in engines if e.error), None) or LOST_RANK
     log.error("stopping: %s", reason)
     for engine in engines:
         engine.abort(reason)

@@ -117,6 +117,13 @@ class DistributedSettings(Section):
     starting_port: int = Field(
         default=32323, ge=1024, le=65000, description="The first port the ranks connect on."
     )
+    stall_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="A turn of the ranks (a decode step, a prompt's reading) still unfinished "
+        "after this means a rank stopped answering without exiting: rank 0 ends its requests "
+        "and the server stops.",
+    )
 
     @model_validator(mode="after")
     def _hosts_or_ranks(self) -> DistributedSettings:

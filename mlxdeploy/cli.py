@@ -5,20 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
-import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import typer.core
 
 from .api.guards.auth import ApiKeys, AuthConfigError, load_api_keys
-from .serve.logs import configure_logging
+from .serve.logs import configure_logging, exit_now
 from .spec import Problem, Spec, SpecError, format_problems, load_spec, spec_json_schema
 
 if TYPE_CHECKING:
@@ -203,16 +201,6 @@ def _serve_ranks(loaded: Spec, spec: Path, flags: RankArgs) -> ServeResult:
     service = service_of(loaded, spec, Path.cwd())
     args = dataclasses.replace(flags, spec=service.spec)
     return serve_ranks(loaded.distributed, args.argv(), service.environment)
-
-
-def exit_now(code: int) -> NoReturn:
-    """End a server process with `code`. The interpreter's own teardown can abort in MLX's
-    native threads (`terminate called without an active exception`, exit -6); a server that
-    has stopped has nothing left to finalize but its logs."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def _load_for_serving(

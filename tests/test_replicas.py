@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from mlxdeploy.cli import app
 from tests.conftest import write_spec
 from tests.logwait import wait_for_log
+from tests.processes import alive, descendants
 from tests.servers import RunningServer, start_server, stop_server
 from tests.test_auth import ENV_KEYS, ENV_NAME, FILE_KEY, bearer, write_auth_spec
-from tests.test_sharded import alive
 
 pytest.importorskip("ray.serve")  # the `ray` extra, which `make install` installs
 
@@ -131,26 +131,7 @@ def test_metrics_through_the_proxy(cluster: RunningServer) -> None:
 
 def replica_pids(root: int) -> list[int]:
     """The replica actors' processes among `root`'s descendants."""
-    children: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            names[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        for child in children.get(pid, []):
-            todo.append(child)
-            if names.get(child, "").startswith("ray::ServeReplica"):
-                found.append(child)
-    return found
+    return [p.pid for p in descendants(root) if p.command.startswith("ray::ServeReplica")]
 
 
 @pytest.mark.process

@@ -108,12 +108,14 @@ def test_unreadable_mlx_lm_sources_are_one_problem(
     (fake / "utils.py").write_text("MODEL_REMAPPING = {\n")  # cut short
     monkeypatch.setattr(sharding, "_mlx_lm_dir", lambda: fake)
     sharding.splits_of.cache_clear()
+    sharding._remapping.cache_clear()
     try:
         path = tmp_path / "spec.yaml"
         path.write_text(f"model: {tiny_model_dir}\ndistributed: {{ranks: 2}}\n")
         problem = single_problem(path)
     finally:
         sharding.splits_of.cache_clear()
+        sharding._remapping.cache_clear()
     assert problem.startswith(f"{path}:1:8: model: cannot check the split: cannot read mlx-lm's")
 
 

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from mlxdeploy.cli import app
 from tests.conftest import DEMO_MODEL, TINY_CONFIG, make_tiny_model, write_spec
+from tests.processes import alive, descendants
 from tests.servers import RunningServer, start_server, stop_server
 
 RANKS = 2
@@ -181,15 +182,6 @@ def test_sigterm_stops_every_rank_with_status_0(tiny_model_dir: Path, tmp_path: 
     assert "rank 1: " in server.log() and "Traceback" not in server.log()
 
 
-def alive(pid: int) -> bool:
-    """Whether `pid` is a process that has not ended (a zombie has)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.process
 def test_pipeline_parallel_equals_one_process(
     demo_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -208,32 +200,11 @@ def test_pipeline_parallel_equals_one_process(
 
 def rank_pids(root: int) -> dict[int, int]:
     """rank -> pid of the ranks among `root`'s descendants (mlx.launch sets MLX_RANK)."""
-    ranks = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"mlxdeploy.serve.sharded.rank" not in command or not _descends(int(entry.name), root):
-            continue
-        for variable in environ:
-            if variable.startswith(b"MLX_RANK="):
-                ranks[int(variable.split(b"=", 1)[1])] = int(entry.name)
-    return ranks
-
-
-def _descends(pid: int, root: int) -> bool:
-    while pid > 1:
-        if pid == root:
-            return True
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            return False
-    return False
+    return {
+        int(p.environ["MLX_RANK"]): p.pid
+        for p in descendants(root)
+        if "mlxdeploy.serve.sharded.rank" in p.command and "MLX_RANK" in p.environ
+    }
 
 
 @pytest.mark.process

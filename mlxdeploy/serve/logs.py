@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from hypercorn.logging import Logger as HypercornLogger
 from hypercorn.typing import ResponseSummary, WWWScope
@@ -62,6 +63,16 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, value: Any) -> None:
         pass  # always the current sys.stderr
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a server process with `code`. The interpreter's own teardown can abort in MLX's
+    native threads (`terminate called without an active exception`, exit -6); a server that
+    has stopped has nothing left to finalize but its logs."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def configure_logging(settings: ServerSettings, level: str) -> None:

@@ -93,6 +93,21 @@ def bound_port(sockets: Sockets, requested: int) -> int:
     return requested
 
 
+def cannot_listen(spec: Spec, exc: OSError) -> ServeResult:
+    where = address(spec.host, spec.port)
+    return ServeResult(1, f"cannot listen on {where}: {exc.strerror or exc}", "port")
+
+
+def free_port_of(spec: Spec) -> int:
+    """The port the spec names (port 0: one the kernel picks), found free now; OSError when it
+    is not. For a server that another process binds later (Ray Serve's proxy)."""
+    sockets = listen(hypercorn_config(spec))
+    try:
+        return bound_port(sockets, spec.port)
+    finally:
+        close_sockets(sockets)
+
+
 async def serve(
     spec: Spec, api_keys: ApiKeys | None = None, peers: Peers | None = None
 ) -> ServeResult:
@@ -101,8 +116,7 @@ async def serve(
     try:
         sockets = listen(config)
     except OSError as exc:
-        where = address(spec.host, spec.port)
-        return ServeResult(1, f"cannot listen on {where}: {exc.strerror or exc}", "port")
+        return cannot_listen(spec, exc)
     try:
         return await _serve_on(spec, api_keys, config, bound_port(sockets, spec.port), peers)
     finally:
@@ -192,7 +206,8 @@ async def _watch_load(
     while True:
         states = {engine.state for engine in engines}
         if "failed" in states or (lost is not None and lost.is_set()):
-            _end_generation(engines, lost)
+            if lost is not None:
+                _end_generation(engines)
             stop.set()
             return None
         if "loading" not in states:
@@ -203,7 +218,7 @@ async def _watch_load(
     while lost is not None:  # during a drain too: its requests must not wait on a lost rank
         stalled = _stall(engines, stall)
         if stalled or lost.is_set() or any(engine.state == "failed" for engine in engines):
-            _end_generation(engines, lost, stalled)
+            _end_generation(engines, stalled)
             stop.set()
             return stalled
         await asyncio.sleep(LOAD_POLL_SECONDS)
@@ -217,13 +232,9 @@ def _stall(engines: list[MLXEngine], stall: float | None) -> str | None:
     return f"{DISTRIBUTED} stopped: a rank stopped answering (a turn took over {stall:g} s)"
 
 
-def _end_generation(
-    engines: list[MLXEngine], lost: asyncio.Event | None, reason: str | None = None
-) -> None:
+def _end_generation(engines: list[MLXEngine], reason: str | None = None) -> None:
     """A distributed model that lost a rank: every request in flight ends with the reason now
     (its generation thread may be stuck in a collective that never returns)."""
-    if lost is None:
-        return
     reason = reason or next((e.error for e in engines if e.error), None) or LOST_RANK
     log.error("stopping: %s", reason)
     for engine in engines:

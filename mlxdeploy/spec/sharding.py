@@ -103,17 +103,21 @@ def _mlx_lm_dir() -> Path:
 
 
 def _remapped(model_type: str) -> str:
-    """mlx-lm's MODEL_REMAPPING (model types served by another type's module), read from its
-    source."""
+    return str(_remapping().get(model_type, model_type))
+
+
+@functools.cache
+def _remapping() -> dict[str, str]:
+    """mlx-lm's MODEL_REMAPPING (model types served by another type's module), read once from
+    its source."""
     for node in _parse(_mlx_lm_dir() / "utils.py").body:
         target, value = _assignment(node)
         if target == "MODEL_REMAPPING" and value is not None:
             try:
-                mapping = ast.literal_eval(value)
+                return dict(ast.literal_eval(value))
             except ValueError as error:
                 raise ValueError(f"cannot read mlx-lm's MODEL_REMAPPING: {error}") from None
-            return str(mapping.get(model_type, model_type))
-    return model_type
+    return {}
 
 
 def _assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
@@ -171,7 +175,7 @@ def model_problem(config: Mapping[str, Any], ranks: int, strategy: Strategy) -> 
         if unsupported is not None:
             return unsupported
     problem = split_problem(config, ranks, strategy)
-    layers_too = isinstance(model_type, str) and support_problem(model_type, "pipeline") is None
+    layers_too = isinstance(model_type, str) and "pipeline" in (splits_of(model_type) or ())
     if problem is not None and strategy == "tensor" and layers_too:
         problem += ", or strategy: pipeline"
     return problem

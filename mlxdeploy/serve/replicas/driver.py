@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ...spec.load import load_spec
 from ...spec.problems import SpecError
-from ..logs import configure_logging
+from ..logs import configure_logging, exit_now
 from .launch import DriverPlan, drive
 
 
@@ -28,6 +28,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from ...cli import exit_now
-
     exit_now(main())

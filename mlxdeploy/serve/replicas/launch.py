@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from typing import Any
 
 from ...spec.scale import ClusterSettings
 from ...spec.settings import Spec
-from ..server import ServeResult, address
+from ..server import ServeResult, address, cannot_listen, free_port_of
 from .options import ReplicaArgs, http_options
 
 log = logging.getLogger("mlxdeploy.server")
@@ -28,30 +27,14 @@ LOCAL_OBJECT_STORE_BYTES = 256 << 20
 STOP_POLL_SECONDS = 0.5
 
 
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_problem(host: str, port: int) -> str | None:
-    """Whether Serve's proxy could listen there: told now, not after Ray has started."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return f"cannot listen on {address(host, port)}: {exc.strerror or exc}"
-    return None
-
-
 def serve_replicas(spec: Spec, args: ReplicaArgs, env: dict[str, str]) -> ServeResult:
     """Run the Ray driver (`driver.py`) in a session of its own, so that the Ray processes it
     starts never see the terminal's Ctrl-C (which would kill them under the replicas); this
     process hands it SIGINT/SIGTERM as a request to drain, and ends with its exit status."""
-    port = spec.port or free_port(spec.host)
-    problem = port_problem(spec.host, port)
-    if problem is not None:
-        return ServeResult(1, problem, "port")
+    try:  # told now, not after Ray has started
+        port = free_port_of(spec)
+    except OSError as exc:
+        return cannot_listen(spec, exc)
     if importlib.util.find_spec("ray") is None:
         return ServeResult(1, "cluster needs Ray Serve: pip install 'mlxdeploy[ray]'", "cluster")
     plan = DriverPlan(args, port, env)

@@ -24,7 +24,7 @@ from ...engine.weights.blas import load_fast_blas
 from ...spec.load import load_spec
 from ...spec.problems import SpecError
 from ...spec.settings import Spec
-from ..logs import configure_logging
+from ..logs import configure_logging, exit_now
 
 if TYPE_CHECKING:
     from ...engine.peers import Peers
@@ -146,6 +146,4 @@ def name_the_rank(rank: int) -> None:
 
 
 if __name__ == "__main__":
-    from ...cli import exit_now
-
     exit_now(main(sys.argv[1:]))

@@ -135,7 +135,7 @@ def make_tiny_model(
     from mlx.utils import tree_flatten
 
     for name in TOKENIZER_FILES:
-        if (demo_dir / name).exists():
+        if (demo_dir / name).exists() and demo_dir != out:
             shutil.copy(demo_dir / name, out / name)
     (out / "config.json").write_text(json.dumps(config))
     mx.random.seed(seed)
@@ -234,3 +234,11 @@ def no_warmup() -> Iterator[None]:
         os.environ.pop(WARMUP_ENV, None)
     else:
         os.environ[WARMUP_ENV] = old
+
+
+@pytest.fixture(scope="session")
+def thinking_model_dir(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random thinking model: Qwen3's template, whose prompt opens the thinking."""
+    from tests.thinking import make_thinking_model
+
+    return make_thinking_model(tmp_path_factory.mktemp("thinking-llama"), demo_dir)

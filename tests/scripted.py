@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mlxdeploy.engine.api import (
     EngineState,
@@ -18,6 +19,7 @@ from mlxdeploy.engine.api import (
     FinishReason,
     Prompt,
     PromptRejected,
+    Reasoning,
     RequestInfo,
     RequestState,
     RoleOverride,
@@ -78,6 +80,9 @@ class ScriptedEngine:
     # When given: each generation stops after its first piece until the event is set.
     hold: threading.Event | None = None
     flights: list[Flight] = field(default_factory=list)  # the requests in flight
+    # A thinking model: these pieces of thinking come first (each counts as a token).
+    thoughts: tuple[str, ...] = ()
+    template_args: list[dict[str, Any]] = field(default_factory=list)  # each prepare's
     _aborted: str | None = None
     _busy: int = 0
 
@@ -86,13 +91,19 @@ class ScriptedEngine:
         turns: Sequence[Turn],
         role_override: RoleOverride | None,
         tools: ToolUse | None = None,
+        template_args: Mapping[str, Any] | None = None,
     ) -> Prompt:
+        self.template_args.append(dict(template_args or {}))
         self.turns.append(list(turns))
         self.tools.append([] if tools is None else list(tools.tools))
         text = "".join(f"{turn.role}:{turn.content}\n" for turn in turns)
         if not text.strip():
             raise PromptRejected("the prompt is empty after formatting")
         return Prompt([ord(c) for c in text])
+
+    @property
+    def thinks(self) -> bool:
+        return bool(self.thoughts)
 
     def prepare_text(self, text: str) -> Prompt:
         if not text:
@@ -131,6 +142,8 @@ class ScriptedEngine:
                 done = True
                 yield Failed(self._aborted)
                 return
+            for thought in self.thoughts:
+                yield Reasoning(thought)
             pieces = self.pieces[: params.max_tokens]
             reason: FinishReason = "length" if len(self.pieces) > params.max_tokens else "stop"
             for index, piece in enumerate(pieces):
@@ -146,7 +159,9 @@ class ScriptedEngine:
                 flight.completion_tokens += 1
                 yield Text(piece)
             done = True
-            yield Finished(reason, len(prompt.tokens), len(pieces), 0)
+            thought = len(self.thoughts)
+            used = len(pieces) + thought
+            yield Finished(reason, len(prompt.tokens), used, 0, reasoning_tokens=thought)
         finally:
             self.running -= 1
             if admitted:

@@ -1,5 +1,6 @@
-"""Per-request limits through the app in-process on the real engine: body size, max_tokens,
-context, timeouts; and the run wrapper's deadline against an engine that loses cancellations."""
+"""Per-request limits through the app in-process on the real engine: body size, max_tokens
+(clamped), context, timeouts; and the run wrapper's deadline against an engine that loses
+cancellations."""
 
 from __future__ import annotations
 
@@ -103,13 +104,19 @@ def test_chunked_body_over_the_limit_is_413(capped: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("param", ["max_tokens", "max_completion_tokens"])
-def test_max_tokens_above_the_cap_is_400(capped: httpx.Client, param: str) -> None:
-    response = capped.post(CHAT, json={"messages": USER, param: TOKEN_CAP + 1})
-    error = assert_error(response, 400, "integer_above_max_value")
-    assert error["param"] == param
-    assert str(TOKEN_CAP) in error["message"]
+def test_max_tokens_above_the_cap_is_clamped(capped: httpx.Client, param: str) -> None:
+    """limits.max_tokens_exceeded: clamp, the default (tests/test_unused_fields.py: reject)."""
+    body = {"messages": USER, param: TOKEN_CAP + 1, "temperature": 0, "stop": []}
+    response = capped.post(CHAT, json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-unused-fields"] == f"{param} (clamped to {TOKEN_CAP})"
+    reply = response.json()
+    assert reply["usage"]["completion_tokens"] <= TOKEN_CAP
+    if reply["choices"][0]["finish_reason"] == "length":
+        assert reply["usage"]["completion_tokens"] == TOKEN_CAP
     ok = capped.post(CHAT, json={"messages": USER, param: TOKEN_CAP})
     assert ok.status_code == 200
+    assert "x-unused-fields" not in ok.headers
 
 
 def test_default_max_tokens_is_capped(capped: httpx.Client) -> None:

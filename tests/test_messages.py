@@ -301,13 +301,10 @@ def test_a_missing_max_tokens_is_anthropics_400(
 @pytest.mark.parametrize(
     "body",
     [
-        {"max_tokens": 5, "messages": HELLO, "thinking": {"type": "enabled", "budget_tokens": 9}},
         {"max_tokens": 5, "messages": HELLO, "frobnicate": True},
         {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image"}]}]},
         {"max_tokens": 5, "messages": HELLO, "tool_choice": {"type": "any"}},
-        {"max_tokens": 10**6, "messages": HELLO},
         {"max_tokens": 5, "messages": HELLO, "temperature": 1.5},
-        {"max_tokens": 5, "messages": HELLO, "output_config": {"effort": "high"}},
         {"max_tokens": 5, "messages": [*HELLO, {"role": "assistant", "content": "The answer is"}]},
         {
             "max_tokens": 5,

@@ -1,5 +1,6 @@
 """No request field is silently dropped: a field that would change the answer and is not
-implemented is a 400 `unsupported_parameter` naming it; metadata and default values pass."""
+implemented is a 400 `unsupported_parameter` naming it; labels, hints and default values pass
+(tests/test_unused_fields.py: how the labels and hints are named, and the strict policy)."""
 
 from __future__ import annotations
 
@@ -44,15 +45,9 @@ REFUSED_CHAT: list[tuple[str, Any]] = [
     ("function_call", {"name": "f"}),
     ("audio", {"voice": "alloy", "format": "wav"}),
     ("modalities", ["text", "audio"]),
-    ("prediction", {"type": "content", "content": "x"}),
-    ("web_search_options", {}),
-    ("reasoning_effort", "low"),
-    ("verbosity", "low"),
+    ("moderation", True),
     # mlx_lm.server extensions this server does not implement
     ("adapters", "adapters/"),
-    ("draft_model", "some/draft"),
-    ("num_draft_tokens", 3),
-    ("chat_template_kwargs", {"enable_thinking": False}),
     # no one's field at all
     ("temprature", 0.5),
 ]
@@ -72,7 +67,7 @@ def test_the_message_names_every_refused_field_and_what_to_send(http: httpx.Clie
 
 
 ACCEPTED_CHAT: dict[str, Any] = {
-    # metadata
+    # labels
     "user": "u-1",
     "metadata": {"team": "a"},
     "store": False,
@@ -80,6 +75,12 @@ ACCEPTED_CHAT: dict[str, Any] = {
     "prompt_cache_key": "k",
     "safety_identifier": "s",
     "stream_options": None,
+    # hints this server declines
+    "prediction": {"type": "content", "content": "x"},
+    "web_search_options": {},
+    "verbosity": "low",
+    "draft_model": "some/draft",
+    "num_draft_tokens": 3,
     # values that mean what this server does anyway
     "n": 1,
     "logprobs": False,
@@ -97,7 +98,7 @@ ACCEPTED_CHAT: dict[str, Any] = {
 }
 
 
-def test_metadata_and_default_values_are_accepted(http: httpx.Client) -> None:
+def test_labels_hints_and_default_values_are_accepted(http: httpx.Client) -> None:
     body = {"messages": USER, "max_tokens": 1, **ACCEPTED_CHAT}
     response = http.post(CHAT, json=body)
     assert response.status_code == 200, response.text
@@ -110,7 +111,7 @@ def test_metadata_and_default_values_are_accepted(http: httpx.Client) -> None:
         ("echo", True),
         ("best_of", 2),
         ("suffix", "end"),
-        ("draft_model", "some/draft"),
+        ("adapters", "adapters/"),
         ("messages", USER),  # a chat field on the text route
     ],
 )
@@ -134,9 +135,9 @@ def test_the_official_client_sees_the_code_and_param(tiny_app: InProcessApp) -> 
     client = tiny_app.openai(api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="tiny", messages=USER, prediction={"type": "content", "content": "x"}
-        )  # type: ignore[arg-type]
-    assert (info.value.code, info.value.param) == ("unsupported_parameter", "prediction")
+            model="tiny", messages=USER, extra_body={"adapters": "adapters/"}
+        )
+    assert (info.value.code, info.value.param) == ("unsupported_parameter", "adapters")
 
 
 @pytest.mark.parametrize(
@@ -183,11 +184,10 @@ def test_a_preset_route_refuses_them_too(tiny_model_dir: Path, tmp_path: Path) -
 def test_rules_never_shadow_an_implemented_field(
     model: type[BaseModel], rules: Mapping[str, unsupported.Rule]
 ) -> None:
-    """A rule or metadata entry for a field the model implements would never be consulted."""
+    """A rule for a field the model implements would never be consulted."""
     implemented = set(model.model_fields)
     assert not implemented & set(rules)
-    assert not implemented & unsupported.IGNORED
-    assert not set(rules) & unsupported.IGNORED
+    assert set(unsupported.METADATA) <= set(rules)  # labels on every route
 
 
 def test_a_body_of_many_unknown_fields_gets_a_short_message(http: httpx.Client) -> None:

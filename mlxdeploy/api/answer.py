@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..engine.api import (
     Finished,
+    Reasoning,
     Text,
     TokenLogprob,
     ToolCall,
@@ -28,9 +29,12 @@ class Answer:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # the text's tokens, when asked
     _calls: list[_Call] = field(default_factory=list)
     finished: Finished | None = None  # how the choice ended, once it has
+    thoughts: list[str] = field(default_factory=list)  # a thinking model's thinking
 
-    def add(self, event: Text | ToolCallStarted | ToolCallArguments) -> None:
-        if isinstance(event, Text):
+    def add(self, event: Text | Reasoning | ToolCallStarted | ToolCallArguments) -> None:
+        if isinstance(event, Reasoning):
+            self.thoughts.append(event.text)
+        elif isinstance(event, Text):
             self.parts.append(event.text)
             self.logprobs.extend(event.logprobs)
         elif isinstance(event, ToolCallStarted):
@@ -41,6 +45,11 @@ class Answer:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    @property
+    def reasoning(self) -> str | None:
+        """The thinking, or None when the model did not think."""
+        return "".join(self.thoughts) if self.thoughts else None
 
     @property
     def tool_calls(self) -> list[ToolCall]:

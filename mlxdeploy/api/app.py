@@ -28,6 +28,7 @@ from .responses.store import ResponseStore
 from .routing import Targets
 from .serving import Generation
 from .status import status
+from .unused import install_unused_fields
 from .wire import now
 
 View = Callable[..., Awaitable[Response]]
@@ -76,6 +77,7 @@ def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None =
         app.add_url_rule(route.path, route.endpoint, view, methods=[route.method])
 
     install_gate(app, spec, api_keys or load_api_keys(spec.auth, spec.base_dir))
+    install_unused_fields(app, spec.limits)
     register_error_handlers(app)
     asgi = RequestScope(app.asgi_app)  # closes each request's runs, however it ends
     app.asgi_app = RequestMetrics(asgi, metrics, app.url_map)  # type: ignore[method-assign]

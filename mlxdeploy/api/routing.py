@@ -4,15 +4,19 @@ resolve to a `Target` (an engine, its admission, and the settings that shape the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..engine.api import Engine, RoleOverride, Turn, has_system_turn
 from ..spec.catalog import Catalog, Preset
 from ..spec.formats import ResponseFormat
+from ..spec.reasoning import ReasoningSettings
 from ..spec.settings import EngineSettings, SamplingDefaults
 from ..spec.templates import TemplateProblem
 from .errors import APIError, InvalidRequest, ModelNotFound, Unavailable
 from .guards.admission import Admission
+from .reasoning import Thinking, ThinkingAsk, resolve_thinking
+from .seal import Sealer
+from .unused import unused_fields
 
 
 @dataclass(frozen=True)
@@ -23,11 +27,26 @@ class Target:
     defaults: SamplingDefaults
     stop: tuple[str, ...]
     preset: Preset | None = None
+    reasoning: ReasoningSettings = field(default_factory=ReasoningSettings)
+    sealer: Sealer = field(default_factory=Sealer)  # seals the thinking given to clients
 
     @property
     def response_format(self) -> ResponseFormat | None:
         """The preset's response format, for requests that set none of their own."""
         return None if self.preset is None else self.preset.response_format
+
+    def thinking(self, ask: ThinkingAsk) -> Thinking:
+        """What the request asks of the thinking, over this model's reasoning settings."""
+        return resolve_thinking(ask, self.reasoning, self.engine.thinks, unused_fields())
+
+    def check_text_only(self, media: str | None) -> None:
+        """A 400 for an image (or another medium) sent to a model that reads text only."""
+        if media is not None:
+            raise InvalidRequest(
+                f"model '{self.id}' reads text only; it cannot take the image or document "
+                f"at {media}: send text, or use a model that reads images",
+                param=media,
+            )
 
     def check_ready(self) -> None:
         state = self.engine.state
@@ -68,16 +87,23 @@ class Targets:
     ) -> None:
         self._by_id: dict[str, Target] = {}
         self.admissions: list[Admission] = []  # one per model; its presets share it
+        unkeyed = Sealer()  # for models whose spec names no seal key: one per start
         for model in catalog.models:
             admission = Admission(limit=settings.max_batch_size + settings.max_queue)
             engine = engines[model.id]
             self.admissions.append(admission)
-            self._by_id[model.id] = Target(model.id, engine, admission, model.defaults, model.stop)
+            key = model.reasoning.seal_key
+            sealer = unkeyed if key is None else Sealer(key.get_secret_value())
+            self._by_id[model.id] = Target(
+                model.id, engine, admission, model.defaults, model.stop, None,
+                model.reasoning, sealer,
+            )  # fmt: skip
         for preset in catalog.presets:
             base = self._by_id[preset.model_id]
             self._by_id[preset.name] = Target(
-                preset.name, base.engine, base.admission, preset.defaults, preset.stop, preset
-            )
+                preset.name, base.engine, base.admission, preset.defaults, preset.stop, preset,
+                base.reasoning, base.sealer,
+            )  # fmt: skip
         self.default = self._by_id[catalog.models[0].id]
 
     def lookup(self, requested: str | None) -> Target:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +25,7 @@ from ..engine.api import (
     Progress,
     Prompt,
     PromptRejected,
+    Reasoning,
     Text,
     ToolCallArguments,
     ToolCallStarted,
@@ -35,9 +37,11 @@ from .asgi import request_exit_stack
 from .errors import GenerationFailed, InvalidRequest, RequestTimeout, json_response
 from .guards.limits import check_context, check_logit_bias, check_max_tokens, check_n
 from .metrics import Metrics
+from .reasoning import Thinking
 from .routing import Target
 from .run import Deadline, Run
 from .sse import DONE, KEEP_ALIVE, event_stream, sse_event
+from .unused import unused_fields
 from .wire import ErrorBody, ErrorDetail, SamplingFields, Usage, usage_of
 
 
@@ -55,6 +59,8 @@ class Format(Assembler, Protocol):
     def opening_event(self, index: int) -> str | None: ...
 
     def content_event(self, event: Text, index: int) -> str: ...
+
+    def reasoning_event(self, event: Reasoning, index: int) -> str: ...
 
     def call_event(self, event: ToolCallStarted | ToolCallArguments, index: int) -> str: ...
 
@@ -76,8 +82,9 @@ class Generation:
         fmt: Format,
         prompt_param: str = "messages",
         tools: ToolUse | None = None,
+        thinking: Thinking | None = None,
     ) -> Response:
-        run = await self.start(target, body, prepare, prompt_param, tools)
+        run = await self.start(target, body, prepare, prompt_param, tools, thinking)
         if body.stream:
             return event_stream(stream(run, fmt))
         return json_response(await complete(run, fmt))
@@ -89,11 +96,12 @@ class Generation:
         prepare: Callable[[], Prompt],
         prompt_param: str,
         tools: ToolUse | None = None,
+        thinking: Thinking | None = None,
     ) -> Run:
         """Checks and admission, then the prompt. The slot is the request scope's to free
-        until the run's stream claims it."""
+        until the run's stream claims it. `thinking`: a thinking model's budget."""
         deadline = Deadline.start(self.limits.request_timeout_seconds)
-        check_max_tokens(body, self.limits)
+        check_max_tokens(body, self.limits, unused_fields())
         check_n(body, self.limits)
         target.check_ready()
         slot = target.admission.enter()
@@ -103,6 +111,8 @@ class Generation:
         params = body.to_sampling_params(
             target.defaults, target.stop, self.limits, target.response_format, tools
         )
+        if thinking is not None and thinking.budget is not None:
+            params = dataclasses.replace(params, thinking_budget=thinking.budget)
         check_logit_bias(params, target.engine.vocab_size)
         observe = self.metrics.first_token_observer(target.engine.model_id)
         label = g.get("request_id", "")
@@ -122,7 +132,7 @@ async def complete(run: Run, fmt: Assembler) -> BaseModel:
     answers = [Answer() for _ in range(run.n)]
     async with contextlib.aclosing(run.events()) as events:
         async for index, event in events:
-            if isinstance(event, Text | ToolCallStarted | ToolCallArguments):
+            if isinstance(event, Text | Reasoning | ToolCallStarted | ToolCallArguments):
                 answers[index].add(event)
             elif isinstance(event, Failed):
                 raise GenerationFailed(event.message)
@@ -149,6 +159,8 @@ async def stream(run: Run, fmt: Format) -> AsyncIterator[str]:
                     yield KEEP_ALIVE
                 elif isinstance(event, Text):
                     yield fmt.content_event(event, index)
+                elif isinstance(event, Reasoning):
+                    yield fmt.reasoning_event(event, index)
                 elif isinstance(event, ToolCallStarted | ToolCallArguments):
                     yield fmt.call_event(event, index)
                 elif isinstance(event, Failed):
@@ -175,6 +187,8 @@ class Renderer(Protocol):
     def keep_alive(self) -> str: ...
 
     def text(self, event: Text) -> list[str]: ...
+
+    def reasoning(self, event: Reasoning) -> list[str]: ...
 
     def call(self, event: ToolCallStarted | ToolCallArguments) -> list[str]: ...
 
@@ -203,6 +217,8 @@ async def stream_one(run: Run, renderer: Renderer) -> AsyncIterator[str]:
 def _render(renderer: Renderer, event: object) -> list[str]:
     if isinstance(event, Text):
         return renderer.text(event)
+    if isinstance(event, Reasoning):
+        return renderer.reasoning(event)
     if isinstance(event, ToolCallStarted | ToolCallArguments):
         return renderer.call(event)
     if isinstance(event, Finished):

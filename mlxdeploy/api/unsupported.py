@@ -1,12 +1,21 @@
-"""Request fields this server does not implement: a 400 naming the field, never a silent drop.
+"""Request fields this server does not implement, judged before a wire model validates: a field
+that would change the answer is a 400 naming it, never a silent drop; a field that only labels,
+or only hints, is accepted and named as unused (`unused.py`).
 
-A request's field is one of four kinds:
+A request's field is one of five kinds:
 - implemented: a field of the request model (checked there, strictly);
-- metadata: `IGNORED`, accepted and ignored because it cannot change the answer;
-- known but not implemented: a `Rule` in `CHAT` / `TEXT`, accepted only with a value that means
-  what this server does anyway (`n: 1`, `echo: false`, `modalities: ["text"]`, ...);
-- anything else (an OpenAI field without a rule, a misspelling, another server's extension):
-  unknown, always a 400.
+- a label (`LABEL` rules, `METADATA` on every route): it labels, bills, routes or caches the
+  request on another service's side, and cannot change the text generated. Accepted and noted
+  as unused;
+- a hint (`HINT` rules): a hint, or an offer the model may decline (`prediction`, `verbosity`,
+  a hosted search, speculative decoding). Values that mean what this server does anyway pass
+  (`truncation: "disabled"`); any other is accepted and noted as unused, or, under
+  `limits.unused_fields: reject`, a 400 (the refusal says what is not supported);
+- changes the answer (`ANSWER` rules): accepted only with a value that means what this server
+  does anyway (`n: 1`, `echo: false`, `modalities: ["text"]`, ...); any other is a 400 under
+  either policy;
+- anything else (a field without a rule, a misspelling, another server's extension): unknown,
+  always a 400: a misspelt `temprature` must not pass as a hint.
 JSON null means "not set" for every field that has a rule, as OpenAI's own API treats it."""
 
 from __future__ import annotations
@@ -14,37 +23,31 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import ValidationInfo
 
 from .errors import InvalidRequest
+from .unused import unused_of
 
 CODE = "unsupported_parameter"
 MENTIONED = 8  # a body may have thousands of unknown fields; the message names the first
 
-IGNORED: frozenset[str] = frozenset(
-    {
-        # OpenAI's CreateChatCompletionRequest / CreateCompletionRequest fields that only label,
-        # bill, route or store a request on OpenAI's side; the text generated is the same.
-        "user",
-        "metadata",
-        "store",
-        "service_tier",
-        "safety_identifier",
-        "prompt_cache_key",
-        "prompt_cache_retention",
-        "prompt_cache_options",
-    }
-)
-"""Metadata fields: accepted and ignored on every completion route."""
+Kind = Literal["answer", "hint", "label"]
+ANSWER: Kind = "answer"
+HINT: Kind = "hint"
+LABEL: Kind = "label"
 
 
 @dataclass(frozen=True)
 class Rule:
     """A field known but not implemented: `accepts` says which values mean this server's
-    behaviour anyway; any other value is a 400 with `hint` (what to send instead)."""
+    behaviour anyway; any other value is a 400 saying `refusal` (what to send instead), or,
+    for a hint or a label, accepted and noted as unused (see the module's docstring)."""
 
     accepts: Callable[[Any], bool]
-    hint: str
+    refusal: str
+    kind: Kind = ANSWER
 
 
 def _only(*values: Any) -> Callable[[Any], bool]:
@@ -64,15 +67,45 @@ def _text_modality(value: Any) -> bool:
     return value == ["text"]
 
 
+def _label() -> Rule:
+    return Rule(_nothing, "accepted as a label", LABEL)  # the refusal is never shown
+
+
+def _hint(refusal: str, accepts: Callable[[Any], bool] = _nothing) -> Rule:
+    return Rule(accepts, refusal, HINT)
+
+
+METADATA: Mapping[str, Rule] = MappingProxyType(
+    {
+        # OpenAI's request fields that only label, bill, route or cache a request on OpenAI's
+        # side (prompts are cached here by prefix anyway); the text generated is the same.
+        name: _label()
+        for name in (
+            "user",
+            "metadata",
+            "store",
+            "service_tier",
+            "safety_identifier",
+            "prompt_cache_key",
+            "prompt_cache_retention",
+            "prompt_cache_options",
+        )
+    }
+)
+"""Labels accepted on every completion route, unless the route implements the field."""
+
 LEGACY_FUNCTIONS = "the deprecated functions API is not supported; send tools and tool_choice"
 NOT_SUPPORTED = "this server has no such setting; leave it out"
+SPECULATIVE = "speculative decoding is not supported"
 
 _SHARED: Mapping[str, Rule] = MappingProxyType(
     {
-        # mlx_lm.server extensions this server does not implement.
+        **METADATA,
+        # mlx_lm.server extensions this server does not implement. Speculative decoding only
+        # makes generation faster (the draft's tokens are verified), so it is a hint.
         "adapters": Rule(_nothing, "LoRA adapters are not supported"),
-        "draft_model": Rule(_nothing, "speculative decoding is not supported"),
-        "num_draft_tokens": Rule(_nothing, "speculative decoding is not supported"),
+        "draft_model": _hint(SPECULATIVE),
+        "num_draft_tokens": _hint(SPECULATIVE),
     }
 )
 
@@ -84,14 +117,14 @@ CHAT: Mapping[str, Rule] = MappingProxyType(
         "function_call": Rule(_only("none", "auto"), LEGACY_FUNCTIONS),
         "modalities": Rule(_text_modality, 'only text is generated; send ["text"]'),
         "audio": Rule(_nothing, "audio output is not supported"),
-        "prediction": Rule(_nothing, "predicted outputs are not supported"),
-        "web_search_options": Rule(_nothing, "web search is not supported"),
-        "reasoning_effort": Rule(_nothing, NOT_SUPPORTED),
-        "verbosity": Rule(_nothing, NOT_SUPPORTED),
+        # A predicted output only makes generation faster; the answer is the same.
+        "prediction": _hint("predicted outputs are not supported"),
+        # A hosted search is an offer the model may decline: it answers from what it knows.
+        "web_search_options": _hint("web search is not supported"),
+        # Verbosity steers the answer's length the way a sentence of the prompt would, with no
+        # bound a client could check, and coding agents send it by default: a hint.
+        "verbosity": _hint("verbosity is not supported"),
         "moderation": Rule(_nothing, "moderation is not supported"),
-        "chat_template_kwargs": Rule(
-            _nothing, "per-request chat template arguments are not supported"
-        ),
     }
 )
 """Rules for /v1/chat/completions and the preset routes (they take a chat body)."""
@@ -114,9 +147,11 @@ def _obfuscation_only(value: Any) -> bool:
 
 RESPONSES: Mapping[str, Rule] = MappingProxyType(
     {
-        "truncation": Rule(_only("disabled"), 'the input is never truncated; send "disabled"'),
-        "include": Rule(_empty_list, "no extra output data is available; leave include out"),
-        "reasoning": Rule(_nothing, "reasoning settings are not supported"),
+        **METADATA,
+        "client_metadata": _label(),
+        # "auto" lets the server drop the oldest input when it overflows the context; here an
+        # overflow is still a 400 (context_length_exceeded), so nothing is dropped unseen.
+        "truncation": _hint("the input is never truncated", _only("disabled")),
         "background": Rule(_only(False), "background responses are not supported; send false"),
         "max_tool_calls": Rule(_nothing, "a limit on tool calls is not supported"),
         "top_logprobs": Rule(_only(0), "log-probabilities are not reported here; send 0"),
@@ -129,63 +164,74 @@ RESPONSES: Mapping[str, Rule] = MappingProxyType(
 """Rules for /v1/responses (OpenAI's Responses API)."""
 
 
-def check_fields(data: Any, implemented: Iterable[str], rules: Mapping[str, Rule]) -> None:
-    """Raise the 400 for the first field of `data` that would be silently dropped; its
-    message names every such field."""
-    if not isinstance(data, dict):
-        return  # not an object: the model's own validation says so
-    known = set(implemented) | IGNORED
-    refused = [
-        (name, _reason(name, data[name], rules))
-        for name in data
-        if name not in known and not _accepted(name, data[name], rules)
-    ]
-    if not refused:
-        return
-    named = [f"unsupported parameter '{name}': {reason}" for name, reason in refused[:MENTIONED]]
-    if len(refused) > MENTIONED:
-        named.append(f"and {len(refused) - MENTIONED} more unsupported parameters")
-    message = "; ".join(named)
-    raise InvalidRequest(message, param=refused[0][0], code=CODE)
-
-
-def _accepted(name: str, value: Any, rules: Mapping[str, Rule]) -> bool:
-    rule = rules.get(name)
-    return rule is not None and (value is None or rule.accepts(value))
-
-
-def _reason(name: str, value: Any, rules: Mapping[str, Rule]) -> str:
-    rule = rules.get(name)
-    if rule is None:
-        return "this server does not implement it; leave it out"
-    return rule.hint
-
-
-def _thinking_off(value: Any) -> bool:
-    return isinstance(value, dict) and value.get("type") == "disabled"
-
-
-def _anything(value: Any) -> bool:
-    return True
-
-
-LABEL = "accepted as a label"  # never shown: any value is accepted
-
 MESSAGES: Mapping[str, Rule] = MappingProxyType(
     {
-        # Hints and labels of Anthropic's service; the text generated is the same.
-        "cache_control": Rule(_anything, LABEL),  # prompts are cached here by prefix anyway
-        "diagnostics": Rule(_anything, LABEL),
-        "speed": Rule(_anything, LABEL),
-        "user_profile_id": Rule(_anything, LABEL),
-        "workspace_id": Rule(_anything, LABEL),
-        "thinking": Rule(
-            _thinking_off, 'extended thinking is not supported; send {"type": "disabled"}'
-        ),
+        **METADATA,
+        # Labels of Anthropic's service; the text generated is the same.
+        "cache_control": _label(),  # prompts are cached here by prefix anyway
+        "diagnostics": _label(),
+        "speed": _label(),
+        "user_profile_id": _label(),
+        "workspace_id": _label(),
+        # Where the model runs: this server runs where it is deployed.
+        "inference_geo": _hint("inference regions are not supported"),
+        # Remote MCP tools are an offer the model may decline, as a hosted tool is.
+        "mcp_servers": _hint("MCP servers are not supported"),
         "container": Rule(_nothing, "code execution containers are not supported"),
-        "mcp_servers": Rule(_nothing, "MCP servers are not supported"),
-        "context_management": Rule(_nothing, NOT_SUPPORTED),
-        "inference_geo": Rule(_nothing, NOT_SUPPORTED),
     }
 )
 """Rules for /v1/messages and /v1/messages/count_tokens (Anthropic's Messages API)."""
+
+Verdict = Literal["pass", "note", "refuse"]
+
+
+def check_fields(
+    data: Any,
+    implemented: Iterable[str],
+    rules: Mapping[str, Rule],
+    info: ValidationInfo | None = None,
+) -> None:
+    """Raise the 400 for the fields of `data` that would be silently dropped (its message
+    names every such field); otherwise note the labels and hints it accepts in the request's
+    record (`info`: the wire model's validation context holds it)."""
+    if not isinstance(data, dict):
+        return  # not an object: the model's own validation says so
+    unused = unused_of(info)
+    known = set(implemented)
+    verdicts = {
+        name: _verdict(rules.get(name), value, unused.strict)
+        for name, value in data.items()
+        if name not in known
+    }
+    refused = [name for name, verdict in verdicts.items() if verdict == "refuse"]
+    if refused:
+        _refuse(refused, rules)
+    for name, verdict in verdicts.items():
+        if verdict == "note":
+            unused.note(name)
+
+
+def _verdict(rule: Rule | None, value: Any, strict: bool) -> Verdict:
+    if rule is None:
+        return "refuse"
+    if value is None or (rule.kind != LABEL and rule.accepts(value)):
+        return "pass"
+    if rule.kind == LABEL or (rule.kind == HINT and not strict):
+        return "note"
+    return "refuse"
+
+
+def _refuse(refused: list[str], rules: Mapping[str, Rule]) -> None:
+    named = [
+        f"unsupported parameter '{name}': {_reason(name, rules)}" for name in refused[:MENTIONED]
+    ]
+    if len(refused) > MENTIONED:
+        named.append(f"and {len(refused) - MENTIONED} more unsupported parameters")
+    raise InvalidRequest("; ".join(named), param=refused[0], code=CODE)
+
+
+def _reason(name: str, rules: Mapping[str, Rule]) -> str:
+    rule = rules.get(name)
+    if rule is None:
+        return "this server does not implement it; leave it out"
+    return rule.refusal

@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -38,8 +38,9 @@ Seed = Annotated[StrictInt, Field(ge=-(1 << 63), le=(1 << 63) - 1)]  # OpenAI's:
 
 class WireModel(BaseModel):
     # Fields a model does not declare are judged before validation, by the request's own
-    # rules (`api/unsupported.py`: metadata is accepted, anything that would change the answer
-    # is a 400); nested objects ignore theirs. Fields that are declared are strict.
+    # rules (`api/unsupported.py`: labels and hints are accepted and noted as unused, anything
+    # that would change the answer is a 400); nested objects ignore theirs. Fields that are
+    # declared are strict.
     model_config = ConfigDict(extra="ignore")
 
 
@@ -78,6 +79,8 @@ class SamplingFields(WireModel):
     stream_options: StreamOptions | None = None
     model: str | None = None
     response_format: ResponseFormat | None = None
+    # A thinking model's thinking is an answer's own part (False: it stays in the text).
+    THINKING_APART: ClassVar[bool] = True
 
     @field_validator("stop")
     @classmethod
@@ -125,15 +128,15 @@ class SamplingFields(WireModel):
         tools: ToolUse | None = None,
     ) -> SamplingParams:
         """The request's own fields win over the defaults of its model or preset; stop words
-        add up. max_completion_tokens wins over the deprecated max_tokens (OpenAI's rule). A
-        default max_tokens is capped by limits.max_tokens (requests above it are 400). The
-        request's own response_format (type text included: free text) wins over the preset's
+        add up. max_completion_tokens wins over the deprecated max_tokens (OpenAI's rule). The
+        request's or the default max_tokens is capped by limits.max_tokens (a request above it
+        was refused already under `max_tokens_exceeded: reject`). The request's own
+        response_format (type text included: free text) wins over the preset's
         `response_format`, which applies only when the request sets none."""
         bias = d.logit_bias if self.logit_bias is None else self.logit_bias
+        asked = self.max_completion_tokens or self.max_tokens or d.max_tokens
         return SamplingParams(
-            max_tokens=self.max_completion_tokens
-            or self.max_tokens
-            or min(d.max_tokens, limits.max_tokens),
+            max_tokens=min(asked, limits.max_tokens),
             temperature=_pick(self.temperature, d.temperature),
             top_p=_pick(self.top_p, d.top_p),
             repetition_penalty=_pick(self.repetition_penalty, d.repetition_penalty),
@@ -152,6 +155,7 @@ class SamplingFields(WireModel):
             constraint=constraint_of(_pick(self.response_format, response_format)),
             tools=tools,
             logprobs=self.asked_logprobs(),
+            thinking_apart=self.THINKING_APART,
         )
 
 
@@ -164,17 +168,21 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: dict[str, int] | None = None
+    completion_tokens_details: dict[str, int] | None = None
 
 
 def usage_of(finished: Sequence[Finished]) -> Usage:
-    """The usage of a request's choices: their prompt, read once, and all their tokens."""
+    """The usage of a request's choices: their prompt, read once, and all their tokens (of
+    which `reasoning_tokens` were thinking)."""
     prompt, cached = finished[0].prompt_tokens, finished[0].cached_tokens
     completion = sum(event.completion_tokens for event in finished)
+    reasoning = sum(event.reasoning_tokens for event in finished)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
         prompt_tokens_details={"cached_tokens": cached},
+        completion_tokens_details={"reasoning_tokens": reasoning},
     )
 
 

@@ -8,9 +8,9 @@ HTTP.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 EngineState = Literal["loading", "ready", "failed", "stopped"]
@@ -46,6 +46,7 @@ class Turn:
     tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's calls
     tool_call_id: str | None = None  # a tool turn: the call it answers
     name: str | None = None  # a tool turn: the function that answered
+    reasoning: str | None = None  # an assistant turn's thinking, given back by the client
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,11 @@ class SamplingParams:
     constraint: Constraint | None = None  # None: free text
     tools: ToolUse | None = None  # None: no tool calls (the text is all content)
     logprobs: int | None = None  # None: not asked; k: each token's logprob and k top others
+    # A thinking model's most tokens of thinking; past them the thinking is closed and the
+    # answer follows. None: no bound but max_tokens.
+    thinking_budget: int | None = None
+    # False: a thinking model's thinking stays in the text, tags included (a plain prompt).
+    thinking_apart: bool = True
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,14 @@ class Text:
 
 
 @dataclass(frozen=True)
+class Reasoning:
+    """More of the model's thinking (a thinking model, before its answer). Final, as `Text`
+    is; never part of the answer's text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ToolCallStarted:
     """The model opened tool call number `index` (0, 1, ... within the answer)."""
 
@@ -194,6 +208,7 @@ class Finished:
     completion_tokens: int
     cached_tokens: int
     stop_word: str | None = None
+    reasoning_tokens: int = 0  # of completion_tokens, those the thinking took
 
 
 @dataclass(frozen=True)
@@ -203,7 +218,16 @@ class Failed:
     message: str
 
 
-Event = Progress | Heartbeat | Text | ToolCallStarted | ToolCallArguments | Finished | Failed
+Event = (
+    Progress
+    | Heartbeat
+    | Text
+    | Reasoning
+    | ToolCallStarted
+    | ToolCallArguments
+    | Finished
+    | Failed
+)
 
 
 @dataclass(frozen=True)
@@ -258,13 +282,20 @@ class Engine(Protocol):
         """Width of the model's logits (token ids below it exist); None when unknown."""
         ...
 
+    @property
+    def thinks(self) -> bool:
+        """Whether the model writes its thinking before its answer (a thinking model)."""
+        ...
+
     def prepare(
         self,
         turns: Sequence[Turn],
         role_override: RoleOverride | None,
         tools: ToolUse | None = None,
+        template_args: Mapping[str, Any] | None = None,
     ) -> Prompt:
-        """Apply the chat format (with the tools the model may call) and tokenize; raises
+        """Apply the chat format (with the tools the model may call, and `template_args` as
+        the chat template's own variables, e.g. enable_thinking) and tokenize; raises
         PromptRejected for prompts it cannot serve, or tools it cannot offer."""
         ...
 

@@ -225,7 +225,9 @@ class LogitsGenerationBatch(GenerationBatch):
             tokens = inputs.tolist()
             for e, guide in guided:
                 guide.advance(tokens[e])
-            logits = mask_guided_rows(logits, guided)
+            guided = [(e, guide) for e, guide in guided if not guide.waiting]
+            if guided:
+                logits = mask_guided_rows(logits, guided)
         return logits, token_context
 
     def _sample(self, logits: mx.array) -> mx.array:

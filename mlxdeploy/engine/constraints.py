@@ -24,6 +24,7 @@ import numpy as np
 
 from ..spec.grammar import grammar_of
 from .api import PromptRejected, SamplingParams
+from .reasoning import ThinkState
 from .tool_formats import ToolFormat
 from .tool_grammar import tool_grammar
 
@@ -42,18 +43,39 @@ class Guide:
     words: int  # 32-bit words in the tokenizer's token mask
     started: bool = False  # the first call comes before any token was sampled
     error: str | None = None  # the matcher refused a token: the answer cannot be trusted
+    # A thinking model's answer: the grammar holds from the end of the thinking on; while the
+    # answer may still open it, its start tag is allowed too. None: from the first token.
+    thinking: ThinkState | None = None
 
     def advance(self, token: int) -> None:
         """Feed the token sampled last (nothing before the first call)."""
-        if self.started and self.error is None and not self.matcher.consume_token(token):
+        started, self.started = self.started, True
+        if not started or self.error is not None:
+            return
+        if self.thinking is not None and self.thinking.state != "done":
+            if self.thinking.advance(token):
+                return  # a token of the thinking (its end tag included): not the grammar's
+        if not self.matcher.consume_token(token):
             self.error = self.matcher.get_error() or "the grammar refused a token"
-        self.started = True
+
+    @property
+    def waiting(self) -> bool:
+        """Inside the thinking: the grammar does not apply yet."""
+        return self.thinking is not None and self.thinking.state == "inside"
+
+    @property
+    def also_allowed(self) -> int | None:
+        """A token allowed besides the grammar's: the thinking's start tag, while the answer
+        may still open its thinking."""
+        if self.thinking is not None and self.thinking.state == "maybe":
+            return self.thinking.tags.start
+        return None
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         token = tokens[-1].item() if self.started else -1
         assert isinstance(token, int)
         self.advance(token)
-        return mask_guided_rows(logits, [(0, self)])
+        return logits if self.waiting else mask_guided_rows(logits, [(0, self)])
 
 
 def mask_guided_rows(logits: mx.array, guided: Sequence[tuple[int, Guide]]) -> mx.array:
@@ -72,6 +94,9 @@ def mask_guided_rows(logits: mx.array, guided: Sequence[tuple[int, Guide]]) -> m
     for row, guide in guided:
         if guide.error is not None:
             masks.view(np.uint32)[row, guide.eos // 32] = 1 << (guide.eos % 32)
+        extra = guide.also_allowed
+        if extra is not None and guide.error is None:
+            masks.view(np.uint32)[row, extra // 32] |= np.uint32(1 << (extra % 32))
         bitmask[row] = 0  # padding past the tokenizer's vocabulary is never allowed
         bitmask[row, :known] = masks[row]
     bits = (mx.array(bitmask)[:, :, None] >> mx.arange(32, dtype=mx.int32)) & 1
@@ -90,10 +115,16 @@ class Grammars:
         self._executor = llguidance.LLExecutor()
         self._eos = _end_token(tokenizer)
 
-    def guide(self, params: SamplingParams, tool_format: ToolFormat | None) -> Guide | None:
+    def guide(
+        self,
+        params: SamplingParams,
+        tool_format: ToolFormat | None,
+        thinking: ThinkState | None = None,
+    ) -> Guide | None:
         """A fresh guide for a request's constraint and tool use, None when it has neither;
         PromptRejected when the grammar does not compile for this model. Tool use is
-        constrained in formats with a call shape."""
+        constrained in formats with a call shape. `thinking`: where a thinking model's answer
+        starts (the grammar holds after its thinking)."""
         schema = None if params.constraint is None else params.constraint.schema
         use = params.tools
         if use is not None and tool_format is not None and tool_format.shape is not None:
@@ -106,7 +137,7 @@ class Grammars:
         if matcher.is_error():
             raise PromptRejected(f"{param}: {matcher.get_error()}", param=param)
         words = (self._llt().vocab_size + 31) // 32
-        return Guide(matcher, self._eos, self._executor, words)
+        return Guide(matcher, self._eos, self._executor, words, thinking=thinking)
 
     def _marker(self, text: str) -> str:
         """A marker as the grammar spells it: a special token by its id (its text never

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from .api import (
 from .faults import FaultPlan
 from .peers import LostRank, Order, Peers
 from .prompt import encode_chat
+from .reasoning import ThinkTags
 from .sampling import Vocabulary
 from .text import Decode, TextStream, fast_decode
 from .tool_formats import ToolFormat, infer_format, load_format
@@ -79,6 +80,7 @@ class MLXEngine:
         self._decode: Decode = str  # the tokenizer's decode, once loaded
         self._use_template = False
         self._tool_format: ToolFormat | None = None
+        self._think_tags: ThinkTags | None = None
         self.context_length: int | None = None
         self.vocab_size: int | None = None
         self._live: set[Job] = set()  # requests being streamed; touched on the event loop only
@@ -171,6 +173,7 @@ class MLXEngine:
         try:
             self._use_template = self._choose_format()
             self._tool_format = self._choose_tool_format()
+            self._think_tags = ThinkTags.of(self._tokenizer) if self._use_template else None
         except (ValueError, ImportError) as exc:
             self._fail(str(exc))
             return
@@ -184,7 +187,8 @@ class MLXEngine:
             return
         self._state = "ready"
         self._loaded.set()
-        log.info("model %s ready (%s)", self.model_id, self.prompt_format)
+        thinks = f", thinks between {_tags(self._think_tags)}" if self._think_tags else ""
+        log.info("model %s ready (%s%s)", self.model_id, self.prompt_format, thinks)
         try:
             self._worker.run()
             self._state = "stopped"
@@ -207,11 +211,16 @@ class MLXEngine:
             self._warm_up(worker)
 
     def _new_worker(self, model: Any, fault: FaultPlan | None) -> Worker:
-        peers, tools = self._peers, self._tool_format
+        peers, tools, tags = self._peers, self._tool_format, self._think_tags
         if peers is None or peers.leader:
-            return Worker(model, self._tokenizer, self.settings, self._deliver, fault, tools, peers)
+            return Worker(
+                model, self._tokenizer, self.settings, self._deliver, fault, tools, peers,
+                think_tags=tags,
+            )  # fmt: skip
         follow = self._follower_job
-        return Worker(model, self._tokenizer, self.settings, _nowhere, fault, tools, peers, follow)
+        return Worker(
+            model, self._tokenizer, self.settings, _nowhere, fault, tools, peers, follow, tags
+        )
 
     def follow(self) -> EngineState:
         """A follower rank's whole life, on this thread: load, then generate what rank 0
@@ -267,6 +276,10 @@ class MLXEngine:
         return infer_format(self._tokenizer) if self._use_template else None
 
     @property
+    def thinks(self) -> bool:
+        return self._think_tags is not None
+
+    @property
     def prompt_format(self) -> str:
         return "chat template" if self._use_template else "role mapping"
 
@@ -280,6 +293,7 @@ class MLXEngine:
         turns: Sequence[Turn],
         role_override: RoleOverride | None,
         tools: ToolUse | None = None,
+        template_args: Mapping[str, Any] | None = None,
     ) -> Prompt:
         if tools is not None:
             self._check_tools(role_override, tools)
@@ -290,6 +304,7 @@ class MLXEngine:
             override=role_override,
             use_template=self._use_template,
             tools=() if tools is None else tools.tools,
+            template_args=template_args or {},
         )
         if not tokens:
             raise PromptRejected("the prompt is empty after formatting")
@@ -453,6 +468,10 @@ def _choice(params: SamplingParams, index: int) -> SamplingParams:
     return dataclasses.replace(
         params, seed=(params.seed + index + (1 << 63)) % (1 << 64) - (1 << 63)
     )
+
+
+def _tags(tags: ThinkTags | None) -> str:
+    return "" if tags is None else f"{tags.start_text} and {tags.end_text}"
 
 
 def _nowhere(items: list[tuple[Sink, Event]]) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from types import MappingProxyType
 from typing import Any
 
 from ..spec.settings import RoleMapping
@@ -32,12 +33,21 @@ def role_mapped_prompt(turns: Sequence[Turn], mapping: RoleMapping) -> str:
     return prompt.rstrip()
 
 
-def template_prompt(tokenizer: Any, turns: Sequence[Turn], tools: Sequence[Tool] = ()) -> str:
+def template_prompt(
+    tokenizer: Any,
+    turns: Sequence[Turn],
+    tools: Sequence[Tool] = (),
+    template_args: Mapping[str, Any] = MappingProxyType({}),
+) -> str:
     """The conversation through the chat template, as transformers' apply_chat_template(...,
     tools=...) expects it: tool definitions, assistant calls with their arguments as objects,
-    and tool results with the id of the call they answer."""
+    tool results with the id of the call they answer, and an assistant turn's thinking (as
+    `reasoning_content`, Qwen's name, and `thinking`, gpt-oss's). `template_args` are the
+    template's own variables (enable_thinking, reasoning_effort, ...)."""
     conversation = [_message(turn) for turn in turns]
-    extra = {"tools": tool_dicts(tools)} if tools else {}
+    extra: dict[str, Any] = {**template_args}
+    if tools:
+        extra["tools"] = tool_dicts(tools)
     try:
         return str(
             tokenizer.apply_chat_template(
@@ -63,6 +73,8 @@ def _message(turn: Turn) -> dict[str, Any]:
         message["tool_call_id"] = turn.tool_call_id
     if turn.name is not None:
         message["name"] = turn.name
+    if turn.reasoning:
+        message["reasoning_content"] = message["thinking"] = turn.reasoning
     return message
 
 
@@ -95,10 +107,11 @@ def encode_chat(
     override: RoleOverride | None,
     use_template: bool,
     tools: Sequence[Tool] = (),
+    template_args: Mapping[str, Any] = MappingProxyType({}),
 ) -> list[int]:
     """A request's own `role_mapping` always selects the role-mapping format."""
     if use_template and override is None:
-        text = template_prompt(tokenizer, turns, tools)
+        text = template_prompt(tokenizer, turns, tools, template_args)
         return list(tokenizer.encode(text, add_special_tokens=False))
     text = role_mapped_prompt(turns, merge_role_mapping(mapping, override))
     return list(tokenizer.encode(text))

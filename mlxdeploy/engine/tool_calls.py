@@ -1,9 +1,10 @@
 """Splitting a model's answer into content and tool calls, as its text arrives.
 
-Text outside a call's markers is content. A call in a format with a `CallShape` is announced
-as soon as its header names the function, and its arguments follow piece by piece; a call in
-another format is parsed by mlx-lm's parser once it is complete. The markup itself never
-reaches the content.
+Text outside a call's markers is content. A call in a format with a `CallShape` is read as
+its header names the function and its arguments follow; a call in another format is parsed by
+mlx-lm's parser once it is complete. A call is announced only once its arguments are whole, so
+an answer cut by its token limit never carries a call whose arguments do not parse. The markup
+itself never reaches the content.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class CallSplitter:
 
     format: ToolFormat
     tools: Sequence[Tool]
-    calls: int = 0  # calls announced so far
+    calls: int = 0  # calls announced so far (complete ones)
     _pending: str = ""  # text not yet judged
     _in_call: bool = False
     _call: str = ""  # the current call's text after its start marker
@@ -64,6 +65,7 @@ class CallSplitter:
     _arguments: JsonObjectEnd | None = None  # None: the current call's arguments are complete
     _closed: int = 0  # closing parts (tail, end marker) of the current call seen
     _events: list[Event] = field(default_factory=list)
+    _held: list[Event] = field(default_factory=list)  # the current call's, until it is whole
 
     def feed(self, text: str) -> list[Event]:
         self._pending += text
@@ -71,9 +73,13 @@ class CallSplitter:
             pass
         return self._take()
 
-    def finish(self) -> list[Event]:
-        """The end of the answer: an open call that never closed is parsed as it stands."""
-        if self._in_call and not self._streaming:
+    def finish(self, cut: bool = False) -> list[Event]:
+        """The end of the answer: an open call that never closed is parsed as it stands,
+        unless the answer was `cut` by its token limit (its call is dropped, not guessed)."""
+        if self._held:
+            log.info("dropped a tool call whose arguments the token limit cut")
+            self._held = []
+        if self._in_call and not self._streaming and not cut:
             self._parse_whole(self._call + self._pending)
         elif not self._in_call and self._is_content(self._pending):
             self._content(self._pending)
@@ -125,8 +131,7 @@ class CallSplitter:
         return False
 
     def _start_streaming(self, name: str, rest: str) -> None:
-        self._events.append(ToolCallStarted(self.calls, _call_id(), name))
-        self.calls += 1
+        self._held = [ToolCallStarted(self.calls, _call_id(), name)]
         self._streaming, self._arguments = True, JsonObjectEnd()
         self._pending = rest.lstrip()
 
@@ -135,11 +140,14 @@ class CallSplitter:
         size = self._arguments.feed(self._pending)
         piece = self._pending if size is None else self._pending[:size]
         if piece:
-            self._events.append(ToolCallArguments(self.calls - 1, piece))
+            self._held.append(ToolCallArguments(self.calls, piece))
         if size is None:
             self._pending = ""
             return False
         self._pending, self._arguments = self._pending[size:], None
+        self._events.extend(self._held)  # the arguments are whole: announce the call
+        self._held = []
+        self.calls += 1
         return True
 
     def _in_tail(self) -> bool:

@@ -43,6 +43,7 @@ from .faults import FaultPlan
 from .logprobs import TokenScores
 from .peers import LostRank, Order, Peers, Tick
 from .prefix_cache import PrefixCache
+from .reasoning import ThinkingBudget, ThinkState, ThinkTags, ThoughtSplitter
 from .sampling import SamplerCache, Vocabulary
 from .text import TextStream
 from .tool_calls import CallSplitter
@@ -67,6 +68,7 @@ class Job:
     cancelled: bool = False  # set by the event loop when the client went away
     guide: Guide | None = None  # the constrained-decoding processor, when it has one
     calls: CallSplitter | None = None  # splits out tool calls, when the request offers tools
+    thought: ThoughtSplitter | None = None  # splits out the thinking, on a thinking model
     events: list[Event] = field(default_factory=list)
     label: str = ""  # the caller's tag for the request (`Engine.requests`)
     created: float = field(default_factory=time.monotonic)
@@ -99,9 +101,10 @@ class Worker:
         tool_format: ToolFormat | None = None,
         peers: Peers | None = None,
         make_job: Callable[[Order], Job] | None = None,
+        think_tags: ThinkTags | None = None,
     ):
         """`peers`: the ranks of a distributed model; a follower (not rank 0) rebuilds the
-        leader's requests with `make_job`."""
+        leader's requests with `make_job`. `think_tags`: a thinking model's tags."""
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
@@ -121,6 +124,7 @@ class Worker:
         self._tool_format = tool_format
         self._peers = peers
         self._make_job = make_job
+        self._think_tags = think_tags
         self.turned: float | None = None  # when the last lockstep turn ended (peers.py)
         self.counters = Counters()
 
@@ -342,7 +346,16 @@ class Worker:
         assert self._generator is not None
         p = job.params  # choose first: it may reject the request before the cache is touched
         sampler, processors = self._samplers.choose(p, self._vocabulary)
-        job.guide = self._grammars.guide(p, self._tool_format)
+        tags, gate = self._think_tags, None
+        if tags is not None:
+            opening = tags.opening_state(job.prompt)
+            gate = ThinkState(tags, opening)
+            if p.thinking_apart:
+                decode = job.text.detokenizer.decode
+                job.thought = ThoughtSplitter(ThinkState(tags, opening), decode)
+            if p.thinking_budget is not None:
+                processors = [*processors, ThinkingBudget(tags, p.thinking_budget, opening)]
+        job.guide = self._grammars.guide(p, self._tool_format, gate)
         if job.guide is not None:  # last: the mask is the final word on what may come next
             processors = [*processors, job.guide]
         if p.tools is not None and self._tool_format is not None:
@@ -441,8 +454,20 @@ class Worker:
         return its finish reason when it is done."""
         job.completion_tokens += 1
         self.counters.completion_tokens += 1
+        thought = job.thought
         reason: FinishReason | None = None
-        if finish == "stop":  # an end-of-sequence token: not part of the text
+        events = None
+        if thought is not None and thought.thinking and finish != "stop":
+            events = thought.feed(token)
+        if thought is not None and events is not None:  # a token of the thinking
+            job.events.extend(events)
+            if finish is None:
+                return None
+            job.events.extend(thought.finish())
+            piece, reason = job.text.finish(), "length"  # the limit came inside the thinking
+        elif finish == "stop":  # an end-of-sequence token: not part of the text
+            if thought is not None:
+                job.events.extend(thought.finish())
             piece, reason = job.text.finish(), "stop"
         else:
             piece = job.text.add(token, scores)
@@ -451,21 +476,28 @@ class Worker:
             elif finish == "length":
                 piece, reason = piece + job.text.finish(), "length"
         logprobs = job.text.logprobs(piece)  # the tokens this piece completes, when asked
+        if thought is not None:
+            piece = thought.answer(piece)
         if piece and job.calls is not None:  # the answer may hold tool calls: split it
             job.events.extend(job.calls.feed(piece))
         elif piece or logprobs:
             job.events.append(Text(piece, logprobs))
-        if reason is not None and job.calls is not None:
-            job.events.extend(job.calls.finish())
+        if reason is not None:
+            self._end(job, reason)
+        return reason
+
+    def _end(self, job: Job, reason: FinishReason) -> None:
+        if job.calls is not None:
+            job.events.extend(job.calls.finish(cut=reason == "length"))
             if reason == "stop" and job.calls.calls:
                 reason = "tool_calls"
-        if reason is not None and job.guide is not None and job.guide.error is not None:
+        if job.guide is not None and job.guide.error is not None:
             job.events.append(Failed(f"constrained decoding failed: {job.guide.error}"))
-        elif reason is not None:
-            word = job.text.stop_word if reason == "stop" else None
-            counts = (len(job.prompt), job.completion_tokens, job.cached_tokens)
-            job.events.append(Finished(reason, *counts, stop_word=word))
-        return reason
+            return
+        word = job.text.stop_word if reason == "stop" else None
+        counts = (len(job.prompt), job.completion_tokens, job.cached_tokens)
+        thought = 0 if job.thought is None else job.thought.tokens
+        job.events.append(Finished(reason, *counts, stop_word=word, reasoning_tokens=thought))
 
     def _store_cache(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
         budget = self.settings.prompt_cache_bytes

@@ -20,11 +20,12 @@ from hypercorn.typing import ResponseSummary, WWWScope
 
 from ..api.guards.request_ids import HEADER
 from ..api.guards.request_ids import SCOPE_KEY as REQUEST_ID_KEY
+from ..api.unused import logged_unused
 from ..spec.settings import ServerSettings
 
 ACCESS_LOGGER = "mlxdeploy.access"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-ACCESS_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "replica")
+ACCESS_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "unused", "replica")
 _REQUEST_ID_HEADER = HEADER.lower().encode()
 
 
@@ -100,17 +101,20 @@ def access_fields(
     request: WWWScope, response: ResponseSummary | None, request_time: float
 ) -> dict[str, Any]:
     """`status` is None when the client went away before the response was complete; the
-    request id then comes from the scope, where the app put it."""
+    request id then comes from the scope, where the app put it. `unused` (the request fields
+    accepted but not used, comma-separated) is there only when there are some."""
     headers = dict(response.get("headers", [])) if response is not None else {}
     sent = headers.get(_REQUEST_ID_HEADER, b"").decode("latin-1")
     request_id = sent or request.get(REQUEST_ID_KEY) or None
-    return {
+    fields = {
         "request_id": request_id,
         "method": request.get("method", "GET"),
         "path": request.get("path", ""),
         "status": response["status"] if response is not None else None,
         "duration_ms": round(request_time * 1000, 3),
     }
+    unused = logged_unused(request)
+    return fields if unused is None else {**fields, "unused": unused}
 
 
 def render_access(request: WWWScope, fields: dict[str, Any]) -> str:
@@ -122,4 +126,6 @@ def render_access(request: WWWScope, fields: dict[str, Any]) -> str:
         f'{peer} "{fields["method"]} {fields["path"]} HTTP/{version}" {status} '
         f"{fields['duration_ms']:.1f}ms id={fields['request_id'] or '-'}"
     )
+    if fields.get("unused"):
+        line = f"{line} unused={fields['unused']}"
     return f"{line} replica={fields['replica']}" if fields.get("replica") else line

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from .formats import ResponseFormat
 from .grammar import problem_of
 from .problems import FieldError
+from .reasoning import ReasoningSettings
 from .routes import BUILTIN_PATHS, BUILTIN_PREFIXES
 from .settings import (
     Endpoint,
@@ -59,6 +60,7 @@ class ServedModel:
     defaults: SamplingDefaults
     stop: tuple[str, ...]
     tool_parser: str | None = None  # None: inferred from the chat template
+    reasoning: ReasoningSettings = field(default_factory=ReasoningSettings)
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ def _single(spec: Spec, files: Files) -> ServedModel | None:
         defaults=spec.defaults,
         stop=tuple(spec.stop),
         tool_parser=spec.tool_parser,
+        reasoning=spec.reasoning,
     )
 
 
@@ -196,6 +199,7 @@ def _entry(spec: Spec, index: int, entry: ModelEntry, files: Files) -> ServedMod
         defaults=overlay(spec.defaults, entry.defaults),
         stop=tuple(spec.stop if entry.stop is None else entry.stop),
         tool_parser=entry.tool_parser or spec.tool_parser,
+        reasoning=overlay(spec.reasoning, entry.reasoning),
     )
 
 

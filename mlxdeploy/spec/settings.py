@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from .formats import ResponseFormat, Section
 from .problems import FieldError, show_value
+from .reasoning import ReasoningSettings
 from .routes import API_NAMES, ApiName
 from .scale import ClusterSettings, DistributedSettings
 from .tool_parsers import TOOL_PARSER_HELP, ToolParserName
@@ -251,6 +252,23 @@ class LimitSettings(Section):
     max_tokens: int = Field(
         default=4096, ge=1, description="Most tokens one request may ask to generate."
     )
+    max_tokens_exceeded: Literal["clamp", "reject"] = Field(
+        default="clamp",
+        description=(
+            "A request's max_tokens (max_completion_tokens, max_output_tokens) above max_tokens: "
+            "clamp runs it with the limit (the answer ends there as at any max_tokens, and "
+            "X-Unused-Fields names the field); reject answers 400."
+        ),
+    )
+    unused_fields: Literal["accept", "reject"] = Field(
+        default="accept",
+        description=(
+            "A request field that is only a hint, or an offer this server declines (prediction, "
+            "verbosity, hosted tools, truncation: auto): accept takes the request and names the "
+            "field in X-Unused-Fields and the access log; reject answers 400. Fields that would "
+            "change the answer are a 400 and labels (metadata, user) are accepted either way."
+        ),
+    )
     request_timeout_seconds: float = Field(
         default=600.0, gt=0, description="A request still generating after this fails."
     )
@@ -335,6 +353,9 @@ class ModelEntry(Section):
     )
     stop: StopWords | None = Field(
         default=None, description="Replaces the top level's stop words for this model."
+    )
+    reasoning: ReasoningSettings | None = Field(
+        default=None, description="Keys set here replace the top level's reasoning keys."
     )
 
 
@@ -449,6 +470,10 @@ class Spec(BaseSettings):
     )
     defaults: SamplingDefaults = Field(
         default=SamplingDefaults(), description="Default sampling; a request's own fields win."
+    )
+    reasoning: ReasoningSettings = Field(
+        default=ReasoningSettings(),
+        description="Thinking models: effort, thinking budgets, chat template arguments.",
     )
     stop: StopWords = Field(
         default=["</s>"], description="Stop words added to every request's own: a string or a list."

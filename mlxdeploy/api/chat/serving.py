@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 from quart import Response
 
-from ...engine.api import Prompt, Text, ToolCallArguments, ToolCallStarted
+from ...engine.api import Prompt, Reasoning, Text, ToolCallArguments, ToolCallStarted
 from ..answer import Answer
 from ..errors import InvalidRequest
 from ..guards.body import parse_body
@@ -52,14 +52,16 @@ async def serve_chat(
 ) -> Response:
     override = body.role_override()
     tools = body.tool_use()
+    thinking = target.thinking(body.thinking())
 
     def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here
-        return target.engine.prepare(target.turns(body.turns(), override), override, tools)
+        turns = target.turns(body.turns(), override)
+        return target.engine.prepare(turns, override, tools, thinking.template_args)
 
     fmt = ChatFormat(
         model=target.id, include_usage=body.include_usage, logprobs=body.logprobs is True
     )
-    return await generation.serve(target, body, prepare, fmt, tools=tools)
+    return await generation.serve(target, body, prepare, fmt, tools=tools, thinking=thinking)
 
 
 @dataclass
@@ -80,6 +82,10 @@ class ChatFormat:
             return self._text_events(event.text, index)
         logprobs = ChoiceLogprobs.of(event.logprobs)
         return sse_event(self.chunk(Delta(content=event.text), index, logprobs=logprobs))
+
+    def reasoning_event(self, event: Reasoning, index: int) -> str:
+        delta = Delta(reasoning_content=event.text, reasoning=event.text)
+        return sse_event(self.chunk(delta, index))
 
     def call_event(self, event: ToolCallStarted | ToolCallArguments, index: int) -> str:
         if isinstance(event, ToolCallStarted):
@@ -113,7 +119,13 @@ class ChatFormat:
         assert answer.finished is not None
         calls = [ResponseToolCall.of(call) for call in answer.tool_calls] or None
         text = answer.text
-        message = ResponseMessage(content=text if text or not calls else None, tool_calls=calls)
+        thought = answer.reasoning
+        message = ResponseMessage(
+            content=text if text or not calls else None,
+            tool_calls=calls,
+            reasoning_content=thought,
+            reasoning=thought,
+        )
         logprobs = ChoiceLogprobs.of(answer.logprobs) if self.logprobs else None
         reason = answer.finished.reason
         return Choice(index=index, message=message, finish_reason=reason, logprobs=logprobs)

@@ -78,8 +78,11 @@ def offered(
     tools: Sequence[Tool], choice: str | None, named: bool, parallel: bool | None
 ) -> ToolUse | None:
     """The tool use every API's request resolves to. `choice`: "none", "auto", "required", or
-    (`named`) the one function's name; None is auto. A choice that needs tools without any, a
-    repeated name, or a named function not offered is a 400, as in OpenAI's API."""
+    (`named`) the one function's name; None is auto. `parallel`: whether the model may make
+    several calls (None: not said); a forced choice makes one call unless the request asks for
+    several (a small model would repeat the forced call until its token limit). A choice that
+    needs tools without any, a repeated name, or a named function not offered is a 400, as in
+    OpenAI's API."""
     if not tools:
         if named or choice not in (None, "none", "auto"):
             raise InvalidRequest("tool_choice needs tools; send tools", param="tool_choice")
@@ -94,4 +97,6 @@ def offered(
         raise InvalidRequest(
             f"tool_choice names function '{choice}', which is not in tools", param="tool_choice"
         )
+    if choice == "required":  # one call, unless several are asked for
+        return ToolUse(tuple(tools), "required", bool(parallel))
     return ToolUse(tuple(tools), choice or "auto", True if parallel is None else parallel)

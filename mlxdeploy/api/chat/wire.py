@@ -12,13 +12,16 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
+    ValidationInfo,
     model_serializer,
     model_validator,
 )
 
 from ...engine.api import RoleOverride, TokenLogprob, ToolCall, ToolUse, Turn
+from ...spec.reasoning import Effort
 from .. import unsupported
 from ..errors import InvalidRequest
+from ..reasoning import ThinkingAsk
 from ..wire import SamplingFields, Usage, WireModel, system_fingerprint
 from .tools import MessageToolCall, ToolChoice, ToolDefinition, tool_use
 
@@ -37,6 +40,9 @@ class ChatMessage(WireModel):
     tool_calls: list[MessageToolCall] | None = None  # an assistant message's calls
     tool_call_id: str | None = None  # a tool message: the call it answers
     name: str | None = None
+    # An assistant message's thinking, given back (the peers' name, and mlx_lm.server's).
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -47,7 +53,8 @@ class ChatMessage(WireModel):
 
     def to_turn(self) -> Turn:
         calls = tuple(call.to_call() for call in self.tool_calls or ())
-        return Turn(self.role, self.text(), calls, self.tool_call_id, self.name)
+        thought = self.reasoning_content or self.reasoning if self.role == "assistant" else None
+        return Turn(self.role, self.text(), calls, self.tool_call_id, self.name, thought)
 
 
 class RoleMappingOverride(WireModel):
@@ -70,11 +77,13 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: StrictBool | None = None
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    reasoning_effort: Effort | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _no_silent_drops(cls, data: Any) -> Any:
-        unsupported.check_fields(data, cls.model_fields, unsupported.CHAT)
+    def _no_silent_drops(cls, data: Any, info: ValidationInfo) -> Any:
+        unsupported.check_fields(data, cls.model_fields, unsupported.CHAT, info)
         return data
 
     @model_validator(mode="after")
@@ -98,6 +107,11 @@ class ChatCompletionRequest(SamplingFields):
 
     def tool_use(self) -> ToolUse | None:
         return tool_use(self.tools, self.tool_choice, self.parallel_tool_calls)
+
+    def thinking(self) -> ThinkingAsk:
+        return ThinkingAsk(
+            effort=self.reasoning_effort, template_kwargs=self.chat_template_kwargs or {}
+        )
 
     def role_override(self) -> RoleOverride | None:
         return None if self.role_mapping is None else self.role_mapping.to_role_override()
@@ -123,12 +137,16 @@ class ResponseMessage(BaseModel):
     content: str | None  # None: the answer is tool calls only
     refusal: None = None  # required by OpenAI's schema, and never a refusal here
     tool_calls: list[ResponseToolCall] | None = None
+    # A thinking model's thinking, under the peers' name and mlx_lm.server's.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
     @model_serializer(mode="wrap")
     def _calls_only_when_made(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        if data.get("tool_calls") is None:
-            data.pop("tool_calls", None)
+        for key in ("tool_calls", "reasoning_content", "reasoning"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
 
@@ -156,6 +174,8 @@ class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
+    reasoning_content: str | None = None  # more thinking (and under mlx_lm.server's name)
+    reasoning: str | None = None
 
     @model_serializer(mode="wrap")
     def _leave_out_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

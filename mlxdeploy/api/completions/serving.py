@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 from quart import Response
 
-from ...engine.api import Prompt, Text, ToolCallArguments, ToolCallStarted
+from ...engine.api import Prompt, Reasoning, Text, ToolCallArguments, ToolCallStarted
 from ..answer import Answer
 from ..guards.body import parse_body
 from ..routing import Targets
@@ -56,6 +56,9 @@ class TextFormat:
 
     def call_event(self, event: ToolCallStarted | ToolCallArguments, index: int) -> str:
         raise AssertionError("text completions offer no tools")
+
+    def reasoning_event(self, event: Reasoning, index: int) -> str:
+        raise AssertionError("a text completion's thinking stays in its text")
 
     @functools.cached_property
     def _text_events(self) -> ChoiceTextEvents:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     Field,
     SerializerFunctionWrapHandler,
     StrictInt,
+    ValidationInfo,
     model_serializer,
     model_validator,
 )
@@ -27,11 +28,12 @@ class CompletionRequest(SamplingFields):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     # N: each token's log-probability and the N most likely tokens (0: the token's only)
     logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    THINKING_APART: ClassVar[bool] = False  # a plain prompt's continuation is all text
 
     @model_validator(mode="before")
     @classmethod
-    def _no_silent_drops(cls, data: Any) -> Any:
-        unsupported.check_fields(data, cls.model_fields, unsupported.TEXT)
+    def _no_silent_drops(cls, data: Any, info: ValidationInfo) -> Any:
+        unsupported.check_fields(data, cls.model_fields, unsupported.TEXT, info)
         return data
 
     def prompt_text(self) -> str:

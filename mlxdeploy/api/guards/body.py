@@ -11,6 +11,7 @@ from quart import Quart, Response, request
 
 from ...spec.problems import dotted
 from ..errors import InvalidRequest
+from ..unused import validation_context
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -74,12 +75,13 @@ def _unencodable(text: str) -> bool:
 
 
 async def parse_body(model: type[M]) -> M:
-    """The request's JSON body as `model`; one 400 naming every bad field otherwise."""
+    """The request's JSON body as `model`; one 400 naming every bad field otherwise. Its
+    validators note the fields they accept but do not use in the request's record."""
     data = decode_json(await request.get_data())
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=validation_context())
     except ValidationError as exc:
         message, param = _describe(exc)
         raise InvalidRequest(message, param=param) from None

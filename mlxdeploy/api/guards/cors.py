@@ -10,7 +10,7 @@ from ...spec.settings import CorsSettings
 from ..errors import Forbidden
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
-EXPOSE_HEADERS = "X-Request-ID, Retry-After"
+EXPOSE_HEADERS = "X-Request-ID, Retry-After, X-Unused-Fields"
 ANY_ORIGIN = "*"
 
 

@@ -1,25 +1,36 @@
-"""Per-request bounds checked before generation: requested tokens, prompt length against the
-context. The wall-clock bound is the run's deadline (`run.py`)."""
+"""Per-request bounds checked before generation: requested tokens (clamped or refused),
+prompt length against the context. The wall-clock bound is the run's deadline (`run.py`)."""
 
 from __future__ import annotations
 
 from ...engine.api import Prompt, SamplingParams
 from ...spec.settings import LimitSettings
 from ..errors import InvalidRequest
+from ..unused import UnusedFields
 from ..wire import SamplingFields
 
 
-def check_max_tokens(body: SamplingFields, limits: LimitSettings) -> None:
-    """A request may not ask for more tokens than the deployment allows."""
+def check_max_tokens(
+    body: SamplingFields, limits: LimitSettings, unused: UnusedFields | None = None
+) -> None:
+    """A request may not ask for more tokens than the deployment allows: under
+    `limits.max_tokens_exceeded: clamp` it runs with the limit (`to_sampling_params` clamps;
+    the answer ends with `length` there, as at any max_tokens) and the field is noted; under
+    `reject` it is a 400. `unused`: the request's record (None: nothing notes it)."""
     for param in ("max_tokens", "max_completion_tokens"):
         asked = getattr(body, param)
-        if asked is not None and asked > limits.max_tokens:
-            name = body.wire_name(param)
-            raise InvalidRequest(
-                f"{name} is {asked}, above this deployment's limit of {limits.max_tokens}",
-                param=name,
-                code="integer_above_max_value",
-            )
+        if asked is None or asked <= limits.max_tokens:
+            continue
+        name = body.wire_name(param)
+        if limits.max_tokens_exceeded == "clamp":
+            if unused is not None:
+                unused.note(name, f"clamped to {limits.max_tokens}")
+            continue
+        raise InvalidRequest(
+            f"{name} is {asked}, above this deployment's limit of {limits.max_tokens}",
+            param=name,
+            code="integer_above_max_value",
+        )
 
 
 def check_n(body: SamplingFields, limits: LimitSettings) -> None:

@@ -14,6 +14,7 @@ from quart import Response
 from ...engine.api import (
     Finished,
     Prompt,
+    Reasoning,
     Text,
     ToolCall,
     ToolCallArguments,
@@ -23,6 +24,7 @@ from ...engine.api import (
 from ..answer import Answer
 from ..errors import GenerationFailed, json_response
 from ..guards.body import parse_body
+from ..reasoning import Thinking
 from ..routing import Target, Targets
 from ..serving import Generation, complete, read_prompt, stream_one
 from ..sse import event_stream, typed_event
@@ -33,6 +35,8 @@ from .wire import (
     MessagesRequest,
     MessageUsage,
     OutputText,
+    OutputThinking,
+    OutputTokensDetails,
     OutputToolUse,
     TokenCount,
     stop_reason,
@@ -43,10 +47,11 @@ async def create_message(generation: Generation, targets: Targets) -> Response:
     body = await parse_body(MessagesRequest)
     target = targets.lookup(body.model)
     tools = body.tool_use()
-    run = await generation.start(
-        target, body.sampling(), _preparer(target, body, tools), "messages", tools
-    )
-    draft = Draft(target.id, body.stop_sequences, len(run.prompt.tokens))
+    thinking = target.thinking(body.thinking_ask())
+    prepare = _preparer(target, body, tools, thinking)
+    run = await generation.start(target, body.sampling(), prepare, "messages", tools, thinking)
+    seal = target.sealer.seal
+    draft = Draft(target.id, body.stop_sequences, len(run.prompt.tokens), seal, body.thinking_shown)
     if body.stream:
         return event_stream(stream_one(run, MessageEvents(draft)))
     return json_response(await complete(run, draft))
@@ -56,15 +61,25 @@ async def count_tokens(targets: Targets) -> Response:
     body = await parse_body(Conversation)
     target = targets.lookup(body.model)
     target.check_ready()
-    prompt = await read_prompt(_preparer(target, body, body.tool_use()), "messages")
+    thinking = target.thinking(body.thinking_ask())
+    prepare = _preparer(target, body, body.tool_use(), thinking)
+    prompt = await read_prompt(prepare, "messages")
     return json_response(TokenCount(input_tokens=len(prompt.tokens)))
 
 
-def _preparer(target: Target, body: Conversation, tools: ToolUse | None) -> Callable[[], Prompt]:
+def _preparer(
+    target: Target, body: Conversation, tools: ToolUse | None, thinking: Thinking
+) -> Callable[[], Prompt]:
+    target.check_text_only(body.media())
+    turns = target.turns(body.turns(target.sealer.open), None)
+
     def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here
-        return target.engine.prepare(target.turns(body.turns(), None), None, tools)
+        return target.engine.prepare(turns, None, tools, thinking.template_args)
 
     return prepare
+
+
+Block = OutputThinking | OutputText | OutputToolUse
 
 
 def tool_use_block(call: ToolCall) -> OutputToolUse:
@@ -92,11 +107,15 @@ class Draft:
     model: str
     stop_sequences: list[str] | None
     input_tokens: int
+    seal: Callable[[str], str] = str  # signs the thinking shown
+    shows_thinking: bool = True  # False: thinking blocks carry their signature only
     id: str = field(default_factory=lambda: new_id("msg"))
 
-    def build(
-        self, content: Sequence[OutputText | OutputToolUse], finished: Finished | None
-    ) -> Message:
+    def thinking_block(self, thought: str) -> OutputThinking:
+        shown = thought if self.shows_thinking else ""
+        return OutputThinking(thinking=shown, signature=self.seal(thought))
+
+    def build(self, content: Sequence[Block], finished: Finished | None) -> Message:
         reason, word = (
             (None, None) if finished is None else stop_reason(finished, self.stop_sequences)
         )
@@ -115,14 +134,17 @@ class Draft:
         return MessageUsage(  # Anthropic counts cached prompt tokens apart from input_tokens
             input_tokens=finished.prompt_tokens - finished.cached_tokens,
             output_tokens=finished.completion_tokens,
+            output_tokens_details=OutputTokensDetails(thinking_tokens=finished.reasoning_tokens),
             cache_read_input_tokens=finished.cached_tokens,
         )
 
     def whole(self, answers: Sequence[Answer], usage: Usage) -> Message:
         answer = answers[0]
+        thought = answer.reasoning
+        thinking = [] if thought is None else [self.thinking_block(thought)]
         text = [OutputText(text=answer.text)] if answer.text else []
         calls = [tool_use_block(call) for call in answer.tool_calls]
-        return self.build([*text, *calls], answer.finished)
+        return self.build([*thinking, *text, *calls], answer.finished)
 
 
 @dataclass
@@ -133,8 +155,20 @@ class MessageEvents:
 
     draft: Draft
     index: int = -1  # the open block's
-    open: str | None = None  # its type: "text" or "tool_use"
+    open: str | None = None  # its type: "thinking", "text" or "tool_use"
     pinged: bool = False
+    thoughts: list[str] = field(default_factory=list)  # the open thinking block's
+
+    def reasoning(self, event: Reasoning) -> list[str]:
+        out = (
+            []
+            if self.open == "thinking"
+            else self._start(self.draft.thinking_block("").model_dump())
+        )
+        self.thoughts.append(event.text)
+        if not self.draft.shows_thinking:
+            return out
+        return out + [self._delta({"type": "thinking_delta", "thinking": event.text})]
 
     def opening(self) -> list[str]:
         shell = self.draft.build([], None)
@@ -162,6 +196,7 @@ class MessageEvents:
                 "output_tokens",
                 "cache_creation_input_tokens",
                 "cache_read_input_tokens",
+                "output_tokens_details",
                 "server_tool_use",
             }
         )
@@ -197,5 +232,9 @@ class MessageEvents:
     def _stop(self) -> list[str]:
         if self.open is None:
             return []
-        self.open = None
-        return [typed_event("content_block_stop", {"index": self.index})]
+        out = []
+        if self.open == "thinking":  # the signature seals the whole thinking, so it comes last
+            signature = self.draft.seal("".join(self.thoughts))
+            out.append(self._delta({"type": "signature_delta", "signature": signature}))
+        self.open, self.thoughts = None, []
+        return out + [typed_event("content_block_stop", {"index": self.index})]

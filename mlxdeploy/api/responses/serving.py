@@ -3,13 +3,22 @@ events), and GET / DELETE /v1/responses/{id} on the responses kept in memory."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from quart import Response
 
-from ...engine.api import Finished, Prompt, Text, ToolCallArguments, ToolCallStarted, Turn
+from ...engine.api import (
+    Finished,
+    Prompt,
+    Reasoning,
+    Text,
+    ToolCallArguments,
+    ToolCallStarted,
+    Turn,
+)
 from ..answer import Answer
 from ..errors import InvalidRequest, NotFound, json_response
 from ..guards.body import parse_body
@@ -22,14 +31,20 @@ from .wire import (
     DeletedResponse,
     IncompleteDetails,
     NamedFunction,
+    OfferedTool,
     OutputCall,
+    OutputCustomCall,
     OutputItem,
     OutputMessage,
+    OutputReasoning,
+    OutputReasoningText,
+    OutputSummary,
     OutputText,
     ResponseError,
     ResponseObject,
     ResponseRequest,
     ResponseUsage,
+    custom_input,
     turns_of,
 )
 
@@ -46,16 +61,19 @@ async def create_response(
 ) -> Response:
     body = await parse_body(ResponseRequest)
     target = targets.lookup(body.model)
+    target.check_text_only(body.media())
     conversation = (*_history(store, body.previous_response_id), *body.items())
     turns = [Turn("system", body.instructions)] if body.instructions else []
-    turns += turns_of(list(conversation))
+    turns += turns_of(list(conversation), target.sealer.open)
     tools = body.tool_use()
+    thinking = target.thinking(body.thinking())
 
     def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here
-        return target.engine.prepare(target.turns(turns, None), None, tools)
+        return target.engine.prepare(target.turns(turns, None), None, tools, thinking.template_args)
 
-    run = await generation.start(target, body.sampling(), prepare, "input", tools)
-    draft = Draft(body, target.id, run.params.temperature, run.params.top_p, run.params.max_tokens)
+    run = await generation.start(target, body.sampling(), prepare, "input", tools, thinking)
+    p = run.params
+    draft = Draft(body, target.id, p.temperature, p.top_p, p.max_tokens, target.sealer.seal)
     keep = _keeper(store, body.store, conversation)
     if body.stream:
         return event_stream(stream_one(run, ResponseEvents(draft, keep)))
@@ -125,8 +143,37 @@ class Draft:
     temperature: float
     top_p: float
     max_output_tokens: int
+    seal: Callable[[str], str] = str  # seals the thinking (encrypted_content)
     id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=now)
+
+    @functools.cached_property
+    def offers(self) -> dict[str, OfferedTool]:
+        """The tools as the model names them, for mapping its calls back."""
+        return {offer.tool.name: offer for offer in self.body.offered_tools()}
+
+    def reasoning_item(self, item_id: str, thought: str, status: Ending) -> OutputReasoning:
+        summary = [OutputSummary(text=thought)] if self.body.summarized else []
+        sealed = self.seal(thought) if self.body.sealed_thinking else None
+        content = [OutputReasoningText(text=thought)]
+        return OutputReasoning(
+            id=item_id, summary=summary, content=content, encrypted_content=sealed, status=status
+        )
+
+    def call_item(self, item_id: str, call_id: str, name: str, arguments: str) -> OutputItem:
+        """A call as the client named its tool: a custom tool's with its text input."""
+        offer = self.offers.get(name)
+        if offer is None or not offer.custom:
+            client = name if offer is None else offer.name
+            namespace = None if offer is None else offer.namespace
+            return OutputCall(
+                id=item_id, call_id=call_id, name=client, arguments=arguments,
+                status="completed", namespace=namespace,
+            )  # fmt: skip
+        return OutputCustomCall(
+            id=item_id, call_id=call_id, name=offer.name, input=custom_input(arguments),
+            status="completed", namespace=offer.namespace,
+        )  # fmt: skip
 
     def build(
         self,
@@ -136,7 +183,7 @@ class Draft:
         error: str | None = None,
     ) -> ResponseObject:
         body = self.body
-        tools = [tool.model_dump() for tool in body.tools or []]
+        tools = [_echo(tool.model_dump()) for tool in body.tools or []]
         choice = body.tool_choice
         return ResponseObject(
             id=self.id,
@@ -168,21 +215,19 @@ class Draft:
         answer = answers[0]
         assert answer.finished is not None
         done = ending(answer.finished)
-        calls = [
-            OutputCall(
-                id=new_id("fc"),
-                call_id=c.id,
-                name=c.name,
-                arguments=c.arguments,
-                status="completed",
-            )
-            for c in answer.tool_calls
-        ]
+        calls = [self.call_item(new_id("fc"), c.id, c.name, c.arguments) for c in answer.tool_calls]
         output: list[OutputItem] = []
+        if answer.reasoning is not None:
+            output.append(self.reasoning_item(new_id("rs"), answer.reasoning, done))
         if answer.text or not calls:
             text = OutputText(text=answer.text)
             output.append(OutputMessage(id=new_id("msg"), status=done, content=[text]))
         return self.finish([*output, *calls], answer.finished)
+
+
+def _echo(tool: dict[str, Any]) -> dict[str, Any]:
+    """A tool as the response echoes it: hints it did not send are left out."""
+    return {k: v for k, v in tool.items() if v is not None or k not in ("defer_loading",)}
 
 
 @dataclass
@@ -193,9 +238,35 @@ class ResponseEvents:
     draft: Draft
     keep: Callable[[ResponseObject], None]
     output: list[OutputItem] = field(default_factory=list)
-    open: OutputMessage | OutputCall | None = None
+    open: OutputMessage | OutputCall | OutputReasoning | None = None
     pieces: list[str] = field(default_factory=list)  # the open item's text or arguments
     sequence: int = 0
+
+    def reasoning(self, event: Reasoning) -> list[str]:
+        out = [] if isinstance(self.open, OutputReasoning) else self._open_reasoning()
+        assert self.open is not None
+        self.pieces.append(event.text)
+        ids = {"item_id": self.open.id, "output_index": len(self.output)}
+        if self.draft.body.summarized:
+            kind, where = "response.reasoning_summary_text.delta", {"summary_index": 0}
+        else:
+            kind, where = "response.reasoning_text.delta", {"content_index": 0}
+        return out + [self._event(kind, **ids, **where, delta=event.text)]
+
+    def _open_reasoning(self) -> list[str]:
+        out = self._close()
+        self.open = OutputReasoning(id=new_id("rs"), summary=[], status="in_progress")
+        index = len(self.output)
+        out.append(
+            self._event(
+                "response.output_item.added", output_index=index, item=self.open.model_dump()
+            )
+        )
+        if self.draft.body.summarized:
+            part = OutputSummary(text="").model_dump()
+            ids = {"item_id": self.open.id, "output_index": index, "summary_index": 0}
+            out.append(self._event("response.reasoning_summary_part.added", **ids, part=part))
+        return out
 
     def opening(self) -> list[str]:
         shell = self.draft.build("in_progress").model_dump()
@@ -225,6 +296,13 @@ class ResponseEvents:
     def call(self, event: ToolCallStarted | ToolCallArguments) -> list[str]:
         if isinstance(event, ToolCallStarted):
             out = self._close()
+            offer = self.draft.offers.get(event.name)
+            if offer is not None and offer.custom:  # its input comes whole, when it closes
+                self.open = OutputCall(
+                    id=new_id("ctc"), call_id=event.id, name=event.name, arguments="",
+                    status="in_progress",
+                )  # fmt: skip
+                return out
             self.open = OutputCall(
                 id=new_id("fc"),
                 call_id=event.id,
@@ -240,6 +318,8 @@ class ResponseEvents:
             return out + [added]
         assert self.open is not None
         self.pieces.append(event.text)
+        if self.open.id.startswith("ctc_"):
+            return []
         return [
             self._event(
                 "response.function_call_arguments.delta",
@@ -285,14 +365,32 @@ class ResponseEvents:
         self.open, self.pieces = None, []
         out: list[str] = []
         done: OutputItem
-        if isinstance(item, OutputMessage):
+        if isinstance(item, OutputReasoning):
+            done = self.draft.reasoning_item(item.id, joined, status)
+            out += self._reasoning_done(item.id, index, joined)
+        elif isinstance(item, OutputCall) and item.id.startswith("ctc_"):
+            done = self.draft.call_item(item.id, item.call_id, item.name, joined)
+            assert isinstance(done, OutputCustomCall)
+            out.append(
+                self._event(
+                    "response.output_item.added",
+                    output_index=index,
+                    item={**done.model_dump(), "input": "", "status": "in_progress"},
+                )
+            )
+            ids = {"item_id": item.id, "output_index": index}
+            out.append(
+                self._event("response.custom_tool_call_input.delta", **ids, delta=done.input)
+            )
+            out.append(self._event("response.custom_tool_call_input.done", **ids, input=done.input))
+        elif isinstance(item, OutputMessage):
             part = OutputText(text=joined)
             done = OutputMessage(id=item.id, status=status, content=[part])
             ids = {"item_id": item.id, "output_index": index, "content_index": 0}
             out.append(self._event("response.output_text.done", **ids, text=joined, logprobs=[]))
             out.append(self._event("response.content_part.done", **ids, part=part.model_dump()))
         else:
-            done = item.model_copy(update={"arguments": joined, "status": "completed"})
+            done = self.draft.call_item(item.id, item.call_id, item.name, joined)
             out.append(
                 self._event(
                     "response.function_call_arguments.done",
@@ -307,6 +405,16 @@ class ResponseEvents:
             self._event("response.output_item.done", output_index=index, item=done.model_dump())
         )
         return out
+
+    def _reasoning_done(self, item_id: str, index: int, text: str) -> list[str]:
+        ids = {"item_id": item_id, "output_index": index}
+        if not self.draft.body.summarized:
+            return [self._event("response.reasoning_text.done", **ids, content_index=0, text=text)]
+        part = OutputSummary(text=text).model_dump()
+        return [
+            self._event("response.reasoning_summary_text.done", **ids, summary_index=0, text=text),
+            self._event("response.reasoning_summary_part.done", **ids, summary_index=0, part=part),
+        ]
 
     def _event(self, kind: str, **payload: Any) -> str:
         event = typed_event(kind, {**payload, "sequence_number": self.sequence})

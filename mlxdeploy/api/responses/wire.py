@@ -3,6 +3,9 @@ the response object with its output items, and the conversion into the engine's 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -13,15 +16,19 @@ from pydantic import (
     StrictBool,
     StrictInt,
     Tag,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
 )
 
-from ...engine.api import ToolCall, ToolUse, Turn
+from ...engine.api import Tool, ToolCall, ToolUse, Turn
 from ...spec.formats import ResponseFormat
+from ...spec.reasoning import Effort
 from .. import unsupported
-from ..chat.tools import FunctionDefinition, offered
+from ..chat.tools import FunctionDefinition, FunctionName, offered
+from ..reasoning import ThinkingAsk
+from ..unused import unused_fields, unused_of
 from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, Usage, WireModel, enforceable
 
 
@@ -38,15 +45,73 @@ class TextContent(WireModel):
     text: str
 
 
+class MediaContent(WireModel):
+    """An image, a file or audio: this server's models read text only (a 400 naming it)."""
+
+    type: Literal["input_image", "input_file", "input_audio"]
+
+
+class RefusalContent(WireModel):
+    type: Literal["refusal"]
+    refusal: str
+
+
+Content = Annotated[
+    Annotated[TextContent, Tag("input_text")]
+    | Annotated[TextContent, Tag("output_text")]
+    | Annotated[RefusalContent, Tag("refusal")]
+    | Annotated[MediaContent, Tag("input_image")]
+    | Annotated[MediaContent, Tag("input_file")]
+    | Annotated[MediaContent, Tag("input_audio")],
+    Discriminator(_kind),
+]
+
+
 class InputMessage(WireModel):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
-    content: str | list[TextContent]
+    content: str | list[Content]
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(p.text for p in self.content if isinstance(p, TextContent))
+
+    def media(self) -> int | None:
+        parts = [] if isinstance(self.content, str) else self.content
+        return next((j for j, p in enumerate(parts) if isinstance(p, MediaContent)), None)
+
+
+class SummaryText(WireModel):
+    type: Literal["summary_text"]
+    text: str
+
+
+class ReasoningText(WireModel):
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class ReasoningItem(WireModel):
+    """An earlier answer's thinking, sent back: its `encrypted_content` (sealed here) is the
+    thinking itself; without one, its text."""
+
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[SummaryText] = []
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = None
+
+    def thought(self, unseal: Callable[[str], str | None], where: str) -> str | None:
+        if self.encrypted_content:
+            opened = unseal(self.encrypted_content)
+            if opened is not None:
+                return opened
+            unused_fields().decline(
+                f"{where}.encrypted_content", "it was not sealed by this deployment", "not ours"
+            )
+        parts = self.content or self.summary
+        return "".join(part.text for part in parts) or None
 
 
 class FunctionCallItem(WireModel):
@@ -57,63 +122,220 @@ class FunctionCallItem(WireModel):
     name: str
     arguments: str
     id: str | None = None
+    namespace: str | None = None  # a tool of a namespace tool
+
+    def to_call(self) -> ToolCall:
+        return ToolCall(self.call_id, flat_name(self.namespace, self.name), self.arguments)
+
+
+class CustomCallItem(WireModel):
+    """A call of a custom (free-form) tool, sent back: its `input` is plain text."""
+
+    type: Literal["custom_tool_call"]
+    call_id: str
+    name: str
+    input: str
+    id: str | None = None
+    namespace: str | None = None
+
+    def to_call(self) -> ToolCall:
+        arguments = json.dumps({CUSTOM_INPUT: self.input}, ensure_ascii=False)
+        return ToolCall(self.call_id, flat_name(self.namespace, self.name), arguments)
 
 
 class FunctionCallOutput(WireModel):
-    """What the client's function returned for call `call_id`."""
+    """What the client's function (or custom tool) returned for call `call_id`."""
 
-    type: Literal["function_call_output"]
+    type: Literal["function_call_output", "custom_tool_call_output"]
     call_id: str
-    output: str | list[TextContent]
+    output: str | list[Content]
 
     def text(self) -> str:
         if isinstance(self.output, str):
             return self.output
-        return "".join(part.text for part in self.output)
+        return "".join(p.text for p in self.output if isinstance(p, TextContent))
 
 
 InputItem = Annotated[
     Annotated[InputMessage, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
-    | Annotated[FunctionCallOutput, Tag("function_call_output")],
+    | Annotated[CustomCallItem, Tag("custom_tool_call")]
+    | Annotated[FunctionCallOutput, Tag("function_call_output")]
+    | Annotated[FunctionCallOutput, Tag("custom_tool_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")],
     Discriminator(_kind),
 ]
 
+Unseal = Callable[[str], "str | None"]
 
-def turns_of(items: list[Any]) -> list[Turn]:
+
+def _unsealable(sealed: str) -> str | None:
+    return None
+
+
+def turns_of(items: list[Any], unseal: Unseal = _unsealable) -> list[Turn]:
     """A conversation of input items as the chat format sees it: consecutive calls join the
-    assistant turn before them, and each output names the function it answers."""
+    assistant turn before them, each output names the function it answers, and a reasoning
+    item is the thinking of the assistant turn it opens."""
     turns: list[Turn] = []
     names: dict[str, str] = {}
-    for item in items:
+    thought: list[str] = []  # reasoning items waiting for their assistant turn
+    for index, item in enumerate(items):
+        if isinstance(item, ReasoningItem):
+            text = item.thought(unseal, f"input[{index}]")
+            thought += [text] if text else []
+            continue
+        if isinstance(item, InputMessage | FunctionCallOutput) and item_role(item) != "assistant":
+            thought = []  # thinking with no answer after it
         if isinstance(item, InputMessage):
-            turns.append(Turn(item.role, item.text()))
-        elif isinstance(item, FunctionCallItem):
-            names[item.call_id] = item.name
-            call = ToolCall(item.call_id, item.name, item.arguments)
-            if turns and turns[-1].role == "assistant":
+            turn = Turn(item.role, item.text())
+            turns.append(_with_thought(turn, thought) if item.role == "assistant" else turn)
+            thought = [] if item.role == "assistant" else thought
+        elif isinstance(item, FunctionCallItem | CustomCallItem):
+            call = item.to_call()
+            names[item.call_id] = call.name
+            if turns and turns[-1].role == "assistant" and not thought:
                 last = turns[-1]
-                turns[-1] = Turn("assistant", last.content, (*last.tool_calls, call))
+                turns[-1] = replace(last, tool_calls=(*last.tool_calls, call))
             else:
-                turns.append(Turn("assistant", "", (call,)))
+                turns.append(_with_thought(Turn("assistant", "", (call,)), thought))
+                thought = []
         else:
             name = names.get(item.call_id)
             turns.append(Turn("tool", item.text(), tool_call_id=item.call_id, name=name))
     return turns
 
 
+def item_role(item: Any) -> str:
+    return str(item.role) if isinstance(item, InputMessage) else "tool"
+
+
+def _with_thought(turn: Turn, thought: list[str]) -> Turn:
+    return replace(turn, reasoning="".join(thought)) if thought else turn
+
+
+CUSTOM_INPUT = "input"  # a custom tool's free-form text, as the model sees its one argument
+
+
+def custom_input(arguments: str) -> str:
+    """A custom tool's text input, from the arguments of the function the model saw."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return arguments
+    text = value.get(CUSTOM_INPUT) if isinstance(value, dict) else None
+    return text if isinstance(text, str) else arguments
+
+
+def flat_name(namespace: str | None, name: str) -> str:
+    """A namespace's tool as the model sees it: one flat function name."""
+    return name if not namespace else f"{namespace}__{name}"
+
+
 class FunctionTool(FunctionDefinition):
     """A function the model may call: chat's function definition, flattened into the tool."""
 
     type: Literal["function"]
+    defer_loading: StrictBool | None = None  # a hint: offered at once (no tool search here)
+
+    def tools(self, namespace: str | None = None) -> list[OfferedTool]:
+        tool = self.to_tool()
+        name = flat_name(namespace, self.name)
+        return [OfferedTool(replace(tool, name=name), self.name, namespace, custom=False)]
+
+
+class CustomFormat(WireModel):
+    type: Literal["text", "grammar"]
+    syntax: str | None = None
+    definition: str | None = None
+
+
+class CustomTool(WireModel):
+    """A custom (free-form) tool: its input is text. The model sees a function with one
+    string argument, `input`; its calls come back as custom_tool_call items."""
+
+    type: Literal["custom"]
+    name: FunctionName
+    description: str | None = None
+    format: CustomFormat | None = None
+    defer_loading: StrictBool | None = None
+
+    def tools(self, namespace: str | None = None) -> list[OfferedTool]:
+        schema = {
+            "type": "object",
+            "properties": {CUSTOM_INPUT: {"type": "string"}},
+            "required": [CUSTOM_INPUT],
+        }
+        what = self.description or ""
+        if self.format is not None and self.format.definition:
+            what += f"\nThe input follows this {self.format.syntax or ''} grammar:\n"
+            what += self.format.definition
+        tool = Tool(flat_name(namespace, self.name), what or None, json.dumps(schema))
+        return [OfferedTool(tool, self.name, namespace, custom=True)]
+
+
+class NamespaceTool(WireModel):
+    """A group of tools under one name: the model sees each as `<namespace>__<name>`, and
+    its calls come back with their own name and `namespace`."""
+
+    type: Literal["namespace"]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    tools: list[FunctionTool | CustomTool]
+
+    def offered(self) -> list[OfferedTool]:
+        return [o for tool in self.tools for o in tool.tools(self.name)]
+
+
+class HostedTool(WireModel):
+    """A tool OpenAI's servers run (web search, file search, ...): declined here."""
+
+    type: Annotated[str, Field(pattern=r"^[a-z_0-9]+$")]
+
+
+@dataclass(frozen=True)
+class OfferedTool:
+    """A tool as the model sees it, and how its calls go back to the client."""
+
+    tool: Tool
+    name: str  # the client's own name
+    namespace: str | None
+    custom: bool
+
+
+def _tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else value.type
+    return kind if kind in ("function", "custom", "namespace") else "hosted"
+
+
+AnyTool = Annotated[
+    Annotated[FunctionTool, Tag("function")]
+    | Annotated[CustomTool, Tag("custom")]
+    | Annotated[NamespaceTool, Tag("namespace")]
+    | Annotated[HostedTool, Tag("hosted")],
+    Discriminator(_tool_kind),
+]
 
 
 class NamedFunction(WireModel):
-    type: Literal["function"]
+    type: Literal["function", "custom"]
     name: str
 
 
-ToolChoice = Literal["none", "auto", "required"] | NamedFunction
+class AllowedTool(WireModel):
+    type: str
+    name: str | None = None
+
+
+class AllowedTools(WireModel):
+    """`allowed_tools`: only these of the tools may be called, `auto` or `required`."""
+
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"]
+    tools: list[AllowedTool]
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedFunction | AllowedTools
 
 
 class TextFormat(WireModel):
@@ -143,6 +365,14 @@ class TextFormat(WireModel):
 class TextConfig(WireModel):
     format: TextFormat | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _verbosity_is_a_hint(cls, data: Any, info: ValidationInfo) -> Any:
+        # Codex sends text.verbosity; a hint, as chat's top-level verbosity is (unsupported.py).
+        if isinstance(data, dict) and data.get("verbosity") is not None:
+            unused_of(info).decline("text.verbosity", "verbosity is not supported")
+        return data
+
 
 class ResponseRequest(WireModel):
     model: str | None = None
@@ -151,8 +381,10 @@ class ResponseRequest(WireModel):
     previous_response_id: str | None = None
     store: StrictBool = True
     stream: StrictBool = False
-    tools: list[FunctionTool] | None = None
+    tools: list[AnyTool] | None = None
     tool_choice: ToolChoice | None = None
+    reasoning: ReasoningParam | None = None
+    include: list[str] | None = None
     parallel_tool_calls: StrictBool | None = None
     text: TextConfig | None = None
     max_output_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
@@ -162,8 +394,8 @@ class ResponseRequest(WireModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_silent_drops(cls, data: Any) -> Any:
-        unsupported.check_fields(data, cls.model_fields, unsupported.RESPONSES)
+    def _no_silent_drops(cls, data: Any, info: ValidationInfo) -> Any:
+        unsupported.check_fields(data, cls.model_fields, unsupported.RESPONSES, info)
         return data
 
     def items(self) -> list[Any]:
@@ -186,13 +418,82 @@ class ResponseRequest(WireModel):
             response_format=None if fmt is None else fmt.response_format(),
         )
 
+    def offered_tools(self) -> list[OfferedTool]:
+        """Every tool the model may call, namespaces flattened; hosted tools are declined."""
+        out: list[OfferedTool] = []
+        for index, tool in enumerate(self.tools or []):
+            if isinstance(tool, HostedTool):
+                unused_fields().decline(
+                    f"tools[{index}]", "hosted tools are not run here", tool.type
+                )
+            elif isinstance(tool, NamespaceTool):
+                out += tool.offered()
+            else:
+                out += tool.tools()
+            if getattr(tool, "defer_loading", None):
+                unused_fields().decline(
+                    f"tools[{index}].defer_loading", "tool search is not run here"
+                )
+        return out
+
     def tool_use(self) -> ToolUse | None:
         """The engine's ToolUse; None when the model may call nothing."""
+        tools = [offer.tool for offer in self.offered_tools()]
         choice = self.tool_choice
+        if isinstance(choice, AllowedTools):
+            allowed = {t.name for t in choice.tools if t.name is not None}
+            tools = [tool for tool in tools if tool.name in allowed]
+            return offered(tools, choice.mode, False, self.parallel_tool_calls)
         named = isinstance(choice, NamedFunction)
         picked = choice.name if isinstance(choice, NamedFunction) else choice
-        tools = [tool.to_tool() for tool in self.tools or []]
         return offered(tools, picked, named, self.parallel_tool_calls)
+
+    def thinking(self) -> ThinkingAsk:
+        effort = None if self.reasoning is None else self.reasoning.effort
+        return ThinkingAsk(effort=effort, param="reasoning.effort")
+
+    @property
+    def sealed_thinking(self) -> bool:
+        """Whether output reasoning items carry their thinking sealed (`encrypted_content`)."""
+        return ENCRYPTED in (self.include or [])
+
+    @property
+    def summarized(self) -> bool:
+        return (
+            self.reasoning is not None
+            and (self.reasoning.summary or self.reasoning.generate_summary) is not None
+        )
+
+    def media(self) -> str | None:
+        for index, item in enumerate(self.items()):
+            part = item.media() if isinstance(item, InputMessage) else None
+            if part is not None:
+                return f"input[{index}].content[{part}]"
+        return None
+
+    @field_validator("include")
+    @classmethod
+    def _included(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        """`reasoning.encrypted_content` is honoured; log-probabilities cannot be (a 400);
+        the other extras (hosted tools' results, image URLs) have nothing to show here."""
+        for entry in value or []:
+            if entry == "message.output_text.logprobs":
+                raise ValueError("log-probabilities are not reported on this route")
+            if entry != ENCRYPTED:
+                unused_of(info).decline("include", f"'{entry}' is not available here", entry)
+        return value
+
+
+ENCRYPTED = "reasoning.encrypted_content"
+
+
+class ReasoningParam(WireModel):
+    """`reasoning`: the effort of a thinking model; a summary of the thinking (the thinking
+    itself is its summary here)."""
+
+    effort: Effort | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
 
 
 class ResponseSampling(SamplingFields):
@@ -220,7 +521,7 @@ class OutputMessage(BaseModel):
     content: list[OutputText]
 
     def as_input(self) -> InputMessage:
-        parts = [TextContent(type="output_text", text=part.text) for part in self.content]
+        parts: list[Content] = [TextContent(type="output_text", text=p.text) for p in self.content]
         return InputMessage(role="assistant", content=parts)
 
 
@@ -231,14 +532,83 @@ class OutputCall(BaseModel):
     name: str
     arguments: str
     status: Literal["in_progress", "completed", "incomplete"]
+    namespace: str | None = None  # a namespace tool's (left out otherwise)
+
+    @model_serializer(mode="wrap")
+    def _namespace_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_none(handler(self), "namespace")
 
     def as_input(self) -> FunctionCallItem:
         return FunctionCallItem(
-            type="function_call", call_id=self.call_id, name=self.name, arguments=self.arguments
+            type="function_call",
+            call_id=self.call_id,
+            name=self.name,
+            arguments=self.arguments,
+            namespace=self.namespace,
         )
 
 
-OutputItem = OutputMessage | OutputCall
+class OutputCustomCall(BaseModel):
+    type: Literal["custom_tool_call"] = "custom_tool_call"
+    id: str
+    call_id: str
+    name: str
+    input: str
+    status: Literal["in_progress", "completed", "incomplete"]
+    namespace: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _namespace_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_none(handler(self), "namespace")
+
+    def as_input(self) -> CustomCallItem:
+        return CustomCallItem(
+            type="custom_tool_call",
+            call_id=self.call_id,
+            name=self.name,
+            input=self.input,
+            namespace=self.namespace,
+        )
+
+
+class OutputSummary(BaseModel):
+    type: Literal["summary_text"] = "summary_text"
+    text: str
+
+
+class OutputReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class OutputReasoning(BaseModel):
+    """A thinking model's thinking: as its summary when the request asked for one, as its
+    content, and sealed in `encrypted_content` when the request included it."""
+
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    summary: list[OutputSummary]
+    content: list[OutputReasoningText] | None = None
+    encrypted_content: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+    def as_input(self) -> ReasoningItem:
+        return ReasoningItem(
+            type="reasoning",
+            summary=[SummaryText(type="summary_text", text=s.text) for s in self.summary],
+            content=[ReasoningText(type="reasoning_text", text=c.text) for c in self.content or []],
+            encrypted_content=self.encrypted_content,
+        )
+
+
+def _without_none(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    for key in keys:
+        if data.get(key) is None:
+            data.pop(key, None)
+    return data
+
+
+OutputItem = OutputMessage | OutputCall | OutputCustomCall | OutputReasoning
 
 
 class InputTokensDetails(BaseModel):
@@ -264,6 +634,9 @@ class ResponseUsage(BaseModel):
             input_tokens=usage.prompt_tokens,
             input_tokens_details=InputTokensDetails(cached_tokens=cached),
             output_tokens=usage.completion_tokens,
+            output_tokens_details=OutputTokensDetails(
+                reasoning_tokens=(usage.completion_tokens_details or {}).get("reasoning_tokens", 0)
+            ),
             total_tokens=usage.total_tokens,
         )
 

@@ -7,7 +7,7 @@ UV := $(PY) -m uv pip install -q --compile-bytecode --python $(PY)
 TEST_WORKERS ?= 2
 SPEC ?= configs/demo.yaml
 
-.PHONY: install up test test-fast validate lint schema clean
+.PHONY: install agents up test test-fast validate lint schema clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 up: install
 	$(VENV)/bin/mlxdeploy up $(SPEC)
 
-test: install
+# The suite also drives the coding agents' own CLIs (Claude Code, Codex, opencode, aider)
+# against a real server: test dependencies only, installed under .agents/.
+agents:
+	@scripts/install-agents.sh
+
+test: install agents
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Everything but the tests that start real `mlxdeploy up` processes.

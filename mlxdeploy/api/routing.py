@@ -3,10 +3,11 @@ resolve to a `Target` (an engine, its admission, and the settings that shape the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..engine.api import Engine, RoleOverride, Turn, has_system_turn
+from ..engine.api import Engine, RoleOverride, ToolUse, Turn, has_system_turn
 from ..spec.catalog import Catalog, Preset
 from ..spec.formats import ResponseFormat
 from ..spec.reasoning import ReasoningSettings
@@ -38,6 +39,16 @@ class Target:
     def thinking(self, ask: ThinkingAsk) -> Thinking:
         """What the request asks of the thinking, over this model's reasoning settings."""
         return resolve_thinking(ask, self.reasoning, self.engine.thinks, unused_fields())
+
+    def tool_use(self, use: ToolUse | None, turns: Sequence[Turn]) -> ToolUse | None:
+        """The request's tool use, with the spec's choice where the request leaves it to the
+        model (auto, or none named): a forced one answers a user message with one call, never
+        a tool result."""
+        if use is None or use.choice != "auto" or self.defaults.tool_choice == "auto":
+            return use
+        if not turns or turns[-1].role != "user":
+            return use
+        return dataclasses.replace(use, choice="required", parallel=False)
 
     def check_text_only(self, media: str | None) -> None:
         """A 400 for an image (or another medium) sent to a model that reads text only."""

@@ -224,10 +224,27 @@ def new_id(prefix: str) -> str:
 def enforceable(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     """A JSON Schema the grammar compiler takes (for a field validator: a bad one is a 400
     when the body is parsed, before the request takes a batch slot)."""
+    schema = None if schema is None else _without_string_keys(schema)
     problem = None if schema is None else problem_of(json.dumps(schema))
     if problem is not None:
         raise ValueError(f"invalid JSON schema: {problem}")
     return schema
+
+
+def _without_string_keys(node: Any) -> Any:
+    """The schema without `propertyNames: {type: string}` on its objects: every JSON key is a
+    string, so it says nothing, and the grammar compiler does not take the keyword (zod's
+    records carry it, e.g. in Claude Code's tools)."""
+    if isinstance(node, list):
+        return [_without_string_keys(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    trivial = node.get("type") == "object" and node.get("propertyNames") == {"type": "string"}
+    return {
+        key: _without_string_keys(value)
+        for key, value in node.items()
+        if not (trivial and key == "propertyNames")
+    }
 
 
 def now() -> int:

@@ -44,7 +44,9 @@ def template_prompt(
     tool results with the id of the call they answer, and an assistant turn's thinking (as
     `reasoning_content`, Qwen's name, and `thinking`, gpt-oss's). `template_args` are the
     template's own variables (enable_thinking, reasoning_effort, ...)."""
-    conversation = [_message(turn) for turn in turns]
+    template = getattr(tokenizer, "chat_template", None)
+    knows_developer = isinstance(template, str) and "developer" in template
+    conversation = [_message(turn, knows_developer) for turn in turns]
     extra: dict[str, Any] = {**template_args}
     if tools:
         extra["tools"] = tool_dicts(tools)
@@ -58,8 +60,11 @@ def template_prompt(
         raise PromptRejected(f"the model's chat template rejected the messages: {exc}") from None
 
 
-def _message(turn: Turn) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+def _message(turn: Turn, knows_developer: bool = True) -> dict[str, Any]:
+    """A turn as a template reads it; a developer message is a system message to a template
+    that does not name the developer role (it would render nothing for it)."""
+    role = "system" if turn.role == "developer" and not knows_developer else turn.role
+    message: dict[str, Any] = {"role": role, "content": turn.content}
     if turn.tool_calls:
         message["tool_calls"] = [
             {

@@ -4,7 +4,8 @@
 - a named function: the answer is one call to it.
 - `auto`: free text (or the response format's JSON), until the model writes the call's start
   marker; from there on the call is constrained like the others (a lazy lexeme ends the free
-  text at the marker).
+  text at the marker; a marker that is a special token ends it by itself, as text never holds
+  one).
 Each call's arguments match its tool's JSON Schema. After the last call only the end of the
 answer may follow.
 """
@@ -34,7 +35,11 @@ def tool_grammar(fmt: ToolFormat, use: ToolUse, content_schema: str | None, mark
     several = use.parallel and tool_name(use) is None  # a named function: exactly one call
     more = f"({_literal(shape.separator)} call)*" if several else ""
     lines.append(f"call: {start} body")
-    if use.choice == "auto":
+    if use.choice == "auto" and start.startswith("<["):  # a special token ends free text
+        content = "TEXT" if content_schema is None else f"%json {_strict(content_schema)}"
+        text = "TEXT? " if content_schema is None else ""
+        lines += [f"start: {content} | {text}call {more}", "TEXT: /(.|\\n)+/"]
+    elif use.choice == "auto":
         content = "TEXT" if content_schema is None else f"%json {_strict(content_schema)}"
         lines += [
             f"start: {content} | opened {more}",

@@ -147,6 +147,15 @@ class SamplingDefaults(Section):
         le=0.5,
         description="XTC excludes every choice but the least likely one above this probability.",
     )
+    tool_choice: Literal["auto", "required"] = Field(
+        default="auto",
+        description=(
+            "The tool choice where a request that offers tools leaves it to the model (auto, "
+            "or none sent). required: the answer to a user message is one tool call; after a "
+            "tool result the model chooses, so an agent's loop ends (as the OpenAI Agents SDK "
+            "resets a forced choice). For models too small to choose well."
+        ),
+    )
 
 
 class EngineSettings(Section):

@@ -51,7 +51,7 @@ async def serve_chat(
     generation: Generation, body: ChatCompletionRequest, target: Target
 ) -> Response:
     override = body.role_override()
-    tools = body.tool_use()
+    tools = target.tool_use(body.tool_use(), body.turns())
     thinking = target.thinking(body.thinking())
 
     def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here

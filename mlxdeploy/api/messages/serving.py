@@ -20,6 +20,7 @@ from ...engine.api import (
     ToolCallArguments,
     ToolCallStarted,
     ToolUse,
+    Turn,
 )
 from ..answer import Answer
 from ..errors import GenerationFailed, json_response
@@ -46,9 +47,10 @@ from .wire import (
 async def create_message(generation: Generation, targets: Targets) -> Response:
     body = await parse_body(MessagesRequest)
     target = targets.lookup(body.model)
-    tools = body.tool_use()
+    turns = body.turns(target.sealer.open)
+    tools = target.tool_use(body.tool_use(), turns)
     thinking = target.thinking(body.thinking_ask())
-    prepare = _preparer(target, body, tools, thinking)
+    prepare = _preparer(target, body, tools, thinking, turns)
     run = await generation.start(target, body.sampling(), prepare, "messages", tools, thinking)
     seal = target.sealer.seal
     draft = Draft(target.id, body.stop_sequences, len(run.prompt.tokens), seal, body.thinking_shown)
@@ -68,10 +70,14 @@ async def count_tokens(targets: Targets) -> Response:
 
 
 def _preparer(
-    target: Target, body: Conversation, tools: ToolUse | None, thinking: Thinking
+    target: Target,
+    body: Conversation,
+    tools: ToolUse | None,
+    thinking: Thinking,
+    turns: list[Turn] | None = None,
 ) -> Callable[[], Prompt]:
     target.check_text_only(body.media())
-    turns = target.turns(body.turns(target.sealer.open), None)
+    turns = target.turns(body.turns(target.sealer.open) if turns is None else turns, None)
 
     def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here
         return target.engine.prepare(turns, None, tools, thinking.template_args)

@@ -65,7 +65,7 @@ async def create_response(
     conversation = (*_history(store, body.previous_response_id), *body.items())
     turns = [Turn("system", body.instructions)] if body.instructions else []
     turns += turns_of(list(conversation), target.sealer.open)
-    tools = body.tool_use()
+    tools = target.tool_use(body.tool_use(), turns)
     thinking = target.thinking(body.thinking())
 
     def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here

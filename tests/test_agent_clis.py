@@ -6,12 +6,16 @@ The CLIs are test dependencies, installed under .agents/ by `make test`
 (scripts/install-agents.sh). Each runs with a home of its own, its telemetry, updates and
 catalogue downloads off, and stdin closed (codex and opencode wait on an open one).
 
-The thinking model is tiny and random, so the spec makes its choices for it: the answer to a
-user message is one forced tool call with schema-valid arguments (`defaults.tool_choice:
-required`), its strings end at once (a bias on the quote token), its thinking is closed at once
-(budgets of 0: the thinking block, its signature and the sealed round trip are still there),
-and after the tool result it ends its turn (a bias on the end-of-sequence token). aider offers
-no tools; it talks to the demo model, which answers for real."""
+The thinking model is tiny and random, so the spec makes its choices for it, with biases:
+- it thinks in a special token (`<|im_start|>`, the strongest bias) until its budget of 4
+  closes the thinking: a grammar never allows a special token, so past the thinking this bias
+  does nothing where a grammar holds;
+- the answer to a user message is one forced tool call with schema-valid arguments
+  (`defaults.tool_choice: required`), whose strings end at once (a bias on the quote token);
+- after the tool result the model chooses (auto): its answer is one quote, then the end of the
+  turn (a bias on the end-of-sequence token, weaker than the thinking's, stronger than the
+  quote's).
+aider offers no tools; it talks to the demo model, which answers for real."""
 
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ pytestmark = pytest.mark.process
 ROOT = Path(__file__).parent.parent
 AGENTS = Path(os.environ.get("MLXDEPLOY_AGENTS_DIR", ROOT / ".agents"))
 BIN = AGENTS / "node" / "node_modules" / ".bin"
-EOS, QUOTE = 2, 18  # SmolLM2's <|im_end|> and '"'
+SPECIAL, EOS, QUOTE = 1, 2, 18  # SmolLM2's <|im_start|>, <|im_end|> and '"'
 TIMEOUT = 240
 
 
@@ -42,9 +46,9 @@ def spec_text(thinking_model_dir: Path) -> str:
         "max_tokens": 64,
         "temperature": 0.0,
         "tool_choice": "required",
-        "logit_bias": {str(EOS): 30, str(QUOTE): 12},
+        "logit_bias": {str(SPECIAL): 40, str(EOS): 30, str(QUOTE): 12},
     }
-    budgets = dict.fromkeys(("minimal", "low", "medium", "high", "xhigh", "max"), 0)
+    budgets = dict.fromkeys(("minimal", "low", "medium", "high", "xhigh", "max"), 4)
     spec = {
         "engine": {"warmup": False},
         "limits": {"max_tokens": 64},
@@ -127,7 +131,10 @@ def test_claude_code_runs_a_session_with_a_tool_round_trip(
     assert result["usage"]["cache_read_input_tokens"] > 0  # the second turn hit the cache
     turns = access_lines(server, "/v1/messages")[before:]
     assert len(turns) >= 2, turns
-    # The thinking block of the first answer came back signed: nothing was left out of it.
+    # The first answer's thinking block, signed (Claude Code keeps it in its transcript), came
+    # back with the tool result, and its signature opened: nothing of it was left out.
+    transcript = "".join(p.read_text() for p in (tmp_path / ".claude").rglob("*.jsonl"))
+    assert '"type":"thinking"' in transcript and '"signature":"gAAAA' in transcript
     assert not any("messages[" in line for line in turns), turns
 
 
@@ -144,7 +151,10 @@ def test_codex_runs_a_session_with_a_tool_round_trip(server: RunningServer, tmp_
     turns = access_lines(server, "/v1/responses")[before:]
     assert len(turns) >= 2, turns  # a tool call, its output sent back, the final answer
     # Codex keeps nothing on the server (store: false): each turn sends the reasoning items
-    # back with their encrypted_content, which this deployment sealed and opens again.
+    # back with their encrypted_content (its session log keeps them), which this deployment
+    # sealed and opens again.
+    sessions = "".join(p.read_text() for p in codex_home.rglob("*.jsonl"))
+    assert '"encrypted_content":"gAAAA' in sessions
     assert not any("encrypted_content" in line for line in turns), turns
     assert all(re.search(r"unused=.*tools\[\d+\]", line) for line in turns)  # web_search
 

@@ -46,7 +46,7 @@ class Target:
         a tool result."""
         if use is None or use.choice != "auto" or self.defaults.tool_choice == "auto":
             return use
-        if not turns or turns[-1].role != "user":
+        if not turns or turns[-1].role != "user" or _after_tool_result(turns):
             return use
         return dataclasses.replace(use, choice="required", parallel=False)
 
@@ -125,6 +125,17 @@ class Targets:
         if target is None:
             raise ModelNotFound(requested)
         return target
+
+
+def _after_tool_result(turns: Sequence[Turn]) -> bool:
+    """Whether a tool result came since the assistant's last turn (a client may add its own
+    text after the results, in the same message)."""
+    for turn in reversed(turns):
+        if turn.role == "tool":
+            return True
+        if turn.role == "assistant":
+            return False
+    return False
 
 
 def _last_user_turn(turns: list[Turn]) -> int:

@@ -166,11 +166,8 @@ class MessageEvents:
     thoughts: list[str] = field(default_factory=list)  # the open thinking block's
 
     def reasoning(self, event: Reasoning) -> list[str]:
-        out = (
-            []
-            if self.open == "thinking"
-            else self._start(self.draft.thinking_block("").model_dump())
-        )
+        opened = OutputThinking(thinking="", signature="")  # its signature_delta comes last
+        out = [] if self.open == "thinking" else self._start(opened.model_dump())
         self.thoughts.append(event.text)
         if not self.draft.shows_thinking:
             return out

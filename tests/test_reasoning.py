@@ -20,7 +20,6 @@ from mlxdeploy.engine.engine import MLXEngine
 from mlxdeploy.spec import Spec, load_spec
 from tests.conftest import real_app, write_spec
 from tests.inprocess import InProcessApp
-from tests.test_wire_conformance import named_events, stream
 
 CHAT = "/v1/chat/completions"
 ASK = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -40,9 +39,9 @@ WEATHER = {
 
 
 @pytest.fixture(scope="module")
-def thinking(thinking_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    InProcessApp
-]:
+def thinking(
+    thinking_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessApp]:
     spec = write_spec(
         tmp_path_factory.mktemp("thinking") / "thinking.yaml",
         thinking_model_dir,

@@ -346,7 +346,10 @@ def test_a_failed_generation_streams_response_failed(tmp_path: Path) -> None:
         ({"input": "x", "include": ["message.output_text.logprobs"]}, "include"),
         ({"input": "x", "background": True}, "background"),
         ({"input": "x", "frobnicate": 1}, "frobnicate"),
-        ({"input": "x", "tools": [{"type": "web_search"}], "tool_choice": "required"}, "tool_choice"),
+        (
+            {"input": "x", "tools": [{"type": "web_search"}], "tool_choice": "required"},
+            "tool_choice",
+        ),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]},
             "input",

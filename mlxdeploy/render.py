@@ -63,7 +63,9 @@ def served_table(spec: Spec) -> list[dict[str, Any]]:
 
 
 # Only a request's own fields set these (a preset's response_format is shown as json_schema).
-NOT_SHOWN = frozenset({"seed", "constraint", "tools", "logprobs"})
+NOT_SHOWN = frozenset(
+    {"seed", "constraint", "tools", "logprobs", "thinking_budget", "thinking_apart"}
+)
 
 
 def sampling_row(params: SamplingParams) -> dict[str, Any]:

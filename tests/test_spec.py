@@ -275,7 +275,7 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys(write_spec: Wr
         f"{path}:3:3: defaults.seed: unknown key 'seed' (expected one of: max_tokens, "
         "temperature, top_p, repetition_penalty, repetition_context_size, top_k, min_p, "
         "presence_penalty, presence_context_size, frequency_penalty, frequency_context_size, "
-        "logit_bias, xtc_probability, xtc_threshold)"
+        "logit_bias, xtc_probability, xtc_threshold, tool_choice)"
     )
 
 
@@ -712,6 +712,7 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "tool_parser",
         "role_mapping",
         "defaults",
+        "reasoning",
         "stop",
         "engine",
         "auth",

@@ -50,6 +50,7 @@ async def preset_chat(generation: Generation, targets: Targets, name: str) -> Re
 async def serve_chat(
     generation: Generation, body: ChatCompletionRequest, target: Target
 ) -> Response:
+    target.check_text_only(body.media())
     override = body.role_override()
     tools = target.tool_use(body.tool_use(), body.turns())
     thinking = target.thinking(body.thinking())

@@ -8,10 +8,12 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
+    Tag,
     ValidationInfo,
     model_serializer,
     model_validator,
@@ -34,9 +36,27 @@ class TextPart(WireModel):
     text: str
 
 
+class MediaPart(WireModel):
+    """An image, audio or a file: this server's models read text only (a 400 naming it)."""
+
+    type: Literal["image_url", "input_audio", "file"]
+
+
+def _part_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else value.type
+    return "text" if kind == "text" else "media" if kind in MEDIA_PARTS else str(kind)
+
+
+MEDIA_PARTS = ("image_url", "input_audio", "file")
+ContentPart = Annotated[
+    Annotated[TextPart, Tag("text")] | Annotated[MediaPart, Tag("media")],
+    Discriminator(_part_kind),
+]
+
+
 class ChatMessage(WireModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     tool_calls: list[MessageToolCall] | None = None  # an assistant message's calls
     tool_call_id: str | None = None  # a tool message: the call it answers
     name: str | None = None
@@ -49,7 +69,11 @@ class ChatMessage(WireModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    def media(self) -> int | None:
+        parts = [] if not isinstance(self.content, list) else self.content
+        return next((j for j, part in enumerate(parts) if isinstance(part, MediaPart)), None)
 
     def to_turn(self) -> Turn:
         calls = tuple(call.to_call() for call in self.tool_calls or ())
@@ -107,6 +131,14 @@ class ChatCompletionRequest(SamplingFields):
 
     def tool_use(self) -> ToolUse | None:
         return tool_use(self.tools, self.tool_choice, self.parallel_tool_calls)
+
+    def media(self) -> str | None:
+        """Where the first image (or audio, or file) is, for the 400 naming the model."""
+        for i, message in enumerate(self.messages):
+            part = message.media()
+            if part is not None:
+                return f"messages[{i}].content[{part}]"
+        return None
 
     def thinking(self) -> ThinkingAsk:
         return ThinkingAsk(

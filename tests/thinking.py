@@ -1,5 +1,7 @@
-"""A tiny thinking model: random llama weights, SmolLM2's tokenizer with Qwen3's thinking and
-tool-call tokens added, and Qwen3's real chat template (ChatML, as SmolLM2's is)."""
+"""Tiny thinking models: random llama weights and SmolLM2's tokenizer, with
+- Qwen3's thinking and tool-call tokens added and Qwen3's real chat template (ChatML, as
+  SmolLM2's is);
+- or gpt-oss's harmony markers added (special tokens) and gpt-oss's real chat template."""
 
 from __future__ import annotations
 
@@ -12,17 +14,23 @@ from tests.gguf_helpers import TINY_LLAMA
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 # Qwen3's added tokens that SmolLM2's vocabulary lacks (special=False, as in Qwen3's own).
 ADDED = ["<think>", "</think>", "<tool_call>", "</tool_call>"]
+HARMONY = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|call|>", "<|return|>"]
 CONTEXT = 32768  # long enough for an agent's first request (~10k tokens with its tools)
 
 
 def make_thinking_model(out: Path, demo_dir: Path, template: str = "qwen3-thinking") -> Path:
-    """The model dir; `template` names a file in tests/data/templates (without .jinja)."""
+    """The model dir; `template` names a file in tests/data/templates (without .jinja): a
+    gpt-oss one gets the harmony markers, with `<|return|>` ending the answer."""
     from transformers import AutoTokenizer
 
     from tests.conftest import make_tiny_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(demo_dir))
-    tokenizer.add_tokens(ADDED)
+    if template.startswith("gpt-oss"):
+        tokenizer.add_special_tokens({"additional_special_tokens": [*HARMONY, "<|constrain|>"]})
+        tokenizer.eos_token = "<|return|>"
+    else:
+        tokenizer.add_tokens(ADDED)
     tokenizer.chat_template = (TEMPLATES / f"{template}.jinja").read_text()
     tokenizer.save_pretrained(str(out))
     config: dict[str, Any] = {

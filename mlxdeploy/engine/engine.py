@@ -35,9 +35,10 @@ from .api import (
     Turn,
 )
 from .faults import FaultPlan
+from .harmony import HarmonyTokens
 from .peers import LostRank, Order, Peers
 from .prompt import encode_chat
-from .reasoning import ThinkTags
+from .reasoning import ThinkingFormat, ThinkTags
 from .sampling import Vocabulary
 from .text import Decode, TextStream, fast_decode
 from .tool_formats import ToolFormat, infer_format, load_format
@@ -80,7 +81,7 @@ class MLXEngine:
         self._decode: Decode = str  # the tokenizer's decode, once loaded
         self._use_template = False
         self._tool_format: ToolFormat | None = None
-        self._think_tags: ThinkTags | None = None
+        self._thinking: ThinkingFormat | None = None
         self.context_length: int | None = None
         self.vocab_size: int | None = None
         self._live: set[Job] = set()  # requests being streamed; touched on the event loop only
@@ -173,7 +174,7 @@ class MLXEngine:
         try:
             self._use_template = self._choose_format()
             self._tool_format = self._choose_tool_format()
-            self._think_tags = ThinkTags.of(self._tokenizer) if self._use_template else None
+            self._thinking = _thinking_format(self._tokenizer) if self._use_template else None
         except (ValueError, ImportError) as exc:
             self._fail(str(exc))
             return
@@ -187,7 +188,7 @@ class MLXEngine:
             return
         self._state = "ready"
         self._loaded.set()
-        thinks = f", thinks between {_tags(self._think_tags)}" if self._think_tags else ""
+        thinks = f", thinks in {self._thinking.name}" if self._thinking is not None else ""
         log.info("model %s ready (%s%s)", self.model_id, self.prompt_format, thinks)
         try:
             self._worker.run()
@@ -211,15 +212,15 @@ class MLXEngine:
             self._warm_up(worker)
 
     def _new_worker(self, model: Any, fault: FaultPlan | None) -> Worker:
-        peers, tools, tags = self._peers, self._tool_format, self._think_tags
+        peers, tools, thinking = self._peers, self._tool_format, self._thinking
         if peers is None or peers.leader:
             return Worker(
                 model, self._tokenizer, self.settings, self._deliver, fault, tools, peers,
-                think_tags=tags,
+                thinking=thinking,
             )  # fmt: skip
         follow = self._follower_job
         return Worker(
-            model, self._tokenizer, self.settings, _nowhere, fault, tools, peers, follow, tags
+            model, self._tokenizer, self.settings, _nowhere, fault, tools, peers, follow, thinking
         )
 
     def follow(self) -> EngineState:
@@ -277,7 +278,7 @@ class MLXEngine:
 
     @property
     def thinks(self) -> bool:
-        return self._think_tags is not None
+        return self._thinking is not None
 
     @property
     def prompt_format(self) -> str:
@@ -312,7 +313,8 @@ class MLXEngine:
 
     def _check_tools(self, role_override: RoleOverride | None, use: ToolUse) -> None:
         """Tools need a chat template that renders them and a format to read calls in."""
-        if self._tool_format is None:
+        channels = isinstance(self._thinking, HarmonyTokens)  # calls are messages of their own
+        if self._tool_format is None and not channels:
             raise PromptRejected(
                 f"model '{self.model_id}' has no tool-call format: its chat template does not "
                 "render tools; set tool_parser and a chat_template that renders tools in the "
@@ -325,11 +327,12 @@ class MLXEngine:
                 "with a role mapping here; leave out role_mapping or set prompt_format: auto",
                 param="tools",
             )
-        if use.choice != "auto" and self._tool_format.shape is None:
+        if use.choice != "auto" and (self._tool_format is None or self._tool_format.shape is None):
+            written = "harmony" if self._tool_format is None else self._tool_format.name
             raise PromptRejected(
                 f"tool_choice '{use.choice}' needs a call format that can be constrained "
                 f"(json_tools or mistral); model '{self.model_id}' writes calls as "
-                f"{self._tool_format.name}; send tool_choice auto",
+                f"{written}; send tool_choice auto",
                 param="tool_choice",
             )
 
@@ -470,8 +473,9 @@ def _choice(params: SamplingParams, index: int) -> SamplingParams:
     )
 
 
-def _tags(tags: ThinkTags | None) -> str:
-    return "" if tags is None else f"{tags.start_text} and {tags.end_text}"
+def _thinking_format(tokenizer: Any) -> ThinkingFormat | None:
+    """How the model writes its thinking: tags (as mlx-lm finds them), gpt-oss's channels."""
+    return ThinkTags.of(tokenizer) or HarmonyTokens.of(tokenizer)
 
 
 def _nowhere(items: list[tuple[Sink, Event]]) -> None:

@@ -11,9 +11,9 @@ answer, and the tags themselves are neither.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 import mlx.core as mx
 
@@ -21,6 +21,73 @@ from .api import Event, Reasoning
 from .text import Decode, Detokenizer
 
 State = Literal["maybe", "inside", "done"]
+
+
+class Position(Protocol):
+    """Where an answer is, one sampled token at a time."""
+
+    @property
+    def inside(self) -> bool:
+        """Inside the thinking."""
+        ...
+
+    @property
+    def may_open(self) -> bool:
+        """The next token may open the thinking."""
+        ...
+
+    @property
+    def settled(self) -> bool:
+        """No more thinking can come."""
+        ...
+
+    def advance(self, token: int) -> bool: ...
+
+
+class Splitter(Protocol):
+    """One request's answer as the worker feeds it: the tokens of the thinking (and of
+    anything else that is not the answer's text) become events; the answer's own tokens are
+    left to its text stream."""
+
+    tokens: int  # the thinking's tokens (usage's reasoning tokens)
+    calls: int  # tool calls announced
+
+    @property
+    def thinking(self) -> bool:
+        """Tokens may still be something other than the answer's text."""
+        ...
+
+    def feed(self, token: int) -> list[Event] | None:
+        """The events of a token; None when it is the answer's text."""
+        ...
+
+    def finish(self, cut: bool = False) -> list[Event]:
+        """The end of the answer (`cut`: by its token limit)."""
+        ...
+
+    def answer(self, text: str) -> str:
+        """The answer's text as it is shown."""
+        ...
+
+
+class ThinkingFormat(Protocol):
+    """How a model writes its thinking: tags, or gpt-oss's channels (engine/harmony.py)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stops(self) -> tuple[int, ...]:
+        """Tokens besides end-of-sequence that end an answer."""
+        ...
+
+    def splitter(self, prompt: Sequence[int], decode: Decode) -> Splitter: ...
+
+    def gate(self, prompt: Sequence[int]) -> ThinkState | None:
+        """Where a grammar starts to hold; None: a constrained answer is not split at all."""
+        ...
+
+    def budget(self, budget: int, prompt: Sequence[int]) -> ThinkingBudget: ...
 
 
 @dataclass(frozen=True)
@@ -43,6 +110,24 @@ class ThinkTags:
             return None
         return cls(starts[0], ends[0], tokenizer.think_start, tokenizer.think_end)
 
+    @property
+    def name(self) -> str:
+        return f"{self.start_text} and {self.end_text}"
+
+    @property
+    def stops(self) -> tuple[int, ...]:
+        return ()
+
+    def splitter(self, prompt: Sequence[int], decode: Decode) -> ThoughtSplitter:
+        return ThoughtSplitter(ThinkState(self, self.opening_state(prompt)), decode)
+
+    def gate(self, prompt: Sequence[int]) -> ThinkState:
+        return ThinkState(self, self.opening_state(prompt))
+
+    def budget(self, budget: int, prompt: Sequence[int]) -> ThinkingBudget:
+        opening = self.opening_state(prompt)
+        return ThinkingBudget(budget, lambda: ThinkState(self, opening), self.end, self.start)
+
     def opening_state(self, prompt: Sequence[int], window: int = 16) -> State:
         """Where a prompt leaves the answer: inside the thinking when the template opened it
         (its last tag near the end is an open one), else the model may open it itself."""
@@ -62,6 +147,18 @@ class ThinkState:
 
     tags: ThinkTags
     state: State
+
+    @property
+    def inside(self) -> bool:
+        return self.state == "inside"
+
+    @property
+    def may_open(self) -> bool:
+        return self.state == "maybe"
+
+    @property
+    def settled(self) -> bool:
+        return self.state == "done"
 
     def advance(self, token: int) -> bool:
         """Move past `token`; True when it belongs to the thinking (the tags included)."""
@@ -106,6 +203,7 @@ class ThoughtSplitter:
     position: ThinkState
     decode: Decode
     tokens: int = 0
+    calls: int = 0  # tool calls are not the thinking's: the call splitter reads them
     _detokenizer: Detokenizer | None = None
     _trim: _Trimmed = field(default_factory=_Trimmed)
     _answer_started: bool = False
@@ -125,7 +223,7 @@ class ThoughtSplitter:
             return self.finish() if not self.thinking else []
         return self._reasoning(self._detokenizer.add(token))
 
-    def finish(self) -> list[Event]:
+    def finish(self, cut: bool = False) -> list[Event]:
         """The thinking's last text (its end tag came, or the answer ended inside it)."""
         if self._detokenizer is None:
             return []
@@ -148,31 +246,43 @@ class ThoughtSplitter:
 
 @dataclass
 class ThinkingBudget:
-    """A logits processor that closes the thinking once `budget` tokens were spent on it:
-    the next token is the end tag. Until the budget is reached it costs nothing; at that step
-    it reads the answer's tokens once to see whether the thinking is still open."""
+    """A logits processor that closes the thinking once `budget` tokens were spent: the next
+    token is `end`. Until the budget is reached it costs nothing; from then on it reads the
+    answer's new tokens each step (one sync) until no more thinking can come. With no budget
+    at all, `ban` (the token that would open the thinking) is not allowed."""
 
-    tags: ThinkTags
     budget: int
-    opening: State
+    position: Callable[[], Position]  # a fresh position at the answer's start
+    end: int
+    ban: int | None = None
     calls: int = 0
     done: bool = False
+    _seen: int = 0  # answer tokens fed to `_at`
+    _at: Position | None = None
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         self.calls += 1
         sampled = self.calls - 1  # tokens sampled before this call; `tokens` ends with them
         if self.done or sampled < self.budget:
             return logits
-        self.done = True
-        answer = cast(list[int], tokens[len(tokens) - sampled :].tolist()) if sampled else []
-        position = ThinkState(self.tags, self.opening)
-        for token in answer:
-            position.advance(token)
-        if position.state == "inside":
-            return _only(logits, self.tags.end)
-        if position.state == "maybe":  # no budget at all: the answer may not open it
-            return _never(logits, self.tags.start)
+        at = self._advance(tokens, sampled)
+        if at.inside:
+            return _only(logits, self.end)
+        if at.may_open and self.budget == 0 and self.ban is not None:
+            return _never(logits, self.ban)
+        self.done = at.settled
         return logits
+
+    def _advance(self, tokens: mx.array, sampled: int) -> Position:
+        if self._at is None:
+            self._at = self.position()
+        new = sampled - self._seen
+        if new:
+            fresh = cast(list[int], tokens[len(tokens) - new :].tolist())
+            for token in fresh:
+                self._at.advance(token)
+        self._seen = sampled
+        return self._at
 
 
 def _only(logits: mx.array, token: int) -> mx.array:

@@ -43,7 +43,7 @@ from .faults import FaultPlan
 from .logprobs import TokenScores
 from .peers import LostRank, Order, Peers, Tick
 from .prefix_cache import PrefixCache
-from .reasoning import ThinkingBudget, ThinkState, ThinkTags, ThoughtSplitter
+from .reasoning import Splitter, ThinkingFormat
 from .sampling import SamplerCache, Vocabulary
 from .text import TextStream
 from .tool_calls import CallSplitter
@@ -68,7 +68,7 @@ class Job:
     cancelled: bool = False  # set by the event loop when the client went away
     guide: Guide | None = None  # the constrained-decoding processor, when it has one
     calls: CallSplitter | None = None  # splits out tool calls, when the request offers tools
-    thought: ThoughtSplitter | None = None  # splits out the thinking, on a thinking model
+    thought: Splitter | None = None  # splits out the thinking, on a thinking model
     events: list[Event] = field(default_factory=list)
     label: str = ""  # the caller's tag for the request (`Engine.requests`)
     created: float = field(default_factory=time.monotonic)
@@ -101,10 +101,11 @@ class Worker:
         tool_format: ToolFormat | None = None,
         peers: Peers | None = None,
         make_job: Callable[[Order], Job] | None = None,
-        think_tags: ThinkTags | None = None,
+        thinking: ThinkingFormat | None = None,
     ):
         """`peers`: the ranks of a distributed model; a follower (not rank 0) rebuilds the
-        leader's requests with `make_job`. `think_tags`: a thinking model's tags."""
+        leader's requests with `make_job`. `thinking`: how a thinking model writes its
+        thinking."""
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
@@ -117,14 +118,14 @@ class Worker:
         self._grammars = Grammars(tokenizer, self._vocabulary.size)
         self._prompt_cache = PrefixCache(settings.prompt_cache_entries)
         self._stop = threading.Event()
-        eos = sorted(tokenizer.eos_token_ids)
-        self._stop_sequences = StopSequences([[t] for t in eos])
+        stops = set(tokenizer.eos_token_ids) | set(thinking.stops if thinking else ())
+        self._stop_sequences = StopSequences([[t] for t in sorted(stops)])
         self._generator: FastBatchGenerator | None = None
         self._fault = fault
         self._tool_format = tool_format
         self._peers = peers
         self._make_job = make_job
-        self._think_tags = think_tags
+        self._thinking = thinking
         self.turned: float | None = None  # when the last lockstep turn ended (peers.py)
         self.counters = Counters()
 
@@ -346,16 +347,14 @@ class Worker:
         assert self._generator is not None
         p = job.params  # choose first: it may reject the request before the cache is touched
         sampler, processors = self._samplers.choose(p, self._vocabulary)
-        tags, gate = self._think_tags, None
-        if tags is not None:
-            opening = tags.opening_state(job.prompt)
-            gate = ThinkState(tags, opening)
-            if p.thinking_apart:
-                decode = job.text.detokenizer.decode
-                job.thought = ThoughtSplitter(ThinkState(tags, opening), decode)
+        fmt, gate = self._thinking, None
+        if fmt is not None:
+            gate = fmt.gate(job.prompt)
             if p.thinking_budget is not None:
-                processors = [*processors, ThinkingBudget(tags, p.thinking_budget, opening)]
+                processors = [*processors, fmt.budget(p.thinking_budget, job.prompt)]
         job.guide = self._grammars.guide(p, self._tool_format, gate)
+        if fmt is not None and p.thinking_apart and (job.guide is None or gate is not None):
+            job.thought = fmt.splitter(job.prompt, job.text.detokenizer.decode)
         if job.guide is not None:  # last: the mask is the final word on what may come next
             processors = [*processors, job.guide]
         if p.tools is not None and self._tool_format is not None:
@@ -463,7 +462,7 @@ class Worker:
             job.events.extend(events)
             if finish is None:
                 return None
-            job.events.extend(thought.finish())
+            job.events.extend(thought.finish(cut=True))
             piece, reason = job.text.finish(), "length"  # the limit came inside the thinking
         elif finish == "stop":  # an end-of-sequence token: not part of the text
             if thought is not None:
@@ -474,6 +473,8 @@ class Worker:
             if job.text.stopped:
                 reason = "stop"
             elif finish == "length":
+                if thought is not None:
+                    job.events.extend(thought.finish(cut=True))
                 piece, reason = piece + job.text.finish(), "length"
         logprobs = job.text.logprobs(piece)  # the tokens this piece completes, when asked
         if thought is not None:
@@ -489,8 +490,9 @@ class Worker:
     def _end(self, job: Job, reason: FinishReason) -> None:
         if job.calls is not None:
             job.events.extend(job.calls.finish(cut=reason == "length"))
-            if reason == "stop" and job.calls.calls:
-                reason = "tool_calls"
+        called = (job.calls.calls if job.calls else 0) + (job.thought.calls if job.thought else 0)
+        if reason == "stop" and called:
+            reason = "tool_calls"
         if job.guide is not None and job.guide.error is not None:
             job.events.append(Failed(f"constrained decoding failed: {job.guide.error}"))
             return

@@ -116,3 +116,17 @@ def test_the_engine_splits_a_harmony_answer_and_bounds_its_analysis(gpt_oss: InP
     # The budget closed the analysis (its five tokens; the forced <|end|> is a marker).
     assert answer["usage"]["completion_tokens_details"]["reasoning_tokens"] == 5
     assert "<|end|>" not in (message.get("content") or "")
+
+
+def test_a_system_message_the_template_would_leave_out_reaches_the_model(tokenizer: Any) -> None:
+    """gpt-oss's template renders only the first system (or developer) message: a later one
+    (Claude Code and Codex send them mid-conversation) is given to the model as a user
+    message instead of being lost."""
+    from mlxdeploy.engine.api import Turn
+    from mlxdeploy.engine.prompt import template_prompt
+
+    turns = [Turn("user", "Hi"), Turn("developer", "Answer in French."), Turn("user", "Again")]
+    prompt = template_prompt(tokenizer, turns)
+    assert "<|start|>user<|message|>Answer in French.\n\nAgain<|end|>" in prompt
+    alone = template_prompt(tokenizer, [Turn("developer", "Rules."), Turn("user", "Hi")])
+    assert "# Instructions\n\nRules." in alone  # the first one is the template's own

@@ -46,18 +46,63 @@ def template_prompt(
     template's own variables (enable_thinking, reasoning_effort, ...)."""
     template = getattr(tokenizer, "chat_template", None)
     knows_developer = isinstance(template, str) and "developer" in template
-    conversation = [_message(turn, knows_developer) for turn in turns]
     extra: dict[str, Any] = {**template_args}
     if tools:
         extra["tools"] = tool_dicts(tools)
     try:
-        return str(
-            tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=True, tokenize=False, **extra
-            )
-        )
+        text = _render(tokenizer, [_message(t, knows_developer) for t in turns], extra)
+        if not _lost(turns, text):
+            return text
     except Exception as exc:  # jinja2 raises for conversations a template rejects
+        if not _later_system_turns(turns):
+            raise PromptRejected(
+                f"the model's chat template rejected the messages: {exc}"
+            ) from None
+    # The template refused a system message after the first, or left it out: it reaches the
+    # model as a user message instead (joined to the user message after it).
+    folded = [_message(t, knows_developer) for t in fold_system_turns(turns)]
+    try:
+        return _render(tokenizer, folded, extra)
+    except Exception as exc:
         raise PromptRejected(f"the model's chat template rejected the messages: {exc}") from None
+
+
+def _render(tokenizer: Any, conversation: list[dict[str, Any]], extra: dict[str, Any]) -> str:
+    text = tokenizer.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=False, **extra
+    )
+    return str(text)
+
+
+def _later_system_turns(turns: Sequence[Turn]) -> list[Turn]:
+    return [t for t in turns[1:] if t.role in ("system", "developer") and t.content]
+
+
+def _lost(turns: Sequence[Turn], text: str) -> bool:
+    """Whether the template left out a system message after the first (some render the
+    first system message only)."""
+    return any(turn.content not in text for turn in _later_system_turns(turns))
+
+
+def fold_system_turns(turns: Sequence[Turn]) -> list[Turn]:
+    """System and developer turns after the first as user turns, each joined to the user turn
+    that follows it (templates that alternate roles refuse two user turns in a row)."""
+    out: list[Turn] = []
+    pending: list[str] = []
+    for index, turn in enumerate(turns):
+        if index and turn.role in ("system", "developer"):
+            pending.append(turn.content)
+            continue
+        if pending and turn.role == "user":
+            turn = Turn("user", "\n\n".join([*pending, turn.content]))
+            pending = []
+        elif pending:
+            out.append(Turn("user", "\n\n".join(pending)))
+            pending = []
+        out.append(turn)
+    if pending:
+        out.append(Turn("user", "\n\n".join(pending)))
+    return out
 
 
 def _message(turn: Turn, knows_developer: bool = True) -> dict[str, Any]:

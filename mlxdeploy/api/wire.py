@@ -159,6 +159,16 @@ class SamplingFields(WireModel):
         )
 
 
+def type_of(value: Any, missing: str | None = None) -> str | None:
+    """A tagged union member's `type` (for pydantic's Discriminator): `missing` when an object
+    has none; None, a validation error naming the field, for a value that is not an object."""
+    if isinstance(value, dict):
+        kind = value.get("type", missing)
+        return kind if isinstance(kind, str) else None
+    kind = getattr(value, "type", None)
+    return kind if isinstance(kind, str) else None
+
+
 def _pick(asked: T | None, default: T) -> T:
     return default if asked is None else asked
 

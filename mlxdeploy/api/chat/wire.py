@@ -24,7 +24,7 @@ from ...spec.reasoning import Effort
 from .. import unsupported
 from ..errors import InvalidRequest
 from ..reasoning import ThinkingAsk
-from ..wire import SamplingFields, Usage, WireModel, system_fingerprint
+from ..wire import SamplingFields, Usage, WireModel, system_fingerprint, type_of
 from .tools import MessageToolCall, ToolChoice, ToolDefinition, tool_use
 
 ChatFinishReason = Literal["stop", "length", "tool_calls"]
@@ -42,9 +42,9 @@ class MediaPart(WireModel):
     type: Literal["image_url", "input_audio", "file"]
 
 
-def _part_kind(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else value.type
-    return "text" if kind == "text" else "media" if kind in MEDIA_PARTS else str(kind)
+def _part_kind(value: Any) -> str | None:
+    kind = type_of(value)
+    return "media" if kind in MEDIA_PARTS else kind
 
 
 MEDIA_PARTS = ("image_url", "input_audio", "file")

@@ -28,11 +28,11 @@ from ..chat.tools import FunctionName, offered
 from ..errors import InvalidRequest
 from ..reasoning import ThinkingAsk
 from ..unused import unused_fields
-from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, WireModel, enforceable
+from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, WireModel, enforceable, type_of
 
 
-def _kind(value: Any) -> str:
-    return str(value.get("type") if isinstance(value, dict) else value.type)
+def _kind(value: Any) -> str | None:
+    return type_of(value)
 
 
 class TextBlock(WireModel):

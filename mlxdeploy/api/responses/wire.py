@@ -29,13 +29,12 @@ from .. import unsupported
 from ..chat.tools import FunctionDefinition, FunctionName, offered
 from ..reasoning import ThinkingAsk
 from ..unused import unused_fields, unused_of
-from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, Usage, WireModel, enforceable
+from ..wire import MAX_TOKENS_LIMIT, Float, SamplingFields, Usage, WireModel, enforceable, type_of
 
 
-def _kind(value: Any) -> str:
+def _kind(value: Any) -> str | None:
     """An item's or a part's `type`; a message written without one is a message."""
-    kind = value.get("type", "message") if isinstance(value, dict) else value.type
-    return str(kind)
+    return type_of(value, missing="message")
 
 
 class TextContent(WireModel):
@@ -303,9 +302,9 @@ class OfferedTool:
     custom: bool
 
 
-def _tool_kind(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else value.type
-    return kind if kind in ("function", "custom", "namespace") else "hosted"
+def _tool_kind(value: Any) -> str | None:
+    kind = type_of(value)
+    return kind if kind in ("function", "custom", "namespace", None) else "hosted"
 
 
 AnyTool = Annotated[

@@ -17,7 +17,7 @@ import typer.core
 
 from .api.guards.auth import ApiKeys, AuthConfigError, load_api_keys
 from .serve.logs import configure_logging, exit_now
-from .spec import Problem, Spec, SpecError, format_problems, load_spec, spec_json_schema
+from .spec import Deployment, Problem, SpecError, format_problems, load_spec, spec_json_schema
 
 if TYPE_CHECKING:
     from .serve.server import ServeResult
@@ -162,10 +162,10 @@ def up(
     With `cluster` in SPEC: replicas on Ray Serve behind its proxy; with `distributed`: the
     model split over ranks that mlx.launch starts, rank 0 serving."""
     loaded, api_keys = _load_for_serving(spec, host, port, log_format)
-    configure_logging(loaded.server, log_level.value)
-    if loaded.cluster is not None:
+    configure_logging(loaded.spec.server, log_level.value)
+    if loaded.spec.cluster is not None:
         result = _serve_replicas(loaded, spec, log_format, log_level)
-    elif loaded.distributed is not None:
+    elif loaded.spec.distributed is not None:
         from .serve.sharded.rank import RankArgs
 
         formats = log_format.value if log_format else None
@@ -181,7 +181,7 @@ def up(
 
 
 def _serve_replicas(
-    loaded: Spec, spec: Path, log_format: LogFormat | None, log_level: LogLevel
+    loaded: Deployment, spec: Path, log_format: LogFormat | None, log_level: LogLevel
 ) -> ServeResult:
     from .serve.replicas.launch import serve_replicas
     from .serve.replicas.options import ReplicaArgs
@@ -190,22 +190,22 @@ def _serve_replicas(
     service = service_of(loaded, spec, Path.cwd())
     overrides = {"server": {"log_format": log_format.value}} if log_format else {}
     args = ReplicaArgs(str(service.spec), overrides, log_level.value)
-    return serve_replicas(loaded, args, replica_environment(service, with_secrets=True))
+    return serve_replicas(loaded.spec, args, replica_environment(service, with_secrets=True))
 
 
-def _serve_ranks(loaded: Spec, spec: Path, flags: RankArgs) -> ServeResult:
+def _serve_ranks(loaded: Deployment, spec: Path, flags: RankArgs) -> ServeResult:
     from .serve.sharded.launch import serve_ranks
     from .services import service_of
 
-    assert loaded.distributed is not None
+    assert loaded.spec.distributed is not None
     service = service_of(loaded, spec, Path.cwd())
     args = dataclasses.replace(flags, spec=service.spec)
-    return serve_ranks(loaded.distributed, args.argv(), service.environment)
+    return serve_ranks(loaded.spec.distributed, args.argv(), service.environment)
 
 
 def _load_for_serving(
     spec: Path, host: str | None, port: int | None, log_format: LogFormat | None
-) -> tuple[Spec, ApiKeys | None]:
+) -> tuple[Deployment, ApiKeys | None]:
     """The spec with the flags over it, and its API keys; exits with one line per problem.
 
     Port 0 (any free port) is a flag only: a spec names the port clients are told about."""
@@ -214,13 +214,13 @@ def _load_for_serving(
         overrides["server"] = {"log_format": log_format.value}
     try:
         loaded = load_spec(spec, **overrides)
-        api_keys = load_api_keys(loaded.auth, loaded.base_dir)
+        api_keys = load_api_keys(loaded.spec.auth, loaded.base_dir)
     except SpecError as exc:
         raise _fail(exc.problems) from None
     except AuthConfigError as exc:
         raise _fail([Problem(str(spec), None, None, exc.field, exc.message)]) from None
     if port == 0:
-        loaded = loaded.model_copy(update={"port": 0})
+        loaded = dataclasses.replace(loaded, spec=loaded.spec.model_copy(update={"port": 0}))
     return loaded, api_keys
 
 
@@ -259,7 +259,7 @@ def render(
     renderers: dict[RenderAs, Callable[[Service], str]] = {
         RenderAs.systemd: systemd_unit,
         RenderAs.launchd: launchd_plist,
-        RenderAs.ray: partial(ray_serve_config, loaded),
+        RenderAs.ray: partial(ray_serve_config, loaded.spec),
     }
     typer.echo(renderers[as_](service), nl=False)
 

@@ -12,9 +12,8 @@ import json
 import os
 import struct
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-
-from .sources import ModelSource
 
 HALF = {"F16", "BF16"}
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4,
@@ -58,30 +57,9 @@ def safetensors_bytes(path: Path, float32: bool) -> int:
     return total
 
 
-def model_files(source: ModelSource) -> list[Path] | None:
-    if not source.present:
-        return None
-    if source.kind == "gguf" and source.path is not None:
-        return [source.path]
-    if source.kind == "dir" and source.path is not None:
-        return sorted(source.path.glob("*.safetensors"))
-    return _cached_repo_files(str(source.repo))
-
-
-def _cached_repo_files(repo: str) -> list[Path] | None:
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    snapshots = Path(HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots"
-    found = sorted(snapshots.glob("*/*.safetensors")) if snapshots.is_dir() else []
-    return found or None  # not downloaded yet: nothing to measure
-
-
-def estimate_bytes(source: ModelSource, on_cpu: bool | None = None) -> int | None:
-    """Weights in memory, or None when the files are not on this machine."""
+def estimate_bytes(files: Sequence[Path], on_cpu: bool | None = None) -> int:
+    """The memory the weights in `files` (.safetensors or .gguf) take once loaded."""
     float32 = runs_on_cpu() if on_cpu is None else on_cpu
-    files = model_files(source)
-    if files is None:
-        return None
     total = 0
     for path in files:
         if path.suffix == ".gguf":  # packed weights stay packed; the file is a close estimate

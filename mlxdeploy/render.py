@@ -17,6 +17,7 @@ from .api.wire import SamplingFields
 from .engine.api import SamplingParams
 from .spec import routes
 from .spec.catalog import Preset, ServedModel
+from .spec.deployment import Deployment
 from .spec.settings import Spec
 
 MASK = "***"
@@ -41,24 +42,24 @@ def masked(value: Any, key: str = "") -> Any:
     return value
 
 
-def route_table(spec: Spec) -> list[tuple[str, str]]:
+def route_table(deployment: Deployment) -> list[tuple[str, str]]:
     """Every route the app serves: the built-in ones, each preset's own path, the playground."""
+    spec = deployment.spec
     declared = list(routes.served_routes(spec.apis))
-    declared += [routes.endpoint_route(p.name, p.path) for p in spec.catalog.presets]
+    declared += [routes.endpoint_route(p.name, p.path) for p in deployment.catalog.presets]
     if spec.playground_enabled:
         declared.append(routes.PLAYGROUND)
     return sorted({(route.method, route.path) for route in declared}, key=lambda row: row[1])
 
 
-def served_table(spec: Spec) -> list[dict[str, Any]]:
+def served_table(deployment: Deployment) -> list[dict[str, Any]]:
     """Each id clients may send as `model`: a model and where its weights come from, or an
     endpoint preset, the model it runs on and its own path."""
+    catalog = deployment.catalog
     rows: list[dict[str, Any]] = [
-        {"id": m.id, "source": f"{m.source.kind}: {m.source}"} for m in spec.catalog.models
+        {"id": m.id, "source": f"{m.source.kind}: {m.source}"} for m in catalog.models
     ]
-    rows += [
-        {"id": p.name, "endpoint_of": p.model_id, "path": p.path} for p in spec.catalog.presets
-    ]
+    rows += [{"id": p.name, "endpoint_of": p.model_id, "path": p.path} for p in catalog.presets]
     return rows
 
 
@@ -80,12 +81,12 @@ def sampling_row(params: SamplingParams) -> dict[str, Any]:
     return row
 
 
-def sampling_table(spec: Spec) -> dict[str, dict[str, Any]]:
+def sampling_table(deployment: Deployment) -> dict[str, dict[str, Any]]:
     """For each id clients may send as `model`: what a request that sets no sampling field
     runs with (its model's or preset's defaults, max_tokens capped by limits.max_tokens, the
     stop words, a preset's response_format)."""
     request = SamplingFields()
-    catalog = spec.catalog
+    spec, catalog = deployment.spec, deployment.catalog
     rows = {
         m.id: request.to_sampling_params(m.defaults, m.stop, spec.limits) for m in catalog.models
     }
@@ -119,14 +120,15 @@ def resolved_endpoint(endpoint: dict[str, Any], preset: Preset) -> dict[str, Any
     }
 
 
-def resolved_settings(spec: Spec) -> dict[str, Any]:
+def resolved_settings(deployment: Deployment) -> dict[str, Any]:
+    spec = deployment.spec
     settings = spec.model_dump(mode="json", exclude={"extends"})
     if settings.get("models"):
-        served = {m.id: m for m in spec.catalog.models}
+        served = {m.id: m for m in deployment.catalog.models}
         settings["models"] = [
             resolved_entry(entry, spec, served[entry["id"]]) for entry in settings["models"]
         ]
-    presets = {p.name: p for p in spec.catalog.presets}
+    presets = {p.name: p for p in deployment.catalog.presets}
     settings["endpoints"] = {
         name: resolved_endpoint(endpoint, presets[name])
         for name, endpoint in settings.get("endpoints", {}).items()
@@ -134,11 +136,11 @@ def resolved_settings(spec: Spec) -> dict[str, Any]:
     return settings
 
 
-def render(spec: Spec) -> str:
+def render(deployment: Deployment) -> str:
     """YAML: the settings as `up` would use them, what each model id serves, the sampling a
     request without sampling fields gets on each, and the routes."""
-    settings = masked(resolved_settings(spec))
-    settings["served"] = served_table(spec)
-    settings["sampling"] = sampling_table(spec)
-    settings["routes"] = [f"{methods} {path}" for methods, path in route_table(spec)]
+    settings = masked(resolved_settings(deployment))
+    settings["served"] = served_table(deployment)
+    settings["sampling"] = sampling_table(deployment)
+    settings["routes"] = [f"{methods} {path}" for methods, path in route_table(deployment)]
     return yaml.safe_dump(settings, sort_keys=False, allow_unicode=True, width=100)

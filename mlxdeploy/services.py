@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from .render import is_secret_name
+from .spec.deployment import Deployment
 from .spec.settings import ENV_PREFIX, LOOPBACK_HOSTS, Spec
 
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
@@ -47,8 +48,9 @@ class Service:
         return directory / f"{self.name}.env"
 
 
-def service_of(spec: Spec, path: Path, workdir: Path) -> Service:
+def service_of(deployment: Deployment, path: Path, workdir: Path) -> Service:
     """The service for `mlxdeploy up` on the spec at `path`, as if run in `workdir` now."""
+    spec = deployment.spec
     spec_path = Path(os.path.abspath(path))
     names = referenced_variables(spec_path) | set(PASSED_THROUGH)
     names |= {name for name in os.environ if name.upper().startswith(ENV_PREFIX)}
@@ -58,7 +60,7 @@ def service_of(spec: Spec, path: Path, workdir: Path) -> Service:
     environment = {n: os.environ[n] for n in sorted(names - secrets) if n in os.environ}
     return Service(
         name="mlxdeploy-" + re.sub(r"[^A-Za-z0-9_.-]", "-", spec_path.stem),
-        description=f"mlxdeploy: {', '.join(spec.catalog.ids)} on {spec.host}:{spec.port}",
+        description=f"mlxdeploy: {', '.join(deployment.catalog.ids)} on {spec.host}:{spec.port}",
         spec=spec_path,
         command=(*mlxdeploy_executable(), "up", str(spec_path)),
         workdir=Path(os.path.abspath(workdir)),

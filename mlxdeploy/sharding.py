@@ -10,11 +10,12 @@ import importlib.util
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .gguf_header import read_header
-from .scale import Strategy
-from .sources import ModelSource
+
+# The two ways a model splits: by heads within each layer, or by whole layers.
+Strategy = Literal["tensor", "pipeline"]
 
 # config.json keys tensor parallelism divides over the ranks, with what they count.
 TENSOR_SPLITS = (
@@ -138,34 +139,15 @@ GGUF_KEYS = {
 }
 
 
-def model_config(source: ModelSource) -> dict[str, Any] | None:
-    """The config.json of a model directory (or a downloaded repo), or what a GGUF file's
-    header says of the same numbers; None when the model is not on this machine."""
-    if source.present and source.kind == "gguf" and source.path is not None:
-        metadata = read_header(source.path).metadata
+def model_config(path: Path) -> dict[str, Any] | None:
+    """A model's config.json, or what a GGUF file's header says of the same numbers; None
+    when the file holds no mapping."""
+    if path.suffix.lower() == ".gguf":
+        metadata = read_header(path).metadata
         config = {key: metadata[name] for key, name in GGUF_KEYS.items() if name in metadata}
         return {"model_type": "llama", **config}
-    path = _config_path(source)
-    if path is None:
-        return None
     data = json.loads(path.read_text(encoding="utf-8"))
     return data if isinstance(data, dict) else None
-
-
-def _config_path(source: ModelSource) -> Path | None:
-    if not source.present:
-        return None
-    if source.kind == "dir" and source.path is not None:
-        return source.path / "config.json"
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    repo = Path(HF_HUB_CACHE) / f"models--{str(source.repo).replace('/', '--')}"
-    main = repo / "refs" / "main"  # the revision a download without one takes
-    if main.is_file():
-        path = repo / "snapshots" / main.read_text(encoding="utf-8").strip() / "config.json"
-        return path if path.is_file() else None
-    found = sorted((repo / "snapshots").glob("*/config.json"))
-    return found[-1] if found else None
 
 
 def model_problem(config: Mapping[str, Any], ranks: int, strategy: Strategy) -> str | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from mlxdeploy.spec import Spec, load_spec
+from mlxdeploy.spec import Deployment, load_spec
 from mlxdeploy.spec.sources import parse_model_source
 from tests.gguf_helpers import TINY_LLAMA
 from tests.inprocess import InProcessApp, serve_in_process
@@ -174,14 +174,15 @@ def tiny_server(tiny_spec: Path, cache_dir: Path) -> Iterator[RunningServer]:
         yield server
 
 
-def mlx_engines(spec: Spec) -> Callable[[asyncio.AbstractEventLoop], list[Any]]:
+def mlx_engines(deployment: Deployment) -> Callable[[asyncio.AbstractEventLoop], list[Any]]:
     """For `serve_in_process`: one real MLXEngine per model, started on the app's loop and
     loaded before the first request."""
 
     def make(loop: asyncio.AbstractEventLoop) -> list[Any]:
         from mlxdeploy.engine.engine import MLXEngine
 
-        engines = [MLXEngine(model, spec.engine) for model in spec.catalog.models]
+        settings = deployment.spec.engine
+        engines = [MLXEngine(model, settings) for model in deployment.catalog.models]
         for engine in engines:
             engine.start(loop)
         for engine in engines:
@@ -194,8 +195,8 @@ def mlx_engines(spec: Spec) -> Callable[[asyncio.AbstractEventLoop], list[Any]]:
 @contextlib.contextmanager
 def real_app(spec_path: Path, **overrides: Any) -> Iterator[InProcessApp]:
     """The spec's app in-process on real MLX engines."""
-    spec = load_spec(spec_path, **overrides)
-    with serve_in_process(spec, mlx_engines(spec)) as app:
+    deployment = load_spec(spec_path, **overrides)
+    with serve_in_process(deployment, mlx_engines(deployment)) as app:
         yield app
 
 
@@ -205,9 +206,9 @@ def scripted_app(
 ) -> Iterator[InProcessApp]:
     """The spec's app in-process on scripted engines (one per model, by id, in spec order);
     with none given, each model gets a default ScriptedEngine."""
-    spec = load_spec(spec_path, **overrides)
-    chosen = list(engines) or [ScriptedEngine(model_id=m.id) for m in spec.catalog.models]
-    with serve_in_process(spec, lambda loop: chosen) as app:
+    deployment = load_spec(spec_path, **overrides)
+    chosen = list(engines) or [ScriptedEngine(model_id=m.id) for m in deployment.catalog.models]
+    with serve_in_process(deployment, lambda loop: chosen) as app:
         yield app
 
 

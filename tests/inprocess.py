@@ -24,7 +24,7 @@ import httpx2
 from mlxdeploy.api.app import create_app
 from mlxdeploy.api.guards.auth import ApiKeys
 from mlxdeploy.engine.api import Engine
-from mlxdeploy.spec.settings import Spec
+from mlxdeploy.spec import Deployment
 
 T = TypeVar("T")
 BASE_URL = "http://mlxdeploy.test"
@@ -173,7 +173,7 @@ def _scope(request: httpx.Request) -> dict[str, Any]:
 class InProcessApp:
     """A spec's app with its engines, served in-process; `http` is a client for it."""
 
-    spec: Spec
+    deployment: Deployment
     engines: Sequence[Engine]
     app: Any
     loop: LoopThread
@@ -198,7 +198,7 @@ class InProcessApp:
 
 @contextlib.contextmanager
 def serve_in_process(
-    spec: Spec,
+    deployment: Deployment,
     make_engines: Callable[[asyncio.AbstractEventLoop], Sequence[Engine]],
     api_keys: ApiKeys | None = None,
 ) -> Iterator[InProcessApp]:
@@ -206,11 +206,11 @@ def serve_in_process(
     loop = LoopThread()
     try:
         engines = make_engines(loop.loop)
-        app = loop.run(_build(spec, engines, api_keys))
+        app = loop.run(_build(deployment, engines, api_keys))
         with httpx.Client(
             transport=ASGITransport(app, loop), base_url=BASE_URL, timeout=120
         ) as http:
-            yield InProcessApp(spec, engines, app, loop, http)
+            yield InProcessApp(deployment, engines, app, loop, http)
         loop.run(app.shutdown())
     finally:
         for engine in engines if "engines" in locals() else ():
@@ -220,7 +220,9 @@ def serve_in_process(
         loop.close()
 
 
-async def _build(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None) -> Any:
-    app = create_app(spec, engines, api_keys)
+async def _build(
+    deployment: Deployment, engines: Sequence[Engine], api_keys: ApiKeys | None
+) -> Any:
+    app = create_app(deployment, engines, api_keys)
     await app.startup()
     return app

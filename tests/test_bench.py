@@ -415,8 +415,8 @@ def test_a_server_that_exits_before_it_is_ready_is_one_line(tmp_path: Path) -> N
 def test_mlx_lm_server_gets_the_model_dir_of_a_gguf_spec(
     demo_dir: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    spec = load_spec(write_spec(tmp_path / "gguf.yaml", DEMO_MODEL))
-    assert resolve_model_dir(spec) == demo_dir
+    deployment = load_spec(write_spec(tmp_path / "gguf.yaml", DEMO_MODEL))
+    assert resolve_model_dir(deployment) == demo_dir
 
 
 @pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0])

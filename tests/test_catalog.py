@@ -17,9 +17,9 @@ from mlxdeploy.api.guards.admission import Admission
 from mlxdeploy.api.routing import Target
 from mlxdeploy.cli import app
 from mlxdeploy.engine.api import Engine, RoleOverride, Turn
+from mlxdeploy.footprint import machine_memory
 from mlxdeploy.render import route_table
 from mlxdeploy.spec import SpecError, load_spec
-from mlxdeploy.spec.footprint import machine_memory
 from mlxdeploy.spec.routes import BUILTIN_PATHS, BUILTIN_PREFIXES
 from tests.conftest import scripted_app
 from tests.test_footprint import write_header_only
@@ -110,9 +110,10 @@ def test_presets_layer_over_their_model(root: Path) -> None:
 
 
 def test_the_single_model_form_is_one_entry(root: Path) -> None:
-    spec = load_spec(write(root, "model: models/a\nname: solo\nendpoints:\n  short: {}\n"))
-    assert [m.id for m in spec.catalog.models] == ["solo"]
-    assert spec.catalog.presets[0].model_id == "solo"
+    path = write(root, "model: models/a\nname: solo\nendpoints:\n  short: {}\n")
+    catalog = load_spec(path).catalog
+    assert [m.id for m in catalog.models] == ["solo"]
+    assert catalog.presets[0].model_id == "solo"
 
 
 @pytest.mark.parametrize(
@@ -229,8 +230,8 @@ def test_a_service_extends_a_single_model_base_with_models(root: Path) -> None:
           - {id: second, model: models/b}
         """,
     )
-    spec = load_spec(path)
-    assert [(m.id, m.defaults.max_tokens) for m in spec.catalog.models] == [
+    catalog = load_spec(path).catalog
+    assert [(m.id, m.defaults.max_tokens) for m in catalog.models] == [
         ("first", 32),
         ("second", 32),
     ]

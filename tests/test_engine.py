@@ -20,10 +20,10 @@ PARAMS = SamplingParams(
 def test_a_stopped_engine_fails_a_request_at_once(tiny_spec: Path) -> None:
     """Nothing reads a stopped engine's inbox: a request must fail, not wait for ever with
     keep-alives."""
-    spec = load_spec(tiny_spec, engine={"heartbeat_seconds": 0.1})
+    loaded = load_spec(tiny_spec, engine={"heartbeat_seconds": 0.1})
 
     async def first_events() -> list[object]:
-        engine = MLXEngine(spec.catalog.models[0], spec.engine)
+        engine = MLXEngine(loaded.catalog.models[0], loaded.spec.engine)
         engine.start(asyncio.get_running_loop())
         assert await asyncio.to_thread(engine.wait_loaded, 300) == "ready"
         prompt = engine.prepare([Turn("user", "hi")], None)
@@ -66,14 +66,14 @@ def test_ready_text_is_joined_for_a_reader_that_fell_behind() -> None:
 
 
 def test_a_slow_reader_gets_fewer_pieces_of_the_same_text(tiny_spec: Path) -> None:
-    spec = load_spec(tiny_spec)
+    loaded = load_spec(tiny_spec)
     params = SamplingParams(
         max_tokens=24, temperature=0.0, top_p=1.0, repetition_penalty=1.0,
         repetition_context_size=20, stop=(),
     )  # fmt: skip
 
     async def pieces(delay: float) -> list[str]:
-        engine = MLXEngine(spec.catalog.models[0], spec.engine)
+        engine = MLXEngine(loaded.catalog.models[0], loaded.spec.engine)
         engine.start(asyncio.get_running_loop())
         assert await asyncio.to_thread(engine.wait_loaded, 300) == "ready"
         prompt = engine.prepare([Turn("user", "Tell me a story")], None)

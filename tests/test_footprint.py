@@ -9,8 +9,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from mlxdeploy.cli import app
-from mlxdeploy.spec.footprint import estimate_bytes, machine_memory, safetensors_bytes
-from mlxdeploy.spec.sources import parse_model_source
+from mlxdeploy.footprint import estimate_bytes, machine_memory, safetensors_bytes
+from mlxdeploy.spec.sources import parse_model_source, weight_files
 from tests.conftest import write_spec
 
 
@@ -32,8 +32,9 @@ def test_bytes_come_from_the_header(tmp_path: Path) -> None:
 
 def test_the_tiny_model_is_measured(tiny_model_dir: Path) -> None:
     source = parse_model_source(str(tiny_model_dir), Path.cwd())
-    size = estimate_bytes(source, on_cpu=True)
-    assert size is not None
+    files = weight_files(source)
+    assert files is not None
+    size = estimate_bytes(files, on_cpu=True)
     assert abs(size - (tiny_model_dir / "model.safetensors").stat().st_size) < 64 * 1024
 
 
@@ -51,7 +52,7 @@ def test_validate_refuses_a_model_larger_than_memory(tmp_path: Path) -> None:
 
 
 def test_a_repo_that_is_not_downloaded_is_not_measured(tmp_path: Path) -> None:
-    assert estimate_bytes(parse_model_source("mlxdeploy-tests/not-downloaded", tmp_path)) is None
+    assert weight_files(parse_model_source("mlxdeploy-tests/not-downloaded", tmp_path)) is None
 
 
 def test_a_model_split_over_machines_needs_its_share_on_each(tmp_path: Path) -> None:

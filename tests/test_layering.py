@@ -31,7 +31,7 @@ def test_a_service_extends_the_team_base(tmp_path: Path) -> None:
         tmp_path / "services" / "chat.yaml",
         "extends: ../base.yaml\nname: chat\ndefaults:\n  temperature: 0.7\nstop: [STOP]\n",
     )
-    spec = load_spec(service)
+    spec = load_spec(service).spec
     assert spec.model == "owner/base-model" and spec.name == "chat" and spec.port == 8000
     assert spec.defaults.temperature == 0.7 and spec.defaults.max_tokens == 256  # deep merge
     assert spec.stop == ["STOP"]  # lists replace
@@ -73,7 +73,7 @@ def test_interpolation_with_defaults_and_types(
         tmp_path / "s.yaml",
         "model: ${TEAM_MODEL}\nport: ${SVC_PORT:-8123}\nname: svc-${TEAM_MODEL}\n",
     )
-    loaded = load_spec(spec)
+    loaded = load_spec(spec).spec
     assert loaded.model == "owner/from-env"
     assert loaded.port == 8123  # a whole-value reference takes the YAML type of its text
     assert loaded.name == "svc-owner/from-env"

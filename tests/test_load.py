@@ -28,7 +28,7 @@ def one_stream(http: httpx.Client, max_tokens: int) -> tuple[int, list[str]]:
 
 def test_a_burst_of_256_streams_is_served_without_a_reset(tiny_app: InProcessApp) -> None:
     # The listening socket queues the whole burst in the kernel (no connection reset) ...
-    assert hypercorn_config(tiny_app.spec).backlog >= BURST
+    assert hypercorn_config(tiny_app.deployment.spec).backlog >= BURST
     # ... and the app admits and finishes every stream of it.
     with ThreadPoolExecutor(BURST) as pool:
         results = list(pool.map(lambda _: one_stream(tiny_app.http, 4), range(BURST)))

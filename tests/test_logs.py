@@ -97,12 +97,12 @@ def under_hypercorn(spec_path: Path, *engines: ScriptedEngine) -> Iterator[str]:
     """The spec's app on scripted engines (a default one per model when none are given), under
     Hypercorn in this process; its base URL. Leaving the block stops the server, so every
     access line has been written."""
-    spec = load_spec(spec_path)
-    config = hypercorn_config(spec)
+    deployment = load_spec(spec_path)
+    config = hypercorn_config(deployment.spec)
     config.bind = ["127.0.0.1:0"]
     port = config.create_sockets().insecure_sockets[0].getsockname()[1]  # kept for Hypercorn
-    chosen = list(engines) or [ScriptedEngine(model_id=m.id) for m in spec.catalog.models]
-    app = create_app(spec, chosen)
+    chosen = list(engines) or [ScriptedEngine(model_id=m.id) for m in deployment.catalog.models]
+    app = create_app(deployment, chosen)
     loop = LoopThread()
     stop = asyncio.Event()
     served = asyncio.run_coroutine_threadsafe(

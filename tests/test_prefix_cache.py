@@ -6,6 +6,7 @@ import random
 
 from mlx_lm.models.cache import PromptTrie
 
+from mlxdeploy.engine.mlx_lm_internals import trie_roots
 from mlxdeploy.engine.prefix_cache import ShallowPromptTrie
 
 
@@ -55,7 +56,8 @@ def test_search_walks_one_branch_below_the_shared_prefix() -> None:
     def wrap(node: dict) -> Counting:  # type: ignore[type-arg]
         return Counting({k: wrap(v) if isinstance(v, dict) else v for k, v in node.items()})
 
-    ours._trie = {0: wrap(ours._trie[0])}
+    roots = trie_roots(ours)
+    roots[0] = wrap(roots[0])
     result = ours.search(0, template + [7, 8])
     assert result.common_prefix == 3 and result.longer is not None
     assert reads <= len(template) + 52  # the prefix, then one cached prompt's tail

@@ -17,7 +17,7 @@ import pytest
 
 from mlxdeploy.engine.api import Event, Finished, Reasoning, SamplingParams, Text, Turn
 from mlxdeploy.engine.engine import MLXEngine
-from mlxdeploy.spec import Spec, load_spec
+from mlxdeploy.spec import Deployment, load_spec
 from tests.conftest import real_app, write_spec
 from tests.inprocess import InProcessApp
 
@@ -84,8 +84,8 @@ def test_the_split_is_exact(thinking_model_dir: Path, tmp_path: Path) -> None:
     assert ends[0].reasoning_tokens == 5 + 1
 
 
-async def both_ways(spec: Spec) -> tuple[list[Event], list[Event]]:
-    engine = MLXEngine(spec.catalog.models[0], spec.engine)
+async def both_ways(deployment: Deployment) -> tuple[list[Event], list[Event]]:
+    engine = MLXEngine(deployment.catalog.models[0], deployment.spec.engine)
     engine.start(asyncio.get_running_loop())
     assert await asyncio.to_thread(engine.wait_loaded, 300) == "ready"
     try:

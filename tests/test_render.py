@@ -119,7 +119,7 @@ def check_sampling(path: Path) -> dict[str, Any]:
     """Every id, by `model` on both routes and a preset at its own path too: the params the
     engine gets for a request without sampling fields are the ones render printed."""
     shown = rendered(path)
-    spec = load_spec(path)
+    catalog = load_spec(path).catalog
     with scripted_app(path) as served:
         engines = {e.model_id: e for e in served.engines}
         for row in shown["served"]:
@@ -135,7 +135,7 @@ def check_sampling(path: Path) -> dict[str, Any]:
             for route, body in sends:
                 got = received(engine, served, route, body)
                 assert got == shown["sampling"][row["id"]], (row["id"], route)
-    assert list(shown["sampling"]) == spec.catalog.ids
+    assert list(shown["sampling"]) == catalog.ids
     return shown
 
 
@@ -179,9 +179,9 @@ def test_the_gateway_comment_names_the_model_summarize_runs_on() -> None:
     comment = "".join(
         line for line in (TEAM / "gateway.yaml").read_text().splitlines() if line.startswith("#")
     )
-    spec = load_spec(TEAM / "gateway.yaml")
-    (summarize,) = spec.catalog.presets
-    position = ["first", "second", "third"][[m.id for m in spec.catalog.models].index("assistant")]
+    catalog = load_spec(TEAM / "gateway.yaml").catalog
+    (summarize,) = catalog.presets
+    position = ["first", "second", "third"][[m.id for m in catalog.models].index("assistant")]
     assert summarize.model_id == "assistant"
     assert f"`summarize` endpoint on the {position}, `{summarize.model_id}`" in comment
 
@@ -348,7 +348,7 @@ def test_the_dockerfile_serves_the_demo_on_every_interface(monkeypatch: pytest.M
     env = dict(pair.split("=", 1) for pair in args["ENV"].split())
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    spec = load_spec(ROOT / "configs" / "demo.yaml")
+    spec = load_spec(ROOT / "configs" / "demo.yaml").spec
     assert (spec.host, spec.port) == ("0.0.0.0", 8080)
     assert args["EXPOSE"] == str(spec.port)
     assert f"127.0.0.1:{spec.port}/health" in args["HEALTHCHECK"]

@@ -21,7 +21,7 @@ def spec_file(tmp_path: Path, body: str) -> Path:
 
 
 def test_cluster_defaults_to_one_replica_of_one_cpu(tmp_path: Path) -> None:
-    spec = load_spec(spec_file(tmp_path, "cluster: {}\n"), require_weights=False)
+    spec = load_spec(spec_file(tmp_path, "cluster: {}\n"), require_weights=False).spec
     assert spec.cluster is not None
     assert spec.cluster.fixed_replicas == 1
     assert spec.cluster.resources.num_cpus == 1.0
@@ -29,7 +29,7 @@ def test_cluster_defaults_to_one_replica_of_one_cpu(tmp_path: Path) -> None:
 
 
 def test_distributed_ranks_on_this_machine(tmp_path: Path) -> None:
-    spec = load_spec(spec_file(tmp_path, "distributed: {ranks: 4}\n"), require_weights=False)
+    spec = load_spec(spec_file(tmp_path, "distributed: {ranks: 4}\n"), require_weights=False).spec
     assert spec.distributed is not None
     assert (spec.distributed.size, spec.distributed.backend) == (4, "ring")
     assert spec.distributed.strategy == "tensor"
@@ -89,7 +89,7 @@ def test_a_distributed_spec_serves_one_model(tmp_path: Path) -> None:
 
 
 def test_splits_are_read_from_mlx_lms_sources() -> None:
-    from mlxdeploy.spec.sharding import splits_of
+    from mlxdeploy.sharding import splits_of
 
     assert splits_of("llama") == {"tensor"}
     assert splits_of("qwen2") == {"tensor", "pipeline"}
@@ -101,7 +101,7 @@ def test_splits_are_read_from_mlx_lms_sources() -> None:
 def test_unreadable_mlx_lm_sources_are_one_problem(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlxdeploy.spec import sharding
+    from mlxdeploy import sharding
 
     fake = tmp_path / "mlx_lm"
     (fake / "models").mkdir(parents=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mlxdeploy.spec import Problem, Spec, SpecError, format_problems, load_spec, spec_json_schema
-from mlxdeploy.spec.load import resolve_catalog
+from mlxdeploy.spec.load import resolve_spec
 from mlxdeploy.spec.settings import RoleMapping, SamplingDefaults
 from mlxdeploy.spec.sources import ModelSource, parse_model_source
 
@@ -71,11 +71,12 @@ def single_problem(path: Path, **overrides: object) -> str:
 
 
 def test_mistral_spec_validates_as_written(write_spec: WriteSpec) -> None:
-    spec = load_spec(write_spec(MISTRAL))
+    loaded = load_spec(write_spec(MISTRAL))
+    spec = loaded.spec
 
     assert spec.model == "mistralai/Mistral-7B-Instruct-v0.1"
-    assert spec.catalog.models[0].id == "mistralai/Mistral-7B-Instruct-v0.1"
-    assert spec.catalog.models[0].source == ModelSource(
+    assert loaded.catalog.models[0].id == "mistralai/Mistral-7B-Instruct-v0.1"
+    assert loaded.catalog.models[0].source == ModelSource(
         kind="hf", value=spec.model, repo="mistralai/Mistral-7B-Instruct-v0.1"
     )
     assert (spec.host, spec.port, spec.prompt_format) == ("127.0.0.1", 8080, "auto")
@@ -97,16 +98,17 @@ def test_mistral_spec_validates_as_written(write_spec: WriteSpec) -> None:
 
 def test_omitted_keys_take_the_documented_defaults(write_spec: WriteSpec) -> None:
     mistral = load_spec(write_spec(MISTRAL))
-    spec = load_spec(write_spec("model: mistralai/Mistral-7B-Instruct-v0.1\n"))
+    loaded = load_spec(write_spec("model: mistralai/Mistral-7B-Instruct-v0.1\n"))
+    spec = loaded.spec
 
-    assert spec == mistral
+    assert loaded == mistral
     assert spec.name is None
     assert spec.role_mapping == RoleMapping()
     assert spec.defaults == SamplingDefaults()
 
 
 def test_name_prompt_format_and_stop_string(write_spec: WriteSpec) -> None:
-    spec = load_spec(
+    loaded = load_spec(
         write_spec(
             """
             model: owner/model
@@ -118,8 +120,9 @@ def test_name_prompt_format_and_stop_string(write_spec: WriteSpec) -> None:
             """
         )
     )
+    spec = loaded.spec
 
-    assert spec.catalog.models[0].id == "my-model"
+    assert loaded.catalog.models[0].id == "my-model"
     assert spec.prompt_format == "role_mapping"
     assert spec.stop == ["###"]
     assert spec.defaults.temperature == 0.0  # an int is a fine float
@@ -142,7 +145,7 @@ def test_every_sampling_default_can_be_set(write_spec: WriteSpec) -> None:
               xtc_threshold: 0.2
             """
         )
-    )
+    ).spec
 
     assert spec.defaults == SamplingDefaults(
         top_k=40,
@@ -158,13 +161,13 @@ def test_every_sampling_default_can_be_set(write_spec: WriteSpec) -> None:
 
 
 def test_new_sampling_defaults_are_off(write_spec: WriteSpec) -> None:
-    d = load_spec(write_spec("model: owner/model\n")).defaults
+    d = load_spec(write_spec("model: owner/model\n")).spec.defaults
     assert (d.top_k, d.min_p, d.presence_penalty, d.frequency_penalty) == (0, 0.0, 0.0, 0.0)
     assert (d.logit_bias, d.xtc_probability) == ({}, 0.0)
 
 
 def test_empty_stop_list_is_kept(write_spec: WriteSpec) -> None:
-    assert load_spec(write_spec("model: owner/model\nstop: []\n")).stop == []
+    assert load_spec(write_spec("model: owner/model\nstop: []\n")).spec.stop == []
 
 
 # --------------------------------------------------------------------------- overrides
@@ -178,11 +181,11 @@ def test_env_beats_yaml_and_keywords_beat_env(
     monkeypatch.setenv("MLXDEPLOY_DEFAULTS__TEMPERATURE", "0.5")
     monkeypatch.setenv("MLXDEPLOY_HOST", "0.0.0.0")
 
-    from_env = load_spec(path)
+    from_env = load_spec(path).spec
     assert (from_env.port, from_env.defaults.temperature, from_env.host) == (9000, 0.5, "0.0.0.0")
     assert from_env.defaults.max_tokens == 100  # the rest of the section still comes from YAML
 
-    from_flags = load_spec(path, port=7000, host=None)  # None: flag not given
+    from_flags = load_spec(path, port=7000, host=None).spec  # None: flag not given
     assert (from_flags.port, from_flags.host) == (7000, "0.0.0.0")
 
 
@@ -191,9 +194,9 @@ def test_env_stop_accepts_a_plain_string_or_json(
 ) -> None:
     path = write_spec("model: owner/model\n")
     monkeypatch.setenv("MLXDEPLOY_STOP", "</s>")
-    assert load_spec(path).stop == ["</s>"]
+    assert load_spec(path).spec.stop == ["</s>"]
     monkeypatch.setenv("MLXDEPLOY_STOP", '["<|im_end|>", "###"]')
-    assert load_spec(path).stop == ["<|im_end|>", "###"]
+    assert load_spec(path).spec.stop == ["<|im_end|>", "###"]
 
 
 @pytest.mark.parametrize(
@@ -457,7 +460,7 @@ def test_anchors_and_merge_keys_work_and_recursive_aliases_are_errors(
     write_spec: WriteSpec,
 ) -> None:
     merged = write_spec("model: owner/model\ndefaults:\n  <<: {temperature: 0.2}\n  top_p: 0.9\n")
-    assert load_spec(merged).defaults.temperature == 0.2
+    assert load_spec(merged).spec.defaults.temperature == 0.2
 
     recursive = write_spec("model: owner/model\nstop: &words [a, *words]\n")
     assert single_problem(recursive) == (
@@ -588,10 +591,10 @@ def test_pkg_source_finds_files_without_importing(fake_package: Path, tmp_path: 
 
 
 def test_pkg_source_in_a_spec(fake_package: Path, write_spec: WriteSpec) -> None:
-    spec = load_spec(write_spec("model: pkg:fake_models_pkg/model.gguf\nname: tiny\n"))
+    loaded = load_spec(write_spec("model: pkg:fake_models_pkg/model.gguf\nname: tiny\n"))
 
-    assert spec.catalog.models[0].source.path == fake_package / "model.gguf"
-    assert spec.catalog.models[0].id == "tiny"
+    assert loaded.catalog.models[0].source.path == fake_package / "model.gguf"
+    assert loaded.catalog.models[0].id == "tiny"
 
 
 @pytest.mark.parametrize(
@@ -753,7 +756,7 @@ def test_spec_can_be_built_directly_from_keywords_and_env(
 ) -> None:
     monkeypatch.setenv("MLXDEPLOY_PORT", "9100")
 
-    spec = resolve_catalog(Spec(model="owner/model"))
+    loaded = resolve_spec(Spec(model="owner/model"))
 
-    assert spec.port == 9100
-    assert spec.catalog.models[0].source.kind == "hf"
+    assert loaded.spec.port == 9100
+    assert loaded.catalog.models[0].source.kind == "hf"

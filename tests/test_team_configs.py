@@ -53,7 +53,8 @@ def test_services_share_the_base_and_differ_where_they_say(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("TEAM_MODEL", raising=False)
-    assistant, summarizer = load_spec(TEAM / "assistant.yaml"), load_spec(TEAM / "summarizer.yaml")
+    assistant = load_spec(TEAM / "assistant.yaml").spec
+    summarizer = load_spec(TEAM / "summarizer.yaml").spec
     assert assistant.model == summarizer.model
     assert (assistant.port, summarizer.port) == (8101, 8102)
     assert assistant.limits.max_tokens == summarizer.limits.max_tokens == 1024

@@ -1,4 +1,4 @@
-"""create_app(spec, engines) -> the Quart app, with its route table in one place. No MLX here:
+"""create_app(deployment, engines) -> the Quart app, with its route table in one place. No MLX here:
 the app talks to engines through the contract in `engine/api.py`."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from quart import Quart, Response, request
 
 from ..engine.api import Engine
 from ..spec import routes
-from ..spec.settings import Spec
+from ..spec.deployment import Deployment
 from .asgi import RequestScope
 from .chat.serving import chat_completions, preset_chat
 from .completions.serving import completions
@@ -34,9 +34,12 @@ from .wire import now
 View = Callable[..., Awaitable[Response]]
 
 
-def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None = None) -> Quart:
-    """One engine per model of `spec.catalog`. `api_keys`: the keys `load_api_keys` read at
-    startup; None reads them from the spec."""
+def create_app(
+    deployment: Deployment, engines: Sequence[Engine], api_keys: ApiKeys | None = None
+) -> Quart:
+    """One engine per model of `deployment.catalog`. `api_keys`: the keys `load_api_keys` read
+    at startup; None reads them from the spec."""
+    spec, catalog = deployment.spec, deployment.catalog
     app = Quart("mlxdeploy")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as generation does
@@ -45,11 +48,11 @@ def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None =
         JSON_SORT_KEYS=False,
     )
     metrics = Metrics(engines)
-    targets = Targets(spec.catalog, {engine.model_id: engine for engine in engines}, spec.engine)
+    targets = Targets(catalog, {engine.model_id: engine for engine in engines}, spec.engine)
     generation = Generation(spec.limits, metrics)
     drain = install_drain(app, targets.admissions)
     install_body_reader(app)  # before the gate's hooks: a 401 must not leave a body unread
-    cards = model_cards(spec.catalog, created=now())
+    cards = model_cards(catalog, created=now())
 
     stored = ResponseStore(spec.limits.stored_responses)
     views: dict[routes.Route, View] = {
@@ -69,14 +72,14 @@ def create_app(spec: Spec, engines: Sequence[Engine], api_keys: ApiKeys | None =
     table = [(route, views[route]) for route in routes.served_routes(spec.apis)]
     table += [
         (routes.endpoint_route(p.name, p.path), partial(preset_chat, generation, targets, p.name))
-        for p in spec.catalog.presets
+        for p in catalog.presets
     ]
     if spec.playground_enabled:
         table.append((routes.PLAYGROUND, partial(playground, Page.load())))
     for route, view in table:
         app.add_url_rule(route.path, route.endpoint, view, methods=[route.method])
 
-    install_gate(app, spec, api_keys or load_api_keys(spec.auth, spec.base_dir))
+    install_gate(app, spec, api_keys or load_api_keys(spec.auth, deployment.base_dir))
     install_unused_fields(app, spec.limits)
     register_error_handlers(app)
     asgi = RequestScope(app.asgi_app)  # closes each request's runs, however it ends

@@ -23,8 +23,8 @@ from pydantic import (
 )
 
 from ..engine.api import Constraint, Finished, SamplingParams, ToolUse
+from ..grammar import problem_of
 from ..spec.formats import ResponseFormat
-from ..spec.grammar import problem_of
 from ..spec.settings import LimitSettings, LogitBiasMap, SamplingDefaults
 
 # Strict numbers: a JSON string is never silently turned into a number, a bool never into an int.

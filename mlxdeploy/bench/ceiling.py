@@ -51,8 +51,7 @@ from ..engine.api import (
 )
 from ..engine.weights.blas import load_fast_blas
 from ..serve.gil import hand_back_the_gil_sooner
-from ..spec import SpecError, load_spec
-from ..spec.settings import Spec
+from ..spec import Deployment, SpecError, load_spec
 from .load import WARMUP_TOKENS, chat_body, client_loop, make_prompt
 from .report import DecodeRate, LevelStats, LoadSettings, RequestResult, summarize
 
@@ -74,13 +73,13 @@ class Bench:
     """The engine under test and what shapes its requests (the spec's first model)."""
 
     engine: Engine
-    spec: Spec
+    deployment: Deployment
     load: LoadSettings
 
     def sampling(self, body: ChatCompletionRequest) -> SamplingParams:
-        model = self.spec.catalog.models[0]
+        model = self.deployment.catalog.models[0]
         return body.to_sampling_params(
-            model.defaults, model.stop, self.spec.limits, None, body.tool_use()
+            model.defaults, model.stop, self.deployment.spec.limits, None, body.tool_use()
         )
 
 
@@ -94,8 +93,8 @@ async def send(bench: Bench, fields: dict[str, Any]) -> RequestResult:
     engine = bench.engine
     try:
         body = ChatCompletionRequest.model_validate(fields)
-        check_max_tokens(body, bench.spec.limits)
-        check_n(body, bench.spec.limits)
+        check_max_tokens(body, bench.deployment.spec.limits)
+        check_n(body, bench.deployment.spec.limits)
         override, tools = body.role_override(), body.tool_use()
         prompt = await asyncio.to_thread(engine.prepare, body.turns(), override, tools)
         check_context(prompt, engine.context_length)
@@ -171,7 +170,7 @@ async def decode_only(bench: Bench, level: int) -> DecodeRate:
     """`level` requests (at most the engine's batch) at once; the completion-token counter
     over the window where exactly these all decode, for `steps` steps or until one ends."""
     engine = bench.engine
-    batch = min(level, bench.spec.engine.max_batch_size)
+    batch = min(level, bench.deployment.spec.engine.max_batch_size)
     steps = max(bench.load.max_tokens, DECODE_MIN_STEPS)
     chats = [
         ChatCompletionRequest.model_validate(
@@ -255,17 +254,20 @@ async def until_idle(engine: Engine) -> None:
 # --------------------------------------------------------------------------- the run
 
 
-async def measure(spec: Spec, load: LoadSettings) -> list[tuple[LevelStats, DecodeRate]]:
+async def measure(
+    deployment: Deployment, load: LoadSettings
+) -> list[tuple[LevelStats, DecodeRate]]:
     """Build and load the engine as `up` does, then both measurements at each level."""
     from ..engine.engine import MLXEngine  # after load_fast_blas, as in the server
 
-    engine = MLXEngine(spec.catalog.models[0], spec.engine, load_lock=threading.Lock())
+    model, settings = deployment.catalog.models[0], deployment.spec.engine
+    engine = MLXEngine(model, settings, load_lock=threading.Lock())
     engine.start(asyncio.get_running_loop())
     try:
         state = await asyncio.to_thread(engine.wait_loaded, LOAD_TIMEOUT_S)
         if state != "ready":
             raise CeilingError(engine.error or f"the model did not load (state: {state})")
-        bench = Bench(engine, spec, load)
+        bench = Bench(engine, deployment, load)
         results = []
         for level in load.concurrency:
             stats = await closed_loop(bench, level)
@@ -306,8 +308,7 @@ def run(argv: list[str]) -> int:
     hand_back_the_gil_sooner()  # as `up` does
     try:
         load = load_settings(args.load)
-        spec = load_spec(args.spec)
-        results = asyncio.run(measure(spec, load))
+        results = asyncio.run(measure(load_spec(args.spec), load))
     except SpecError as exc:
         print(f"ceiling failed: {'; '.join(str(p) for p in exc.problems)}", flush=True)
         return 1

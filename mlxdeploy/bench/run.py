@@ -30,7 +30,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from ..spec.load import Spec, load_spec
+from ..spec import Deployment, load_spec
 from . import BenchError
 from .load import run_level
 from .report import (
@@ -73,7 +73,7 @@ class BenchOptions:
     out: Path
     url: str | None = None
     spec_path: Path | None = None
-    spec: Spec | None = None
+    deployment: Deployment | None = None
     compare: bool = False
     same_blas: bool = True
     ceiling: bool = True  # with a spec: measure the engine in-process first
@@ -145,7 +145,7 @@ def build_options(
         out=out or Path(f"bench-{stamp}"),
         url=server_root(url) if url else None,
         spec_path=spec_path,
-        spec=load_spec(spec_path) if spec_path else None,
+        deployment=load_spec(spec_path) if spec_path else None,
         compare=compare,
         same_blas=same_blas,
         ceiling=ceiling,
@@ -154,15 +154,15 @@ def build_options(
 
 
 def planned_targets(options: BenchOptions) -> list[Target]:
-    if options.spec is None or options.spec_path is None:
+    if options.deployment is None or options.spec_path is None:
         assert options.url is not None
         return [Target("server", options.url)]
     up = mlxdeploy_command("up", str(options.spec_path), "--host", LOCALHOST, "--port", "0")
     targets = [Target(MLXDEPLOY, None, up)]
     if options.compare:
-        model_dir = resolve_model_dir(options.spec)
+        model_dir = resolve_model_dir(options.deployment)
         port = free_port()
-        command = mlx_lm_command(model_dir, options.spec, options.load, port)
+        command = mlx_lm_command(model_dir, options.deployment.spec, options.load, port)
         targets.append(Target(MLX_LM, f"http://{LOCALHOST}:{port}", command))
     return targets
 

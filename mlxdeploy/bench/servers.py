@@ -22,7 +22,7 @@ from types import FrameType
 
 import httpx
 
-from ..spec.load import Spec
+from ..spec import Deployment, Spec
 from . import BenchError
 from .report import LoadSettings
 
@@ -76,10 +76,10 @@ def mlx_lm_command(model_dir: Path, spec: Spec, load: LoadSettings, port: int) -
     ]  # fmt: skip
 
 
-def resolve_model_dir(spec: Spec) -> Path:
+def resolve_model_dir(deployment: Deployment) -> Path:
     """The spec's (first) model as a local dir; GGUF and HF sources are resolved by a child
     process, because resolving them imports mlx."""
-    model = spec.catalog.models[0]  # requests without `model` go to it on both servers
+    model = deployment.catalog.models[0]  # requests without `model` go to it on both servers
     if model.source.kind == "dir" and model.source.path is not None:
         return model.source.path
     code = "\n".join([

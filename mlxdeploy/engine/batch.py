@@ -1,5 +1,5 @@
 # mlx-lm declares these batch attributes Optional and fills them before any step runs:
-# mypy: disable-error-code="assignment,index,arg-type,attr-defined,union-attr"
+# mypy: disable-error-code="index,arg-type,union-attr"
 """mlx-lm's BatchGenerator with a cheaper decode step.
 
 mlx-lm normalizes every step's logits into log-probabilities (a logsumexp over the whole
@@ -10,7 +10,7 @@ logprobs. Greedy or temperature sampling does not need them: on a CPU the logsum
 that ask for log-probabilities are normalized (see `logprobs.py`); a step's responses carry
 `TokenScores` for those rows and None for the others.
 
-Two changes to how rows join and leave the batch (the schedule is `FastBatchGenerator._next`):
+Two changes to how rows join and leave the batch (the schedule is `FastBatchGenerator.next_step`):
 - A row joins with its prompt read but for the last token, and the next decode step reads that
   token with the rest of the batch and samples the row's first token. mlx-lm runs a forward pass
   of its own for the new rows (a whole pass over the weights for one token), then merges them.
@@ -28,18 +28,19 @@ from types import MappingProxyType
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator, GenerationBatch, PromptProcessingBatch, TokenBuffer
+from mlx_lm.generate import GenerationBatch, PromptProcessingBatch, TokenBuffer
 
 from . import slots
 from .constraints import Guide, mask_guided_rows
 from .logprobs import RowScores, arrays_of, score_rows
+from .mlx_lm_internals import BatchGeneratorBase, GenerationBatchBase, cache_end
 from .sampling import SeededSampler
 
 RETIRED = -1  # the uid of a row that ended: it matches no request
 TRIM_EVERY = 64  # decode steps between looks at how much of the shared length can go
 # The per-row lists of a decode batch besides its cache and next tokens.
 ROW_STATE = ("uids", "tokens", "samplers", "logits_processors", "stop_sequences", "max_tokens",
-             "_next_logprobs", "_token_context", "_num_tokens", "_matchers", "fresh")  # fmt: skip
+             "next_logprobs", "token_context", "num_tokens", "matchers", "fresh")  # fmt: skip
 
 
 def compaction_due(rows: int, retired: int) -> bool:
@@ -48,7 +49,7 @@ def compaction_due(rows: int, retired: int) -> bool:
     return retired > 0 and retired * 8 >= max(rows, 8)
 
 
-class LogitsGenerationBatch(GenerationBatch):
+class LogitsGenerationBatch(GenerationBatchBase):
     # uid -> how many alternatives its request asked for; only those rows are normalized.
     # The generator gives the batch its own mapping (FastBatchGenerator.__init__).
     logprobs: Mapping[int, int] = MappingProxyType({})
@@ -69,11 +70,11 @@ class LogitsGenerationBatch(GenerationBatch):
         batch.samplers, batch.logits_processors = read.samplers, read.logits_processors
         batch.stop_sequences, batch.max_tokens = read.stop_sequences, read.max_tokens
         rows = len(read.uids)
-        batch._next_tokens = mx.array(last, dtype=mx.uint32)
-        batch._next_logprobs = [None] * rows
-        batch._token_context = [TokenBuffer(t) for t in read.tokens]
-        batch._num_tokens = [0] * rows
-        batch._matchers = [ss.matcher() for ss in read.stop_sequences]
+        batch.next_tokens = mx.array(last, dtype=mx.uint32)
+        batch.next_logprobs = [None] * rows
+        batch.token_context = [TokenBuffer(t) for t in read.tokens]
+        batch.num_tokens = [0] * rows
+        batch.matchers = [ss.matcher() for ss in read.stop_sequences]
         batch.fresh = [True] * rows
         return batch
 
@@ -119,7 +120,7 @@ class LogitsGenerationBatch(GenerationBatch):
         fits = len(free) == len(batch.uids)
         fits = fits and slots.reusable(self.prompt_cache, batch.prompt_cache)
         lengths = slots.row_lengths(batch.prompt_cache[0]) if fits else []
-        if not fits or max(lengths) > self.prompt_cache[0]._idx:
+        if not fits or max(lengths) > cache_end(self.prompt_cache[0]):
             self.compact()
             self.extend(batch)
             return
@@ -127,7 +128,7 @@ class LogitsGenerationBatch(GenerationBatch):
             slots.place_rows(cache, incoming, free, lengths)
         for j, e in enumerate(free):
             self._take_row(e, batch, j)
-        self._next_tokens[mx.array(free)] = batch._next_tokens
+        self.next_tokens[mx.array(free)] = batch.next_tokens
         self.retired -= len(free)
 
     def _take_row(self, e: int, batch: LogitsGenerationBatch, j: int) -> None:
@@ -145,14 +146,15 @@ class LogitsGenerationBatch(GenerationBatch):
         if not self.uids:
             return []
         fresh, self.fresh = self.fresh, [False] * len(self.uids)
-        tokens, scores = self._step()
+        tokens, scores = self.step()
+        counts, matchers = self.num_tokens, self.matchers
         responses, ended = [], []
         for e, uid in enumerate(self.uids):
             if uid == RETIRED or fresh[e]:
                 continue
-            self._num_tokens[e] += 1
-            finish = "length" if self._num_tokens[e] >= self.max_tokens[e] else None
-            if self._matchers[e].advance(tokens[e]):
+            counts[e] += 1
+            finish = "length" if counts[e] >= self.max_tokens[e] else None
+            if matchers[e].advance(tokens[e]):
                 finish = "stop"
             done = finish is not None
             cache, history = (self.extract_cache(e), self.tokens[e]) if done else (None, None)
@@ -164,20 +166,19 @@ class LogitsGenerationBatch(GenerationBatch):
         self.retire(ended)
         return responses
 
-    def _step(self) -> tuple[list[int], list[Any]]:  # TokenScores, or None: not asked
-        self._current_tokens = self._next_tokens
-        self._current_logprobs = self._next_logprobs
-        inputs = self._current_tokens
+    def step(self) -> tuple[list[int], list[Any]]:  # TokenScores, or None: not asked
+        inputs, current = self.next_tokens, self.next_logprobs
+        self.current_tokens, self.current_logprobs = inputs, current
         logits = self.model(inputs[:, None], cache=self.prompt_cache)[:, -1, :]
         token_context: list[mx.array] = []
         if any(self.logits_processors):
             logits, token_context = self._process(logits, inputs)
-        self._next_tokens = self._sample(logits)
+        sampled = self._sample(logits)
         if self.agree is not None:
-            self._next_tokens = self.agree(self._next_tokens)
-        self._next_logprobs = self._score(logits, self._next_tokens)
-        mx.async_eval(self._next_tokens, token_context, *arrays_of(self._next_logprobs))
-        current = self._current_logprobs
+            sampled = self.agree(sampled)
+        scores = self._score(logits, sampled)
+        self.next_tokens, self.next_logprobs = sampled, scores
+        mx.async_eval(sampled, token_context, *arrays_of(scores))
         mx.eval(inputs, *arrays_of(current))
         tokens = inputs.tolist()
         for history, token in zip(self.tokens, tokens, strict=True):
@@ -207,13 +208,14 @@ class LogitsGenerationBatch(GenerationBatch):
         rows: list[mx.array] = []
         token_context: list[mx.array] = []
         guided: list[tuple[int, Guide]] = []
+        contexts = self.token_context
         for e in range(len(self.uids)):
             row = logits[e : e + 1]
             processors = self.logits_processors[e] or ()
             guided.extend((e, p) for p in processors if isinstance(p, Guide))
             others = [p for p in processors if not isinstance(p, Guide)]
             if others:
-                context = self._token_context[e].update_and_fetch(inputs[e : e + 1])
+                context = contexts[e].update_and_fetch(inputs[e : e + 1])
                 token_context.append(context)
                 for processor in others:
                     row = processor(context, row)
@@ -254,8 +256,8 @@ class LogitsGenerationBatch(GenerationBatch):
         return sampled[mx.array(back)]
 
 
-class FastBatchGenerator(BatchGenerator):
-    """mlx-lm's BatchGenerator with its own schedule (`_next`): each call runs one decode step
+class FastBatchGenerator(BatchGeneratorBase):
+    """mlx-lm's BatchGenerator with its own schedule (`next_step`): each call runs one decode step
     for the batch, then, when prompts are being read, one prefill chunk of those prompts.
 
     Prompts are admitted in groups. A prefill call costs a pass over the weights whatever its
@@ -275,27 +277,27 @@ class FastBatchGenerator(BatchGenerator):
         super().__init__(model, **kwargs)
         # Sequences that finish prefill are merged into this batch object, so its class
         # decides how every decode step runs.
-        self._generation_batch = LogitsGenerationBatch.empty(self.model, self.sampler)
+        self.generation_batch = LogitsGenerationBatch.empty(self.model, self.sampler)
         self._logprobs: dict[int, int] = {}
-        self._generation_batch.logprobs = self._logprobs
-        self._generation_batch.agree = agree
+        self.generation_batch.logprobs = self._logprobs
+        self.generation_batch.agree = agree
         self._wait_steps = prefill_wait_steps
         self._arrived: dict[int, int] = {}  # uid -> decode steps run when it was inserted
 
     @property
     def waiting(self) -> int:
         """Sequences inserted but not yet given a slot in the prompt or decode batch."""
-        return len(self._unprocessed_sequences)
+        return len(self.unprocessed_sequences)
 
     @property
     def _steps(self) -> int:
         """Decode steps run."""
-        return int(self._counters.generation_steps)
+        return int(self.counters.generation_steps)
 
     @property
     def pending(self) -> int:
         """Sequences inserted and not decoding yet: waiting, or their prompts being read."""
-        return self.waiting + len(self._prompt_batch)
+        return self.waiting + len(self.prompt_batch)
 
     def insert(
         self,
@@ -319,7 +321,7 @@ class FastBatchGenerator(BatchGenerator):
         gone = set(uids)
         for uid in gone:
             self._forget(uid)
-        batch = self._generation_batch
+        batch = self.generation_batch
         batch.retire([e for e, uid in enumerate(batch.uids) if uid in gone])
         super().remove(uids)
         return caches
@@ -328,21 +330,22 @@ class FastBatchGenerator(BatchGenerator):
         self._logprobs.pop(uid, None)
         self._arrived.pop(uid, None)
 
-    def _next(self) -> Any:
+    def next_step(self) -> Any:
         responses = self._decode()
         self._admit()
-        prompt_responses = self._read_prompts() if len(self._prompt_batch) else []
+        prompt_responses = self._read_prompts() if len(self.prompt_batch) else []
         return prompt_responses, responses
 
     def _decode(self) -> list[GenerationBatch.Response]:
-        batch = self._generation_batch
+        batch = self.generation_batch
         if not batch.uids:
             return []
         tic = time.perf_counter()
         responses = batch.next()
-        self._counters.decode_time += time.perf_counter() - tic
-        self._counters.generation_tokens += len(responses)
-        self._counters.generation_steps += 1
+        counters = self.counters
+        counters.decode_time += time.perf_counter() - tic
+        counters.generation_tokens += len(responses)
+        counters.generation_steps += 1
         if self._steps % 512 == 0:
             mx.clear_cache()
         if self._steps % TRIM_EVERY == 0:
@@ -356,28 +359,29 @@ class FastBatchGenerator(BatchGenerator):
 
     def _admit(self) -> None:
         """Move waiting sequences to the prompt batch when a group is due (class docstring)."""
-        reading = len(self._prompt_batch)
+        reading = len(self.prompt_batch)
         room = min(
             self.prefill_batch_size - reading,
-            self.completion_batch_size - self._generation_batch.live - reading,
+            self.completion_batch_size - self.generation_batch.live - reading,
         )
         n = min(room, self.waiting)
         if n <= 0:
             return
-        oldest = self._unprocessed_sequences[0][0]
+        oldest = self.unprocessed_sequences[0][0]
         waited = self._steps - self._arrived.get(oldest, self._steps)
-        idle = self._generation_batch.live == 0 or reading > 0
+        idle = self.generation_batch.live == 0 or reading > 0
         if idle or n >= self.prefill_batch_size or waited >= self._wait_steps:
-            self._prompt_batch.extend(self._make_batch(n))
+            self.prompt_batch.extend(self.make_batch(n))
 
     def _read_prompts(self) -> list[PromptProcessingBatch.Response]:
         """One prefill chunk of every prompt being read; rows read but for their last token
         go on to decoding."""
         out = self._start_decoding()
-        if not self._currently_processing:
+        processing, batch = self.currently_processing, self.prompt_batch
+        if not processing:
             return out
         chunks = []
-        for e, seq in enumerate(self._currently_processing):
+        for e, seq in enumerate(processing):
             segments = seq[0]
             n = min(len(segments[0]), self.prefill_step_size)
             chunks.append(segments[0][:n])
@@ -386,32 +390,32 @@ class FastBatchGenerator(BatchGenerator):
             if end_of_segment:
                 segments.pop(0)
             seq[1] += n
-            uid = self._prompt_batch.uids[e]
+            uid = batch.uids[e]
             out.append(PromptProcessingBatch.Response(uid, (seq[1], seq[2]), end_of_segment, False))
-        self._counters.prompt_tokens += sum(len(c) for c in chunks)
+        self.counters.prompt_tokens += sum(len(c) for c in chunks)
         tic = time.perf_counter()
-        self._prompt_batch.prompt(chunks)
-        self._counters.prompt_time += time.perf_counter() - tic
+        batch.prompt(chunks)
+        self.counters.prompt_time += time.perf_counter() - tic
         return out + self._start_decoding()
 
     def _start_decoding(self) -> list[PromptProcessingBatch.Response]:
-        processing = self._currently_processing
+        processing = self.currently_processing
         ready = [e for e, seq in enumerate(processing) if len(seq[0]) == 1 and len(seq[0][0]) == 1]
         if not ready:
             return []
         last = [processing[e][0][0][0] for e in ready]
         totals = [processing[e][2] for e in ready]
         if len(ready) == len(processing):  # the usual case: the whole group is read
-            read = self._prompt_batch
-            self._prompt_batch = PromptProcessingBatch.empty(
+            read = self.prompt_batch
+            self.prompt_batch = PromptProcessingBatch.empty(
                 self.model, self.sampler, prefill_step_size=self.prefill_step_size
             )
-            self._currently_processing = []
+            self.currently_processing = []
         else:
-            read = self._prompt_batch.split(ready)
-            self._currently_processing = [s for e, s in enumerate(processing) if e not in ready]
+            read = self.prompt_batch.split(ready)
+            self.currently_processing = [s for e, s in enumerate(processing) if e not in ready]
         uids = list(read.uids)
-        self._generation_batch.join(LogitsGenerationBatch.starting(read, last))
+        self.generation_batch.join(LogitsGenerationBatch.starting(read, last))
         return [
             PromptProcessingBatch.Response(uid, (total, total), True, True)
             for uid, total in zip(uids, totals, strict=True)

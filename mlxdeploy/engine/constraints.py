@@ -22,8 +22,9 @@ import llguidance.numpy
 import mlx.core as mx
 import numpy as np
 
-from ..spec.grammar import grammar_of
+from ..grammar import grammar_of
 from .api import PromptRejected, SamplingParams
+from .mlx_lm_internals import wrapped_tokenizer
 from .reasoning import ThinkState
 from .tool_formats import ToolFormat
 from .tool_grammar import tool_grammar
@@ -150,7 +151,8 @@ class Grammars:
 
     def _llt(self) -> llguidance.LLTokenizer:
         if self._lltokenizer is None:
-            hf = getattr(self._tokenizer, "_tokenizer", self._tokenizer)  # mlx-lm's wrapper
+            hf = wrapped_tokenizer(self._tokenizer)
+            hf = self._tokenizer if hf is None else hf
             self._lltokenizer = llguidance.hf.from_tokenizer(
                 hf, n_vocab=self._vocab_size, eos_token=self._eos
             )

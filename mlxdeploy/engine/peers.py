@@ -22,8 +22,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from ..spec.scale import Strategy
-from ..spec.sharding import split_problem
+from ..sharding import Strategy, split_problem
 from .api import SamplingParams
 
 

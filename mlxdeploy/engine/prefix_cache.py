@@ -14,20 +14,21 @@ from typing import Any
 
 from mlx_lm.models.cache import LRUPromptCache, PromptTrie, PromptTrieResult
 
-VALUE = "__value__"  # mlx-lm's key for a node's entry
+from .mlx_lm_internals import TRIE_ENTRY, trie_roots, use_trie
 
 
 class ShallowPromptTrie(PromptTrie):
     def search(self, model: Any, tokens: list[int]) -> PromptTrieResult:
-        if model not in self._trie:
+        roots = trie_roots(self)
+        if model not in roots:
             return PromptTrieResult(model, None, None, None, 0)
-        node = self._trie[model]
-        if not tokens and VALUE in node:
+        node = roots[model]
+        if not tokens and TRIE_ENTRY in node:
             return PromptTrieResult(model, [], None, None, 0)
         last, index = -1, 0
         while index < len(tokens) and tokens[index] in node:
             node = node[tokens[index]]
-            if VALUE in node:
+            if TRIE_ENTRY in node:
                 last = index
             index += 1
         if last == len(tokens) - 1 >= 0:
@@ -40,7 +41,7 @@ class ShallowPromptTrie(PromptTrie):
     def _down(node: dict[Any, Any]) -> list[int]:
         """The tokens from `node` to the nearest entry along its first branches."""
         path: list[int] = []
-        while VALUE not in node:
+        while TRIE_ENTRY not in node:
             token = next(iter(node))
             path.append(token)
             node = node[token]
@@ -50,4 +51,4 @@ class ShallowPromptTrie(PromptTrie):
 class PrefixCache(LRUPromptCache):
     def __init__(self, max_size: int):
         super().__init__(max_size=max_size)
-        self._trie = ShallowPromptTrie()
+        use_trie(self, ShallowPromptTrie())

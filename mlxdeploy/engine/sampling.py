@@ -30,6 +30,7 @@ from mlx_lm.sample_utils import (
 )
 
 from .api import SamplingParams
+from .mlx_lm_internals import wrapped_tokenizer
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
@@ -108,7 +109,7 @@ class Vocabulary:
     def of(cls, model: Any, tokenizer: Any) -> Vocabulary:
         size = getattr(getattr(model, "args", None), "vocab_size", None)
         if not size:  # some configs nest it; the tokenizer's own count is the next best bound
-            inner = getattr(tokenizer, "_tokenizer", None)
+            inner = wrapped_tokenizer(tokenizer)
             size = len(inner) if inner is not None and hasattr(inner, "__len__") else None
         return cls(int(size) if size else None, tokenizer)
 

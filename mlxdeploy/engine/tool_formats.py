@@ -82,10 +82,10 @@ def load_format(name: str) -> ToolFormat:
 def infer_format(tokenizer: Any) -> ToolFormat | None:
     """mlx-lm's own inference, run on the template in use (the spec's may replace the
     tokenizer's)."""
-    from mlx_lm.tokenizer_utils import _infer_tool_parser
+    from .mlx_lm_internals import infer_tool_parser
 
     try:
-        name = _infer_tool_parser(tokenizer)
+        name = infer_tool_parser(tokenizer)
     except Exception:  # a tokenizer without a vocabulary to look at
         return None
     return None if name is None else load_format(name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from ..spec.grammar import JSON_OPTIONS
+from ..grammar import JSON_OPTIONS
 from .api import ToolUse
 from .tool_formats import ToolFormat
 

@@ -21,6 +21,7 @@ from ..api.guards.auth import ApiKeys
 from ..api.guards.drain import drain_of
 from ..engine.weights.blas import load_fast_blas
 from ..engine.weights.progress import progress_for
+from ..spec.deployment import Deployment
 from ..spec.settings import Spec
 from .gil import hand_back_the_gil_sooner
 from .logs import ACCESS_LOGGER, AccessLogger
@@ -109,24 +110,30 @@ def free_port_of(spec: Spec) -> int:
 
 
 async def serve(
-    spec: Spec, api_keys: ApiKeys | None = None, peers: Peers | None = None
+    deployment: Deployment, api_keys: ApiKeys | None = None, peers: Peers | None = None
 ) -> ServeResult:
     """`peers`: this process is rank 0 of a distributed model (serve/sharded/)."""
+    spec = deployment.spec
     config = hypercorn_config(spec)
     try:
         sockets = listen(config)
     except OSError as exc:
         return cannot_listen(spec, exc)
     try:
-        return await _serve_on(spec, api_keys, config, bound_port(sockets, spec.port), peers)
+        port = bound_port(sockets, spec.port)
+        return await _serve_on(deployment, api_keys, config, port, peers)
     finally:
         close_sockets(sockets)
 
 
 async def _serve_on(
-    spec: Spec, api_keys: ApiKeys | None, config: TrackedConfig, port: int, peers: Peers | None
+    deployment: Deployment,
+    api_keys: ApiKeys | None,
+    config: TrackedConfig,
+    port: int,
+    peers: Peers | None,
 ) -> ServeResult:
-    loop = asyncio.get_running_loop()
+    spec, loop = deployment.spec, asyncio.get_running_loop()
     lost: asyncio.Event | None = None
     if peers is None:
         signals = install_signal_handlers(loop)
@@ -135,13 +142,13 @@ async def _serve_on(
         lost = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, lost.set)
     stop = signals.requested
-    engines = start_engines(spec, loop, peers)
-    ready_line = f"serving {', '.join(spec.catalog.ids)} on http://{address(spec.host, port)}"
+    engines = start_engines(deployment, loop, peers)
+    ready_line = f"serving {', '.join(deployment.catalog.ids)} on http://{address(spec.host, port)}"
     if peers is not None:
         ready_line += f" ({peers.size} ranks, {peers.strategy} parallel)"
     stall = spec.distributed.stall_timeout_seconds if spec.distributed else None
     watcher = asyncio.create_task(_watch_load(engines, stop, ready_line, lost, stall))
-    app = create_app(spec, engines, api_keys)
+    app = create_app(deployment, engines, api_keys)
 
     async def drained() -> None:  # Hypercorn stops serving when this returns
         await stop.wait()
@@ -169,7 +176,7 @@ async def _serve_on(
 
 
 def start_engines(
-    spec: Spec, loop: asyncio.AbstractEventLoop, peers: Peers | None = None
+    deployment: Deployment, loop: asyncio.AbstractEventLoop, peers: Peers | None = None
 ) -> list[MLXEngine]:
     """One engine per model, loading in the background and delivering on `loop`."""
     if peers is None:  # a rank has chosen its BLAS before it reached for mx.distributed
@@ -180,10 +187,11 @@ def start_engines(
     # Each model generates on its own thread; they load one at a time (peak memory is one
     # load's, and models sharing a GGUF file convert it once).
     load_lock = threading.Lock()
+    spec = deployment.spec
     progress = progress_for(spec.server.log_format)  # bars on a terminal, else log lines
     engines = [
         MLXEngine(model, spec.engine, load_lock=load_lock, progress=progress, peers=peers)
-        for model in spec.catalog.models
+        for model in deployment.catalog.models
     ]
     for engine in engines:
         engine.start(loop)

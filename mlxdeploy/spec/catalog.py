@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from ..grammar import problem_of
 from .formats import ResponseFormat
-from .grammar import problem_of
 from .problems import FieldError
 from .reasoning import ReasoningSettings
 from .routes import BUILTIN_PATHS, BUILTIN_PREFIXES

@@ -18,19 +18,21 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from ..footprint import estimate_bytes, gib, machine_memory
+from ..gguf_header import GGUFError
+from ..sharding import model_config, model_problem
 from .catalog import Catalog, CatalogError, Files, build_catalog, read_files
-from .footprint import estimate_bytes, gib, machine_memory
-from .gguf_header import GGUFError
+from .deployment import Deployment
 from .placement import Layers, SpecFile, field_problem, validation_problem
 from .problems import FieldError, Problem, SpecError, dotted
 from .scale import DistributedSettings
 from .settings import ENV_DELIMITER, ENV_PREFIX, EnvSource, Spec
-from .sharding import model_config, model_problem
+from .sources import config_file, weight_files
 from .yaml_nodes import parse_yaml, position, read_text
 
 
-def load_spec(path: Path, *, require_weights: bool = True, **overrides: Any) -> Spec:
-    """Read, merge (YAML < environment < overrides) and validate a spec.
+def load_spec(path: Path, *, require_weights: bool = True, **overrides: Any) -> Deployment:
+    """Read, merge (YAML < environment < overrides) and validate a spec; resolve its catalog.
 
     Overrides whose value is None are ignored, so CLI flags can be passed through unset.
     Without `require_weights` (`validate --no-weights`), a model source whose files are not
@@ -71,9 +73,7 @@ def load_spec(path: Path, *, require_weights: bool = True, **overrides: Any) -> 
     if problems or spec is None or catalog is None:
         problems = _unset_alone(problems, chain.unset)
         raise SpecError(sorted(dict.fromkeys(problems), key=_problem_order))
-    spec._catalog = catalog
-    spec._base_dir = path.parent
-    return spec
+    return Deployment(spec, catalog, path.parent)
 
 
 def _check_catalog(
@@ -93,7 +93,8 @@ def _check_split(
     """A model that does not split over the ranks is a problem before any rank starts."""
     for loc, source in files.sources.items():
         try:
-            config = model_config(source)
+            path = config_file(source)
+            config = None if path is None else model_config(path)
         except (OSError, ValueError, GGUFError) as error:
             message = f"cannot read the model's config.json: {error}"
             problems.append(field_problem(FieldError(loc, message), layers))
@@ -110,13 +111,12 @@ def _check_split(
             problems.append(field_problem(FieldError(loc, problem), layers))
 
 
-def resolve_catalog(spec: Spec) -> Spec:
-    """Resolve the catalog of a Spec made in code (relative paths: the working directory)."""
+def resolve_spec(spec: Spec) -> Deployment:
+    """The Deployment of a Spec made in code (relative paths: the working directory)."""
     files, errors = read_files(spec.model_dump(), lambda loc: Path.cwd())
     if errors:
         raise CatalogError(errors)
-    spec._catalog = build_catalog(spec, files)
-    return spec
+    return Deployment(spec, build_catalog(spec, files), Path.cwd())
 
 
 @dataclass
@@ -228,7 +228,8 @@ def _check_memory(
     sizes: list[tuple[str, int]] = []
     for loc, source in files.sources.items():
         try:
-            needed = estimate_bytes(source)
+            weights = weight_files(source)
+            needed = None if weights is None else estimate_bytes(weights)
         except (OSError, ValueError, KeyError, TypeError) as error:  # an unreadable header
             message = f"cannot read the size of the model's weights: {error}"
             problems.append(field_problem(FieldError(loc, message), layers))

@@ -8,10 +8,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from ..sharding import Strategy
 from .formats import Section
 from .problems import FieldError
 
-Strategy = Literal["tensor", "pipeline"]
 Backend = Literal["ring", "nccl"]
 
 

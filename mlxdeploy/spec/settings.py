@@ -7,13 +7,11 @@ that pydantic-settings coerces to each field's type.
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BeforeValidator,
     Field,
-    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -24,15 +22,12 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ..tool_parsers import TOOL_PARSER_HELP, ToolParserName
 from .formats import ResponseFormat, Section
 from .problems import FieldError, show_value
 from .reasoning import ReasoningSettings
 from .routes import API_NAMES, ApiName
 from .scale import ClusterSettings, DistributedSettings
-from .tool_parsers import TOOL_PARSER_HELP, ToolParserName
-
-if TYPE_CHECKING:
-    from .catalog import Catalog
 
 ENV_PREFIX = "MLXDEPLOY_"
 ENV_DELIMITER = "__"
@@ -504,9 +499,6 @@ class Spec(BaseSettings):
         description="Split the model over several processes or machines with mx.distributed.",
     )
 
-    _base_dir: Path | None = PrivateAttr(None)
-    _catalog: Catalog | None = PrivateAttr(None)
-
     @classmethod
     def settings_customise_sources(
         cls,
@@ -560,19 +552,6 @@ class Spec(BaseSettings):
         if self.playground is not None:
             return self.playground
         return self.host in LOOPBACK_HOSTS
-
-    @property
-    def base_dir(self) -> Path:
-        """The spec file's directory: relative paths in the spec resolve against it."""
-        return self._base_dir or Path.cwd()
-
-    @property
-    def catalog(self) -> Catalog:
-        """The models and presets served, resolved by `load_spec` (or `resolve_catalog` for a
-        Spec made in code): paths relative to the file that wrote them, templates read."""
-        if self._catalog is None:
-            raise RuntimeError("this Spec has no catalog yet: make it with load_spec")
-        return self._catalog
 
 
 def spec_json_schema() -> dict[str, Any]:

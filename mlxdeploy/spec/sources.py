@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .gguf_header import GGUF_MAGIC, GGUF_VERSIONS
+from ..gguf_header import GGUF_MAGIC, GGUF_VERSIONS
 
 _HF_REPO_ID = re.compile(r"[A-Za-z0-9._-]+/[A-Za-z0-9._-]+")
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
@@ -62,6 +62,44 @@ def parse_model_source(value: str, base_dir: Path, require_files: bool = True) -
         if require_files:
             raise
         return ModelSource(kind=missing.kind, value=value, path=missing.path, present=False)
+
+
+def weight_files(source: ModelSource) -> list[Path] | None:
+    """The files holding a model's weights on this machine (a GGUF file, a directory's or a
+    downloaded repo's .safetensors), or None when they are not here."""
+    if not source.present:
+        return None
+    if source.kind == "gguf" and source.path is not None:
+        return [source.path]
+    if source.kind == "dir" and source.path is not None:
+        return sorted(source.path.glob("*.safetensors"))
+    snapshots = _hub_cache(str(source.repo)) / "snapshots"
+    found = sorted(snapshots.glob("*/*.safetensors")) if snapshots.is_dir() else []
+    return found or None  # not downloaded yet: nothing to measure
+
+
+def config_file(source: ModelSource) -> Path | None:
+    """Where a model's configuration is read from on this machine: its config.json, or the
+    GGUF file itself (its header); None when the model is not here."""
+    if not source.present:
+        return None
+    if source.kind == "gguf" and source.path is not None:
+        return source.path
+    if source.kind == "dir" and source.path is not None:
+        return source.path / "config.json"
+    repo = _hub_cache(str(source.repo))
+    main = repo / "refs" / "main"  # the revision a download without one takes
+    if main.is_file():
+        path = repo / "snapshots" / main.read_text(encoding="utf-8").strip() / "config.json"
+        return path if path.is_file() else None
+    found = sorted((repo / "snapshots").glob("*/config.json"))
+    return found[-1] if found else None
+
+
+def _hub_cache(repo: str) -> Path:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return Path(HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
 
 
 def _parse(value: str, base_dir: Path) -> ModelSource:

@@ -13,9 +13,9 @@ from ray import serve
 from ray.serve import Application
 
 from ...api.app import create_app
+from ...spec.deployment import Deployment
 from ...spec.load import load_spec
 from ...spec.problems import SpecError
-from ...spec.settings import Spec
 from ..logs import configure_logging
 from ..server import LOAD_POLL_SECONDS, start_engines
 from ..shutdown import stop_engines
@@ -25,7 +25,7 @@ from .options import CONSTRUCTOR_RETRIES, DEPLOYMENT_NAME, ReplicaArgs, deployme
 log = logging.getLogger("mlxdeploy.server")
 
 
-def load_replica_spec(args: ReplicaArgs) -> Spec:
+def load_replica_spec(args: ReplicaArgs) -> Deployment:
     try:
         return load_spec(Path(args.spec), **args.overrides)
     except SpecError as exc:  # one line per problem, as validate prints them
@@ -40,18 +40,18 @@ class Server:
     async def __init__(  # type: ignore[misc]  # Serve awaits the replica's constructor
         self, spec: str, overrides: dict[str, Any], log_level: str
     ) -> None:
-        self._spec = load_replica_spec(ReplicaArgs(spec, overrides, log_level))
-        configure_logging(self._spec.server, log_level)
+        self._loaded = load_replica_spec(ReplicaArgs(spec, overrides, log_level))
+        configure_logging(self._loaded.spec.server, log_level)
         self._id = serve.get_replica_context().replica_id.unique_id
         self._engines: list[Any] = []
 
     async def __serve_build_asgi_app__(self) -> Any:
         """Runs on the loop that serves the requests: the engines deliver to it."""
-        self._engines = start_engines(self._spec, asyncio.get_running_loop())
+        self._engines = start_engines(self._loaded, asyncio.get_running_loop())
         await self._wait_loaded()
-        log.info("replica %s ready: %s", self._id, ", ".join(self._spec.catalog.ids))
-        app = create_app(self._spec, self._engines)
-        return ReplicaAccess(app, self._id, self._spec.server.access_log)
+        log.info("replica %s ready: %s", self._id, ", ".join(self._loaded.catalog.ids))
+        app = create_app(self._loaded, self._engines)
+        return ReplicaAccess(app, self._id, self._loaded.spec.server.access_log)
 
     async def _wait_loaded(self) -> None:
         while any(engine.state == "loading" for engine in self._engines):
@@ -74,6 +74,6 @@ class Server:
 def build(args: dict[str, Any]) -> Application:
     """The application a Serve config deploys: `args` are a ReplicaArgs mapping."""
     replica = ReplicaArgs.from_dict(args)
-    spec = load_replica_spec(replica)
-    options = deployment_options(spec) | {"max_constructor_retry_count": CONSTRUCTOR_RETRIES}
+    loaded = load_replica_spec(replica)
+    options = deployment_options(loaded.spec) | {"max_constructor_retry_count": CONSTRUCTOR_RETRIES}
     return Server.options(**options).bind(**replica.as_dict())  # type: ignore[attr-defined]

@@ -15,13 +15,13 @@ from .launch import DriverPlan, drive
 def main() -> int:
     plan = DriverPlan.from_json(sys.stdin.read())
     try:
-        spec = load_spec(Path(plan.args.spec), **plan.args.overrides)
+        deployment = load_spec(Path(plan.args.spec), **plan.args.overrides)
     except SpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    configure_logging(spec.server, plan.args.log_level)
-    result = drive(spec, plan)
+    configure_logging(deployment.spec.server, plan.args.log_level)
+    result = drive(deployment, plan)
     if result.error:
         print(f"{plan.args.spec}: {result.field}: {result.error}", file=sys.stderr)
     return result.exit_code

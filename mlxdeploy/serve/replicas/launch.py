@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ...spec.deployment import Deployment
 from ...spec.scale import ClusterSettings
 from ...spec.settings import Spec
 from ..server import ServeResult, address, cannot_listen, free_port_of
@@ -67,13 +68,14 @@ class DriverPlan:
         return cls(ReplicaArgs.from_dict(data["args"]), int(data["port"]), dict(data["env"]))
 
 
-def drive(spec: Spec, plan: DriverPlan) -> ServeResult:
+def drive(deployment: Deployment, plan: DriverPlan) -> ServeResult:
     """In the driver: join or start Ray, deploy, wait for SIGTERM, remove the replicas."""
     import ray
     from ray import serve
 
     from .deployment import build
 
+    spec = deployment.spec
     cluster = spec.cluster or ClusterSettings()
     joined = cluster.address or os.environ.get("RAY_ADDRESS")
     try:
@@ -90,7 +92,7 @@ def drive(spec: Spec, plan: DriverPlan) -> ServeResult:
         return ServeResult(1, f"the replicas did not start: {_gist(exc)}", "cluster")
     log.log(
         max(logging.INFO, log.getEffectiveLevel()),
-        f"serving {', '.join(spec.catalog.ids)} on http://{address(spec.host, plan.port)} "
+        f"serving {', '.join(deployment.catalog.ids)} on http://{address(spec.host, plan.port)} "
         f"({_describe(cluster)} on Ray Serve)",
     )
     parent = os.getppid()

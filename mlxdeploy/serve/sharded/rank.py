@@ -15,15 +15,15 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...api.guards.auth import ApiKeys, AuthConfigError, load_api_keys
 from ...engine.weights.blas import load_fast_blas
+from ...spec.deployment import Deployment
 from ...spec.load import load_spec
 from ...spec.problems import SpecError
-from ...spec.settings import Spec
 from ..logs import configure_logging, exit_now
 
 if TYPE_CHECKING:
@@ -59,24 +59,27 @@ class RankArgs:
         parser.add_argument("--port", type=int)
         return cls(**vars(parser.parse_args(argv)))
 
-    def load(self) -> Spec:
+    def load(self) -> Deployment:
         overrides: dict[str, Any] = {"host": self.host, "port": self.port or None}
         if self.log_format:
             overrides["server"] = {"log_format": self.log_format}
-        spec = load_spec(self.spec, **overrides)
-        return spec.model_copy(update={"port": 0}) if self.port == 0 else spec
+        loaded = load_spec(self.spec, **overrides)
+        if self.port == 0:
+            return replace(loaded, spec=loaded.spec.model_copy(update={"port": 0}))
+        return loaded
 
 
 def main(argv: list[str]) -> int:
     args = RankArgs.parse(argv)
     blas = load_fast_blas()  # before anything imports MLX
     try:
-        spec = args.load()
-        api_keys = load_api_keys(spec.auth, spec.base_dir)
+        loaded = args.load()
+        api_keys = load_api_keys(loaded.spec.auth, loaded.base_dir)
     except SpecError as exc:
         return _fail(*(str(problem) for problem in exc.problems))
     except AuthConfigError as exc:
         return _fail(f"{args.spec}: {exc.field}: {exc.message}")
+    spec = loaded.spec
     configure_logging(spec.server, args.log_level)
     logging.getLogger("mlxdeploy").info(blas.describe())
     import mlx.core as mx
@@ -90,9 +93,9 @@ def main(argv: list[str]) -> int:
         return _fail(f"{args.spec}: distributed: the ranks could not connect: {exc}")
     peers = Peers(group, spec.distributed.strategy)
     if peers.leader:
-        return lead(spec, api_keys, peers, args.spec)
+        return lead(loaded, api_keys, peers, args.spec)
     name_the_rank(peers.rank)
-    return follow(spec, peers)
+    return follow(loaded, peers)
 
 
 def _fail(*lines: str) -> int:
@@ -103,25 +106,25 @@ def _fail(*lines: str) -> int:
     return 1
 
 
-def lead(spec: Spec, api_keys: ApiKeys | None, peers: Peers, path: Path) -> int:
+def lead(deployment: Deployment, api_keys: ApiKeys | None, peers: Peers, path: Path) -> int:
     from ..server import serve
 
     # Until the server's own handlers are in place, a "stop" (SIGINT) is dropped rather than
     # raised as KeyboardInterrupt; `up` escalates a second Ctrl-C to SIGTERM for the ranks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_stop_on_stdin, name="mlxdeploy-stdin", daemon=True).start()
-    result = asyncio.run(serve(spec, api_keys, peers))
+    result = asyncio.run(serve(deployment, api_keys, peers))
     if result.error:
         print(f"{path}: {result.field}: {result.error}", file=sys.stderr)
     print(f"{EXIT_STATUS}{result.exit_code}", flush=True)
     return result.exit_code
 
 
-def follow(spec: Spec, peers: Peers) -> int:
+def follow(deployment: Deployment, peers: Peers) -> int:
     from ...engine.engine import MLXEngine
 
-    (model,) = spec.catalog.models  # the spec's validation allows one model
-    state = MLXEngine(model, spec.engine, peers=peers).follow()
+    (model,) = deployment.catalog.models  # the spec's validation allows one model
+    state = MLXEngine(model, deployment.spec.engine, peers=peers).follow()
     return 0 if state == "stopped" else 1
 
 

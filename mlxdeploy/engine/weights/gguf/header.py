@@ -1,4 +1,4 @@
-"""What the engine can convert of a GGUF file (spec/gguf_header.py reads the header): the check
+"""What the engine can convert of a GGUF file (mlxdeploy/gguf_header.py reads the header): the check
 that a file is a dense llama whose tensor types MLX can read, and its tensors' mlx-lm names."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ....spec.gguf_header import (  # noqa: F401  (the engine's GGUF names, in one place)
+from ....gguf_header import (  # noqa: F401  (the engine's GGUF names, in one place)
     GGUF_MAGIC,
     GGUF_VERSIONS,
     GGUFError,

@@ -126,9 +126,11 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Prompt:
-    """A tokenized prompt, ready for the engine."""
+    """A tokenized prompt, ready for the engine. `boundary`: where its system prompt ends (0:
+    none found), a prefix that other requests share whatever their questions."""
 
     tokens: list[int]
+    boundary: int = 0
 
 
 @dataclass(frozen=True)

@@ -306,9 +306,21 @@ class FastBatchGenerator(BatchGeneratorBase):
         logprobs: Sequence[int | None] | None = None,
         **kwargs: Any,
     ) -> list[int]:
-        """mlx-lm's insert; `logprobs`, one per prompt: None, or how many alternatives that
-        request's tokens report (its responses then carry `TokenScores`)."""
-        uids: list[int] = super().insert(prompts, *args, **kwargs)
+        """mlx-lm's insert, each prompt one segment (see insert_segments)."""
+        segments = [[prompt] for prompt in prompts]
+        return self.insert_segments(segments, *args, logprobs=logprobs, **kwargs)
+
+    def insert_segments(
+        self,
+        segments: list[list[list[int]]],
+        *args: Any,
+        logprobs: Sequence[int | None] | None = None,
+        **kwargs: Any,
+    ) -> list[int]:
+        """mlx-lm's insert_segments (its insert calls it): each prompt read in segments, each
+        segment's end reported (`end_of_segment`); `logprobs`, one per prompt: None, or how
+        many alternatives that request's tokens report (its responses carry `TokenScores`)."""
+        uids: list[int] = super().insert_segments(segments, *args, **kwargs)
         for uid, k in zip(uids, logprobs or [None] * len(uids), strict=True):
             self._arrived[uid] = self._steps
             if k is not None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
+
 from ..spec.catalog import ServedModel
 from ..spec.settings import EngineSettings
 from .api import (
@@ -37,7 +39,7 @@ from .api import (
 from .faults import FaultPlan
 from .harmony import HarmonyTokens
 from .peers import LostRank, Order, Peers
-from .prompt import encode_chat
+from .prompt import encode_chat, system_boundary
 from .reasoning import ThinkingFormat, ThinkTags
 from .sampling import Vocabulary
 from .text import Decode, TextStream, fast_decode
@@ -82,6 +84,10 @@ class MLXEngine:
         self._use_template = False
         self._tool_format: ToolFormat | None = None
         self._thinking: ThinkingFormat | None = None
+        # The prefix cache keeps system prompts as entries of their own: for caches that
+        # cannot be trimmed back (sliding-window, linear attention), a longer cached prompt is
+        # no use to a request that shares only its start.
+        self._snapshots = False
         self.context_length: int | None = None
         self.vocab_size: int | None = None
         self._live: set[Job] = set()  # requests being streamed; touched on the event loop only
@@ -179,6 +185,7 @@ class MLXEngine:
             self._fail(str(exc))
             return
         self.context_length = _context_length(model)
+        self._snapshots = self.settings.prompt_cache_bytes > 0 and not _trimmable(model)
         self.vocab_size = Vocabulary.of(model, self._tokenizer).size
         self._worker = self._new_worker(model, fault)
         try:
@@ -231,7 +238,9 @@ class MLXEngine:
 
     def _follower_job(self, order: Order) -> Job:
         text = TextStream.create(self._decode, order.params.stop)
-        return Job(order.prompt, order.params, Discard(), text, label=order.label)
+        return Job(
+            order.prompt, order.params, Discard(), text, label=order.label, boundary=order.boundary
+        )
 
     def _warm_up(self, worker: Worker) -> None:
         """A few short generations through the requests' own path, so that the first request
@@ -309,7 +318,11 @@ class MLXEngine:
         )
         if not tokens:
             raise PromptRejected("the prompt is empty after formatting")
-        return Prompt(tokens)
+        if not self._snapshots or not self._use_template or role_override is not None:
+            return Prompt(tokens)
+        use = () if tools is None else tools.tools
+        args = template_args or {}
+        return Prompt(tokens, system_boundary(self._tokenizer, turns, tokens, use, args))
 
     def _check_tools(self, role_override: RoleOverride | None, use: ToolUse) -> None:
         """Tools need a chat template that renders them and a format to read calls in."""
@@ -387,7 +400,7 @@ class MLXEngine:
 
     def _job(self, prompt: Prompt, params: SamplingParams, sink: ChoiceSink, label: str) -> Job:
         text = TextStream.create(self._decode, params.stop)
-        return Job(prompt=prompt.tokens, params=params, sink=sink, text=text, label=label)
+        return Job(prompt.tokens, params, sink, text, label=label, boundary=prompt.boundary)
 
     async def _next_event(self, queue: asyncio.Queue[tuple[int, Event]]) -> tuple[int, Event]:
         try:  # skip arming a timer when an event is ready
@@ -471,6 +484,13 @@ def _choice(params: SamplingParams, index: int) -> SamplingParams:
     return dataclasses.replace(
         params, seed=(params.seed + index + (1 << 63)) % (1 << 64) - (1 << 63)
     )
+
+
+def _trimmable(model: Any) -> bool:
+    """Whether the model's cache can always be trimmed back to a shorter prefix: plain
+    key-value layers only (a sliding window's can be once it has wrapped around, a linear
+    attention layer's state never)."""
+    return all(isinstance(c, KVCache | QuantizedKVCache) for c in make_prompt_cache(model))
 
 
 def _thinking_format(tokenizer: Any) -> ThinkingFormat | None:

@@ -37,6 +37,7 @@ class Order:
     prompt: list[int]
     params: SamplingParams
     label: str = ""
+    boundary: int = 0  # where its system prompt ends (the prefix cache keeps it apart)
 
 
 @dataclass

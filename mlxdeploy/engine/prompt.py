@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..spec.settings import RoleMapping
-from .api import PromptRejected, RoleOverride, Tool, Turn, has_system_turn
+from .api import SYSTEM_ROLES, PromptRejected, RoleOverride, Tool, Turn, has_system_turn
 
 
 def merge_role_mapping(base: RoleMapping, override: RoleOverride | None) -> RoleMapping:
@@ -38,6 +38,7 @@ def template_prompt(
     turns: Sequence[Turn],
     tools: Sequence[Tool] = (),
     template_args: Mapping[str, Any] = MappingProxyType({}),
+    generation_prompt: bool = True,
 ) -> str:
     """The conversation through the chat template, as transformers' apply_chat_template(...,
     tools=...) expects it: tool definitions, assistant calls with their arguments as objects,
@@ -50,7 +51,8 @@ def template_prompt(
     if tools:
         extra["tools"] = tool_dicts(tools)
     try:
-        text = _render(tokenizer, [_message(t, knows_developer) for t in turns], extra)
+        conversation = [_message(t, knows_developer) for t in turns]
+        text = _render(tokenizer, conversation, extra, generation_prompt)
         if not _lost(turns, text):
             return text
     except Exception as exc:  # jinja2 raises for conversations a template rejects
@@ -62,14 +64,16 @@ def template_prompt(
     # model as a user message instead (joined to the user message after it).
     folded = [_message(t, knows_developer) for t in fold_system_turns(turns)]
     try:
-        return _render(tokenizer, folded, extra)
+        return _render(tokenizer, folded, extra, generation_prompt)
     except Exception as exc:
         raise PromptRejected(f"the model's chat template rejected the messages: {exc}") from None
 
 
-def _render(tokenizer: Any, conversation: list[dict[str, Any]], extra: dict[str, Any]) -> str:
+def _render(
+    tokenizer: Any, conversation: list[dict[str, Any]], extra: dict[str, Any], prompt: bool = True
+) -> str:
     text = tokenizer.apply_chat_template(
-        conversation, add_generation_prompt=True, tokenize=False, **extra
+        conversation, add_generation_prompt=prompt, tokenize=False, **extra
     )
     return str(text)
 
@@ -147,6 +151,35 @@ def _tool(tool: Tool) -> dict[str, Any]:
     if tool.description is not None:
         function["description"] = tool.description
     return {"type": "function", "function": function}
+
+
+def system_boundary(
+    tokenizer: Any,
+    turns: Sequence[Turn],
+    tokens: Sequence[int],
+    tools: Sequence[Tool] = (),
+    template_args: Mapping[str, Any] = MappingProxyType({}),
+) -> int:
+    """Where the conversation's system prompt ends in `tokens` (its template-rendered prompt):
+    the tokens it shares with the system turns followed by an empty user message (as
+    mlx_lm.server finds it); 0 when the conversation opens with no system turn or does not end
+    with the user's."""
+    leading = 0
+    while leading < len(turns) and turns[leading].role in SYSTEM_ROLES:
+        leading += 1
+    if not leading or turns[-1].role != "user":
+        return 0
+    probe = [*turns[:leading], Turn("user", "")]
+    try:
+        text = template_prompt(tokenizer, probe, tools, template_args, generation_prompt=False)
+    except PromptRejected:
+        return 0
+    shared = 0
+    for a, b in zip(tokenizer.encode(text, add_special_tokens=False), tokens, strict=False):
+        if a != b:
+            break
+        shared += 1
+    return shared if 0 < shared < len(tokens) else 0
 
 
 def encode_chat(

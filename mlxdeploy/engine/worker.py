@@ -73,6 +73,9 @@ class Job:
     label: str = ""  # the caller's tag for the request (`Engine.requests`)
     created: float = field(default_factory=time.monotonic)
     reading: bool = False  # it has a batch slot: its prompt is being read
+    # Where its system prompt ends, on a model whose cache cannot be trimmed: the prompt is
+    # read in two segments and the cache at the end of the first is kept by the prefix cache.
+    boundary: int = 0
 
 
 Choices = tuple[Job, ...]
@@ -364,8 +367,8 @@ class Worker:
             job.cached_tokens = len(job.prompt) - len(rest)
         else:
             cache, rest = copy.deepcopy(shared), job.prompt[-1:]
-        (job.uid,) = self._generator.insert(
-            [rest],
+        (job.uid,) = self._generator.insert_segments(
+            [self._segments(job, rest)],
             max_tokens=[p.max_tokens],
             caches=[cache] if cache is not None else None,
             all_tokens=[job.prompt[: len(job.prompt) - len(rest)]],
@@ -376,6 +379,26 @@ class Worker:
         )
         self._jobs[job.uid] = job
         self._count_prompt(job)
+
+    def _segments(self, job: Job, rest: list[int]) -> list[list[int]]:
+        """The prompt's tokens still to read, in two segments when its system prompt ends
+        among them (the cache there is kept: `_keep_system_prompt`)."""
+        read = len(job.prompt) - len(rest)
+        split = job.boundary - read
+        if job.boundary and 0 < split < len(rest) - 1:
+            return [rest[:split], rest[split:]]
+        job.boundary = 0  # cached already, or nothing to gain
+        return [rest]
+
+    def _keep_system_prompt(self, job: Job) -> None:
+        """The cache at the end of the system prompt, as an entry of the prefix cache."""
+        assert self._generator is not None
+        found = self._generator.extract_cache([job.uid]).get(job.uid)
+        if found is not None:
+            cache = found[0]
+            mx.eval([c.state for c in cache])  # a copy of its own, not a view of the batch's
+            self._store_cache(job.prompt[: job.boundary], cache)
+        job.boundary = 0
 
     def _count_prompt(self, job: Job) -> None:
         c = self.counters
@@ -425,6 +448,8 @@ class Worker:
             job = self._jobs.get(pr.uid)
             if job is not None:
                 job.reading = True
+            if job is not None and job.boundary and pr.end_of_segment and not pr.end_of_prompt:
+                self._keep_system_prompt(job)
             if job is not None and not pr.end_of_prompt:
                 out.append((job.sink, Progress(*pr.progress)))
         finished_early = []
@@ -534,5 +559,5 @@ def _flat(taken: list[Job | Choices]) -> list[Job]:
 
 def _order(item: Job | Choices) -> Order | tuple[Order, ...]:
     if isinstance(item, tuple):
-        return tuple(Order(job.prompt, job.params, job.label) for job in item)
-    return Order(item.prompt, item.params, item.label)
+        return tuple(Order(job.prompt, job.params, job.label, job.boundary) for job in item)
+    return Order(item.prompt, item.params, item.label, item.boundary)

@@ -1,7 +1,8 @@
 """A system prompt shared by requests with different questions is read once, on every cache
-kind: the prefix cache keeps the cache at the end of the system prompt as an entry of its own
-when the model's cache cannot be trimmed back (sliding-window and linear-attention layers), so
-a later request reads only what comes after it. The answers are the same as without the cache.
+kind, and so is a conversation that grows: the prefix cache keeps the cache at the end of the
+system prompt and of each prompt as entries of their own when the model's cache cannot be
+trimmed back (sliding-window and linear-attention layers), so a later request reads only what
+comes after them. The answers are the same as without the cache.
 
 Tiny random models of the families people run most, with SmolLM2's tokenizer and chat
 template, and a system prompt longer than their attention windows."""
@@ -89,3 +90,24 @@ def test_a_shared_system_prompt_is_read_once(family: tuple[InProcessApp, InProce
         alone = ask(plain, question)
         assert answer["choices"][0]["message"] == alone["choices"][0]["message"]
         assert alone["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+def test_a_growing_conversation_reads_only_its_new_turn(
+    family: tuple[InProcessApp, InProcessApp],
+) -> None:
+    """The next turn re-sends the conversation: only the answer and the new message are read.
+    The answer comes back as the client keeps it (a template that drops the thinking, or a
+    client that edits, makes it differ from the tokens generated), so it is the cache kept at
+    the end of the first prompt that serves."""
+    app, plain = family
+    history = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Count to 3."}]
+    first = app.http.post("/v1/chat/completions", json={"messages": history, **GREEDY}).json()
+    history += [
+        {"role": "assistant", "content": "1, 2, 3."},
+        {"role": "user", "content": "And now count to 4, please."},
+    ]
+    second = app.http.post("/v1/chat/completions", json={"messages": history, **GREEDY}).json()
+    usage = second["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == first["usage"]["prompt_tokens"] - 1
+    alone = plain.http.post("/v1/chat/completions", json={"messages": history, **GREEDY}).json()
+    assert second["choices"][0]["message"] == alone["choices"][0]["message"]

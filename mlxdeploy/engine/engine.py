@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
-
 from ..spec.catalog import ServedModel
 from ..spec.settings import EngineSettings
 from .api import (
@@ -39,6 +37,7 @@ from .api import (
 from .faults import FaultPlan
 from .harmony import HarmonyTokens
 from .peers import LostRank, Order, Peers
+from .prefix_cache import keeps_snapshots
 from .prompt import encode_chat, system_boundary
 from .reasoning import ThinkingFormat, ThinkTags
 from .sampling import Vocabulary
@@ -185,7 +184,7 @@ class MLXEngine:
             self._fail(str(exc))
             return
         self.context_length = _context_length(model)
-        self._snapshots = self.settings.prompt_cache_bytes > 0 and not _trimmable(model)
+        self._snapshots = keeps_snapshots(model, self.settings.prompt_cache_bytes)
         self.vocab_size = Vocabulary.of(model, self._tokenizer).size
         self._worker = self._new_worker(model, fault)
         try:
@@ -484,13 +483,6 @@ def _choice(params: SamplingParams, index: int) -> SamplingParams:
     return dataclasses.replace(
         params, seed=(params.seed + index + (1 << 63)) % (1 << 64) - (1 << 63)
     )
-
-
-def _trimmable(model: Any) -> bool:
-    """Whether the model's cache can always be trimmed back to a shorter prefix: plain
-    key-value layers only (a sliding window's can be once it has wrapped around, a linear
-    attention layer's state never)."""
-    return all(isinstance(c, KVCache | QuantizedKVCache) for c in make_prompt_cache(model))
 
 
 def _thinking_format(tokenizer: Any) -> ThinkingFormat | None:

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlx_lm.models.cache import LRUPromptCache, PromptTrie, PromptTrieResult
+from mlx_lm.models.cache import (
+    KVCache,
+    LRUPromptCache,
+    PromptTrie,
+    PromptTrieResult,
+    QuantizedKVCache,
+    make_prompt_cache,
+)
 
 from .mlx_lm_internals import TRIE_ENTRY, trie_roots, use_trie
 
@@ -52,3 +59,13 @@ class PrefixCache(LRUPromptCache):
     def __init__(self, max_size: int):
         super().__init__(max_size=max_size)
         use_trie(self, ShallowPromptTrie())
+
+
+def keeps_snapshots(model: Any, budget: int) -> bool:
+    """Whether the prefix cache keeps snapshots of a prompt's cache (at the end of its system
+    prompt and of the whole prompt) beside the cache of each answer: when the model's cache
+    cannot always be trimmed back to a shorter prefix. Plain key-value layers can; a sliding
+    window's cannot once it has wrapped around, a linear-attention layer's state never can, so
+    on those models a cached longer prompt is no use to a request that shares only its start."""
+    plain = all(isinstance(c, KVCache | QuantizedKVCache) for c in make_prompt_cache(model))
+    return budget > 0 and not plain

@@ -42,7 +42,7 @@ from .constraints import Grammars, Guide
 from .faults import FaultPlan
 from .logprobs import TokenScores
 from .peers import LostRank, Order, Peers, Tick
-from .prefix_cache import PrefixCache
+from .prefix_cache import PrefixCache, keeps_snapshots
 from .reasoning import Splitter, ThinkingFormat
 from .sampling import SamplerCache, Vocabulary
 from .text import TextStream
@@ -73,9 +73,12 @@ class Job:
     label: str = ""  # the caller's tag for the request (`Engine.requests`)
     created: float = field(default_factory=time.monotonic)
     reading: bool = False  # it has a batch slot: its prompt is being read
-    # Where its system prompt ends, on a model whose cache cannot be trimmed: the prompt is
-    # read in two segments and the cache at the end of the first is kept by the prefix cache.
+    # Where its system prompt ends (0: none), on a model whose cache cannot be trimmed back.
     boundary: int = 0
+    # Where the prefix cache keeps a snapshot of its cache while its prompt is read: the end
+    # of its system prompt and of its prompt (but the last token, which the first decode step
+    # reads); `keeps_snapshots` says on which models.
+    snapshots: list[int] = field(default_factory=list)
 
 
 Choices = tuple[Job, ...]
@@ -120,6 +123,7 @@ class Worker:
         self._vocabulary = Vocabulary.of(model, tokenizer)
         self._grammars = Grammars(tokenizer, self._vocabulary.size)
         self._prompt_cache = PrefixCache(settings.prompt_cache_entries)
+        self._snapshots = keeps_snapshots(model, settings.prompt_cache_bytes)
         self._stop = threading.Event()
         stops = set(tokenizer.eos_token_ids) | set(thinking.stops if thinking else ())
         self._stop_sequences = StopSequences([[t] for t in sorted(stops)])
@@ -381,24 +385,25 @@ class Worker:
         self._count_prompt(job)
 
     def _segments(self, job: Job, rest: list[int]) -> list[list[int]]:
-        """The prompt's tokens still to read, in two segments when its system prompt ends
-        among them (the cache there is kept: `_keep_system_prompt`)."""
+        """The prompt's tokens still to read, split where the prefix cache keeps snapshots
+        (mlx-lm reads the last token as a segment of its own: the prompt's end is one)."""
         read = len(job.prompt) - len(rest)
+        ends = (job.boundary, len(job.prompt) - 1) if self._snapshots else ()
+        job.snapshots = [end for end in ends if read < end]
         split = job.boundary - read
-        if job.boundary and 0 < split < len(rest) - 1:
+        if job.snapshots and job.snapshots[0] == job.boundary and split < len(rest) - 1:
             return [rest[:split], rest[split:]]
-        job.boundary = 0  # cached already, or nothing to gain
         return [rest]
 
-    def _keep_system_prompt(self, job: Job) -> None:
-        """The cache at the end of the system prompt, as an entry of the prefix cache."""
+    def _keep_snapshot(self, job: Job) -> None:
+        """The cache at the end of the segment just read, as an entry of the prefix cache."""
         assert self._generator is not None
+        end = job.snapshots.pop(0)
         found = self._generator.extract_cache([job.uid]).get(job.uid)
         if found is not None:
             cache = found[0]
             mx.eval([c.state for c in cache])  # a copy of its own, not a view of the batch's
-            self._store_cache(job.prompt[: job.boundary], cache)
-        job.boundary = 0
+            self._store_cache(job.prompt[:end], cache)
 
     def _count_prompt(self, job: Job) -> None:
         c = self.counters
@@ -448,8 +453,8 @@ class Worker:
             job = self._jobs.get(pr.uid)
             if job is not None:
                 job.reading = True
-            if job is not None and job.boundary and pr.end_of_segment and not pr.end_of_prompt:
-                self._keep_system_prompt(job)
+            if job is not None and job.snapshots and pr.end_of_segment and not pr.end_of_prompt:
+                self._keep_snapshot(job)
             if job is not None and not pr.end_of_prompt:
                 out.append((job.sink, Progress(*pr.progress)))
         finished_early = []

@@ -36,6 +36,7 @@ from .api import (
 )
 from .faults import FaultPlan
 from .harmony import HarmonyTokens
+from .job import Job, Sink
 from .peers import LostRank, Order, Peers
 from .prefix_cache import keeps_snapshots
 from .prompt import encode_chat, system_boundary
@@ -47,7 +48,7 @@ from .warmup import Discard, conversations, default_params
 from .warmup import rounds as warmup_rounds
 from .weights.loader import ModelLoadError, load_model
 from .weights.progress import Progress
-from .worker import Job, Sink, Worker
+from .worker import Worker
 
 log = logging.getLogger("mlxdeploy.engine")
 

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -30,55 +30,24 @@ from .api import (
     EngineStats,
     Event,
     Failed,
-    Finished,
-    FinishReason,
     Progress,
     PromptRejected,
-    SamplingParams,
-    Text,
 )
 from .batch import FastBatchGenerator
-from .constraints import Grammars, Guide
+from .constraints import Grammars
 from .faults import FaultPlan
-from .logprobs import TokenScores
+from .job import Job, Sink
 from .peers import LostRank, Order, Peers, Tick
 from .prefix_cache import PrefixCache, keeps_snapshots
-from .reasoning import Splitter, ThinkingFormat
+from .reasoning import ThinkingFormat
 from .sampling import SamplerCache, Vocabulary
-from .text import TextStream
 from .tool_calls import CallSplitter
 from .tool_formats import ToolFormat
 
 log = logging.getLogger("mlxdeploy.engine")
 
 SHUTTING_DOWN = "the server is shutting down"
-Sink = Any  # where a job's events go (put_nowait); only the event loop touches it
 Deliver = Callable[[list[tuple[Sink, Event]]], None]
-
-
-@dataclass(eq=False)  # a job is itself: hashable by identity, never equal to another
-class Job:
-    prompt: list[int]
-    params: SamplingParams
-    sink: Sink
-    text: TextStream
-    uid: int = -1
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    cancelled: bool = False  # set by the event loop when the client went away
-    guide: Guide | None = None  # the constrained-decoding processor, when it has one
-    calls: CallSplitter | None = None  # splits out tool calls, when the request offers tools
-    thought: Splitter | None = None  # splits out the thinking, on a thinking model
-    events: list[Event] = field(default_factory=list)
-    label: str = ""  # the caller's tag for the request (`Engine.requests`)
-    created: float = field(default_factory=time.monotonic)
-    reading: bool = False  # it has a batch slot: its prompt is being read
-    # Where its system prompt ends (0: none), on a model whose cache cannot be trimmed back.
-    boundary: int = 0
-    # Where the prefix cache keeps a snapshot of its cache while its prompt is read: the end
-    # of its system prompt and of its prompt (but the last token, which the first decode step
-    # reads); `keeps_snapshots` says on which models.
-    snapshots: list[int] = field(default_factory=list)
 
 
 Choices = tuple[Job, ...]
@@ -462,7 +431,8 @@ class Worker:
             job = self._jobs.get(r.uid)
             if job is None:
                 continue
-            reason = self._advance(job, r.token, r.finish_reason, r.logprobs)
+            self.counters.completion_tokens += 1
+            reason = job.advance(r.token, r.finish_reason, r.logprobs)
             out.extend((job.sink, e) for e in job.events)
             job.events.clear()
             if reason is not None:
@@ -475,61 +445,6 @@ class Worker:
             self._generator.remove(finished_early)
         if out:
             self._deliver(out)
-
-    def _advance(
-        self, job: Job, token: int, finish: str | None, scores: TokenScores | None = None
-    ) -> FinishReason | None:
-        """Feed one generated token (and its scores, when its request asked) to the job;
-        return its finish reason when it is done."""
-        job.completion_tokens += 1
-        self.counters.completion_tokens += 1
-        thought = job.thought
-        reason: FinishReason | None = None
-        events = None
-        if thought is not None and thought.thinking and finish != "stop":
-            events = thought.feed(token)
-        if thought is not None and events is not None:  # a token of the thinking
-            job.events.extend(events)
-            if finish is None:
-                return None
-            job.events.extend(thought.finish(cut=True))
-            piece, reason = job.text.finish(), "length"  # the limit came inside the thinking
-        elif finish == "stop":  # an end-of-sequence token: not part of the text
-            if thought is not None:
-                job.events.extend(thought.finish())
-            piece, reason = job.text.finish(), "stop"
-        else:
-            piece = job.text.add(token, scores)
-            if job.text.stopped:
-                reason = "stop"
-            elif finish == "length":
-                if thought is not None:
-                    job.events.extend(thought.finish(cut=True))
-                piece, reason = piece + job.text.finish(), "length"
-        logprobs = job.text.logprobs(piece)  # the tokens this piece completes, when asked
-        if thought is not None:
-            piece = thought.answer(piece)
-        if piece and job.calls is not None:  # the answer may hold tool calls: split it
-            job.events.extend(job.calls.feed(piece))
-        elif piece or logprobs:
-            job.events.append(Text(piece, logprobs))
-        if reason is not None:
-            self._end(job, reason)
-        return reason
-
-    def _end(self, job: Job, reason: FinishReason) -> None:
-        if job.calls is not None:
-            job.events.extend(job.calls.finish(cut=reason == "length"))
-        called = (job.calls.calls if job.calls else 0) + (job.thought.calls if job.thought else 0)
-        if reason == "stop" and called:
-            reason = "tool_calls"
-        if job.guide is not None and job.guide.error is not None:
-            job.events.append(Failed(f"constrained decoding failed: {job.guide.error}"))
-            return
-        word = job.text.stop_word if reason == "stop" else None
-        counts = (len(job.prompt), job.completion_tokens, job.cached_tokens)
-        thought = 0 if job.thought is None else job.thought.tokens
-        job.events.append(Finished(reason, *counts, stop_word=word, reasoning_tokens=thought))
 
     def _store_cache(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
         budget = self.settings.prompt_cache_bytes

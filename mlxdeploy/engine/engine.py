@@ -38,7 +38,6 @@ from .faults import FaultPlan
 from .harmony import HarmonyTokens
 from .job import Job, Sink
 from .peers import LostRank, Order, Peers
-from .prefix_cache import keeps_snapshots
 from .prompt import encode_chat, system_boundary
 from .reasoning import ThinkingFormat, ThinkTags
 from .sampling import Vocabulary
@@ -84,10 +83,6 @@ class MLXEngine:
         self._use_template = False
         self._tool_format: ToolFormat | None = None
         self._thinking: ThinkingFormat | None = None
-        # The prefix cache keeps system prompts as entries of their own: for caches that
-        # cannot be trimmed back (sliding-window, linear attention), a longer cached prompt is
-        # no use to a request that shares only its start.
-        self._snapshots = False
         self.context_length: int | None = None
         self.vocab_size: int | None = None
         self._live: set[Job] = set()  # requests being streamed; touched on the event loop only
@@ -185,7 +180,6 @@ class MLXEngine:
             self._fail(str(exc))
             return
         self.context_length = _context_length(model)
-        self._snapshots = keeps_snapshots(model, self.settings.prompt_cache_bytes)
         self.vocab_size = Vocabulary.of(model, self._tokenizer).size
         self._worker = self._new_worker(model, fault)
         try:
@@ -318,7 +312,9 @@ class MLXEngine:
         )
         if not tokens:
             raise PromptRejected("the prompt is empty after formatting")
-        if not self._snapshots or not self._use_template or role_override is not None:
+        # Where the system prompt ends matters only where the prefix cache keeps snapshots.
+        snapshots = self._worker is not None and self._worker.snapshots
+        if not snapshots or not self._use_template or role_override is not None:
             return Prompt(tokens)
         use = () if tools is None else tools.tools
         args = template_args or {}

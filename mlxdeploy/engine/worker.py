@@ -92,7 +92,8 @@ class Worker:
         self._vocabulary = Vocabulary.of(model, tokenizer)
         self._grammars = Grammars(tokenizer, self._vocabulary.size)
         self._prompt_cache = PrefixCache(settings.prompt_cache_entries)
-        self._snapshots = keeps_snapshots(model, settings.prompt_cache_bytes)
+        # The prefix cache keeps snapshots while prompts are read (`keeps_snapshots`).
+        self.snapshots = keeps_snapshots(model, settings.prompt_cache_bytes)
         self._stop = threading.Event()
         stops = set(tokenizer.eos_token_ids) | set(thinking.stops if thinking else ())
         self._stop_sequences = StopSequences([[t] for t in sorted(stops)])
@@ -357,7 +358,7 @@ class Worker:
         """The prompt's tokens still to read, split where the prefix cache keeps snapshots
         (mlx-lm reads the last token as a segment of its own: the prompt's end is one)."""
         read = len(job.prompt) - len(rest)
-        ends = (job.boundary, len(job.prompt) - 1) if self._snapshots else ()
+        ends = (job.boundary, len(job.prompt) - 1) if self.snapshots else ()
         job.snapshots = [end for end in ends if read < end]
         split = job.boundary - read
         if job.snapshots and job.snapshots[0] == job.boundary and split < len(rest) - 1:

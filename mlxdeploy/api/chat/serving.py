@@ -52,11 +52,12 @@ async def serve_chat(
 ) -> Response:
     target.check_text_only(body.media())
     override = body.role_override()
-    tools = target.tool_use(body.tool_use(), body.turns())
+    asked = body.turns()
+    tools = target.tool_use(body.tool_use(), asked)
     thinking = target.thinking(body.thinking())
 
     def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here
-        turns = target.turns(body.turns(), override)
+        turns = target.turns(asked, override)
         return target.engine.prepare(turns, override, tools, thinking.template_args)
 
     fmt = ChatFormat(

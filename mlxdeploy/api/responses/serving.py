@@ -160,6 +160,11 @@ class Draft:
             id=item_id, summary=summary, content=content, encrypted_content=sealed, status=status
         )
 
+    def custom(self, name: str) -> bool:
+        """Whether the model's function `name` is a custom tool (its input is text)."""
+        offer = self.offers.get(name)
+        return offer is not None and offer.custom
+
     def call_item(self, item_id: str, call_id: str, name: str, arguments: str) -> OutputItem:
         """A call as the client named its tool: a custom tool's with its text input."""
         offer = self.offers.get(name)
@@ -227,7 +232,7 @@ class Draft:
 
 def _echo(tool: dict[str, Any]) -> dict[str, Any]:
     """A tool as the response echoes it: hints it did not send are left out."""
-    return {k: v for k, v in tool.items() if v is not None or k not in ("defer_loading",)}
+    return {k: v for k, v in tool.items() if not (k == "defer_loading" and v is None)}
 
 
 @dataclass
@@ -296,8 +301,7 @@ class ResponseEvents:
     def call(self, event: ToolCallStarted | ToolCallArguments) -> list[str]:
         if isinstance(event, ToolCallStarted):
             out = self._close()
-            offer = self.draft.offers.get(event.name)
-            if offer is not None and offer.custom:  # its input comes whole, when it closes
+            if self.draft.custom(event.name):  # its input comes whole, when it closes
                 self.open = OutputCall(
                     id=new_id("ctc"), call_id=event.id, name=event.name, arguments="",
                     status="in_progress",
@@ -316,9 +320,9 @@ class ResponseEvents:
                 item=self.open.model_dump(),
             )
             return out + [added]
-        assert self.open is not None
+        assert isinstance(self.open, OutputCall)
         self.pieces.append(event.text)
-        if self.open.id.startswith("ctc_"):
+        if self.draft.custom(self.open.name):
             return []
         return [
             self._event(
@@ -368,7 +372,7 @@ class ResponseEvents:
         if isinstance(item, OutputReasoning):
             done = self.draft.reasoning_item(item.id, joined, status)
             out += self._reasoning_done(item.id, index, joined)
-        elif isinstance(item, OutputCall) and item.id.startswith("ctc_"):
+        elif isinstance(item, OutputCall) and self.draft.custom(item.name):
             done = self.draft.call_item(item.id, item.call_id, item.name, joined)
             assert isinstance(done, OutputCustomCall)
             out.append(

@@ -198,3 +198,23 @@ def test_the_spec_can_choose_for_a_small_model(thinking_model_dir: Path, tmp_pat
             json={"messages": history, "tools": [tool], "max_tokens": 6},
         )
         assert second.json()["choices"][0]["finish_reason"] != "tool_calls"
+
+
+def test_a_streamed_namespace_call_names_its_tool_from_the_start(thinker: InProcessApp) -> None:
+    from tests.test_wire_conformance import named_events
+
+    namespace = {
+        "type": "namespace",
+        "name": "weather",
+        "tools": [{"type": "function", "name": "current", "parameters": CITY}],
+    }
+    body = {"input": "Weather?", "tools": [namespace], "tool_choice": "required", "stream": True}
+    events = named_events(thinker.http, "/v1/responses", body)
+    items = [
+        e["item"]
+        for e in events
+        if e["type"] in ("response.output_item.added", "response.output_item.done")
+        and e["item"]["type"] == "function_call"
+    ]
+    assert len(items) == 2  # added, then done
+    assert [(i["name"], i["namespace"]) for i in items] == [("current", "weather")] * 2

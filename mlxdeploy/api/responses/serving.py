@@ -165,7 +165,9 @@ class Draft:
         offer = self.offers.get(name)
         return offer is not None and offer.custom
 
-    def call_item(self, item_id: str, call_id: str, name: str, arguments: str) -> OutputItem:
+    def call_item(
+        self, item_id: str, call_id: str, name: str, arguments: str, done: bool = True
+    ) -> OutputItem:
         """A call as the client named its tool: a custom tool's with its text input."""
         offer = self.offers.get(name)
         if offer is None or not offer.custom:
@@ -173,7 +175,7 @@ class Draft:
             namespace = None if offer is None else offer.namespace
             return OutputCall(
                 id=item_id, call_id=call_id, name=client, arguments=arguments,
-                status="completed", namespace=namespace,
+                status="completed" if done else "in_progress", namespace=namespace,
             )  # fmt: skip
         return OutputCustomCall(
             id=item_id, call_id=call_id, name=offer.name, input=custom_input(arguments),
@@ -314,10 +316,9 @@ class ResponseEvents:
                 arguments="",
                 status="in_progress",
             )
+            shown = self.draft.call_item(self.open.id, event.id, event.name, "", done=False)
             added = self._event(
-                "response.output_item.added",
-                output_index=len(self.output),
-                item=self.open.model_dump(),
+                "response.output_item.added", output_index=len(self.output), item=shown.model_dump()
             )
             return out + [added]
         assert isinstance(self.open, OutputCall)

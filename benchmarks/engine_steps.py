@@ -26,13 +26,13 @@ from mlxdeploy.engine.weights.blas import load_fast_blas
 def decode_ms(
     model: object, cls: type, batch: int, sampler: object, logprobs: list[int | None] | None = None
 ) -> float:
-    """`logprobs` (FastBatchGenerator only): per sequence, None or its top alternatives."""
+    """`logprobs` (mlxdeploy's generators): per sequence, None or its top alternatives."""
     rng = random.Random(0)
     prompts = [[rng.randrange(1000, 40000) for _ in range(64)] for _ in range(batch)]
     gen = cls(model, completion_batch_size=max(batch, 8), prefill_batch_size=max(batch, 8))
     asked = {} if logprobs is None else {"logprobs": logprobs}
     gen.insert(prompts, max_tokens=[100_000] * batch, samplers=[sampler] * batch, **asked)
-    while len(gen._generation_batch) < batch:
+    while _running(gen) < batch:
         gen.next()
     for _ in range(3):
         gen.next()
@@ -40,6 +40,29 @@ def decode_ms(
     for _ in range(steps):
         gen.next()
     return (time.perf_counter() - start) / steps * 1000
+
+
+def _running(gen: object) -> int:
+    from mlxdeploy.engine.generator import SlotGenerator
+
+    if isinstance(gen, SlotGenerator):
+        return gen.running
+    return len(gen._generation_batch)  # type: ignore[attr-defined]
+
+
+def single_stream_ms(model: object, sampler: object) -> float:
+    """mlx-lm's own single stream (`generate_step`, as `mlx_lm.generate` runs it): ms/token."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+
+    prompt = mx.array([random.Random(0).randrange(1000, 40000) for _ in range(64)])
+    steps = generate_step(prompt, model, max_tokens=100_000, sampler=sampler)  # type: ignore[arg-type]
+    for _ in range(4):
+        next(steps)
+    start, n = time.perf_counter(), 40
+    for _ in range(n):
+        next(steps)
+    return (time.perf_counter() - start) / n * 1000
 
 
 def prefill_tok_s(model: object, batch: int = 8, length: int = 128) -> float:
@@ -109,6 +132,7 @@ def main() -> None:
     from mlx_lm.utils import load
 
     from mlxdeploy.engine.batch import FastBatchGenerator
+    from mlxdeploy.engine.generator import SlotGenerator
     from mlxdeploy.engine.sampling import greedy
     from mlxdeploy.engine.weights.kernels import use_fast_kernels
     from mlxdeploy.engine.weights.quantized import use_cpu_quantized_matmul
@@ -117,27 +141,39 @@ def main() -> None:
     for clients in args.churn:
         p, t = args.churn_shape
         schedule = {"prefill_batch_size": 8, "prefill_step_size": 512}
+        own, own_calls = churn_tok_s(
+            model, SlotGenerator, clients, p, t, prefill_wait_steps=4, **schedule
+        )
         fast, calls = churn_tok_s(
             model, FastBatchGenerator, clients, p, t, prefill_wait_steps=4, **schedule
         )
         base, base_calls = churn_tok_s(model, BatchGenerator, clients, p, t, **schedule)
         print(
             f"churn, {clients} in flight, {p}-token prompts, {t} tokens: "
-            f"mlxdeploy {fast:.1f} tok/s ({calls} steps), "
+            f"mlxdeploy {own:.1f} tok/s ({own_calls} steps), "
+            f"mlxdeploy on mlx-lm's batch caches {fast:.1f} tok/s ({calls} steps), "
             f"mlx-lm {base:.1f} tok/s ({base_calls} steps)"
         )
     if args.only_churn:
         return
     print(f"prefill {rows}x{length}, mlx-lm model: {prefill_tok_s(model, rows, length):.0f} tok/s")
+    if 1 in args.batch:
+        print(
+            f"single stream, mlx-lm generate_step: {single_stream_ms(model, greedy):.2f} ms/token"
+        )
     for batch in args.batch:
         base = decode_ms(model, BatchGenerator, batch, greedy)
         fast = decode_ms(model, FastBatchGenerator, batch, greedy)
-        print(f"decode, {batch} sequences: mlx-lm {base:.1f} ms/step, mlxdeploy {fast:.1f} ms/step")
+        own = decode_ms(model, SlotGenerator, batch, greedy)
+        print(
+            f"decode, {batch} sequences: mlx-lm {base:.2f} ms/step, mlxdeploy {own:.2f} ms/step, "
+            f"mlxdeploy on mlx-lm's batch caches {fast:.2f} ms/step"
+        )
         if args.logprobs is not None:
             k = args.logprobs
-            every = decode_ms(model, FastBatchGenerator, batch, greedy, [k] * batch)
+            every = decode_ms(model, SlotGenerator, batch, greedy, [k] * batch)
             half = [k if i % 2 else None for i in range(batch)]
-            some = decode_ms(model, FastBatchGenerator, batch, greedy, half)
+            some = decode_ms(model, SlotGenerator, batch, greedy, half)
             print(
                 f"decode, {batch} sequences, mlxdeploy with logprobs (top {k}): "
                 f"{every:.1f} ms/step all asking, {some:.1f} ms/step half asking"
@@ -148,7 +184,7 @@ def main() -> None:
     print(f"prefill {rows}x{length}, with mlxdeploy's CPU kernels: {fast_prefill:.0f} tok/s")
     if quantized:  # the quantized matmul also changes batched decoding
         for batch in args.batch:
-            fast = decode_ms(model, FastBatchGenerator, batch, greedy)
+            fast = decode_ms(model, SlotGenerator, batch, greedy)
             print(f"decode, {batch} sequences, with mlxdeploy's CPU kernels: {fast:.1f} ms/step")
 
 

@@ -1,10 +1,10 @@
 # The GPU run behind "Phase 0: a mixed step against the separate calls" in BENCHMARKS.md.
 # Run on the GPU machine from the project root, after the mlx-cuda wheels are installed
-# (../shared/gpu/README.md) and with the demo's tokenizer files in .gputok/; writes JSON and a
-# log under $OUT.
+# (../shared/gpu/README.md) and with the demo's tokenizer files in $TOK (default .gputok/);
+# writes JSON and a log under $OUT.
 set -e
 export PYTHONPATH=/tmp/site:$PWD
-[ -d /root/m8b ] || python3 benchmarks/make_model.py /root/m8b --preset gpu-8b --tokenizer .gputok
+[ -d /root/m8b ] || python3 benchmarks/make_model.py /root/m8b --preset gpu-8b --tokenizer "${TOK:-.gputok}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 benchmarks/mixed_step.py /root/m8b --batch 1 8 64 --chunk 96 256 512 --context 200 \
   --repeat 10 --json "$OUT/mixed-default.json"

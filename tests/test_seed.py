@@ -13,7 +13,8 @@ import httpx
 import mlx.core as mx
 import pytest
 
-from mlxdeploy.engine.batch import LogitsGenerationBatch
+from mlxdeploy.engine.generator import SlotGenerator
+from mlxdeploy.engine.picking import sample_rows
 from tests.inprocess import InProcessApp
 
 CHAT = "/v1/chat/completions"
@@ -94,13 +95,14 @@ NEIGHBOURS: list[dict[str, Any]] = [
 def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """The number of rows of every decode step (proof the requests shared the batch)."""
     sizes: list[int] = []
-    sample = LogitsGenerationBatch._sample
+    slots = SlotGenerator._decode_slots
 
-    def counted(self: LogitsGenerationBatch, logits: mx.array) -> mx.array:
-        sizes.append(int(logits.shape[0]))
-        return sample(self, logits)
+    def counted(self: SlotGenerator) -> list[int]:
+        chosen = slots(self)
+        sizes.append(len(chosen))
+        return chosen
 
-    monkeypatch.setattr(LogitsGenerationBatch, "_sample", counted)
+    monkeypatch.setattr(SlotGenerator, "_decode_slots", counted)
     yield sizes
 
 
@@ -159,10 +161,9 @@ class Fake:
 
 
 def sample(samplers: list[Any], fallback: Any = None) -> list[int]:
-    batch = object.__new__(LogitsGenerationBatch)  # _sample reads only the two attributes
-    batch.samplers, batch.fallback_sampler = samplers, fallback
     logits = mx.arange(len(samplers) or 1, dtype=mx.float32)[:, None] * mx.ones((1, 4))
-    tokens: list[int] = batch._sample(logits).tolist()  # type: ignore[assignment]
+    chosen = [s or fallback for s in samplers] or [fallback]
+    tokens: list[int] = sample_rows(logits, chosen).tolist()  # type: ignore[assignment]
     return tokens
 
 

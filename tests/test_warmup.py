@@ -7,13 +7,12 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from mlxdeploy.engine import slots
-from mlxdeploy.engine.batch import LogitsGenerationBatch
+from mlxdeploy.engine.generator import SlotGenerator
+from mlxdeploy.engine.storage import Slots
 from tests.conftest import WARMUP_ENV, real_app, write_spec
 from tests.scrape import scrape
 from tests.servers import start_server
@@ -98,26 +97,36 @@ def test_no_kernel_is_compiled_for_the_first_requests(tiny_model_dir: Path, tmp_
 
 
 @pytest.mark.parametrize("wait", [0, 4])
-def test_the_warm_up_places_a_row_into_an_ended_one_and_compacts(
+def test_the_warm_up_reuses_a_freed_slot_and_decodes_alone(
     tiny_spec: Path, monkeypatch: pytest.MonkeyPatch, wait: int
 ) -> None:
-    """Both first uses of the schedule's cache operations happen before ready: a new row
-    written into an ended row's place, and a compaction around a live row."""
-    placed: list[int] = []
-    compacted: list[int] = []
-    place, compact = slots.place_rows, LogitsGenerationBatch.compact
+    """The first uses of the generation loop's shapes happen before ready: a prompt written
+    into the slot of a request that ended while another decodes (a decode step over slots
+    at different lengths), and a request decoding alone (batch 1, no mask)."""
+    reused: list[int] = []
+    steps: list[int] = []
+    take, release, slots_of = Slots.take, Slots.release, SlotGenerator._decode_slots
+    freed: set[int] = set()
 
-    def counted_place(cache: Any, incoming: Any, free: Any, lengths: Any) -> None:
-        placed.append(len(free))
-        place(cache, incoming, free, lengths)
+    def counted_take(self: Slots) -> int:
+        slot = take(self)
+        if slot in freed and self.used > 1:
+            reused.append(slot)
+        return slot
 
-    def counted_compact(self: LogitsGenerationBatch) -> None:
-        if self.retired and self.live:
-            compacted.append(self.live)
-        compact(self)
+    def counted_release(self: Slots, slot: int) -> None:
+        freed.add(slot)
+        release(self, slot)
 
-    monkeypatch.setattr(slots, "place_rows", counted_place)
-    monkeypatch.setattr(LogitsGenerationBatch, "compact", counted_compact)
+    def counted_steps(self: SlotGenerator) -> list[int]:
+        chosen = slots_of(self)
+        steps.append(len(chosen))
+        return chosen
+
+    monkeypatch.setattr(Slots, "take", counted_take)
+    monkeypatch.setattr(Slots, "release", counted_release)
+    monkeypatch.setattr(SlotGenerator, "_decode_slots", counted_steps)
     with real_app(tiny_spec, engine={"prefill_wait_steps": wait}) as app:
         assert app.http.get("/health").json()["status"] == "ok"
-    assert placed and compacted
+    assert reused, "no prompt took a freed slot while another request decoded"
+    assert max(steps) >= 2 and steps[-1] == 1, steps

@@ -31,9 +31,9 @@ import mlx.core as mx
 from mlx_lm.generate import GenerationBatch, PromptProcessingBatch, TokenBuffer
 
 from . import slots
-from .constraints import Guide, mask_guided_rows
-from .logprobs import RowScores, arrays_of, score_rows
+from .logprobs import RowScores, arrays_of
 from .mlx_lm_internals import BatchGeneratorBase, GenerationBatchBase, cache_end
+from .picking import process_rows, sample_rows, score_asked
 from .sampling import SeededSampler
 
 RETIRED = -1  # the uid of a row that ended: it matches no request
@@ -194,66 +194,14 @@ class LogitsGenerationBatch(GenerationBatchBase):
 
     def _score(self, logits: mx.array, sampled: mx.array) -> list[RowScores | None]:
         """Lazy scores of this step's sampled tokens, for the rows that asked."""
-        asked = self._asked()
-        if not asked:
-            return [None] * len(self.uids)
-        if len(asked) < len(self.uids):
-            rows = mx.array([e for e, _ in asked])
-            logits, sampled = logits[rows], sampled[rows]
-        return score_rows(logits, sampled, asked, len(self.uids))
+        return score_asked(logits, sampled, self._asked(), len(self.uids))
 
     def _process(self, logits: mx.array, inputs: mx.array) -> tuple[mx.array, list[mx.array]]:
-        """Each row's logits processors; the constrained rows' guides go last, all at once
-        (they need the tokens sampled last, so a batch with guides waits for them here)."""
-        rows: list[mx.array] = []
-        token_context: list[mx.array] = []
-        guided: list[tuple[int, Guide]] = []
-        contexts = self.token_context
-        for e in range(len(self.uids)):
-            row = logits[e : e + 1]
-            processors = self.logits_processors[e] or ()
-            guided.extend((e, p) for p in processors if isinstance(p, Guide))
-            others = [p for p in processors if not isinstance(p, Guide)]
-            if others:
-                context = contexts[e].update_and_fetch(inputs[e : e + 1])
-                token_context.append(context)
-                for processor in others:
-                    row = processor(context, row)
-            rows.append(row)
-        if token_context:  # some row has processors of its own
-            logits = mx.concatenate(rows, axis=0)
-        if guided:  # start the forward pass, then compute the masks while it runs
-            mx.async_eval(logits)
-            tokens = inputs.tolist()
-            for e, guide in guided:
-                guide.advance(tokens[e])
-            guided = [(e, guide) for e, guide in guided if not guide.waiting]
-            if guided:
-                logits = mask_guided_rows(logits, guided)
-        return logits, token_context
+        return process_rows(logits, inputs, self.logits_processors, self.token_context)
 
     def _sample(self, logits: mx.array) -> mx.array:
-        """One call per distinct sampler object, on the rows that hold it: a batch of many
-        requests with shared settings and a few with their own (seeded) samplers costs one
-        call per group, not one per row."""
         samplers = [s or self.fallback_sampler for s in self.samplers] or [self.fallback_sampler]
-        if all(s is samplers[0] for s in samplers):
-            return samplers[0](logits)
-        groups: dict[int, list[int]] = {}
-        for e, s in enumerate(samplers):
-            groups.setdefault(id(s), []).append(e)
-        outputs, order = [], []
-        for rows in groups.values():
-            picked = logits[rows[0] : rows[0] + 1] if len(rows) == 1 else logits[mx.array(rows)]
-            outputs.append(samplers[rows[0]](picked))
-            order.extend(rows)
-        sampled = mx.concatenate(outputs, axis=0)
-        if order == sorted(order):
-            return sampled
-        back = [0] * len(order)  # position in `sampled` of each row
-        for position, row in enumerate(order):
-            back[row] = position
-        return sampled[mx.array(back)]
+        return sample_rows(logits, samplers)
 
 
 class FastBatchGenerator(BatchGeneratorBase):

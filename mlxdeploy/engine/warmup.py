@@ -11,10 +11,12 @@ render and llguidance's tokenizer (built on the first constrained request, ~0.3-
 One round of three requests together, on prompts of two lengths: one with the model's default
 sampling, one greedy with a JSON constraint, one with nucleus sampling (temperature and top_p).
 The last two stop after their first token, while a second round's request waits: it then takes
-the place of one of them in the batch (the cache rows written in place, `slots.py`), and when
-it ends too the batch is compacted around the first request, which goes on alone, decoding at
-batch 1. Other sampler filters (top_k, min_p, XTC), and top_p for a request alone, compile
-their kernels on first use.
+the slot of one of them (`storage.py`), its prompt read in a decode step where the family
+allows it (`mixed.py`), so a decode step reads slots at different lengths (a scattered write, a
+mask); when it ends too, the first request goes on alone, decoding at batch 1 (no mask). On
+models batched by mlx-lm's batch caches (`batch.py`) the same rounds write a row into an ended
+one's place and compact the batch around the first request. Other sampler filters (top_k,
+min_p, XTC), and top_p for a request alone, compile their kernels on first use.
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ from .api import (
 from .batch import FastBatchGenerator
 from .constraints import Grammars
 from .faults import FaultPlan
+from .generator import UNPADDED, SlotGenerator, family, plain_attention
 from .job import Job, Sink
+from .mixed import MIXABLE
 from .peers import LostRank, Order, Peers, Tick
 from .prefix_cache import PrefixCache, keeps_snapshots
 from .reasoning import ThinkingFormat
@@ -97,7 +99,24 @@ class Worker:
         self._stop = threading.Event()
         stops = set(tokenizer.eos_token_ids) | set(thinking.stops if thinking else ())
         self._stop_sequences = StopSequences([[t] for t in sorted(stops)])
-        self._generator: FastBatchGenerator | None = None
+        self._generator: FastBatchGenerator | SlotGenerator | None = None
+        # Plain attention runs on mlxdeploy's own loop; other caches on mlx-lm's batch caches.
+        self.slotted = plain_attention(model)
+        if not self.slotted:
+            log.info(
+                "%s keeps caches other than plain keys and values: its batches run on "
+                "mlx-lm's batch caches, prompts read in calls of their own",
+                family(model),
+            )
+        # Prompt chunks ride in decode steps where the family allows it (engine/mixed.py);
+        # ranks of a distributed model read them in calls of their own.
+        self.mixes = self.slotted and peers is None and family(model) in MIXABLE
+        if self.slotted and not self.mixes:
+            log.info("%s reads prompts in calls of their own, between decode steps", family(model))
+        self.prefill_group = settings.prefill_batch_size
+        if family(model) in UNPADDED:
+            log.info("%s reads each prompt unpadded, in calls of its own", family(model))
+            self.prefill_group = 1
         self._fault = fault
         self._tool_format = tool_format
         self._peers = peers
@@ -209,17 +228,19 @@ class Worker:
                 log.exception("closing the failed batch generator")
         self._generator = self._new_generator()
 
-    def _new_generator(self) -> FastBatchGenerator:
+    def _new_generator(self) -> FastBatchGenerator | SlotGenerator:
         s = self.settings
-        return FastBatchGenerator(
-            self.model,
-            completion_batch_size=s.max_batch_size,
-            prefill_batch_size=s.prefill_batch_size,
-            prefill_step_size=s.prefill_step_size,
-            prefill_wait_steps=s.prefill_wait_steps,
-            stream=mx.default_stream(mx.default_device()),
-            agree=self._peers.agree if self._peers is not None else None,
-        )
+        schedule: dict[str, Any] = {
+            "completion_batch_size": s.max_batch_size,
+            "prefill_batch_size": self.prefill_group,
+            "prefill_step_size": s.prefill_step_size,
+            "prefill_wait_steps": s.prefill_wait_steps,
+            "agree": self._peers.agree if self._peers is not None else None,
+        }
+        if self.slotted:
+            return SlotGenerator(self.model, mix=self.mixes, **schedule)
+        stream = mx.default_stream(mx.default_device())
+        return FastBatchGenerator(self.model, stream=stream, **schedule)
 
     def warm_up(self, rounds: list[list[Job]]) -> list[Event]:
         """Run the rounds' jobs to their end, before `run` (engine/warmup.py says why): each

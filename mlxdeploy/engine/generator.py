@@ -1,0 +1,362 @@
+"""The generation loop of models whose every layer holds plain keys and values: mlxdeploy's own,
+on mlx-lm's model modules, over slot storage (`storage.py`) and a pure plan per step
+(`schedule.py`).
+
+One call of `next` is one step of the plan:
+- Admitted prompts take a slot; a prefix-cache hit is written into it.
+- The running rows decode: the step's forward pass is queued on the device before the tokens
+  of the step before are read (`mx.async_eval`), so the device never waits on Python. A row
+  that ends frees its slot; nothing else moves.
+- Prompt chunks are read straight into their slots. A prompt's last chunk gives its first
+  token from its own logits, sampled with the row's sampler and processors; the next decode
+  step reads it with the rest.
+
+A decode step reads the slots up to the highest running one; a free slot below it is computed
+and unread until a new prompt takes it (the lowest free slot goes first). With one row
+running, the step is mlx-lm's single-stream step: no mask, plain offsets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.generate import StopSequences
+from mlx_lm.models.cache import KVCache, TokenBuffer, make_prompt_cache
+from mlx_lm.sample_utils import make_sampler
+
+from .constraints import Guide
+from .logprobs import RowScores, arrays_of
+from .mixed import MixedForward, Part
+from .picking import process_rows, sample_rows, score_asked
+from .rows import Counters, Pending, Read, Row, Token
+from .sampling import SeededSampler
+from .schedule import Limits, Plan, Reading, Waiting, plan
+from .storage import Planned, Slots
+
+CLEAR_EVERY = 512  # decode steps between returns of MLX's buffer cache to the system
+
+
+def plain_attention(model: Any) -> bool:
+    """Whether every layer's cache is mlx-lm's plain `KVCache` (full attention): the caches
+    this generator stores in slots."""
+    caches = make_prompt_cache(model)
+    return bool(caches) and all(type(c) is KVCache for c in caches)
+
+
+# Families whose layers mlx-lm gets wrong when prompts are right-padded to one length in one
+# call (nemotron_h's mixer ignores the cache's lengths in mlx-lm 0.32): each prompt is read in
+# calls of its own, unpadded. tests/test_families.py holds them to single-stream tokens.
+UNPADDED = frozenset({"nemotron_h"})
+
+
+def family(model: Any) -> str:
+    """The mlx-lm model module's name: its architecture family."""
+    return str(type(model).__module__).rsplit(".", 1)[-1]
+
+
+class SlotGenerator:
+    """The generation loop (module docstring); the worker's view of it is mlx-lm's
+    BatchGenerator's: `insert_segments`, `next`, `remove`, `extract_cache`."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        completion_batch_size: int = 32,
+        prefill_batch_size: int = 8,
+        prefill_step_size: int = 512,
+        prefill_wait_steps: int = 0,
+        agree: Callable[[mx.array], mx.array] | None = None,
+        mix: bool = True,
+        **_: Any,
+    ):
+        """`mix`: read prompt chunks in the decode steps' forward passes where the model's
+        family allows it (`mixed.py`); `agree`: the ranks of a distributed model take rank
+        0's sampled tokens (peers.py)."""
+        self.model = model
+        self._mixed = MixedForward.of(model, family(model)) if mix else None
+        self.limits = Limits(
+            rows=completion_batch_size,
+            group=prefill_batch_size,
+            chunk=prefill_step_size,
+            budget=prefill_step_size * prefill_batch_size,
+            wait_steps=prefill_wait_steps,
+        )
+        self.slots = Slots.for_layers(len(make_prompt_cache(model)))
+        self.sampler = make_sampler(0.0)
+        self.agree = agree
+        self.counters = Counters()
+        self._uids = itertools.count()
+        self._waiting: deque[Row] = deque()
+        self._reading: dict[int, Row] = {}  # uid -> row, in admission order
+        self._decoding: dict[int, Row] = {}  # slot -> row
+        self._pending = Pending()
+
+    # -- the worker's view ------------------------------------------------------------------
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Requests decoding."""
+        return len(self._decoding)
+
+    def insert(self, prompts: list[list[int]], **kwargs: Any) -> list[int]:
+        """mlx-lm's `insert`: each prompt one segment."""
+        return self.insert_segments([[prompt] for prompt in prompts], **kwargs)
+
+    @property
+    def pending(self) -> int:
+        """Requests not decoding yet: waiting, or their prompts being read."""
+        return len(self._waiting) + len(self._reading)
+
+    def insert_segments(
+        self,
+        segments: list[list[list[int]]],
+        max_tokens: Sequence[int] | None = None,
+        caches: Sequence[list[Any] | None] | None = None,
+        all_tokens: Sequence[list[int]] | None = None,
+        samplers: Sequence[Any] | None = None,
+        logits_processors: Sequence[list[Any] | None] | None = None,
+        stop_sequences: Sequence[StopSequences] | None = None,
+        logprobs: Sequence[int | None] | None = None,
+    ) -> list[int]:
+        """Each prompt (its segments, read one after the other) after the tokens already in
+        its cache (`all_tokens`, `caches`); the rest as mlx-lm's BatchGenerator takes them."""
+        uids = []
+        for i, parts in enumerate(segments):
+            uid = next(self._uids)
+            prompt = [t for part in parts for t in part]
+            done = list(all_tokens[i]) if all_tokens else []
+            processors = list((logits_processors[i] if logits_processors else None) or [])
+            stops = stop_sequences[i] if stop_sequences else StopSequences()
+            row = Row(
+                uid=uid,
+                prompt=prompt,
+                history=done,
+                total=len(done) + len(prompt),
+                arrived=self.counters.steps,
+                sampler=(samplers[i] if samplers else None) or self.sampler,
+                processors=processors,
+                matcher=stops.matcher(),
+                max_tokens=max_tokens[i] if max_tokens else 256,
+                logprobs=logprobs[i] if logprobs else None,
+                prefix=caches[i] if caches else None,
+            )
+            if any(not isinstance(p, Guide) for p in processors):
+                row.context = TokenBuffer(done + prompt[:-1])
+            self._waiting.append(row)
+            uids.append(uid)
+        return uids
+
+    def next(self) -> tuple[list[Read], list[Token]]:
+        """One step: (the prompt chunks read, the tokens of the running rows)."""
+        step = self._plan()
+        self._admit(step.admit)
+        if not step.decode:
+            return (self._read(step.chunks) if step.chunks else []), []
+        if step.chunks and self._mixed is not None:
+            return self._step(step.chunks)
+        tokens = self._step(())[1]
+        return (self._read(step.chunks) if step.chunks else []), tokens
+
+    def remove(self, uids: Sequence[int], return_prompt_caches: bool = False) -> Any:
+        """Requests that leave, wherever they are; their slots are free at once."""
+        caches = self.extract_cache(uids) if return_prompt_caches else {}
+        gone = set(uids)
+        self._waiting = deque(r for r in self._waiting if r.uid not in gone)
+        for uid in gone & set(self._reading):
+            self.slots.release(self._reading.pop(uid).slot)
+        for slot in [s for s, r in self._decoding.items() if r.uid in gone]:
+            del self._decoding[slot]
+            self.slots.release(slot)
+        return caches
+
+    def extract_cache(self, uids: Sequence[int]) -> dict[int, tuple[list[Any], list[int]]]:
+        """A copy of each request's cache and the tokens it holds."""
+        rows = [*self._reading.values(), *self._decoding.values()]
+        out = {}
+        for row in rows:
+            if row.uid in uids and row.slot >= 0:
+                out[row.uid] = (self.slots.extract(row.slot), list(row.history))
+        return out
+
+    def close(self) -> None:
+        self._waiting.clear()
+        self._reading.clear()
+        self._decoding.clear()
+        self.slots = Slots.for_layers(len(self.slots.caches))
+        self._pending = Pending()
+
+    # -- one step -------------------------------------------------------------------------
+    def _plan(self) -> Plan:
+        reading = [Reading(r.uid, len(r.prompt)) for r in self._reading.values()]
+        waiting = [Waiting(r.uid, len(r.prompt), r.arrived) for r in self._waiting]
+        return plan(self.counters.steps, len(self._decoding), reading, waiting, self.limits)
+
+    def _admit(self, uids: Sequence[int]) -> None:
+        for _ in uids:
+            row = self._waiting.popleft()
+            row.slot = self.slots.take()
+            if row.prefix is not None:
+                self.slots.write(row.slot, row.prefix)
+                row.prefix = None
+            self._reading[row.uid] = row
+
+    def _step(self, chunks: Sequence[tuple[int, int]]) -> tuple[list[Read], list[Token]]:
+        """A decode step of the running rows, `chunks` read in the same forward pass."""
+        tic = time.perf_counter()
+        running = dict(self._decoding)
+        slots = self._decode_slots()
+        pending = self._pending
+        inputs, current = pending.take(slots)
+        decode = self.slots.prepare(slots, 1)
+        reading = [self._reading[uid] for uid, _ in chunks]
+        counts = [n for _, n in chunks]
+        ends = [r for r, n in zip(reading, counts, strict=True) if n == len(r.prompt)]
+        if chunks:
+            logits = self._forward_mixed(decode, inputs, reading, counts)
+        else:
+            self.slots.activate(decode)
+            logits = self.model(inputs[:, None], cache=self.slots.caches)[:, -1, :]
+        read = [inputs]
+        if ends:
+            read.append(mx.array([r.prompt[-1] for r in ends], dtype=inputs.dtype))
+        rows = [running.get(slot) for slot in slots] + ends
+        sampled, scores, context = self._pick(logits, mx.concatenate(read), rows)
+        b = len(slots)
+        pending.set(slots, sampled[:b], scores[:b], whole=True)
+        if ends:
+            pending.set([r.slot for r in ends], sampled[b:], scores[b:])
+        mx.async_eval(sampled, context, *arrays_of(scores))
+        mx.eval(inputs, *arrays_of(current))
+        self.slots.advance(list(running), [1] * len(running))
+        tokens: list[int] = inputs.tolist()  # type: ignore[assignment]
+        out = [
+            self._emit(slot, tokens[e], current[e])
+            for e, slot in enumerate(slots)
+            if slot in running
+        ]
+        c = self.counters
+        c.steps += 1
+        c.generation_tokens += len(out)
+        c.decode_time += time.perf_counter() - tic
+        if c.steps % CLEAR_EVERY == 0:
+            mx.clear_cache()
+        return self._took(reading, counts), out
+
+    def _forward_mixed(
+        self, decode: Planned, inputs: mx.array, reading: list[Row], counts: list[int]
+    ) -> mx.array:
+        """The logits of the decode rows, then of each chunk that ends its prompt."""
+        assert self._mixed is not None
+        parts = [Part(decode, inputs[:, None])]
+        picked = list(range(len(decode.call.rows)))
+        at = len(picked)
+        for row, n in zip(reading, counts, strict=True):
+            tokens = mx.array(row.prompt[:n], dtype=inputs.dtype)[None]
+            parts.append(Part(self.slots.prepare([row.slot], n), tokens))
+            at += n
+            if n == len(row.prompt):
+                picked.append(at - 1)
+        return self._mixed(self.slots, parts, picked)
+
+    def _decode_slots(self) -> list[int]:
+        """The slots a decode step reads: all up to the highest running one (free ones
+        below it computed, unread: a slice of the store, no gather), or the running ones
+        alone when they are few among many free slots."""
+        running = sorted(self._decoding)
+        top = running[-1] + 1
+        if len(running) * 2 >= top:
+            return list(range(top))
+        return running
+
+    def _emit(self, slot: int, token: int, score: RowScores | None) -> Token:
+        """Row `slot`'s token; a row that ends leaves its slot with a copy of its cache."""
+        row = self._decoding[slot]
+        row.history.append(token)
+        row.generated += 1
+        finish = "length" if row.generated >= row.max_tokens else None
+        if row.matcher.advance(token):
+            finish = "stop"
+        cache = history = None
+        if finish is not None:
+            cache, history = self.slots.extract(slot), row.history
+            # Computed now: the copies must not wait on (and keep alive) the slot store.
+            mx.async_eval([(c.keys, c.values) for c in cache if c.keys is not None])
+            del self._decoding[slot]
+            self.slots.release(slot)
+        logprobs = None if score is None else score.get()
+        return Token(row.uid, token, logprobs, finish, cache, history)
+
+    def _pick(
+        self, logits: mx.array, inputs: mx.array, rows: Sequence[Row | None]
+    ) -> tuple[mx.array, list[RowScores | None], list[mx.array]]:
+        """The step's tokens from its logits: processors, guides, samplers and scores, row by
+        row (a free slot's row samples with a shared sampler, unread)."""
+        context: list[mx.array] = []
+        if any(r is not None and r.processors for r in rows):
+            processors = [r.processors if r is not None else None for r in rows]
+            contexts = [r.context if r is not None else None for r in rows]
+            logits, context = process_rows(logits, inputs, processors, contexts)
+        shared = self._shared_sampler(rows)
+        sampled = sample_rows(logits, [r.sampler if r is not None else shared for r in rows])
+        if self.agree is not None:
+            sampled = self.agree(sampled)
+        asked = [(e, r.logprobs) for e, r in enumerate(rows) if r and r.logprobs is not None]
+        return sampled, score_asked(logits, sampled, asked, len(rows)), context
+
+    def _shared_sampler(self, rows: Sequence[Row | None]) -> Any:
+        """A running row's sampler for the free slots, so that they add no sampler call of
+        their own; never a seeded one (each of those draws for its own row only)."""
+        live = (r.sampler for r in rows if r is not None)
+        return next((s for s in live if not isinstance(s, SeededSampler)), self.sampler)
+
+    def _read(self, chunks: Sequence[tuple[int, int]]) -> list[Read]:
+        """One forward pass over the chunks alone (right-padded to the longest); prompts read
+        to their end sample their first token and start decoding."""
+        tic = time.perf_counter()
+        reading = [self._reading[uid] for uid, _ in chunks]
+        counts = [n for _, n in chunks]
+        width = max(counts)
+        inputs = [r.prompt[:n] + [0] * (width - n) for r, n in zip(reading, counts, strict=True)]
+        self.slots.plan([r.slot for r in reading], width)
+        logits = self.model(mx.array(inputs), cache=self.slots.caches)
+        ends = [
+            e for e, (r, n) in enumerate(zip(reading, counts, strict=True)) if n == len(r.prompt)
+        ]
+        if ends:
+            rows = [reading[e] for e in ends]
+            if len(ends) == 1:
+                last = logits[ends[0], counts[ends[0]] - 1][None]
+            else:
+                last = logits[mx.array(ends), mx.array([counts[e] - 1 for e in ends])]
+            read = mx.array([r.prompt[-1] for r in rows], dtype=mx.uint32)
+            sampled, scores, context = self._pick(last, read, rows)
+            self._pending.set([r.slot for r in rows], sampled, scores)
+            mx.async_eval(sampled, context, *arrays_of(scores), self.slots.arrays())
+        else:
+            mx.async_eval(self.slots.arrays())
+        self.counters.prompt_time += time.perf_counter() - tic
+        return self._took(reading, counts)
+
+    def _took(self, reading: list[Row], counts: list[int]) -> list[Read]:
+        """The chunks a forward pass read: their rows move on; rows read to the end decode."""
+        self.slots.advance([r.slot for r in reading], counts)
+        out = []
+        for row, n in zip(reading, counts, strict=True):
+            row.history.extend(row.prompt[:n])
+            row.prompt = row.prompt[n:]
+            end = not row.prompt
+            out.append(Read(row.uid, (row.total - len(row.prompt), row.total), end, end))
+            if end:
+                del self._reading[row.uid]
+                self._decoding[row.slot] = row
+        self.counters.prompt_tokens += sum(counts)
+        return out

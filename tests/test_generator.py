@@ -166,7 +166,7 @@ def test_a_removed_request_frees_its_slot_wherever_it_is(model: Any) -> None:
 def test_prompts_read_inside_decode_steps_give_the_same_tokens(
     model: Any, monkeypatch: pytest.MonkeyPatch, mix: bool
 ) -> None:
-    """A long prompt arrives while another request decodes: with mixing, its chunks ride in
+    """Long prompts arrive while another request decodes: with mixing, their chunks ride in
     the decode steps' forward passes (no pass of their own); without, they take passes of
     their own between decode steps. Both answers are the single-stream ones."""
     shapes: list[tuple[int, ...]] = []
@@ -180,9 +180,9 @@ def test_prompts_read_inside_decode_steps_give_the_same_tokens(
     mixed: list[int] = []
     forward = MixedForward.__call__
 
-    def counted(self: MixedForward, slots: Any, parts: Any, picked: Any) -> mx.array:
+    def counted(self: MixedForward, slots: Any, parts: Any, *args: Any) -> mx.array:
         mixed.append(len(parts))
-        return forward(self, slots, parts, picked)
+        return forward(self, slots, parts, *args)
 
     monkeypatch.setattr(MixedForward, "__call__", counted)
     generator = SlotGenerator(model, prefill_step_size=16, mix=mix)
@@ -190,12 +190,14 @@ def test_prompts_read_inside_decode_steps_give_the_same_tokens(
     long = [100 + (i * 7919) % 30000 for i in range(70)]
     (a,) = generator.insert_segments([[short]], max_tokens=[12], samplers=[greedy])
     generator.next()  # `short` is read alone
-    (b,) = generator.insert_segments([[long]], max_tokens=[5], samplers=[greedy])
-    out = run(generator, {a, b})
+    other = long[7:52]  # read beside `long`, right-padded where its chunk is shorter
+    b, c = generator.insert_segments([[long], [other]], max_tokens=[5, 4], samplers=[greedy] * 2)
+    out = run(generator, {a, b, c})
     seen = list(shapes)
     assert [t.token for t in out[a]] == single(model, short, 12)
     assert [t.token for t in out[b]] == single(model, long, 5)
-    if mix:  # 70 tokens in chunks of 16: five steps carry a chunk, no pass reads one alone
+    assert [t.token for t in out[c]] == single(model, other, 4)
+    if mix:  # 70 tokens in chunks of 16: five steps carry chunks, no pass reads one alone
         assert mixed == [2] * 5
         assert [s for s in seen if s[0] == 1 and s[1] > 1] == [(1, len(short))]
     else:

@@ -254,18 +254,24 @@ class SlotGenerator:
     def _forward_mixed(
         self, decode: Planned, inputs: mx.array, reading: list[Row], counts: list[int]
     ) -> mx.array:
-        """The logits of the decode rows, then of each chunk that ends its prompt."""
+        """The logits of the decode rows, then of each chunk that ends its prompt: the chunks
+        are one attention call (right-padded), the decode rows another."""
         assert self._mixed is not None
-        parts = [Part(decode, inputs[:, None])]
-        picked = list(range(len(decode.call.rows)))
-        at = len(picked)
+        width = max(counts)
+        chunks = Part(
+            self.slots.prepare([r.slot for r in reading], width),
+            [r.prompt[:n] + [0] * (width - n) for r, n in zip(reading, counts, strict=True)],
+            tuple(counts),
+        )
+        rows = len(decode.call.rows)
+        parts = [Part(decode, [], (1,) * rows), chunks]
+        picked = list(range(rows))
+        at = rows
         for row, n in zip(reading, counts, strict=True):
-            tokens = mx.array(row.prompt[:n], dtype=inputs.dtype)[None]
-            parts.append(Part(self.slots.prepare([row.slot], n), tokens))
             at += n
             if n == len(row.prompt):
                 picked.append(at - 1)
-        return self._mixed(self.slots, parts, picked)
+        return self._mixed(self.slots, parts, picked, inputs)
 
     def _decode_slots(self) -> list[int]:
         """The slots a decode step reads: all up to the highest running one (free ones

@@ -3,8 +3,9 @@
 A decode step of B rows and a prompt chunk of C tokens read as two calls cost two passes over
 the weights. Here the dense work (the norms and the MLP, a layer's largest weights) runs once
 on all B + C tokens flattened; attention runs per part through the model's own attention
-module, the decode rows against their slots (one call, as a decode step makes it), each chunk
-causally against its own slot, so only the attention projections are read once per part. Only
+module: the decode rows against their slots (one call, as a decode step makes it), then the
+chunks, right-padded to one width, each against its own slot (one call, masked), so only the
+attention projections are read twice. Only
 the positions that are sampled (the decode rows, and a chunk's last token when it ends its
 prompt) go through the vocabulary projection.
 
@@ -30,14 +31,35 @@ MIXABLE = frozenset({"llama", "mistral", "qwen2", "qwen3", "qwen3_moe"})
 
 @dataclass(frozen=True)
 class Part:
-    """Rows of one attention call: `tokens` (rows, width), read into `planned`'s slots."""
+    """Rows of one attention call: `tokens` (rows, width), right-padded, `counts` real tokens
+    in each row, read into `planned`'s slots."""
 
     planned: Planned
-    tokens: mx.array
+    tokens: list[list[int]]
+    counts: tuple[int, ...]
 
     @property
-    def size(self) -> int:
-        return int(self.tokens.size)
+    def width(self) -> int:
+        return self.planned.call.width
+
+    @property
+    def padded(self) -> bool:
+        return any(n < self.width for n in self.counts)
+
+    def real(self) -> list[int]:
+        return [t for row, n in zip(self.tokens, self.counts, strict=True) for t in row[:n]]
+
+    def spread(self) -> tuple[mx.array, mx.array]:
+        """Indices from the part's real tokens to its padded (rows * width) layout (a pad takes
+        its row's last real token: its keys land past the row's length, unread), and back."""
+        out: list[int] = []
+        back: list[int] = []
+        at = 0
+        for e, n in enumerate(self.counts):
+            out.extend(at + min(i, n - 1) for i in range(self.width))
+            back.extend(e * self.width + i for i in range(n))
+            at += n
+        return mx.array(out), mx.array(back)
 
 
 class MixedForward:
@@ -59,27 +81,40 @@ class MixedForward:
             return None
         return cls(model)
 
-    def __call__(self, slots: Slots, parts: Sequence[Part], picked: Sequence[int]) -> mx.array:
-        """Logits (len(picked), vocab) of the flattened positions `picked`."""
+    def __call__(
+        self, slots: Slots, parts: Sequence[Part], picked: Sequence[int], first: mx.array
+    ) -> mx.array:
+        """Logits (len(picked), vocab) of the real tokens at positions `picked`; `first`: the
+        tokens of the first part (lazy: sampled by the step before), the other parts' tokens
+        are known."""
         inner = self.inner
-        flat = mx.concatenate([p.tokens.reshape(-1) for p in parts])
+        rest = [t for part in parts[1:] for t in part.real()]
+        flat = mx.concatenate([first.reshape(-1), mx.array(rest, dtype=first.dtype)])
         h = inner.embed_tokens(flat[None])
+        layout = [(part, part.spread() if part.padded else None) for part in parts]
         for layer, cache in zip(inner.layers, slots.caches, strict=True):
-            h = h + self._attention(layer, layer.input_layernorm(h), cache, slots, parts)
+            h = h + self._attention(layer, layer.input_layernorm(h), cache, slots, layout)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         out = inner.norm(h[:, mx.array(list(picked))])
         return self.head(out)[0]
 
     @staticmethod
     def _attention(
-        layer: Any, x: mx.array, cache: Any, slots: Slots, parts: Sequence[Part]
+        layer: Any,
+        x: mx.array,
+        cache: Any,
+        slots: Slots,
+        layout: Sequence[tuple[Part, tuple[mx.array, mx.array] | None]],
     ) -> mx.array:
         outs, at = [], 0
-        for part in parts:
-            rows, width = part.tokens.shape
+        for part, spread in layout:
+            rows, width, size = len(part.counts), part.width, sum(part.counts)
+            piece = x[0, at : at + size]
+            if spread is not None:
+                piece = piece[spread[0]]
             slots.activate(part.planned)
-            piece = x[:, at : at + part.size].reshape(rows, width, -1)
-            out = layer.self_attn(piece, part.planned.mask, cache)
-            outs.append(out.reshape(1, part.size, -1))
-            at += part.size
-        return mx.concatenate(outs, axis=1)
+            out = layer.self_attn(piece.reshape(rows, width, -1), part.planned.mask, cache)
+            out = out.reshape(rows * width, -1)
+            outs.append(out[spread[1]] if spread is not None else out)
+            at += size
+        return mx.concatenate(outs)[None]

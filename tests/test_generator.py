@@ -202,3 +202,35 @@ def test_prompts_read_inside_decode_steps_give_the_same_tokens(
         assert [s for s in seen if s[0] == 1 and s[1] > 1] == [(1, len(short))]
     else:
         assert not mixed and (1, 16) in seen
+
+
+def test_the_choices_of_one_request_read_its_prompt_once(model: Any) -> None:
+    """n choices: one prompt read, then each choice decodes from its own copy of its slot;
+    greedy choices all give the single-stream answer."""
+    calls = Calls(model)
+    generator = SlotGenerator(calls, prefill_step_size=16)
+    (prompt,) = prompts(1, seed=6)
+    prompt = (prompt * 3)[:40]
+    uids = generator.insert_segments(
+        [[prompt]] * 3, max_tokens=[6, 4, 6], samplers=[greedy] * 3, shared=True
+    )
+    out = run(generator, set(uids))
+    reads = [shape for shape in calls.shapes if shape[1] > 1]
+    assert reads == [(1, 16), (1, 16), (1, 8)]  # the prompt, once, in chunks
+    expected = single(model, prompt, 6)
+    assert [[t.token for t in out[u]] for u in uids] == [expected, expected[:4], expected]
+    assert generator.slots.used == 0
+
+
+def test_a_choice_that_stays_reads_the_prompt_when_the_first_leaves(model: Any) -> None:
+    generator = SlotGenerator(model, prefill_step_size=16)
+    (prompt,) = prompts(1, seed=7)
+    prompt = (prompt * 3)[:40]
+    first, second = generator.insert_segments(
+        [[prompt]] * 2, max_tokens=[5, 5], samplers=[greedy] * 2, shared=True
+    )
+    generator.next()  # the first chunk is read
+    generator.remove([first])
+    out = run(generator, {second})
+    assert [t.token for t in out[second]] == single(model, prompt, 5)
+    assert first not in out and generator.slots.used == 0

@@ -42,3 +42,15 @@ def test_the_same_counts_give_the_same_plan() -> None:
     reading = [Reading(40, 300)]
     plans = {plan(9, 3, reading, waiting, LIMITS) for _ in range(3)}
     assert len(plans) == 1
+
+
+def test_a_request_with_n_choices_needs_n_rows() -> None:
+    """The choices of one request share one prompt and take a row each once it is read."""
+    three = [Waiting(1, 20, arrived=0, rows=3), Waiting(2, 20, arrived=0)]
+    assert plan(0, 6, [], three, LIMITS) == Plan(decode=True)  # 6 + 3 > 8: wait
+    assert plan(0, 5, [], three, LIMITS).admit == (1,)  # 5 + 3 = 8: a full engine
+    assert plan(0, 0, [Reading(9, 50, rows=5)], three, LIMITS).admit == (1,)
+    # More choices than the engine has rows: admitted alone, into an idle engine.
+    many = [Waiting(1, 20, arrived=0, rows=12)]
+    assert plan(0, 0, [], many, LIMITS).admit == (1,)
+    assert plan(0, 1, [], many, LIMITS) == Plan(decode=True)

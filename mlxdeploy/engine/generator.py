@@ -54,6 +54,20 @@ def plain_attention(model: Any) -> bool:
 UNPADDED = frozenset({"nemotron_h"})
 
 
+def _without(row: Row, gone: set[int]) -> Row | None:
+    """`row` and its followers less those in `gone`: None when none stay; else the first that
+    stays leads the others."""
+    stay = [r for r in row.starting if r.uid not in gone]
+    if not stay:
+        return None
+    lead = stay[0]
+    if lead is not row:
+        lead.prompt, lead.history, lead.prefix = row.prompt, row.history, row.prefix
+        lead.total = row.total
+    lead.followers = stay[1:]
+    return lead
+
+
 def family(model: Any) -> str:
     """The mlx-lm model module's name: its architecture family."""
     return str(type(model).__module__).rsplit(".", 1)[-1]
@@ -126,10 +140,13 @@ class SlotGenerator:
         logits_processors: Sequence[list[Any] | None] | None = None,
         stop_sequences: Sequence[StopSequences] | None = None,
         logprobs: Sequence[int | None] | None = None,
+        shared: bool = False,
     ) -> list[int]:
         """Each prompt (its segments, read one after the other) after the tokens already in
-        its cache (`all_tokens`, `caches`); the rest as mlx-lm's BatchGenerator takes them."""
-        uids = []
+        its cache (`all_tokens`, `caches`); the rest as mlx-lm's BatchGenerator takes them.
+        `shared`: the prompts are one request's choices, all the same: it is read once, and
+        each choice decodes from its own copy of its cache."""
+        rows = []
         for i, parts in enumerate(segments):
             uid = next(self._uids)
             prompt = [t for part in parts for t in part]
@@ -151,9 +168,13 @@ class SlotGenerator:
             )
             if any(not isinstance(p, Guide) for p in processors):
                 row.context = TokenBuffer(done + prompt[:-1])
-            self._waiting.append(row)
-            uids.append(uid)
-        return uids
+            rows.append(row)
+        if shared and rows:
+            rows[0].followers = rows[1:]
+            self._waiting.append(rows[0])
+        else:
+            self._waiting.extend(rows)
+        return [row.uid for row in rows]
 
     def next(self) -> tuple[list[Read], list[Token]]:
         """One step: (the prompt chunks read, the tokens of the running rows)."""
@@ -170,9 +191,16 @@ class SlotGenerator:
         """Requests that leave, wherever they are; their slots are free at once."""
         caches = self.extract_cache(uids) if return_prompt_caches else {}
         gone = set(uids)
-        self._waiting = deque(r for r in self._waiting if r.uid not in gone)
-        for uid in gone & set(self._reading):
-            self.slots.release(self._reading.pop(uid).slot)
+        waiting = [_without(r, gone) for r in self._waiting]
+        self._waiting = deque(r for r in waiting if r is not None)
+        for uid in list(self._reading):
+            row = self._reading.pop(uid)
+            kept = _without(row, gone)
+            if kept is None:
+                self.slots.release(row.slot)
+            else:  # a choice that stays reads the prompt in the slot of one that left
+                kept.slot = row.slot
+                self._reading[kept.uid] = kept
         for slot in [s for s, r in self._decoding.items() if r.uid in gone]:
             del self._decoding[slot]
             self.slots.release(slot)
@@ -196,8 +224,8 @@ class SlotGenerator:
 
     # -- one step -------------------------------------------------------------------------
     def _plan(self) -> Plan:
-        reading = [Reading(r.uid, len(r.prompt)) for r in self._reading.values()]
-        waiting = [Waiting(r.uid, len(r.prompt), r.arrived) for r in self._waiting]
+        reading = [Reading(r.uid, len(r.prompt), len(r.starting)) for r in self._reading.values()]
+        waiting = [Waiting(r.uid, len(r.prompt), r.arrived, len(r.starting)) for r in self._waiting]
         return plan(self.counters.steps, len(self._decoding), reading, waiting, self.limits)
 
     def _admit(self, uids: Sequence[int]) -> None:
@@ -225,9 +253,10 @@ class SlotGenerator:
         else:
             self.slots.activate(decode)
             logits = self.model(inputs[:, None], cache=self.slots.caches)[:, -1, :]
+        ends, last = self._split(ends)
         read = [inputs]
         if ends:
-            read.append(mx.array([r.prompt[-1] for r in ends], dtype=inputs.dtype))
+            read.append(mx.array(last, dtype=inputs.dtype))
         rows = [running.get(slot) for slot in slots] + ends
         sampled, scores, context = self._pick(logits, mx.concatenate(read), rows)
         b = len(slots)
@@ -270,7 +299,7 @@ class SlotGenerator:
         for row, n in zip(reading, counts, strict=True):
             at += n
             if n == len(row.prompt):
-                picked.append(at - 1)
+                picked.extend([at - 1] * len(row.starting))
         return self._mixed(self.slots, parts, picked, inputs)
 
     def _decode_slots(self) -> list[int]:
@@ -338,12 +367,13 @@ class SlotGenerator:
             e for e, (r, n) in enumerate(zip(reading, counts, strict=True)) if n == len(r.prompt)
         ]
         if ends:
-            rows = [reading[e] for e in ends]
-            if len(ends) == 1:
-                last = logits[ends[0], counts[ends[0]] - 1][None]
+            at = [e for e in ends for _ in reading[e].starting]
+            rows, tokens = self._split([reading[e] for e in ends])
+            if len(at) == 1:
+                last = logits[at[0], counts[at[0]] - 1][None]
             else:
-                last = logits[mx.array(ends), mx.array([counts[e] - 1 for e in ends])]
-            read = mx.array([r.prompt[-1] for r in rows], dtype=mx.uint32)
+                last = logits[mx.array(at), mx.array([counts[e] - 1 for e in at])]
+            read = mx.array(tokens, dtype=mx.uint32)
             sampled, scores, context = self._pick(last, read, rows)
             self._pending.set([r.slot for r in rows], sampled, scores)
             mx.async_eval(sampled, context, *arrays_of(scores), self.slots.arrays())
@@ -351,6 +381,24 @@ class SlotGenerator:
             mx.async_eval(self.slots.arrays())
         self.counters.prompt_time += time.perf_counter() - tic
         return self._took(reading, counts)
+
+    def _split(self, ends: list[Row]) -> tuple[list[Row], list[int]]:
+        """Rows whose prompts the pass just built reads to their end, each followed by its
+        followers (the request's other choices): those take a slot each, with a copy of the
+        prompt's cache, and decode. The rows, and the prompt's last token for each."""
+        rows, last = [], []
+        for row in ends:
+            prompt = row.history + row.prompt
+            rows.append(row)
+            for follower in row.followers:
+                follower.slot = self.slots.take()
+                self.slots.copy(row.slot, follower.slot, len(prompt))
+                follower.history = list(prompt)
+                self._decoding[follower.slot] = follower
+                rows.append(follower)
+            last.extend([prompt[-1]] * len(row.starting))
+            row.followers = []
+        return rows, last
 
     def _took(self, reading: list[Row], counts: list[int]) -> list[Read]:
         """The chunks a forward pass read: their rows move on; rows read to the end decode."""

@@ -54,6 +54,14 @@ class Row:
     context: TokenBuffer | None = None  # the processors' view of the tokens so far
     slot: int = -1
     generated: int = 0
+    # Other choices of the same request: they start from this row's cache once its prompt
+    # is read (each with a copy of its slot), sampling their first tokens from the same logits.
+    followers: list[Row] = field(default_factory=list)
+
+    @property
+    def starting(self) -> list[Row]:
+        """The rows that start decoding when this row's prompt is read."""
+        return [self, *self.followers]
 
 
 @dataclass

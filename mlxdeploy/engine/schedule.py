@@ -9,8 +9,9 @@ prompts are read chunk by chunk, oldest first, each chunk at most `Limits.chunk`
 of a step's chunks at most `Limits.budget` tokens.
 
 The plan never looks at a clock: ranks of a distributed model replay the same inputs and get
-the same plans (peers.py). The n choices of one request, warm-up rounds and prefix-cache hits
-are ordinary waiting prompts (with fewer tokens to read).
+the same plans (peers.py). The n choices of one request are one waiting prompt that needs n
+rows; warm-up rounds and prefix-cache hits are ordinary waiting prompts (a hit has fewer
+tokens to read).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Waiting:
     uid: int
     tokens: int
     arrived: int
+    rows: int = 1  # the choices that start from it (a request's n)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Reading:
 
     uid: int
     left: int
+    rows: int = 1
 
 
 @dataclass(frozen=True)
@@ -61,22 +64,36 @@ def plan(
     limits: Limits,
 ) -> Plan:
     """The plan of the step after `steps` decode steps, with `decoding` rows running."""
-    admit = _admit(steps, decoding, len(reading), waiting, limits)
+    admit = _admit(steps, decoding, reading, waiting, limits)
     taken = {w.uid: w.tokens for w in waiting if w.uid in admit}
     queue = [(r.uid, r.left) for r in reading] + [(uid, taken[uid]) for uid in admit]
     return Plan(decoding > 0, admit, _chunks(queue, limits))
 
 
 def _admit(
-    steps: int, decoding: int, reading: int, waiting: Sequence[Waiting], limits: Limits
+    steps: int,
+    decoding: int,
+    reading: Sequence[Reading],
+    waiting: Sequence[Waiting],
+    limits: Limits,
 ) -> tuple[int, ...]:
-    room = min(limits.group - reading, limits.rows - decoding - reading)
-    n = min(room, len(waiting))
-    if n <= 0:
+    """The waiting prompts to admit now, oldest first, while their rows fit (class docstring).
+    A prompt with more choices than the engine has rows is admitted alone, into an idle one."""
+    rows = decoding + sum(r.rows for r in reading)
+    group = limits.group - len(reading)
+    taken: list[int] = []
+    for w in waiting[: max(0, group)]:
+        if rows + w.rows > limits.rows and rows > 0:
+            break
+        taken.append(w.uid)
+        rows += w.rows
+    if not taken:
         return ()
+    # A whole group, or no more could come in.
+    full = len(taken) == group or len(taken) < len(waiting) or rows >= limits.rows
     waited = steps - waiting[0].arrived
-    if decoding == 0 or reading > 0 or n >= room or waited >= limits.wait_steps:
-        return tuple(w.uid for w in waiting[:n])
+    if decoding == 0 or reading or full or waited >= limits.wait_steps:
+        return tuple(taken)
     return ()
 
 

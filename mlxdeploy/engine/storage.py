@@ -128,6 +128,15 @@ class Slots:
             out.append(own)
         return out
 
+    def copy(self, source: int, target: int, length: int) -> None:
+        """The first `length` positions of slot `source` into slot `target` (copied out and
+        computed first: a write from the store into itself would copy the whole store)."""
+        parts = [cache.copy(source, length) for cache in self.caches]
+        mx.eval(parts)
+        for cache, (keys, values) in zip(self.caches, parts, strict=True):
+            cache.place(target, keys, values)
+        self.lengths[target] = length
+
     def write(self, slot: int, prefix: Sequence[Any]) -> None:
         """mlx-lm's caches of a prompt's start (from the prefix cache) into `slot`."""
         length = prefix[0].offset

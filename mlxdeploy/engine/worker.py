@@ -304,6 +304,9 @@ class Worker:
         live = [job for job in jobs if not (recheck and job.cancelled)]
         if not live:
             return
+        if isinstance(self._generator, SlotGenerator):  # read once by the schedule itself
+            self._insert_shared(live)
+            return
         try:
             shared, cached = self._prefill(live[0].prompt)
         except Exception as exc:
@@ -340,9 +343,37 @@ class Worker:
             log.exception("admitting a request failed")
             self._deliver([(job.sink, Failed(f"generation failed: {exc}"))])
 
-    def _insert(self, job: Job, shared: list[Any] | None = None) -> None:
-        """`shared`: a cache of the prompt but its last token, copied for this job."""
-        assert self._generator is not None
+    def _insert_shared(self, jobs: list[Job]) -> None:
+        """Choices whose prompt the generator reads once (`shared`)."""
+        assert isinstance(self._generator, SlotGenerator)
+        chosen: list[tuple[Job, Any, list[Any]]] = []
+        for job in jobs:
+            try:
+                chosen.append((job, *self._prepare(job)))
+            except PromptRejected as exc:
+                self._deliver([(job.sink, Failed(str(exc)))])
+        if not chosen:
+            return
+        prompt, n = chosen[0][0].prompt, len(chosen)
+        cache, rest = self._fetch_cache(prompt)
+        uids = self._generator.insert_segments(
+            [[rest]] * n,
+            max_tokens=[job.params.max_tokens for job, _, _ in chosen],
+            caches=[cache] * n if cache is not None else None,
+            all_tokens=[prompt[: len(prompt) - len(rest)]] * n,
+            samplers=[sampler for _, sampler, _ in chosen],
+            logits_processors=[processors for _, _, processors in chosen],
+            stop_sequences=[self._stop_sequences] * n,
+            logprobs=[job.params.logprobs for job, _, _ in chosen],
+            shared=True,
+        )
+        for (job, _, _), uid in zip(chosen, uids, strict=True):
+            job.uid, job.cached_tokens = uid, len(prompt) - len(rest)
+            self._jobs[uid] = job
+            self._count_prompt(job)
+
+    def _prepare(self, job: Job) -> tuple[Any, list[Any]]:
+        """The job's sampler and logits processors; its thinking, guide and tool-call readers."""
         p = job.params  # choose first: it may reject the request before the cache is touched
         sampler, processors = self._samplers.choose(p, self._vocabulary)
         fmt, gate = self._thinking, None
@@ -357,6 +388,13 @@ class Worker:
             processors = [*processors, job.guide]
         if p.tools is not None and self._tool_format is not None:
             job.calls = CallSplitter(self._tool_format, p.tools.tools)
+        return sampler, processors
+
+    def _insert(self, job: Job, shared: list[Any] | None = None) -> None:
+        """`shared`: a cache of the prompt but its last token, copied for this job."""
+        assert self._generator is not None
+        p = job.params
+        sampler, processors = self._prepare(job)
         if shared is None:
             cache, rest = self._fetch_cache(job.prompt)
             job.cached_tokens = len(job.prompt) - len(rest)

@@ -43,7 +43,7 @@ def test_ready_text_is_joined_for_a_reader_that_fell_behind() -> None:
     """What is queued when the reader comes back goes out as one piece per choice and run of
     text; other events keep their place, and the text joins to the same answer."""
     from mlxdeploy.engine.api import Finished, Text, TokenLogprob
-    from mlxdeploy.engine.engine import take_ready
+    from mlxdeploy.engine.choices import take_ready
 
     a, b = TokenLogprob("a", b"a", -0.1, ()), TokenLogprob("b", b"b", -0.2, ())
     queued = [

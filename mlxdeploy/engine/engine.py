@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import logging
 import os
 import threading
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +23,19 @@ from .api import (
     Finished,
     Heartbeat,
     Prompt,
-    PromptRejected,
     RequestInfo,
-    RequestState,
     RoleOverride,
     SamplingParams,
-    Text,
     ToolUse,
     Turn,
 )
+from .choices import ChoiceSink, choice_params, request_info, take_ready
 from .faults import FaultPlan
-from .harmony import HarmonyTokens
+from .formats import Formats
 from .job import Job, Sink
 from .peers import LostRank, Order, Peers
-from .prompt import encode_chat, system_boundary
-from .reasoning import ThinkingFormat, ThinkTags
 from .sampling import Vocabulary
 from .text import Decode, TextStream, fast_decode
-from .tool_formats import ToolFormat, infer_format, load_format
 from .warmup import Discard, conversations, default_params
 from .warmup import rounds as warmup_rounds
 from .weights.loader import ModelLoadError, load_model
@@ -80,9 +73,7 @@ class MLXEngine:
         self._worker: Worker | None = None
         self._tokenizer: Any = None
         self._decode: Decode = str  # the tokenizer's decode, once loaded
-        self._use_template = False
-        self._tool_format: ToolFormat | None = None
-        self._thinking: ThinkingFormat | None = None
+        self.formats: Formats | None = None  # once loaded
         self.context_length: int | None = None
         self.vocab_size: int | None = None
         self._live: set[Job] = set()  # requests being streamed; touched on the event loop only
@@ -173,9 +164,7 @@ class MLXEngine:
             self._tokenizer.chat_template = self.model.chat_template
         self._decode = fast_decode(self._tokenizer)
         try:
-            self._use_template = self._choose_format()
-            self._tool_format = self._choose_tool_format()
-            self._thinking = _thinking_format(self._tokenizer) if self._use_template else None
+            self.formats = Formats.of(self._tokenizer, self.model)
         except (ValueError, ImportError) as exc:
             self._fail(str(exc))
             return
@@ -189,7 +178,8 @@ class MLXEngine:
             return
         self._state = "ready"
         self._loaded.set()
-        thinks = f", thinks in {self._thinking.name}" if self._thinking is not None else ""
+        thinking = self.formats.thinking
+        thinks = f", thinks in {thinking.name}" if thinking is not None else ""
         log.info("model %s ready (%s%s)", self.model_id, self.prompt_format, thinks)
         try:
             self._worker.run()
@@ -213,7 +203,8 @@ class MLXEngine:
             self._warm_up(worker)
 
     def _new_worker(self, model: Any, fault: FaultPlan | None) -> Worker:
-        peers, tools, thinking = self._peers, self._tool_format, self._thinking
+        assert self.formats is not None
+        peers, tools, thinking = self._peers, self.formats.tool_format, self.formats.thinking
         if peers is None or peers.leader:
             return Worker(
                 model, self._tokenizer, self.settings, self._deliver, fault, tools, peers,
@@ -264,28 +255,13 @@ class MLXEngine:
         self._loaded.set()
         log.error("%s", message)
 
-    def _choose_format(self) -> bool:
-        has_template = bool(getattr(self._tokenizer, "chat_template", None))
-        mode = self.model.prompt_format
-        if mode == "chat_template" and not has_template:
-            raise ValueError(
-                f"prompt_format is chat_template but model '{self.model.model}' has no chat "
-                "template; set prompt_format: role_mapping"
-            )
-        return has_template and mode != "role_mapping"
-
-    def _choose_tool_format(self) -> ToolFormat | None:
-        if self.model.tool_parser is not None:
-            return load_format(self.model.tool_parser)
-        return infer_format(self._tokenizer) if self._use_template else None
-
     @property
     def thinks(self) -> bool:
-        return self._thinking is not None
+        return self.formats is not None and self.formats.thinking is not None
 
     @property
     def prompt_format(self) -> str:
-        return "chat template" if self._use_template else "role mapping"
+        return "role mapping" if self.formats is None else self.formats.name
 
     def _deliver(self, items: list[tuple[Sink, Event]]) -> None:
         assert self._loop is not None
@@ -299,57 +275,14 @@ class MLXEngine:
         tools: ToolUse | None = None,
         template_args: Mapping[str, Any] | None = None,
     ) -> Prompt:
-        if tools is not None:
-            self._check_tools(role_override, tools)
-        tokens = encode_chat(
-            self._tokenizer,
-            turns,
-            mapping=self.model.role_mapping,
-            override=role_override,
-            use_template=self._use_template,
-            tools=() if tools is None else tools.tools,
-            template_args=template_args or {},
-        )
-        if not tokens:
-            raise PromptRejected("the prompt is empty after formatting")
+        assert self.formats is not None, "prompts are prepared once the model is loaded"
         # Where the system prompt ends matters only where the prefix cache keeps snapshots.
-        snapshots = self._worker is not None and self._worker.snapshots
-        if not snapshots or not self._use_template or role_override is not None:
-            return Prompt(tokens)
-        use = () if tools is None else tools.tools
-        args = template_args or {}
-        return Prompt(tokens, system_boundary(self._tokenizer, turns, tokens, use, args))
-
-    def _check_tools(self, role_override: RoleOverride | None, use: ToolUse) -> None:
-        """Tools need a chat template that renders them and a format to read calls in."""
-        channels = isinstance(self._thinking, HarmonyTokens)  # calls are messages of their own
-        if self._tool_format is None and not channels:
-            raise PromptRejected(
-                f"model '{self.model_id}' has no tool-call format: its chat template does not "
-                "render tools; set tool_parser and a chat_template that renders tools in the "
-                "spec (e.g. tool_parser: json_tools, chat_template: templates/chatml-tools.jinja)",
-                param="tools",
-            )
-        if not self._use_template or role_override is not None:
-            raise PromptRejected(
-                f"tools need the chat template, and model '{self.model_id}' is served "
-                "with a role mapping here; leave out role_mapping or set prompt_format: auto",
-                param="tools",
-            )
-        if use.choice != "auto" and (self._tool_format is None or self._tool_format.shape is None):
-            written = "harmony" if self._tool_format is None else self._tool_format.name
-            raise PromptRejected(
-                f"tool_choice '{use.choice}' needs a call format that can be constrained "
-                f"(json_tools or mistral); model '{self.model_id}' writes calls as "
-                f"{written}; send tool_choice auto",
-                param="tool_choice",
-            )
+        boundary = self._worker is not None and self._worker.prefixes.snapshots
+        return self.formats.prepare(turns, role_override, tools, template_args, boundary)
 
     def prepare_text(self, text: str) -> Prompt:
-        tokens = list(self._tokenizer.encode(text))
-        if not tokens:
-            raise PromptRejected("the prompt is empty")
-        return Prompt(tokens)
+        assert self.formats is not None, "prompts are prepared once the model is loaded"
+        return self.formats.prepare_text(text)
 
     async def generate(
         self, prompt: Prompt, params: SamplingParams, label: str = ""
@@ -370,7 +303,8 @@ class MLXEngine:
             return
         queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         jobs = [
-            self._job(prompt, _choice(params, i), ChoiceSink(queue, i), label) for i in range(n)
+            self._job(prompt, choice_params(params, i), ChoiceSink(queue, i), label)
+            for i in range(n)
         ]
         self._worker.submit(jobs[0] if n == 1 else tuple(jobs))
         self._live.update(jobs)
@@ -422,69 +356,6 @@ class MLXEngine:
         if state == "stopped":  # nothing would ever read the request
             return "the model has stopped serving"
         return None
-
-
-@dataclass(frozen=True)
-class ChoiceSink:
-    """Where one choice's events go: its request's queue, tagged with the choice's index."""
-
-    queue: asyncio.Queue[tuple[int, Event]]
-    index: int
-
-    def put_nowait(self, event: Event) -> None:
-        self.queue.put_nowait((self.index, event))
-
-
-def take_ready(
-    queue: asyncio.Queue[tuple[int, Event]], ready: collections.deque[tuple[int, Event]]
-) -> None:
-    """Move every event already queued into `ready`, joining a choice's consecutive text
-    pieces into one: a reader that fell behind (a slow client, a busy loop) gets one event,
-    and one chunk on the wire, for all the text that is ready, not one per token."""
-    while True:
-        try:
-            index, event = queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return
-        last = ready[-1][1] if ready and ready[-1][0] == index else None
-        if isinstance(last, Text) and isinstance(event, Text):
-            ready[-1] = (index, Text(last.text + event.text, last.logprobs + event.logprobs))
-        else:
-            ready.append((index, event))
-
-
-PROGRESS: tuple[RequestState, ...] = ("queued", "prefill", "decoding")
-
-
-def request_info(jobs: Sequence[Job], now: float) -> RequestInfo:
-    """One request's choices as one entry, as far along as its furthest choice."""
-    return RequestInfo(
-        label=jobs[0].label,
-        state=max((_request_state(job) for job in jobs), key=PROGRESS.index),
-        age_seconds=now - min(job.created for job in jobs),
-        prompt_tokens=len(jobs[0].prompt),
-        completion_tokens=sum(job.completion_tokens for job in jobs),
-        choices=len(jobs),
-    )
-
-
-def _request_state(job: Job) -> RequestState:
-    if job.completion_tokens:
-        return "decoding"
-    return "prefill" if job.reading else "queued"
-
-
-def _choice(params: SamplingParams, index: int) -> SamplingParams:
-    if index == 0 or params.seed is None:
-        return params
-    return dataclasses.replace(
-        params, seed=(params.seed + index + (1 << 63)) % (1 << 64) - (1 << 63)
-    )
-
-
-def _thinking_format(tokenizer: Any) -> ThinkingFormat | None:
-    """How the model writes its thinking: tags (as mlx-lm finds them), gpt-oss's channels."""
-    return ThinkTags.of(tokenizer) or HarmonyTokens.of(tokenizer)
 
 
 def _nowhere(items: list[tuple[Sink, Event]]) -> None:

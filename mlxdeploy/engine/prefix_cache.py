@@ -18,7 +18,9 @@ from mlx_lm.models.cache import (
     PromptTrie,
     PromptTrieResult,
     QuantizedKVCache,
+    can_trim_prompt_cache,
     make_prompt_cache,
+    trim_prompt_cache,
 )
 
 from .mlx_lm_internals import TRIE_ENTRY, trie_roots, use_trie
@@ -69,3 +71,41 @@ def keeps_snapshots(model: Any, budget: int) -> bool:
     on those models a cached longer prompt is no use to a request that shares only its start."""
     plain = all(isinstance(c, KVCache | QuantizedKVCache) for c in make_prompt_cache(model))
     return budget > 0 and not plain
+
+
+class Prefixes:
+    """One model's prefix cache as the generation thread uses it: the cache of a prompt's
+    longest cached start, the caches of answers and snapshots kept, within a byte budget."""
+
+    def __init__(self, model: Any, entries: int, budget: int, bounded: bool = True):
+        """`bounded`: trim to the byte budget after each insert (ranks of a distributed model
+        hold shares of different sizes: their entry count bounds them alike)."""
+        self.entries, self.budget, self.bounded = entries, budget, bounded
+        self.cache = PrefixCache(entries)
+        # The cache keeps snapshots while prompts are read (`keeps_snapshots`).
+        self.snapshots = keeps_snapshots(model, budget)
+
+    def clear(self) -> None:
+        self.cache = PrefixCache(self.entries)
+
+    def fetch(self, prompt: list[int]) -> tuple[list[Any] | None, list[int]]:
+        """The cache of the longest cached start of `prompt` (None: none), and the tokens
+        still to read (at least the last: its logits give the first token)."""
+        if self.budget <= 0:
+            return None, prompt
+        cache, rest = self.cache.fetch_nearest_cache(0, prompt)
+        if cache is None:
+            return None, prompt
+        if not rest:  # the whole prompt is cached: recompute its last token for the logits
+            if not can_trim_prompt_cache(cache):
+                return None, prompt
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        return cache, rest
+
+    def store(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
+        if self.budget <= 0 or not tokens or cache is None:
+            return
+        self.cache.insert_cache(0, list(tokens), cache)
+        if self.bounded:
+            self.cache.trim_to(n_bytes=self.budget)

@@ -1,14 +1,14 @@
 """The generation thread of one model: the only thread that touches that model's MLX state
 (several models have one thread each; MLX keeps default streams and random state per thread).
 
-Requests arrive through a thread-safe inbox and join a running batch (mlx-lm's BatchGenerator:
-continuous batching); each decode step's events for every request are handed back to the
-event loop in one call. Cancelled requests leave the batch before the next step.
+Requests arrive through a thread-safe inbox and join a running batch (continuous batching: the
+generation loop `loops.py` chooses, entered through `admission.py`); each step's events for
+every request are handed back to the event loop in one call. Cancelled requests leave the batch
+before the next step.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import queue
 import threading
@@ -18,14 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.generate import StopSequences
-from mlx_lm.models.cache import (
-    can_trim_prompt_cache,
-    make_prompt_cache,
-    trim_prompt_cache,
-)
 
 from ..spec.settings import EngineSettings
+from .admission import Admission
 from .api import (
     EngineStats,
     Event,
@@ -33,17 +28,13 @@ from .api import (
     Progress,
     PromptRejected,
 )
-from .batch import FastBatchGenerator
-from .constraints import Grammars
 from .faults import FaultPlan
-from .generator import UNPADDED, SlotGenerator, family, plain_attention
+from .generator import SlotGenerator
 from .job import Job, Sink
-from .mixed import MIXABLE
+from .loops import Generator, Loop
 from .peers import LostRank, Order, Peers, Tick
-from .prefix_cache import PrefixCache, keeps_snapshots
+from .prefix_cache import Prefixes
 from .reasoning import ThinkingFormat
-from .sampling import SamplerCache, Vocabulary
-from .tool_calls import CallSplitter
 from .tool_formats import ToolFormat
 
 log = logging.getLogger("mlxdeploy.engine")
@@ -90,38 +81,18 @@ class Worker:
         self._inbox: queue.SimpleQueue[Job | Choices | None] = queue.SimpleQueue()
         self._cancelled: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._jobs: dict[int, Job] = {}
-        self._samplers = SamplerCache()
-        self._vocabulary = Vocabulary.of(model, tokenizer)
-        self._grammars = Grammars(tokenizer, self._vocabulary.size)
-        self._prompt_cache = PrefixCache(settings.prompt_cache_entries)
-        # The prefix cache keeps snapshots while prompts are read (`keeps_snapshots`).
-        self.snapshots = keeps_snapshots(model, settings.prompt_cache_bytes)
         self._stop = threading.Event()
-        stops = set(tokenizer.eos_token_ids) | set(thinking.stops if thinking else ())
-        self._stop_sequences = StopSequences([[t] for t in sorted(stops)])
-        self._generator: FastBatchGenerator | SlotGenerator | None = None
-        # Plain attention runs on mlxdeploy's own loop; other caches on mlx-lm's batch caches.
-        self.slotted = plain_attention(model)
-        if not self.slotted:
-            log.info(
-                "%s keeps caches other than plain keys and values: its batches run on "
-                "mlx-lm's batch caches, prompts read in calls of their own",
-                family(model),
-            )
-        # Prompt chunks ride in decode steps where the family allows it (engine/mixed.py);
-        # ranks of a distributed model read them in calls of their own.
-        self.mixes = self.slotted and peers is None and family(model) in MIXABLE
-        if self.slotted and not self.mixes:
-            log.info("%s reads prompts in calls of their own, between decode steps", family(model))
-        self.prefill_group = settings.prefill_batch_size
-        if family(model) in UNPADDED:
-            log.info("%s reads each prompt unpadded, in calls of its own", family(model))
-            self.prefill_group = 1
+        self.loop = Loop.of(model, settings, distributed=peers is not None)
+        self._generator: Generator | None = None
+        self.prefixes = Prefixes(
+            model, settings.prompt_cache_entries, settings.prompt_cache_bytes, peers is None
+        )
+        self.admission = Admission(
+            model, tokenizer, self.prefixes, settings.prefill_step_size, tool_format, thinking
+        )
         self._fault = fault
-        self._tool_format = tool_format
         self._peers = peers
         self._make_job = make_job
-        self._thinking = thinking
         self.turned: float | None = None  # when the last lockstep turn ended (peers.py)
         self.counters = Counters()
 
@@ -228,19 +199,9 @@ class Worker:
                 log.exception("closing the failed batch generator")
         self._generator = self._new_generator()
 
-    def _new_generator(self) -> FastBatchGenerator | SlotGenerator:
-        s = self.settings
-        schedule: dict[str, Any] = {
-            "completion_batch_size": s.max_batch_size,
-            "prefill_batch_size": self.prefill_group,
-            "prefill_step_size": s.prefill_step_size,
-            "prefill_wait_steps": s.prefill_wait_steps,
-            "agree": self._peers.agree if self._peers is not None else None,
-        }
-        if self.slotted:
-            return SlotGenerator(self.model, mix=self.mixes, **schedule)
-        stream = mx.default_stream(mx.default_device())
-        return FastBatchGenerator(self.model, stream=stream, **schedule)
+    def _new_generator(self) -> Generator:
+        agree = self._peers.agree if self._peers is not None else None
+        return self.loop.generator(self.model, self.settings, agree)
 
     def warm_up(self, rounds: list[list[Job]]) -> list[Event]:
         """Run the rounds' jobs to their end, before `run` (engine/warmup.py says why): each
@@ -263,7 +224,7 @@ class Worker:
         finally:
             generator.close()
             self._deliver, self._jobs, self._generator = deliver, {}, None
-            self._prompt_cache = PrefixCache(self.settings.prompt_cache_entries)
+            self.prefixes.clear()
             self.counters = Counters()
         return events
 
@@ -308,7 +269,7 @@ class Worker:
             self._insert_shared(live)
             return
         try:
-            shared, cached = self._prefill(live[0].prompt)
+            shared, cached = self.admission.prefill(live[0].prompt)
         except Exception as exc:
             if self._peers is not None:  # the ranks' caches may no longer agree
                 raise
@@ -319,22 +280,10 @@ class Worker:
             job.cached_tokens = cached
             self._insert_or_fail(job, shared)
 
-    def _prefill(self, prompt: list[int]) -> tuple[list[Any], int]:
-        """A cache holding all of `prompt` but its last token (the prefix cache's part
-        reused), and how many tokens came from the prefix cache."""
-        cache, rest = self._fetch_cache(prompt)
-        cached = len(prompt) - len(rest)
-        if cache is None:
-            cache = make_prompt_cache(self.model)
-        todo, step = rest[:-1], self.settings.prefill_step_size
-        for at in range(0, len(todo), step):
-            self.model(mx.array(todo[at : at + step])[None], cache=cache)
-            mx.eval([c.state for c in cache])
-        return cache, cached
-
     def _insert_or_fail(self, job: Job, shared: list[Any] | None = None) -> None:
+        assert self._generator is not None
         try:
-            self._insert(job, shared)
+            self.admission.insert(self._generator, job, shared)
         except PromptRejected as exc:  # the API checks schemas first; this is the backstop
             self._deliver([(job.sink, Failed(str(exc)))])
         except Exception as exc:  # only this request fails; the batch goes on
@@ -342,87 +291,31 @@ class Worker:
                 raise
             log.exception("admitting a request failed")
             self._deliver([(job.sink, Failed(f"generation failed: {exc}"))])
+        else:
+            self._track(job)
 
     def _insert_shared(self, jobs: list[Job]) -> None:
-        """Choices whose prompt the generator reads once (`shared`)."""
-        assert isinstance(self._generator, SlotGenerator)
+        """Choices whose prompt the generator reads once."""
+        assert self._generator is not None
         chosen: list[tuple[Job, Any, list[Any]]] = []
         for job in jobs:
             try:
-                chosen.append((job, *self._prepare(job)))
+                chosen.append((job, *self.admission.prepare(job)))
             except PromptRejected as exc:
                 self._deliver([(job.sink, Failed(str(exc)))])
-        if not chosen:
-            return
-        prompt, n = chosen[0][0].prompt, len(chosen)
-        cache, rest = self._fetch_cache(prompt)
-        uids = self._generator.insert_segments(
-            [[rest]] * n,
-            max_tokens=[job.params.max_tokens for job, _, _ in chosen],
-            caches=[cache] * n if cache is not None else None,
-            all_tokens=[prompt[: len(prompt) - len(rest)]] * n,
-            samplers=[sampler for _, sampler, _ in chosen],
-            logits_processors=[processors for _, _, processors in chosen],
-            stop_sequences=[self._stop_sequences] * n,
-            logprobs=[job.params.logprobs for job, _, _ in chosen],
-            shared=True,
-        )
-        for (job, _, _), uid in zip(chosen, uids, strict=True):
-            job.uid, job.cached_tokens = uid, len(prompt) - len(rest)
-            self._jobs[uid] = job
-            self._count_prompt(job)
+        if chosen:
+            self.admission.insert_shared(self._generator, chosen)
+            for job, _, _ in chosen:
+                self._track(job)
 
-    def _prepare(self, job: Job) -> tuple[Any, list[Any]]:
-        """The job's sampler and logits processors; its thinking, guide and tool-call readers."""
-        p = job.params  # choose first: it may reject the request before the cache is touched
-        sampler, processors = self._samplers.choose(p, self._vocabulary)
-        fmt, gate = self._thinking, None
-        if fmt is not None:
-            gate = fmt.gate(job.prompt)
-            if p.thinking_budget is not None:
-                processors = [*processors, fmt.budget(p.thinking_budget, job.prompt)]
-        job.guide = self._grammars.guide(p, self._tool_format, gate)
-        if fmt is not None and p.thinking_apart and (job.guide is None or gate is not None):
-            job.thought = fmt.splitter(job.prompt, job.text.detokenizer.decode)
-        if job.guide is not None:  # last: the mask is the final word on what may come next
-            processors = [*processors, job.guide]
-        if p.tools is not None and self._tool_format is not None:
-            job.calls = CallSplitter(self._tool_format, p.tools.tools)
-        return sampler, processors
-
-    def _insert(self, job: Job, shared: list[Any] | None = None) -> None:
-        """`shared`: a cache of the prompt but its last token, copied for this job."""
-        assert self._generator is not None
-        p = job.params
-        sampler, processors = self._prepare(job)
-        if shared is None:
-            cache, rest = self._fetch_cache(job.prompt)
-            job.cached_tokens = len(job.prompt) - len(rest)
-        else:
-            cache, rest = copy.deepcopy(shared), job.prompt[-1:]
-        (job.uid,) = self._generator.insert_segments(
-            [self._segments(job, rest)],
-            max_tokens=[p.max_tokens],
-            caches=[cache] if cache is not None else None,
-            all_tokens=[job.prompt[: len(job.prompt) - len(rest)]],
-            samplers=[sampler],
-            logits_processors=[processors],
-            stop_sequences=[self._stop_sequences],
-            logprobs=[p.logprobs],
-        )
+    def _track(self, job: Job) -> None:
+        """An inserted job: its events come from the generator's steps."""
         self._jobs[job.uid] = job
-        self._count_prompt(job)
-
-    def _segments(self, job: Job, rest: list[int]) -> list[list[int]]:
-        """The prompt's tokens still to read, split where the prefix cache keeps snapshots
-        (mlx-lm reads the last token as a segment of its own: the prompt's end is one)."""
-        read = len(job.prompt) - len(rest)
-        ends = (job.boundary, len(job.prompt) - 1) if self.snapshots else ()
-        job.snapshots = [end for end in ends if read < end]
-        split = job.boundary - read
-        if job.snapshots and job.snapshots[0] == job.boundary and split < len(rest) - 1:
-            return [rest[:split], rest[split:]]
-        return [rest]
+        c = self.counters
+        c.prompt_tokens += len(job.prompt)
+        if job.cached_tokens:
+            c.prefix_cache_hits += 1
+            c.cached_tokens += job.cached_tokens
 
     def _keep_snapshot(self, job: Job) -> None:
         """The cache at the end of the segment just read, as an entry of the prefix cache."""
@@ -432,27 +325,7 @@ class Worker:
         if found is not None:
             cache = found[0]
             mx.eval([c.state for c in cache])  # a copy of its own, not a view of the batch's
-            self._store_cache(job.prompt[:end], cache)
-
-    def _count_prompt(self, job: Job) -> None:
-        c = self.counters
-        c.prompt_tokens += len(job.prompt)
-        if job.cached_tokens:
-            c.prefix_cache_hits += 1
-            c.cached_tokens += job.cached_tokens
-
-    def _fetch_cache(self, prompt: list[int]) -> tuple[list[Any] | None, list[int]]:
-        if self.settings.prompt_cache_bytes <= 0:
-            return None, prompt
-        cache, rest = self._prompt_cache.fetch_nearest_cache(0, prompt)
-        if cache is None:
-            return None, prompt
-        if not rest:  # the whole prompt is cached: recompute its last token for the logits
-            if not can_trim_prompt_cache(cache):
-                return None, prompt
-            trim_prompt_cache(cache, 1)
-            rest = prompt[-1:]
-        return cache, rest
+            self.prefixes.store(job.prompt[:end], cache)
 
     def _take_cancelled(self) -> list[Job]:
         taken: list[Job] = []
@@ -500,19 +373,11 @@ class Worker:
                 if r.finish_reason is None:
                     finished_early.append(r.uid)
                 else:
-                    self._store_cache(r.all_tokens, r.prompt_cache)
+                    self.prefixes.store(r.all_tokens, r.prompt_cache)
         if finished_early:
             self._generator.remove(finished_early)
         if out:
             self._deliver(out)
-
-    def _store_cache(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
-        budget = self.settings.prompt_cache_bytes
-        if budget <= 0 or not tokens or cache is None:
-            return
-        self._prompt_cache.insert_cache(0, list(tokens), cache)
-        if self._peers is None:  # ranks' shares differ in bytes (pipeline): entries bound them
-            self._prompt_cache.trim_to(n_bytes=budget)
 
     def fail_all(self, message: str) -> None:
         """Fail every request, waiting ones included; for the end of the generation thread."""

@@ -1,0 +1,71 @@
+"""Which generation loop runs a model, and with what schedule.
+
+Models whose every layer holds plain keys and values run on mlxdeploy's own loop
+(`generator.py`, slot storage); where their family's decoder layers allow it, prompt chunks
+ride in the decode steps (`mixed.py`). Models with other caches (sliding windows, linear
+attention, state-space layers) batch through mlx-lm's batch caches (`batch.py`), prompts read in
+calls of their own. The choice is logged once, when the model's generation thread starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+
+from ..spec.settings import EngineSettings
+from .batch import FastBatchGenerator
+from .generator import UNPADDED, SlotGenerator, family, plain_attention
+from .mixed import MIXABLE
+
+log = logging.getLogger("mlxdeploy.engine")
+
+Generator = FastBatchGenerator | SlotGenerator
+
+
+@dataclass(frozen=True)
+class Loop:
+    slotted: bool  # mlxdeploy's own loop
+    mixes: bool  # prompt chunks read inside decode steps
+    prefill_group: int  # most prompts read together
+
+    @classmethod
+    def of(cls, model: Any, settings: EngineSettings, distributed: bool) -> Loop:
+        name = family(model)
+        slotted = plain_attention(model)
+        # Ranks of a distributed model read prompts in calls of their own.
+        mixes = slotted and not distributed and name in MIXABLE
+        group = 1 if name in UNPADDED else settings.prefill_batch_size
+        if not slotted:
+            log.info(
+                "%s keeps caches other than plain keys and values: its batches run on "
+                "mlx-lm's batch caches, prompts read in calls of their own",
+                name,
+            )
+        elif not mixes:
+            log.info("%s reads prompts in calls of their own, between decode steps", name)
+        if name in UNPADDED:
+            log.info("%s reads each prompt unpadded, in calls of its own", name)
+        return cls(slotted, mixes, group)
+
+    def generator(
+        self,
+        model: Any,
+        settings: EngineSettings,
+        agree: Callable[[mx.array], mx.array] | None,
+    ) -> Generator:
+        s = settings
+        schedule: dict[str, Any] = {
+            "completion_batch_size": s.max_batch_size,
+            "prefill_batch_size": self.prefill_group,
+            "prefill_step_size": s.prefill_step_size,
+            "prefill_wait_steps": s.prefill_wait_steps,
+            "agree": agree,
+        }
+        if self.slotted:
+            return SlotGenerator(model, mix=self.mixes, **schedule)
+        stream = mx.default_stream(mx.default_device())
+        return FastBatchGenerator(model, stream=stream, **schedule)

@@ -16,7 +16,7 @@ from mlx.utils import tree_map_with_path
 from mlx_lm.generate import generate_step
 
 from mlxdeploy.engine.batch import FastBatchGenerator
-from mlxdeploy.engine.generator import UNPADDED, SlotGenerator, plain_attention
+from mlxdeploy.engine.generator import UNPADDED, SlotGenerator, slot_caches
 from mlxdeploy.engine.sampling import greedy
 
 VOCAB = 512
@@ -97,7 +97,7 @@ def _batched(
     family: str, model: Any, prompts: list[list[int]], lengths: list[int]
 ) -> list[list[int]]:
     """Half the prompts at once, the rest while those decode."""
-    kind = SlotGenerator if plain_attention(model) else FastBatchGenerator
+    kind = SlotGenerator if slot_caches(model) else FastBatchGenerator
     group = 1 if family in UNPADDED else 2  # as the worker reads them
     generator = kind(model, completion_batch_size=8, prefill_batch_size=group, prefill_step_size=16)
     half = len(prompts) // 2

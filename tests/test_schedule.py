@@ -54,3 +54,11 @@ def test_a_request_with_n_choices_needs_n_rows() -> None:
     many = [Waiting(1, 20, arrived=0, rows=12)]
     assert plan(0, 0, [], many, LIMITS).admit == (1,)
     assert plan(0, 1, [], many, LIMITS) == Plan(decode=True)
+
+
+def test_no_chunk_crosses_the_end_of_a_segment() -> None:
+    """The prefix cache keeps the cache where a segment ends (a system prompt's end)."""
+    reading = [Reading(1, 300, until=40), Reading(2, 300)]
+    assert plan(0, 0, reading, [], LIMITS).chunks == ((1, 40), (2, 100))
+    waiting = [Waiting(3, 300, arrived=0, until=7)]
+    assert plan(0, 0, [], waiting, LIMITS).chunks == ((3, 7),)

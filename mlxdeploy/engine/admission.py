@@ -30,8 +30,12 @@ class Admission:
         prefill_step: int,
         tool_format: ToolFormat | None = None,
         thinking: ThinkingFormat | None = None,
+        last_apart: bool = False,
     ):
+        """`last_apart`: the loop reads a prompt's last token with the rest unless it is a
+        segment of its own (mlx-lm's batch generator always reads it apart)."""
         self.model = model
+        self.last_apart = last_apart
         self.prefixes = prefixes
         self.prefill_step = prefill_step
         self._samplers = SamplerCache()
@@ -121,6 +125,9 @@ class Admission:
         ends = (job.boundary, len(job.prompt) - 1) if self.prefixes.snapshots else ()
         job.snapshots = [end for end in ends if read < end]
         split = job.boundary - read
+        out = [rest]
         if job.snapshots and job.snapshots[0] == job.boundary and split < len(rest) - 1:
-            return [rest[:split], rest[split:]]
-        return [rest]
+            out = [rest[:split], rest[split:]]
+        if self.last_apart and len(job.prompt) - 1 in job.snapshots and len(out[-1]) > 1:
+            out[-1:] = [out[-1][:-1], out[-1][-1:]]
+        return out

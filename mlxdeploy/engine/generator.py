@@ -1,6 +1,6 @@
-"""The generation loop of models whose every layer holds plain keys and values: mlxdeploy's own,
-on mlx-lm's model modules, over slot storage (`storage.py`) and a pure plan per step
-(`schedule.py`).
+"""The generation loop of models whose every layer holds plain keys and values or state arrays
+(full attention, convolutions, linear attention, SSMs): mlxdeploy's own, on mlx-lm's model
+modules, over slot storage (`storage.py`) and a pure plan per step (`schedule.py`).
 
 One call of `next` is one step of the plan:
 - Admitted prompts take a slot; a prefix-cache hit is written into it.
@@ -12,8 +12,10 @@ One call of `next` is one step of the plan:
   step reads it with the rest.
 
 A decode step reads the slots up to the highest running one; a free slot below it is computed
-and unread until a new prompt takes it (the lowest free slot goes first). With one row
-running, the step is mlx-lm's single-stream step: no mask, plain offsets.
+and unread until a new prompt takes it (the lowest free slot goes first; a slot taken starts
+with no state). With one row running, the step is mlx-lm's single-stream step: no mask, plain
+offsets. A prompt given in segments stops a chunk at each segment's end and reports it
+(`Read.end_of_segment`): the prefix cache keeps the slot's cache there.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import StopSequences
-from mlx_lm.models.cache import KVCache, TokenBuffer, make_prompt_cache
+from mlx_lm.models.cache import TokenBuffer
 from mlx_lm.sample_utils import make_sampler
 
 from .constraints import Guide
@@ -36,16 +38,15 @@ from .picking import process_rows, sample_rows, score_asked
 from .rows import Counters, Pending, Read, Row, Token
 from .sampling import SeededSampler
 from .schedule import Limits, Plan, Reading, Waiting, plan
-from .storage import Planned, Slots
+from .storage import Planned, Slots, held, kinds
 
 CLEAR_EVERY = 512  # decode steps between returns of MLX's buffer cache to the system
 
 
-def plain_attention(model: Any) -> bool:
-    """Whether every layer's cache is mlx-lm's plain `KVCache` (full attention): the caches
-    this generator stores in slots."""
-    caches = make_prompt_cache(model)
-    return bool(caches) and all(type(c) is KVCache for c in caches)
+def slot_caches(model: Any) -> bool:
+    """Whether this loop can hold the model's caches: every layer's is mlx-lm's plain
+    `KVCache` (full attention) or `ArraysCache` (convolution, linear-attention or SSM state)."""
+    return kinds(model)
 
 
 # Families whose layers mlx-lm gets wrong when prompts are right-padded to one length in one
@@ -101,7 +102,7 @@ class SlotGenerator:
             budget=prefill_step_size * prefill_batch_size,
             wait_steps=prefill_wait_steps,
         )
-        self.slots = Slots.for_layers(len(make_prompt_cache(model)))
+        self.slots = Slots.for_model(model)
         self.sampler = make_sampler(0.0)
         self.agree = agree
         self.counters = Counters()
@@ -151,6 +152,7 @@ class SlotGenerator:
             uid = next(self._uids)
             prompt = [t for part in parts for t in part]
             done = list(all_tokens[i]) if all_tokens else []
+            cuts = list(itertools.accumulate((len(p) for p in parts[:-1]), initial=len(done)))
             processors = list((logits_processors[i] if logits_processors else None) or [])
             stops = stop_sequences[i] if stop_sequences else StopSequences()
             row = Row(
@@ -165,6 +167,7 @@ class SlotGenerator:
                 max_tokens=max_tokens[i] if max_tokens else 256,
                 logprobs=logprobs[i] if logprobs else None,
                 prefix=caches[i] if caches else None,
+                cuts=sorted({c for c in cuts[1:] if len(done) < c < len(done) + len(prompt)}),
             )
             if any(not isinstance(p, Guide) for p in processors):
                 row.context = TokenBuffer(done + prompt[:-1])
@@ -219,13 +222,18 @@ class SlotGenerator:
         self._waiting.clear()
         self._reading.clear()
         self._decoding.clear()
-        self.slots = Slots.for_layers(len(self.slots.caches))
+        self.slots = self.slots.empty()
         self._pending = Pending()
 
     # -- one step -------------------------------------------------------------------------
     def _plan(self) -> Plan:
-        reading = [Reading(r.uid, len(r.prompt), len(r.starting)) for r in self._reading.values()]
-        waiting = [Waiting(r.uid, len(r.prompt), r.arrived, len(r.starting)) for r in self._waiting]
+        reading = [
+            Reading(r.uid, len(r.prompt), len(r.starting), r.until) for r in self._reading.values()
+        ]
+        waiting = [
+            Waiting(r.uid, len(r.prompt), r.arrived, len(r.starting), r.until)
+            for r in self._waiting
+        ]
         return plan(self.counters.steps, len(self._decoding), reading, waiting, self.limits)
 
     def _admit(self, uids: Sequence[int]) -> None:
@@ -233,7 +241,7 @@ class SlotGenerator:
             row = self._waiting.popleft()
             row.slot = self.slots.take()
             if row.prefix is not None:
-                self.slots.write(row.slot, row.prefix)
+                self.slots.write(row.slot, row.prefix, len(row.history))
                 row.prefix = None
             self._reading[row.uid] = row
 
@@ -305,10 +313,14 @@ class SlotGenerator:
     def _decode_slots(self) -> list[int]:
         """The slots a decode step reads: all up to the highest running one (free ones
         below it computed, unread: a slice of the store, no gather), or the running ones
-        alone when they are few among many free slots."""
+        alone when they are few among many free slots or a prompt is being read into a
+        stateful slot among them."""
         running = sorted(self._decoding)
         top = running[-1] + 1
-        if len(running) * 2 >= top:
+        # A slot whose prompt is being read must not take a decode step's token into a state
+        # that every token changes.
+        busy = self.slots.stateful and any(r.slot < top for r in self._reading.values())
+        if len(running) * 2 >= top and not busy:
             return list(range(top))
         return running
 
@@ -324,7 +336,7 @@ class SlotGenerator:
         if finish is not None:
             cache, history = self.slots.extract(slot), row.history
             # Computed now: the copies must not wait on (and keep alive) the slot store.
-            mx.async_eval([(c.keys, c.values) for c in cache if c.keys is not None])
+            mx.async_eval(held(cache))
             del self._decoding[slot]
             self.slots.release(slot)
         logprobs = None if score is None else score.get()
@@ -361,7 +373,7 @@ class SlotGenerator:
         counts = [n for _, n in chunks]
         width = max(counts)
         inputs = [r.prompt[:n] + [0] * (width - n) for r, n in zip(reading, counts, strict=True)]
-        self.slots.plan([r.slot for r in reading], width)
+        self.slots.plan([r.slot for r in reading], width, counts)
         logits = self.model(mx.array(inputs), cache=self.slots.caches)
         ends = [
             e for e, (r, n) in enumerate(zip(reading, counts, strict=True)) if n == len(r.prompt)
@@ -408,7 +420,10 @@ class SlotGenerator:
             row.history.extend(row.prompt[:n])
             row.prompt = row.prompt[n:]
             end = not row.prompt
-            out.append(Read(row.uid, (row.total - len(row.prompt), row.total), end, end))
+            cut = bool(row.cuts) and row.cuts[0] == len(row.history)
+            if cut:
+                row.cuts.pop(0)
+            out.append(Read(row.uid, (row.total - len(row.prompt), row.total), end or cut, end))
             if end:
                 del self._reading[row.uid]
                 self._decoding[row.slot] = row

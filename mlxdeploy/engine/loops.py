@@ -1,10 +1,11 @@
 """Which generation loop runs a model, and with what schedule.
 
-Models whose every layer holds plain keys and values run on mlxdeploy's own loop
-(`generator.py`, slot storage); where their family's decoder layers allow it, prompt chunks
-ride in the decode steps (`mixed.py`). Models with other caches (sliding windows, linear
-attention, state-space layers) batch through mlx-lm's batch caches (`batch.py`), prompts read in
-calls of their own. The choice is logged once, when the model's generation thread starts.
+Models whose every layer holds plain keys and values or state arrays (full attention,
+convolutions, linear attention, SSMs) run on mlxdeploy's own loop (`generator.py`, slot
+storage); where their family's decoder layers allow it, prompt chunks ride in the decode steps
+(`mixed.py`). Models with other caches (sliding windows, and falcon_h1's composite layers)
+batch through mlx-lm's batch caches (`batch.py`), prompts read in calls of their own. The
+choice is logged once, when the model's generation thread starts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import mlx.core as mx
 
 from ..spec.settings import EngineSettings
 from .batch import FastBatchGenerator
-from .generator import UNPADDED, SlotGenerator, family, plain_attention
+from .generator import UNPADDED, SlotGenerator, family, slot_caches
 from .mixed import MIXABLE
 
 log = logging.getLogger("mlxdeploy.engine")
@@ -35,14 +36,15 @@ class Loop:
     @classmethod
     def of(cls, model: Any, settings: EngineSettings, distributed: bool) -> Loop:
         name = family(model)
-        slotted = plain_attention(model)
+        slotted = slot_caches(model)
         # Ranks of a distributed model read prompts in calls of their own.
         mixes = slotted and not distributed and name in MIXABLE
         group = 1 if name in UNPADDED else settings.prefill_batch_size
         if not slotted:
             log.info(
-                "%s keeps caches other than plain keys and values: its batches run on "
-                "mlx-lm's batch caches, prompts read in calls of their own",
+                "%s keeps caches other than plain keys and values or state arrays (a sliding "
+                "window): its batches run on mlx-lm's batch caches, prompts read in calls of "
+                "their own",
                 name,
             )
         elif not mixes:

@@ -54,9 +54,18 @@ class Row:
     context: TokenBuffer | None = None  # the processors' view of the tokens so far
     slot: int = -1
     generated: int = 0
+    # Where segments of the prompt end (tokens in the slot then), besides the prompt's end: a
+    # chunk stops there, so that the cache at that point can be kept (the prefix cache's
+    # snapshots).
+    cuts: list[int] = field(default_factory=list)
     # Other choices of the same request: they start from this row's cache once its prompt
     # is read (each with a copy of its slot), sampling their first tokens from the same logits.
     followers: list[Row] = field(default_factory=list)
+
+    @property
+    def until(self) -> int | None:
+        """Tokens to read before the next cut; None: none."""
+        return self.cuts[0] - len(self.history) if self.cuts else None
 
     @property
     def starting(self) -> list[Row]:

@@ -29,6 +29,7 @@ class Waiting:
     tokens: int
     arrived: int
     rows: int = 1  # the choices that start from it (a request's n)
+    until: int | None = None  # tokens before the next segment's end: no chunk crosses it
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Reading:
     uid: int
     left: int
     rows: int = 1
+    until: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,8 @@ def plan(
 ) -> Plan:
     """The plan of the step after `steps` decode steps, with `decoding` rows running."""
     admit = _admit(steps, decoding, reading, waiting, limits)
-    taken = {w.uid: w.tokens for w in waiting if w.uid in admit}
-    queue = [(r.uid, r.left) for r in reading] + [(uid, taken[uid]) for uid in admit]
+    taken = {w.uid: (w.tokens, w.until) for w in waiting if w.uid in admit}
+    queue = [(r.uid, r.left, r.until) for r in reading] + [(uid, *taken[uid]) for uid in admit]
     return Plan(decoding > 0, admit, _chunks(queue, limits))
 
 
@@ -97,13 +99,17 @@ def _admit(
     return ()
 
 
-def _chunks(queue: Sequence[tuple[int, int]], limits: Limits) -> tuple[tuple[int, int], ...]:
+def _chunks(
+    queue: Sequence[tuple[int, int, int | None]], limits: Limits
+) -> tuple[tuple[int, int], ...]:
     """Chunks of the prompts in `queue`, oldest first, under the step's token budget (the
-    oldest prompt is always read: a budget below one chunk still moves it on)."""
+    oldest prompt is always read: a budget below one chunk still moves it on); none crosses
+    the end of a segment."""
     out: list[tuple[int, int]] = []
     left = limits.budget
-    for uid, tokens in queue:
+    for uid, tokens, until in queue:
         n = min(tokens, limits.chunk, left if out else limits.chunk)
+        n = n if until is None else min(n, until)
         if n <= 0:
             break
         out.append((uid, n))

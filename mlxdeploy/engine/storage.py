@@ -1,5 +1,5 @@
-"""Where the keys and values of the requests being served live: one slot per request, never
-copied whole.
+"""Where the caches of the requests being served live: one slot per request, never copied
+whole.
 
 Every layer's `SlotKVCache` holds (slots, kv heads, capacity, head dim) keys and values, each
 slot's history left-aligned at [0, its length). A request takes a free slot when it is
@@ -13,7 +13,9 @@ and how many tokens of the input's width each holds (prompts of different length
 one call are right-padded; the padding's keys land past the slot's length, where nothing
 attends to them until real tokens overwrite them). All the layers' caches follow one `Slots`.
 The caches answer mlx-lm's attention modules as its own caches do (`offset`,
-`update_and_fetch`, `make_mask`), so the models run unchanged.
+`update_and_fetch`, `make_mask`), so the models run unchanged. Layers that keep state arrays
+instead (a convolution's last inputs, a linear-attention or SSM state: mlx-lm's `ArraysCache`)
+get `SlotArraysCache`: one row of each array per slot, read and written back by each call.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import ArraysCache, KVCache, make_prompt_cache
 
 BLOCK = 256  # positions are added in blocks of this many
 SLOT_BLOCK = 8  # slots are added in blocks of this many
@@ -38,6 +40,11 @@ class Call:
     rows: tuple[int, ...]
     starts: tuple[int, ...]
     width: int
+    counts: tuple[int, ...] = ()  # real tokens per row, when some rows are right-padded
+
+    @property
+    def padded(self) -> bool:
+        return any(n < self.width for n in self.counts)
 
     @property
     def end(self) -> int:
@@ -77,98 +84,156 @@ class Slots:
 
     lengths: list[int] = field(default_factory=list)
     free: list[int] = field(default_factory=list)  # a heap: the lowest free slot goes first
-    caches: list[SlotKVCache] = field(default_factory=list)
+    caches: list[SlotCache] = field(default_factory=list)
     active: Planned | None = None  # what the next forward pass reads
 
     @classmethod
-    def for_layers(cls, layers: int) -> Slots:
+    def for_model(cls, model: Any) -> Slots:
+        """Slot caches in place of the model's own (`kinds` says which it can have)."""
         slots = cls()
-        slots.caches = [SlotKVCache(slots) for _ in range(layers)]
+        slots.caches = [_slot_cache(slots, cache) for cache in make_prompt_cache(model)]
         return slots
+
+    def empty(self) -> Slots:
+        """The same caches with nothing in them."""
+        slots = Slots()
+        slots.caches = [type(c).like(slots, c) for c in self.caches]
+        return slots
+
+    @property
+    def stateful(self) -> bool:
+        """Whether some layer keeps a state that every token read changes (a decode step must
+        not read a slot whose prompt is still being read)."""
+        return any(isinstance(c, SlotArraysCache) for c in self.caches)
 
     @property
     def used(self) -> int:
         return len(self.lengths) - len(self.free)
 
     def take(self) -> int:
-        """A free slot, the lowest one (decode steps read slots up to the highest used)."""
+        """A free slot, the lowest one (decode steps read slots up to the highest used), with
+        no state."""
         if self.free:
-            return heapq.heappop(self.free)
-        self.lengths.append(0)
-        return len(self.lengths) - 1
+            slot = heapq.heappop(self.free)
+        else:
+            self.lengths.append(0)
+            slot = len(self.lengths) - 1
+        for cache in self.caches:
+            cache.reset(slot)
+        return slot
 
     def release(self, slot: int) -> None:
         self.lengths[slot] = 0
         heapq.heappush(self.free, slot)
 
-    def prepare(self, rows: Sequence[int], width: int) -> Planned:
-        """A call reading `width` tokens for each of `rows` from their lengths on."""
-        return Planned.of(Call(tuple(rows), tuple(self.lengths[r] for r in rows), width))
+    def prepare(self, rows: Sequence[int], width: int, counts: Sequence[int] = ()) -> Planned:
+        """A call reading `width` tokens for each of `rows` from their lengths on; `counts`:
+        the real tokens of each row, when some are right-padded."""
+        starts = tuple(self.lengths[r] for r in rows)
+        return Planned.of(Call(tuple(rows), starts, width, tuple(counts)))
 
     def activate(self, planned: Planned) -> None:
         self.active = planned
 
-    def plan(self, rows: Sequence[int], width: int) -> None:
+    def plan(self, rows: Sequence[int], width: int, counts: Sequence[int] = ()) -> None:
         """The next forward reads `width` tokens for each of `rows` from their lengths on."""
-        self.activate(self.prepare(rows, width))
+        self.activate(self.prepare(rows, width, counts))
 
     def advance(self, rows: Sequence[int], counts: Sequence[int]) -> None:
         """The tokens the last call wrote for real: each row's length grows by its count."""
         for row, count in zip(rows, counts, strict=True):
             self.lengths[row] += count
 
-    def extract(self, slot: int) -> list[KVCache]:
+    def extract(self, slot: int) -> list[Any]:
         """A copy of one slot's history as mlx-lm's caches (for the prefix cache)."""
-        length = self.lengths[slot]
-        out = []
-        for cache in self.caches:
-            own = KVCache()
-            if cache.keys is not None and length:
-                own.state = (*cache.copy(slot, length), length)
-            out.append(own)
-        return out
+        return [cache.extract(slot, self.lengths[slot]) for cache in self.caches]
 
     def copy(self, source: int, target: int, length: int) -> None:
         """The first `length` positions of slot `source` into slot `target` (copied out and
         computed first: a write from the store into itself would copy the whole store)."""
         parts = [cache.copy(source, length) for cache in self.caches]
         mx.eval(parts)
-        for cache, (keys, values) in zip(self.caches, parts, strict=True):
-            cache.place(target, keys, values)
+        for cache, part in zip(self.caches, parts, strict=True):
+            cache.place(target, part)
         self.lengths[target] = length
 
-    def write(self, slot: int, prefix: Sequence[Any]) -> None:
-        """mlx-lm's caches of a prompt's start (from the prefix cache) into `slot`."""
-        length = prefix[0].offset
+    def write(self, slot: int, prefix: Sequence[Any], length: int) -> None:
+        """mlx-lm's caches of a prompt's first `length` tokens (from the prefix cache) into
+        `slot`."""
         for cache, source in zip(self.caches, prefix, strict=True):
-            cache.place(slot, source.keys[..., :length, :], source.values[..., :length, :])
+            cache.place(slot, cache.parts_of(source, length))
         self.lengths[slot] = length
 
     def arrays(self) -> list[mx.array]:
-        return [a for cache in self.caches for a in cache.state if a is not None]
+        return [a for cache in self.caches for a in cache.arrays()]
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays())
 
 
-class SlotKVCache:
-    """One layer's keys and values, slot by slot (module docstring)."""
+class SlotCache:
+    """One layer's part of every slot."""
 
     def __init__(self, slots: Slots):
         self.slots = slots
-        self.keys: mx.array | None = None
-        self.values: mx.array | None = None
 
-    @property
-    def offset(self) -> Any:
-        """Where each row's new tokens go: rotary embeddings start there."""
-        return self._active().offset
+    @classmethod
+    def like(cls, slots: Slots, other: SlotCache) -> SlotCache:
+        return cls(slots)
 
     def _active(self) -> Planned:
         active = self.slots.active
         assert active is not None, "a forward pass over slot caches needs a planned call"
         return active
+
+    def arrays(self) -> list[mx.array]:
+        raise NotImplementedError
+
+    def reset(self, slot: int) -> None:
+        """A slot taken by a new request: no history."""
+
+    def extract(self, slot: int, length: int) -> Any:
+        """mlx-lm's cache of the slot's first `length` positions, in arrays of its own."""
+        raise NotImplementedError
+
+    def copy(self, slot: int, length: int) -> list[mx.array]:
+        """The slot's first `length` positions, in arrays of their own (a view would keep the
+        whole store alive and make every later write copy it)."""
+        raise NotImplementedError
+
+    def parts_of(self, cache: Any, length: int) -> list[mx.array]:
+        """What `place` takes, from mlx-lm's cache of `length` tokens."""
+        raise NotImplementedError
+
+    def place(self, slot: int, parts: list[mx.array]) -> None:
+        raise NotImplementedError
+
+
+class SlotKVCache(SlotCache):
+    """One layer's keys and values, slot by slot (module docstring)."""
+
+    def __init__(self, slots: Slots):
+        super().__init__(slots)
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+
+    def arrays(self) -> list[mx.array]:
+        return [a for a in (self.keys, self.values) if a is not None]
+
+    def extract(self, slot: int, length: int) -> KVCache:
+        own = KVCache()
+        if self.keys is not None and length:
+            own.state = (*self.copy(slot, length), length)
+        return own
+
+    def parts_of(self, cache: Any, length: int) -> list[mx.array]:
+        return [cache.keys[..., :length, :], cache.values[..., :length, :]]
+
+    @property
+    def offset(self) -> Any:
+        """Where each row's new tokens go: rotary embeddings start there."""
+        return self._active().offset
 
     @property
     def state(self) -> tuple[Any, Any]:
@@ -208,16 +273,17 @@ class SlotKVCache:
         index = mx.array(call.rows)
         return self.keys[index, :, :end, :], self.values[index, :, :end, :]
 
-    def copy(self, slot: int, length: int) -> tuple[mx.array, mx.array]:
-        """Slot `slot`'s first `length` positions, in arrays of their own (a view would keep
-        the whole store alive and make every later write copy it)."""
+    def copy(self, slot: int, length: int) -> list[mx.array]:
         assert self.keys is not None and self.values is not None
         keys = mx.contiguous(self.keys[slot : slot + 1, :, :length, :])
         values = mx.contiguous(self.values[slot : slot + 1, :, :length, :])
-        return keys, values
+        return [keys, values]
 
-    def place(self, slot: int, keys: mx.array, values: mx.array) -> None:
+    def place(self, slot: int, parts: list[mx.array]) -> None:
+        keys, values = parts
         length = keys.shape[2]
+        if not length:
+            return
         self._reserve(keys, values, slot + 1, length)
         assert self.keys is not None and self.values is not None
         self.keys[slot : slot + 1, :, :length, :] = keys
@@ -239,6 +305,125 @@ class SlotKVCache:
             more = _round(rows, SLOT_BLOCK) - have_rows
             self.keys = _grow(self.keys, 0, more)
             self.values = _grow(self.values, 0, more)
+
+
+class SlotArraysCache(SlotCache):
+    """One layer's state arrays (a convolution's last inputs, a linear-attention or SSM
+    state), one row per slot, in place of mlx-lm's `ArraysCache`. A call reads its rows' states
+    and writes them back; `lengths` tells the layer how many of a right-padded row's tokens are
+    real."""
+
+    def __init__(self, slots: Slots, size: int):
+        super().__init__(slots)
+        self.store: list[mx.array | None] = [None] * size
+
+    @classmethod
+    def like(cls, slots: Slots, other: SlotCache) -> SlotCache:
+        assert isinstance(other, SlotArraysCache)
+        return cls(slots, len(other.store))
+
+    @property
+    def lengths(self) -> mx.array | None:
+        call = self._active().call
+        return mx.array(call.counts) if call.padded else None
+
+    @property
+    def left_padding(self) -> None:
+        return None
+
+    def advance(self, n: int) -> None:
+        """Each call says its rows' real tokens (`lengths`): nothing to count down."""
+
+    def make_mask(self, n: int) -> mx.array | None:
+        lengths = self.lengths
+        return None if lengths is None else mx.arange(n)[None] < lengths[:, None]
+
+    def empty(self) -> bool:
+        return self.store[0] is None
+
+    def __getitem__(self, index: int) -> mx.array | None:
+        store = self.store[index]
+        if store is None:
+            return None
+        span, rows = self._active().call.span, self._active().call.rows
+        if span is not None:
+            return store[span[0] : span[1]]
+        return store[mx.array(rows)]
+
+    def __setitem__(self, index: int, value: mx.array) -> None:
+        call = self._active().call
+        self._reserve(index, value, max(call.rows) + 1)
+        store = self.store[index]
+        assert store is not None
+        span = call.span
+        if span is not None:
+            store[span[0] : span[1]] = value
+        else:
+            store[mx.array(call.rows)] = value
+
+    @property
+    def state(self) -> list[mx.array]:
+        return self.arrays()
+
+    def arrays(self) -> list[mx.array]:
+        return [a for a in self.store if a is not None]
+
+    def reset(self, slot: int) -> None:
+        for store in self.store:
+            if store is not None and slot < store.shape[0]:
+                store[slot] = 0
+
+    def extract(self, slot: int, length: int) -> ArraysCache:
+        own = ArraysCache(len(self.store))
+        for i, part in enumerate(self._parts(slot)):
+            own[i] = part
+        return own
+
+    def copy(self, slot: int, length: int) -> list[mx.array]:
+        return [p for p in self._parts(slot) if p is not None]
+
+    def _parts(self, slot: int) -> list[mx.array | None]:
+        return [None if s is None else mx.contiguous(s[slot : slot + 1]) for s in self.store]
+
+    def parts_of(self, cache: Any, length: int) -> list[mx.array]:
+        return [cache[i] for i in range(len(self.store)) if cache[i] is not None]
+
+    def place(self, slot: int, parts: list[mx.array]) -> None:
+        for index, part in enumerate(parts):
+            self._reserve(index, part, slot + 1)
+            store = self.store[index]
+            assert store is not None
+            store[slot : slot + 1] = part
+
+    def _reserve(self, index: int, value: mx.array, rows: int) -> None:
+        store = self.store[index]
+        if store is None:
+            shape = (_round(rows, SLOT_BLOCK), *value.shape[1:])
+            self.store[index] = mx.zeros(shape, value.dtype)
+        elif rows > store.shape[0]:
+            self.store[index] = _grow(store, 0, _round(rows, SLOT_BLOCK) - store.shape[0])
+
+
+def held(caches: Sequence[Any]) -> list[mx.array]:
+    """The arrays of mlx-lm caches that `Slots.extract` made."""
+    out: list[mx.array] = []
+    for cache in caches:
+        parts = cache.cache if isinstance(cache, ArraysCache) else (cache.keys, cache.values)
+        out.extend(a for a in parts if a is not None)
+    return out
+
+
+def kinds(model: Any) -> bool:
+    """Whether every layer's cache is one slot storage holds: mlx-lm's plain `KVCache` (full
+    attention) or `ArraysCache` (state arrays)."""
+    caches = make_prompt_cache(model)
+    return bool(caches) and all(type(c) in (KVCache, ArraysCache) for c in caches)
+
+
+def _slot_cache(slots: Slots, cache: Any) -> SlotCache:
+    if type(cache) is ArraysCache:
+        return SlotArraysCache(slots, len(cache.cache))
+    return SlotKVCache(slots)
 
 
 def _round(n: int, block: int) -> int:

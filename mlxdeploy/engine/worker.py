@@ -88,7 +88,13 @@ class Worker:
             model, settings.prompt_cache_entries, settings.prompt_cache_bytes, peers is None
         )
         self.admission = Admission(
-            model, tokenizer, self.prefixes, settings.prefill_step_size, tool_format, thinking
+            model,
+            tokenizer,
+            self.prefixes,
+            settings.prefill_step_size,
+            tool_format,
+            thinking,
+            last_apart=self.loop.slotted,
         )
         self._fault = fault
         self._peers = peers

@@ -77,6 +77,11 @@ def test_prefix_cache_hits_count_requests_and_tokens(http: httpx.Client) -> None
     assert cached > 0
     assert delta.value("mlxdeploy_prefix_cache_hits_total", model="tiny") == 1
     assert delta.value("mlxdeploy_prefix_cache_tokens_total", model="tiny") == cached
+    # What the cache holds: the answers' caches, within the byte budget (1 GiB by default).
+    after = scrape(http)
+    held = after.value("mlxdeploy_prefix_cache_bytes", model="tiny")
+    assert 0 < held <= 1 << 30
+    assert after.value("mlxdeploy_prefix_cache_entries", model="tiny") >= 1
 
 
 def test_idle_gauges_and_route_labels(http: httpx.Client) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from mlxdeploy.engine import admission
 from tests.conftest import TINY_CONFIG, make_tiny_model, real_app, write_spec
 from tests.inprocess import InProcessApp
 
@@ -111,3 +112,28 @@ def test_a_growing_conversation_reads_only_its_new_turn(
     assert usage["prompt_tokens_details"]["cached_tokens"] == first["usage"]["prompt_tokens"] - 1
     alone = plain.http.post("/v1/chat/completions", json={"messages": history, **GREEDY}).json()
     assert second["choices"][0]["message"] == alone["choices"][0]["message"]
+
+
+def test_a_long_shared_start_is_kept_in_blocks(
+    family: tuple[InProcessApp, InProcessApp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two texts share a long start but neither a system prompt nor a whole prompt: the
+    second reads on from the last block of the first that it shares, and answers as a model
+    that reads all of it."""
+    monkeypatch.setattr(admission, "SNAPSHOT_BLOCK", 64)
+    app, plain = family
+    start = " ".join(f"Clause {i} of the shared document." for i in range(40))
+    body = {"max_tokens": 4, "temperature": 0.0}
+    first = app.http.post("/v1/completions", json={"prompt": start + " Part A ends.", **body})
+    assert first.status_code == 200, first.text
+    second = app.http.post(
+        "/v1/completions", json={"prompt": start + " A different part B.", **body}
+    ).json()
+    usage = second["usage"]
+    cached = usage["prompt_tokens_details"]["cached_tokens"]
+    # ~400 shared tokens: the cache at the last 64-token block they share.
+    assert cached >= 256 and cached % 64 == 0 and cached < usage["prompt_tokens"] - 4, usage
+    alone = plain.http.post(
+        "/v1/completions", json={"prompt": start + " A different part B.", **body}
+    ).json()
+    assert second["choices"][0]["text"] == alone["choices"][0]["text"]

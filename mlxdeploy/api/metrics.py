@@ -94,6 +94,8 @@ _ENGINE_METRICS = (
     ("counter", "prefix_cache_hits", "Requests that reused cached prompt tokens."),
     ("counter", "prefix_cache_tokens", "Prompt tokens taken from the prefix cache."),
     ("counter", "generation_step_failures", "Generation steps that failed their batch."),
+    ("gauge", "prefix_cache_bytes", "Bytes the prefix cache holds (engine.prompt_cache_bytes)."),
+    ("gauge", "prefix_cache_entries", "Prompts, answers and snapshots the prefix cache holds."),
 )
 
 
@@ -113,6 +115,8 @@ def _engine_values(stats: EngineStats, state: EngineState) -> tuple[float, ...]:
         stats.prefix_cache_hits,
         stats.cached_tokens,
         stats.step_failures,
+        stats.prefix_cache_bytes,
+        stats.prefix_cache_entries,
     )
 
 

@@ -20,6 +20,12 @@ from .sampling import SamplerCache, Vocabulary
 from .tool_calls import CallSplitter
 from .tool_formats import ToolFormat
 
+# Where a model's cache cannot be trimmed back, the prefix cache also keeps its cache every
+# this many prompt tokens: a request that shares a long start with an earlier one but not its
+# system prompt's end or its whole prompt (an edited conversation, a shared document) reads on
+# from the last block it shares.
+SNAPSHOT_BLOCK = 4096
+
 
 class Admission:
     def __init__(
@@ -119,15 +125,20 @@ class Admission:
         return cache, cached
 
     def segments(self, job: Job, rest: list[int]) -> list[list[int]]:
-        """The prompt's tokens still to read, split where the prefix cache keeps snapshots
-        (mlx-lm reads the last token as a segment of its own: the prompt's end is one)."""
-        read = len(job.prompt) - len(rest)
-        ends = (job.boundary, len(job.prompt) - 1) if self.prefixes.snapshots else ()
-        job.snapshots = [end for end in ends if read < end]
-        split = job.boundary - read
-        out = [rest]
-        if job.snapshots and job.snapshots[0] == job.boundary and split < len(rest) - 1:
-            out = [rest[:split], rest[split:]]
-        if self.last_apart and len(job.prompt) - 1 in job.snapshots and len(out[-1]) > 1:
-            out[-1:] = [out[-1][:-1], out[-1][-1:]]
-        return out
+        """The prompt's tokens still to read, split where the prefix cache keeps snapshots:
+        the end of the system prompt, every `SNAPSHOT_BLOCK` tokens, and the prompt's end but
+        its last token (mlx-lm's batch generator reads that token apart; on the engine's own
+        loop it is a segment of its own, `last_apart`)."""
+        read, last = len(job.prompt) - len(rest), len(job.prompt) - 1
+        if not self.prefixes.snapshots or read >= last:
+            job.snapshots = []
+            return [rest]
+        blocks = range(SNAPSHOT_BLOCK, last, SNAPSHOT_BLOCK)
+        cuts = sorted(c for c in {job.boundary, *blocks} if read < c < last)
+        job.snapshots = [*cuts, last]
+        pieces, at = [], read
+        for cut in cuts:
+            pieces.append(job.prompt[at:cut])
+            at = cut
+        tail = job.prompt[at:]
+        return [*pieces, tail[:-1], tail[-1:]] if self.last_apart else [*pieces, tail]

@@ -243,6 +243,8 @@ class EngineStats:
     prefix_cache_hits: int = 0  # requests that reused cached prompt tokens
     cached_tokens: int = 0  # prompt tokens taken from the prefix cache
     step_failures: int = 0  # generation steps that raised (their requests failed)
+    prefix_cache_bytes: int = 0  # bytes the prefix cache holds (bounded by its budget)
+    prefix_cache_entries: int = 0  # prompts (and snapshots) it holds
 
 
 @dataclass(frozen=True)

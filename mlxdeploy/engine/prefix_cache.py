@@ -88,6 +88,15 @@ class Prefixes:
     def clear(self) -> None:
         self.cache = PrefixCache(self.entries)
 
+    @property
+    def nbytes(self) -> int:
+        return int(self.cache.nbytes)
+
+    @property
+    def held(self) -> int:
+        """Entries held: prompts, answers and snapshots."""
+        return len(self.cache)
+
     def fetch(self, prompt: list[int]) -> tuple[list[Any] | None, list[int]]:
         """The cache of the longest cached start of `prompt` (None: none), and the tokens
         still to read (at least the last: its logits give the first token)."""

@@ -129,6 +129,8 @@ class Worker:
             prefix_cache_hits=c.prefix_cache_hits,
             cached_tokens=c.cached_tokens,
             step_failures=c.step_failures,
+            prefix_cache_bytes=self.prefixes.nbytes,
+            prefix_cache_entries=self.prefixes.held,
         )
 
     # -- the generation thread -----------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The generation loop of models whose every layer holds plain keys and values or state arrays
-(full attention, convolutions, linear attention, SSMs): mlxdeploy's own, on mlx-lm's model
-modules, over slot storage (`storage.py`) and a pure plan per step (`schedule.py`).
+"""The generation loop of models whose every layer holds keys and values (full attention, a
+sliding window) or state arrays (convolutions, linear attention, SSMs): mlxdeploy's own, on
+mlx-lm's model modules, over slot storage (`storage.py`) and a pure plan per step
+(`schedule.py`).
 
 One call of `next` is one step of the plan:
 - Admitted prompts take a slot; a prefix-cache hit is written into it.
@@ -44,8 +45,7 @@ CLEAR_EVERY = 512  # decode steps between returns of MLX's buffer cache to the s
 
 
 def slot_caches(model: Any) -> bool:
-    """Whether this loop can hold the model's caches: every layer's is mlx-lm's plain
-    `KVCache` (full attention) or `ArraysCache` (convolution, linear-attention or SSM state)."""
+    """Whether this loop can hold the model's caches (`storage.kinds`)."""
     return kinds(model)
 
 
@@ -102,7 +102,7 @@ class SlotGenerator:
             budget=prefill_step_size * prefill_batch_size,
             wait_steps=prefill_wait_steps,
         )
-        self.slots = Slots.for_model(model)
+        self.slots = Slots.for_model(model, prefill_step_size)
         self.sampler = make_sampler(0.0)
         self.agree = agree
         self.counters = Counters()

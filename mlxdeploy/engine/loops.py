@@ -1,11 +1,12 @@
 """Which generation loop runs a model, and with what schedule.
 
-Models whose every layer holds plain keys and values or state arrays (full attention,
-convolutions, linear attention, SSMs) run on mlxdeploy's own loop (`generator.py`, slot
-storage); where their family's decoder layers allow it, prompt chunks ride in the decode steps
-(`mixed.py`). Models with other caches (sliding windows, and falcon_h1's composite layers)
-batch through mlx-lm's batch caches (`batch.py`), prompts read in calls of their own. The
-choice is logged once, when the model's generation thread starts.
+Models whose every layer holds keys and values (full attention or a sliding window) or state
+arrays (convolutions, linear attention, SSMs), or a list of those, run on mlxdeploy's own loop
+(`generator.py`, slot storage, `storage.kinds`); where their family's decoder layers allow it,
+prompt chunks ride in the decode steps (`mixed.py`). Models with other caches (a window that
+keeps its first tokens, chunked attention, quantized keys and values) batch through mlx-lm's
+batch caches (`batch.py`), prompts read in calls of their own. The choice is logged once, when
+the model's generation thread starts.
 """
 
 from __future__ import annotations
@@ -42,9 +43,8 @@ class Loop:
         group = 1 if name in UNPADDED else settings.prefill_batch_size
         if not slotted:
             log.info(
-                "%s keeps caches other than plain keys and values or state arrays (a sliding "
-                "window): its batches run on mlx-lm's batch caches, prompts read in calls of "
-                "their own",
+                "%s keeps caches the engine's slots do not hold: its batches run on mlx-lm's "
+                "batch caches, prompts read in calls of their own",
                 name,
             )
         elif not mixes:

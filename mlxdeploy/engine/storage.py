@@ -16,6 +16,7 @@ The caches answer mlx-lm's attention modules as its own caches do (`offset`,
 `update_and_fetch`, `make_mask`), so the models run unchanged. Layers that keep state arrays
 instead (a convolution's last inputs, a linear-attention or SSM state: mlx-lm's `ArraysCache`)
 get `SlotArraysCache`: one row of each array per slot, read and written back by each call.
+Sliding-window layers get `SlotRingCache`: a ring per slot, a window and a chunk long.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import ArraysCache, KVCache, make_prompt_cache
+from mlx_lm.models.cache import (
+    ArraysCache,
+    CacheList,
+    KVCache,
+    RotatingKVCache,
+    make_prompt_cache,
+)
 
 BLOCK = 256  # positions are added in blocks of this many
 SLOT_BLOCK = 8  # slots are added in blocks of this many
@@ -88,10 +95,12 @@ class Slots:
     active: Planned | None = None  # what the next forward pass reads
 
     @classmethod
-    def for_model(cls, model: Any) -> Slots:
-        """Slot caches in place of the model's own (`kinds` says which it can have)."""
+    def for_model(cls, model: Any, chunk: int) -> Slots:
+        """Slot caches in place of the model's own (`kinds` says which it can have); `chunk`:
+        the most tokens of one row a call reads (a sliding window's ring holds that many
+        beyond the window)."""
         slots = cls()
-        slots.caches = [_slot_cache(slots, cache) for cache in make_prompt_cache(model)]
+        slots.caches = [_slot_cache(slots, c, chunk) for c in make_prompt_cache(model)]
         return slots
 
     def empty(self) -> Slots:
@@ -104,7 +113,7 @@ class Slots:
     def stateful(self) -> bool:
         """Whether some layer keeps a state that every token read changes (a decode step must
         not read a slot whose prompt is still being read)."""
-        return any(isinstance(c, SlotArraysCache) for c in self.caches)
+        return any(_stateful(c) for c in self.caches)
 
     @property
     def used(self) -> int:
@@ -154,14 +163,14 @@ class Slots:
         parts = [cache.copy(source, length) for cache in self.caches]
         mx.eval(parts)
         for cache, part in zip(self.caches, parts, strict=True):
-            cache.place(target, part)
+            cache.place(target, part, length)
         self.lengths[target] = length
 
     def write(self, slot: int, prefix: Sequence[Any], length: int) -> None:
         """mlx-lm's caches of a prompt's first `length` tokens (from the prefix cache) into
         `slot`."""
         for cache, source in zip(self.caches, prefix, strict=True):
-            cache.place(slot, cache.parts_of(source, length))
+            cache.place(slot, cache.parts_of(source, length), length)
         self.lengths[slot] = length
 
     def arrays(self) -> list[mx.array]:
@@ -206,7 +215,8 @@ class SlotCache:
         """What `place` takes, from mlx-lm's cache of `length` tokens."""
         raise NotImplementedError
 
-    def place(self, slot: int, parts: list[mx.array]) -> None:
+    def place(self, slot: int, parts: list[mx.array], length: int) -> None:
+        """`parts` (from `copy` or `parts_of`) as the slot's history of `length` tokens."""
         raise NotImplementedError
 
 
@@ -279,7 +289,7 @@ class SlotKVCache(SlotCache):
         values = mx.contiguous(self.values[slot : slot + 1, :, :length, :])
         return [keys, values]
 
-    def place(self, slot: int, parts: list[mx.array]) -> None:
+    def place(self, slot: int, parts: list[mx.array], length: int) -> None:
         keys, values = parts
         length = keys.shape[2]
         if not length:
@@ -305,6 +315,73 @@ class SlotKVCache(SlotCache):
             more = _round(rows, SLOT_BLOCK) - have_rows
             self.keys = _grow(self.keys, 0, more)
             self.values = _grow(self.values, 0, more)
+
+
+class SlotRingCache(SlotKVCache):
+    """One sliding-window layer's keys and values: each slot a ring of `window + chunk`
+    positions, position p at index p % ring. A call reads at most `chunk` tokens of a row, so
+    it never overwrites a key one of its queries still sees; the mask finds the position each
+    index holds (the latest written there) and lets a query see it only within its window."""
+
+    def __init__(self, slots: Slots, window: int, chunk: int):
+        super().__init__(slots)
+        self.window, self.ring = window, window + chunk
+
+    @classmethod
+    def like(cls, slots: Slots, other: SlotCache) -> SlotCache:
+        assert isinstance(other, SlotRingCache)
+        return cls(slots, other.window, other.ring - other.window)
+
+    def make_mask(self, n: int, return_array: bool = False, **kwargs: Any) -> Any:
+        return _ring_mask(self._active().call, self.window, self.ring)
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        call = self._active().call
+        assert call.width <= self.ring - self.window, "a chunk longer than the ring allows"
+        self._reserve(keys, values, max(call.rows) + 1, self.ring)
+        assert self.keys is not None and self.values is not None
+        rows, positions = _scatter_index(call)
+        heads = mx.arange(keys.shape[1])[None, :]
+        self.keys[rows, heads, positions % self.ring] = _by_token(keys)
+        self.values[rows, heads, positions % self.ring] = _by_token(values)
+        span, ring = call.span, self.ring
+        if span is not None:
+            a, b = span
+            return self.keys[a:b, :, :ring], self.values[a:b, :, :ring]
+        index = mx.array(call.rows)
+        return self.keys[index, :, :ring], self.values[index, :, :ring]
+
+    def extract(self, slot: int, length: int) -> Any:
+        """mlx-lm's ring of the slot: its last window of keys, oldest first."""
+        own = RotatingKVCache(max_size=self.window)
+        if self.keys is not None and length:
+            keys, values = self.copy(slot, length)
+            # (keys, values, offset, keep, max_size, next index): a full ring, oldest first.
+            own.state = (keys, values, length, 0, self.window, keys.shape[2])
+        return own
+
+    def copy(self, slot: int, length: int) -> list[mx.array]:
+        """The slot's last min(length, window) positions, oldest first."""
+        assert self.keys is not None and self.values is not None
+        index = mx.array([p % self.ring for p in range(max(0, length - self.window), length)])
+        return [mx.contiguous(a[slot : slot + 1][:, :, index]) for a in (self.keys, self.values)]
+
+    def parts_of(self, cache: Any, length: int) -> list[mx.array]:
+        """The keys of mlx-lm's ring that this class extracted (oldest first)."""
+        keys, values, _, _, _, end = cache.state  # written up to `end` (a trim moves it back)
+        held = min(length, self.window, end)
+        return [keys[..., end - held : end, :], values[..., end - held : end, :]]
+
+    def place(self, slot: int, parts: list[mx.array], length: int) -> None:
+        keys, values = parts
+        held = keys.shape[2]
+        if not held:
+            return
+        self._reserve(keys, values, slot + 1, self.ring)
+        assert self.keys is not None and self.values is not None
+        index = mx.array([p % self.ring for p in range(length - held, length)])
+        self.keys[slot : slot + 1, :, index] = keys
+        self.values[slot : slot + 1, :, index] = values
 
 
 class SlotArraysCache(SlotCache):
@@ -388,7 +465,7 @@ class SlotArraysCache(SlotCache):
     def parts_of(self, cache: Any, length: int) -> list[mx.array]:
         return [cache[i] for i in range(len(self.store)) if cache[i] is not None]
 
-    def place(self, slot: int, parts: list[mx.array]) -> None:
+    def place(self, slot: int, parts: list[mx.array], length: int) -> None:
         for index, part in enumerate(parts):
             self._reserve(index, part, slot + 1)
             store = self.store[index]
@@ -404,10 +481,50 @@ class SlotArraysCache(SlotCache):
             self.store[index] = _grow(store, 0, _round(rows, SLOT_BLOCK) - store.shape[0])
 
 
+class SlotCacheList(SlotCache):
+    """A layer with caches of several kinds (mlx-lm's `CacheList`: falcon_h1's state arrays
+    beside its keys and values), each in slots."""
+
+    def __init__(self, slots: Slots, parts: list[SlotCache]):
+        super().__init__(slots)
+        self.parts = parts
+
+    @classmethod
+    def like(cls, slots: Slots, other: SlotCache) -> SlotCache:
+        assert isinstance(other, SlotCacheList)
+        return cls(slots, [type(p).like(slots, p) for p in other.parts])
+
+    def __getitem__(self, index: int) -> SlotCache:
+        return self.parts[index]
+
+    def arrays(self) -> list[mx.array]:
+        return [a for part in self.parts for a in part.arrays()]
+
+    def reset(self, slot: int) -> None:
+        for part in self.parts:
+            part.reset(slot)
+
+    def extract(self, slot: int, length: int) -> CacheList:
+        return CacheList(*(part.extract(slot, length) for part in self.parts))
+
+    def copy(self, slot: int, length: int) -> list[Any]:
+        return [part.copy(slot, length) for part in self.parts]
+
+    def parts_of(self, cache: Any, length: int) -> list[Any]:
+        return [part.parts_of(cache[i], length) for i, part in enumerate(self.parts)]
+
+    def place(self, slot: int, parts: list[Any], length: int) -> None:
+        for part, own in zip(self.parts, parts, strict=True):
+            part.place(slot, own, length)
+
+
 def held(caches: Sequence[Any]) -> list[mx.array]:
     """The arrays of mlx-lm caches that `Slots.extract` made."""
     out: list[mx.array] = []
     for cache in caches:
+        if isinstance(cache, CacheList):
+            out.extend(held(cache.caches))
+            continue
         parts = cache.cache if isinstance(cache, ArraysCache) else (cache.keys, cache.values)
         out.extend(a for a in parts if a is not None)
     return out
@@ -415,15 +532,34 @@ def held(caches: Sequence[Any]) -> list[mx.array]:
 
 def kinds(model: Any) -> bool:
     """Whether every layer's cache is one slot storage holds: mlx-lm's plain `KVCache` (full
-    attention) or `ArraysCache` (state arrays)."""
+    attention), `RotatingKVCache` keeping no first tokens (a sliding window) or `ArraysCache`
+    (state arrays)."""
     caches = make_prompt_cache(model)
-    return bool(caches) and all(type(c) in (KVCache, ArraysCache) for c in caches)
+    return bool(caches) and all(_holds(c) for c in caches)
 
 
-def _slot_cache(slots: Slots, cache: Any) -> SlotCache:
+def _holds(cache: Any) -> bool:
+    if type(cache) is CacheList:
+        return all(_holds(c) for c in cache.caches)
+    if type(cache) is RotatingKVCache:
+        return bool(cache.keep == 0)  # no first tokens kept past the window
+    return type(cache) in (KVCache, ArraysCache)
+
+
+def _slot_cache(slots: Slots, cache: Any, chunk: int) -> SlotCache:
+    if type(cache) is CacheList:
+        return SlotCacheList(slots, [_slot_cache(slots, c, chunk) for c in cache.caches])
     if type(cache) is ArraysCache:
         return SlotArraysCache(slots, len(cache.cache))
+    if type(cache) is RotatingKVCache:
+        return SlotRingCache(slots, int(cache.max_size), chunk)
     return SlotKVCache(slots)
+
+
+def _stateful(cache: SlotCache) -> bool:
+    if isinstance(cache, SlotCacheList):
+        return any(_stateful(p) for p in cache.parts)
+    return isinstance(cache, SlotArraysCache)
 
 
 def _round(n: int, block: int) -> int:
@@ -463,6 +599,19 @@ def _mask(call: Call) -> Any:
     if call.uniform:
         return "causal" if call.width > 1 else None
     return _array_mask(call)
+
+
+def _ring_mask(call: Call, window: int, ring: int) -> mx.array:
+    """(rows, 1, width, ring): query i of a row (position start + i) sees ring index j when
+    the position j holds (the latest written there, up to the call's end) lies within its
+    window and not after it."""
+    starts = mx.array(call.starts)[:, None]
+    queries = starts + mx.arange(call.width)[None]
+    last = starts + call.width - 1
+    held = last - mx.remainder(last - mx.arange(ring)[None], ring)
+    held, queries = held[:, None, :], queries[:, :, None]
+    seen = (held >= 0) & (held <= queries) & (held > queries - window)
+    return seen[:, None]
 
 
 def _array_mask(call: Call) -> mx.array:

@@ -17,6 +17,7 @@ from mlx_lm.generate import generate_step
 
 from mlxdeploy.engine.batch import FastBatchGenerator
 from mlxdeploy.engine.generator import UNPADDED, SlotGenerator, slot_caches
+from mlxdeploy.engine.mixed import MIXABLE, MixedForward
 from mlxdeploy.engine.sampling import greedy
 
 VOCAB = 512
@@ -123,7 +124,18 @@ def _batched(
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_batched_greedy_tokens_match_single_stream(family: str) -> None:
+def test_batched_greedy_tokens_match_single_stream(
+    family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the family's layers allow it, the later prompts are read inside decode steps."""
+    mixed: list[int] = []
+    forward = MixedForward.__call__
+
+    def counted(self: MixedForward, *args: Any) -> mx.array:
+        mixed.append(1)
+        return forward(self, *args)
+
+    monkeypatch.setattr(MixedForward, "__call__", counted)
     model = _model(family)
     rng = random.Random(family)
     prompts = [[rng.randrange(1, VOCAB) for _ in range(rng.randrange(20, 45))] for _ in range(6)]
@@ -131,3 +143,4 @@ def test_batched_greedy_tokens_match_single_stream(family: str) -> None:
     expected = [_single(model, p, n) for p, n in zip(prompts, lengths, strict=True)]
     assert len({t for tokens in expected for t in tokens}) > len(prompts), "tokens too uniform"
     assert _batched(family, model, prompts, lengths) == expected
+    assert bool(mixed) == (family in MIXABLE)

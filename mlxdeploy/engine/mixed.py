@@ -9,24 +9,62 @@ attention projections are read twice. Only
 the positions that are sampled (the decode rows, and a chunk's last token when it ends its
 prompt) go through the vocabulary projection.
 
-It is written for mlx-lm's pre-norm decoder layers of the llama form
-(`h = x + attn(norm(x)); out = h + mlp(norm(h))`) whose attention module does everything
-else itself (rotary embeddings, q/k norms): the families in `MIXABLE`. Other families, and
-models split across ranks, read prompts in calls of their own (the worker says so in its log).
+It is written per form of decoder layer (`FORMS`): the llama form
+(`h = x + attn(norm(x)); out = h + mlp(norm(h))`: llama, mistral, qwen2, qwen3, qwen3_moe,
+gpt_oss) and Gemma 3's (norms after attention and MLP too, scaled embeddings), whose attention
+modules do everything else themselves (rotary embeddings, q/k norms, sinks). Each layer's
+cache gives each part its mask (a full-attention slot's, a sliding window's ring). Other
+families, and models split across ranks, read prompts in calls of their own (the log says so).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
+from mlx_lm.models.gemma3_text import clip_residual
 
 from .storage import Planned, Slots
 
-# mlx-lm model modules whose decoder layers have exactly the form above.
-MIXABLE = frozenset({"llama", "mistral", "qwen2", "qwen3", "qwen3_moe"})
+Attend = Callable[[mx.array], mx.array]
+
+
+def _llama_block(layer: Any, x: mx.array, attend: Attend) -> mx.array:
+    h = x + attend(layer.input_layernorm(x))
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+def _gemma3_block(layer: Any, x: mx.array, attend: Attend) -> mx.array:
+    h = clip_residual(x, layer.post_attention_layernorm(attend(layer.input_layernorm(x))))
+    r = layer.mlp(layer.pre_feedforward_layernorm(h))
+    return clip_residual(h, layer.post_feedforward_layernorm(r))
+
+
+def _plain(inner: Any, h: mx.array) -> mx.array:
+    return h
+
+
+def _gemma3_scale(inner: Any, h: mx.array) -> mx.array:
+    return h * mx.array(inner.args.hidden_size**0.5, mx.bfloat16).astype(h.dtype)
+
+
+@dataclass(frozen=True)
+class Form:
+    """How a family's model runs a decoder layer, and what it does to its embeddings."""
+
+    block: Callable[[Any, mx.array, Attend], mx.array]
+    embed: Callable[[Any, mx.array], mx.array] = _plain
+
+
+LLAMA = Form(_llama_block)
+# mlx-lm model modules whose decoder layers have one of these forms.
+FORMS = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gpt_oss"), LLAMA),
+    "gemma3_text": Form(_gemma3_block, _gemma3_scale),
+}
+MIXABLE = frozenset(FORMS)
 
 
 @dataclass(frozen=True)
@@ -65,8 +103,8 @@ class Part:
 class MixedForward:
     """The model's layers called piece by piece (module docstring)."""
 
-    def __init__(self, model: Any):
-        self.inner = model.model
+    def __init__(self, model: Any, form: Form):
+        self.inner, self.form = model.model, form
         self.head = getattr(model, "lm_head", None) or self.inner.embed_tokens.as_linear
 
     @classmethod
@@ -74,12 +112,13 @@ class MixedForward:
         inner = getattr(model, "model", None)
         layers = getattr(inner, "layers", None)
         parts = ("embed_tokens", "norm")
-        if family not in MIXABLE or not layers or not all(hasattr(inner, p) for p in parts):
+        form = FORMS.get(family)
+        if form is None or not layers or not all(hasattr(inner, p) for p in parts):
             return None
         pieces = ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
         if not all(hasattr(layer, p) for layer in layers for p in pieces):
             return None
-        return cls(model)
+        return cls(model, form)
 
     def __call__(
         self, slots: Slots, parts: Sequence[Part], picked: Sequence[int], first: mx.array
@@ -90,11 +129,14 @@ class MixedForward:
         inner = self.inner
         rest = [t for part in parts[1:] for t in part.real()]
         flat = mx.concatenate([first.reshape(-1), mx.array(rest, dtype=first.dtype)])
-        h = inner.embed_tokens(flat[None])
+        h = self.form.embed(inner, inner.embed_tokens(flat[None]))
         layout = [(part, part.spread() if part.padded else None) for part in parts]
         for layer, cache in zip(inner.layers, slots.caches, strict=True):
-            h = h + self._attention(layer, layer.input_layernorm(h), cache, slots, layout)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+
+            def attend(x: mx.array, layer: Any = layer, cache: Any = cache) -> mx.array:
+                return self._attention(layer, x, cache, slots, layout)
+
+            h = self.form.block(layer, h, attend)
         out = inner.norm(h[:, mx.array(list(picked))])
         return self.head(out)[0]
 
@@ -113,7 +155,8 @@ class MixedForward:
             if spread is not None:
                 piece = piece[spread[0]]
             slots.activate(part.planned)
-            out = layer.self_attn(piece.reshape(rows, width, -1), part.planned.mask, cache)
+            mask = cache.make_mask(width)  # the layer's own: a slot's, or a window's ring
+            out = layer.self_attn(piece.reshape(rows, width, -1), mask, cache)
             out = out.reshape(rows * width, -1)
             outs.append(out[spread[1]] if spread is not None else out)
             at += size

@@ -108,3 +108,21 @@ def test_the_spec_sets_the_limit(tiny_model_dir: Path, tmp_path: Path) -> None:
         refused.status_code == 400 and "2 choices" in json.loads(refused.text)["error"]["message"]
     )
     assert accepted.status_code == 200 and len(accepted.json()["choices"]) == 2
+
+
+def test_a_failure_admitting_choices_fails_that_request_only(
+    tiny_app: InProcessApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generation thread goes on: the next request is answered."""
+    from mlxdeploy.engine.admission import Admission
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("no room")
+
+    body = {"messages": USER, "temperature": 0, "max_tokens": 4}
+    with monkeypatch.context() as patch:
+        patch.setattr(Admission, "insert_shared", broken)
+        failed = tiny_app.http.post(CHAT, json={**body, "n": 2})
+    assert failed.status_code == 500
+    assert "no room" in failed.json()["error"]["message"]
+    assert contents(post(tiny_app.http, CHAT, {**body, "n": 2})) != []

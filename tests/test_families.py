@@ -100,7 +100,9 @@ def _batched(
     """Half the prompts at once, the rest while those decode."""
     kind = SlotGenerator if slot_caches(model) else FastBatchGenerator
     group = 1 if family in UNPADDED else 2  # as the worker reads them
-    generator = kind(model, completion_batch_size=8, prefill_batch_size=group, prefill_step_size=16)
+    generator = kind(
+        model, completion_batch_size=16, prefill_batch_size=group, prefill_step_size=16
+    )
     half = len(prompts) // 2
     uids: list[int] = []
     out: dict[int, list[int]] = {}
@@ -138,7 +140,8 @@ def test_batched_greedy_tokens_match_single_stream(
     monkeypatch.setattr(MixedForward, "__call__", counted)
     model = _model(family)
     rng = random.Random(family)
-    prompts = [[rng.randrange(1, VOCAB) for _ in range(rng.randrange(20, 45))] for _ in range(6)]
+    # 12 requests: more than a block of slots (8), the later half arriving as others decode.
+    prompts = [[rng.randrange(1, VOCAB) for _ in range(rng.randrange(20, 45))] for _ in range(12)]
     lengths = [MAX_TOKENS - (i % 3) * 3 for i in range(len(prompts))]
     expected = [_single(model, p, n) for p, n in zip(prompts, lengths, strict=True)]
     assert len({t for tokens in expected for t in tokens}) > len(prompts), "tokens too uniform"

@@ -64,7 +64,7 @@ def _without(row: Row, gone: set[int]) -> Row | None:
     lead = stay[0]
     if lead is not row:
         lead.prompt, lead.history, lead.prefix = row.prompt, row.history, row.prefix
-        lead.total = row.total
+        lead.total, lead.cuts, lead.arrived = row.total, row.cuts, row.arrived
     lead.followers = stay[1:]
     return lead
 
@@ -152,6 +152,8 @@ class SlotGenerator:
             uid = next(self._uids)
             prompt = [t for part in parts for t in part]
             done = list(all_tokens[i]) if all_tokens else []
+            if not prompt:
+                raise ValueError("a prompt needs at least one token to read")
             cuts = list(itertools.accumulate((len(p) for p in parts[:-1]), initial=len(done)))
             processors = list((logits_processors[i] if logits_processors else None) or [])
             stops = stop_sequences[i] if stop_sequences else StopSequences()

@@ -161,7 +161,7 @@ class Slots:
         """The first `length` positions of slot `source` into slot `target` (copied out and
         computed first: a write from the store into itself would copy the whole store)."""
         parts = [cache.copy(source, length) for cache in self.caches]
-        mx.eval(parts)
+        mx.eval(_arrays_in(parts))
         for cache, part in zip(self.caches, parts, strict=True):
             cache.place(target, part, length)
         self.lengths[target] = length
@@ -446,9 +446,14 @@ class SlotArraysCache(SlotCache):
         return [a for a in self.store if a is not None]
 
     def reset(self, slot: int) -> None:
-        for store in self.store:
-            if store is not None and slot < store.shape[0]:
-                store[slot] = 0
+        """No state, in a store with room for the slot (a state is read before it is
+        written: the store must hold every slot a call reads)."""
+        for index, store in enumerate(self.store):
+            if store is not None:
+                self._reserve(index, store, slot + 1)
+                grown = self.store[index]
+                assert grown is not None
+                grown[slot] = 0
 
     def extract(self, slot: int, length: int) -> ArraysCache:
         own = ArraysCache(len(self.store))
@@ -456,17 +461,20 @@ class SlotArraysCache(SlotCache):
             own[i] = part
         return own
 
-    def copy(self, slot: int, length: int) -> list[mx.array]:
-        return [p for p in self._parts(slot) if p is not None]
+    def copy(self, slot: int, length: int) -> list[Any]:
+        return self._parts(slot)
 
     def _parts(self, slot: int) -> list[mx.array | None]:
         return [None if s is None else mx.contiguous(s[slot : slot + 1]) for s in self.store]
 
-    def parts_of(self, cache: Any, length: int) -> list[mx.array]:
-        return [cache[i] for i in range(len(self.store)) if cache[i] is not None]
+    def parts_of(self, cache: Any, length: int) -> list[Any]:
+        return [cache[i] for i in range(len(self.store))]
 
-    def place(self, slot: int, parts: list[mx.array], length: int) -> None:
+    def place(self, slot: int, parts: list[Any], length: int) -> None:
+        """Each array of `parts` in its place (None: that array holds nothing yet)."""
         for index, part in enumerate(parts):
+            if part is None:
+                continue
             self._reserve(index, part, slot + 1)
             store = self.store[index]
             assert store is not None
@@ -554,6 +562,14 @@ def _slot_cache(slots: Slots, cache: Any, chunk: int) -> SlotCache:
     if type(cache) is RotatingKVCache:
         return SlotRingCache(slots, int(cache.max_size), chunk)
     return SlotKVCache(slots)
+
+
+def _arrays_in(tree: Any) -> list[mx.array]:
+    if isinstance(tree, mx.array):
+        return [tree]
+    if isinstance(tree, list | tuple):
+        return [a for item in tree for a in _arrays_in(item)]
+    return []
 
 
 def _stateful(cache: SlotCache) -> bool:

@@ -311,10 +311,18 @@ class Worker:
                 chosen.append((job, *self.admission.prepare(job)))
             except PromptRejected as exc:
                 self._deliver([(job.sink, Failed(str(exc)))])
-        if chosen:
+        if not chosen:
+            return
+        try:
             self.admission.insert_shared(self._generator, chosen)
-            for job, _, _ in chosen:
-                self._track(job)
+        except Exception as exc:  # only these choices fail; the batch goes on
+            if self._peers is not None:  # unless the ranks may no longer agree on the batch
+                raise
+            log.exception("admitting a request failed")
+            self._deliver([(job.sink, Failed(f"generation failed: {exc}")) for job, _, _ in chosen])
+            return
+        for job, _, _ in chosen:
+            self._track(job)
 
     def _track(self, job: Job) -> None:
         """An inserted job: its events come from the generator's steps."""

@@ -197,9 +197,12 @@ def test_prompts_read_inside_decode_steps_give_the_same_tokens(
     assert [t.token for t in out[a]] == single(model, short, 12)
     assert [t.token for t in out[b]] == single(model, long, 5)
     assert [t.token for t in out[c]] == single(model, other, 4)
-    if mix:  # 70 tokens in chunks of 16: five steps carry chunks, no pass reads one alone
-        assert mixed == [2] * 5
-        assert [s for s in seen if s[0] == 1 and s[1] > 1] == [(1, len(short))]
+    if mix:
+        # `short` read alone (one part: only its last position through the vocabulary
+        # projection), then 70 tokens in chunks of 16 inside five decode steps; the model's
+        # own forward only decodes.
+        assert mixed == [1] + [2] * 5
+        assert {s[1] for s in seen} == {1}
     else:
         assert not mixed and (1, 16) in seen
 

@@ -310,7 +310,9 @@ class SlotGenerator:
             at += n
             if n == len(row.prompt):
                 picked.extend([at - 1] * len(row.starting))
-        return self._mixed(self.slots, parts, picked, inputs)
+        logits = self._mixed(self.slots, parts, picked, inputs)
+        assert logits is not None  # the decode rows are always picked
+        return logits
 
     def _decode_slots(self) -> list[int]:
         """The slots a decode step reads: all up to the highest running one (free ones
@@ -375,19 +377,16 @@ class SlotGenerator:
         counts = [n for _, n in chunks]
         width = max(counts)
         inputs = [r.prompt[:n] + [0] * (width - n) for r, n in zip(reading, counts, strict=True)]
-        self.slots.plan([r.slot for r in reading], width, counts)
-        logits = self.model(mx.array(inputs), cache=self.slots.caches)
         ends = [
             e for e, (r, n) in enumerate(zip(reading, counts, strict=True)) if n == len(r.prompt)
         ]
+        at = [e for e in ends for _ in reading[e].starting]  # a row per choice
+        planned = self.slots.prepare([r.slot for r in reading], width, counts)
+        last = self._forward_chunks(planned, inputs, counts, at)
         if ends:
-            at = [e for e in ends for _ in reading[e].starting]
             rows, tokens = self._split([reading[e] for e in ends])
-            if len(at) == 1:
-                last = logits[at[0], counts[at[0]] - 1][None]
-            else:
-                last = logits[mx.array(at), mx.array([counts[e] - 1 for e in at])]
             read = mx.array(tokens, dtype=mx.uint32)
+            assert last is not None
             sampled, scores, context = self._pick(last, read, rows)
             self._pending.set([r.slot for r in rows], sampled, scores)
             mx.async_eval(sampled, context, *arrays_of(scores), self.slots.arrays())
@@ -395,6 +394,24 @@ class SlotGenerator:
             mx.async_eval(self.slots.arrays())
         self.counters.prompt_time += time.perf_counter() - tic
         return self._took(reading, counts)
+
+    def _forward_chunks(
+        self, planned: Planned, inputs: list[list[int]], counts: list[int], at: list[int]
+    ) -> mx.array | None:
+        """The logits of each prompt's last token for the rows in `at` (None: no row), from
+        one pass over right-padded chunks; with a mixed forward only those positions go
+        through the vocabulary projection."""
+        if self._mixed is not None:
+            starts = list(itertools.accumulate(counts, initial=0))
+            picked = [starts[e] + counts[e] - 1 for e in at]
+            return self._mixed(self.slots, [Part(planned, inputs, tuple(counts))], picked)
+        self.slots.activate(planned)
+        logits = self.model(mx.array(inputs), cache=self.slots.caches)
+        if not at:
+            return None
+        if len(at) == 1:
+            return logits[at[0], counts[at[0]] - 1][None]
+        return logits[mx.array(at), mx.array([counts[e] - 1 for e in at])]
 
     def _split(self, ends: list[Row]) -> tuple[list[Row], list[int]]:
         """Rows whose prompts the pass just built reads to their end, each followed by its

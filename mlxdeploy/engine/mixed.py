@@ -121,14 +121,21 @@ class MixedForward:
         return cls(model, form)
 
     def __call__(
-        self, slots: Slots, parts: Sequence[Part], picked: Sequence[int], first: mx.array
-    ) -> mx.array:
-        """Logits (len(picked), vocab) of the real tokens at positions `picked`; `first`: the
-        tokens of the first part (lazy: sampled by the step before), the other parts' tokens
-        are known."""
+        self,
+        slots: Slots,
+        parts: Sequence[Part],
+        picked: Sequence[int],
+        first: mx.array | None = None,
+    ) -> mx.array | None:
+        """Logits (len(picked), vocab) of the real tokens at positions `picked` (None when none
+        is picked: the pass only writes the caches); `first`: the tokens of the first part when
+        they are not known yet (lazy: sampled by the step before)."""
         inner = self.inner
-        rest = [t for part in parts[1:] for t in part.real()]
-        flat = mx.concatenate([first.reshape(-1), mx.array(rest, dtype=first.dtype)])
+        if first is None:
+            flat = mx.array([t for part in parts for t in part.real()], dtype=mx.uint32)
+        else:
+            rest = [t for part in parts[1:] for t in part.real()]
+            flat = mx.concatenate([first.reshape(-1), mx.array(rest, dtype=first.dtype)])
         h = self.form.embed(inner, inner.embed_tokens(flat[None]))
         layout = [(part, part.spread() if part.padded else None) for part in parts]
         for layer, cache in zip(inner.layers, slots.caches, strict=True):
@@ -137,6 +144,8 @@ class MixedForward:
                 return self._attention(layer, x, cache, slots, layout)
 
             h = self.form.block(layer, h, attend)
+        if not picked:
+            return None
         out = inner.norm(h[:, mx.array(list(picked))])
         return self.head(out)[0]
 

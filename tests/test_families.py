@@ -30,6 +30,7 @@ BASE = {
 WINDOW = 16
 FAMILIES: dict[str, dict[str, Any]] = {
     "llama": {},
+    "qwen2": {},
     "qwen3": {},
     "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "decoder_sparse_step": 1,
                   "mlp_only_layers": [], "moe_intermediate_size": 32, "norm_topk_prob": True},

@@ -11,10 +11,11 @@ prompt) go through the vocabulary projection.
 
 It is written per form of decoder layer (`FORMS`): the llama form
 (`h = x + attn(norm(x)); out = h + mlp(norm(h))`: llama, mistral, qwen2, qwen3, qwen3_moe,
-gpt_oss) and Gemma 3's (norms after attention and MLP too, scaled embeddings), whose attention
-modules do everything else themselves (rotary embeddings, q/k norms, sinks). Each layer's
-cache gives each part its mask (a full-attention slot's, a sliding window's ring). Other
-families, and models split across ranks, read prompts in calls of their own (the log says so).
+gpt_oss, deepseek_v3) and Gemma 3's (norms after attention and MLP too, scaled embeddings),
+whose attention modules do everything else themselves (rotary embeddings, q/k norms, sinks,
+latent attention). Each layer's cache gives each part its mask (a full-attention slot's, a
+sliding window's ring). Other families, and models split across ranks, read prompts in calls
+of their own (the log says so).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Form:
 
     block: Callable[[Any, mx.array, Attend], mx.array]
     embed: Callable[[Any, mx.array], mx.array] = _plain
+    array_masks: bool = False  # its attention takes masks as arrays only (MLA)
 
 
 LLAMA = Form(_llama_block)
@@ -63,6 +65,7 @@ LLAMA = Form(_llama_block)
 FORMS = {
     **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gpt_oss"), LLAMA),
     "gemma3_text": Form(_gemma3_block, _gemma3_scale),
+    "deepseek_v3": Form(_llama_block, array_masks=True),
 }
 MIXABLE = frozenset(FORMS)
 
@@ -141,7 +144,7 @@ class MixedForward:
         for layer, cache in zip(inner.layers, slots.caches, strict=True):
 
             def attend(x: mx.array, layer: Any = layer, cache: Any = cache) -> mx.array:
-                return self._attention(layer, x, cache, slots, layout)
+                return self._attention(layer, x, cache, slots, layout, self.form.array_masks)
 
             h = self.form.block(layer, h, attend)
         if not picked:
@@ -156,6 +159,7 @@ class MixedForward:
         cache: Any,
         slots: Slots,
         layout: Sequence[tuple[Part, tuple[mx.array, mx.array] | None]],
+        array_masks: bool,
     ) -> mx.array:
         outs, at = [], 0
         for part, spread in layout:
@@ -164,7 +168,8 @@ class MixedForward:
             if spread is not None:
                 piece = piece[spread[0]]
             slots.activate(part.planned)
-            mask = cache.make_mask(width)  # the layer's own: a slot's, or a window's ring
+            # The layer's own mask: a slot's, or a window's ring.
+            mask = cache.make_mask(width, return_array=array_masks)
             out = layer.self_attn(piece.reshape(rows, width, -1), mask, cache)
             out = out.reshape(rows * width, -1)
             outs.append(out[spread[1]] if spread is not None else out)

@@ -17,25 +17,12 @@ from mlxdeploy.engine import storage
 from mlxdeploy.engine.generator import SlotGenerator, Token
 from mlxdeploy.engine.mixed import MixedForward
 from mlxdeploy.engine.sampling import greedy
+from tests.test_batch import Calls
 
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir: Path) -> Any:
     return load(str(tiny_model_dir))[0]
-
-
-class Calls:
-    """The model, counting its forward passes and the input shape of each."""
-
-    def __init__(self, model: Any):
-        self.model, self.shapes = model, []
-
-    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        self.shapes.append(tuple(inputs.shape))
-        return self.model(inputs, *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
 
 
 def single(model: Any, prompt: list[int], n: int) -> list[int]:

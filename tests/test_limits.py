@@ -220,7 +220,7 @@ def test_deadline_survives_a_lost_cancellation() -> None:
         return time.monotonic() - started, engine, admission
 
     elapsed, engine, admission = asyncio.run(main())
-    assert 0.2 <= elapsed < 1
+    assert 0.2 <= elapsed < 5  # the deadline, not the engine's 600 s (a busy machine is slow)
     assert engine.closed
     assert admission.in_flight == 0  # the run's own end freed its slot
 
@@ -247,6 +247,6 @@ def test_a_lost_cancellation_still_ends_the_generation() -> None:
         return time.monotonic() - started, engine, admission
 
     elapsed, engine, admission = asyncio.run(main())
-    assert elapsed < 1
+    assert elapsed < 5  # not the engine's 600 s (a busy machine is slow)
     assert engine.closed
     assert admission.in_flight == 0  # the run's own end freed its slot

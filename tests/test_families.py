@@ -16,9 +16,10 @@ from mlx.utils import tree_map_with_path
 from mlx_lm.generate import generate_step
 
 from mlxdeploy.engine.batch import FastBatchGenerator
-from mlxdeploy.engine.generator import UNPADDED, SlotGenerator, slot_caches
+from mlxdeploy.engine.generator import UNPADDED, SlotGenerator
 from mlxdeploy.engine.mixed import MIXABLE, MixedForward
 from mlxdeploy.engine.sampling import greedy
+from mlxdeploy.engine.storage import kinds
 
 VOCAB = 512
 BASE = {
@@ -99,7 +100,7 @@ def _batched(
     family: str, model: Any, prompts: list[list[int]], lengths: list[int]
 ) -> list[list[int]]:
     """Half the prompts at once, the rest while those decode."""
-    kind = SlotGenerator if slot_caches(model) else FastBatchGenerator
+    kind = SlotGenerator if kinds(model) else FastBatchGenerator
     group = 1 if family in UNPADDED else 2  # as the worker reads them
     generator = kind(
         model, completion_batch_size=16, prefill_batch_size=group, prefill_step_size=16

@@ -22,7 +22,6 @@ offsets. A prompt given in segments stops a chunk at each segment's end and repo
 from __future__ import annotations
 
 import itertools
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,17 +35,12 @@ from .constraints import Guide
 from .logprobs import RowScores, arrays_of
 from .mixed import MixedForward, Part
 from .picking import process_rows, sample_rows, score_asked
-from .rows import Counters, Pending, Read, Row, Token
+from .rows import Pending, Read, Row, Token
 from .sampling import SeededSampler
 from .schedule import Limits, Plan, Reading, Waiting, plan
-from .storage import Planned, Slots, held, kinds
+from .storage import Planned, Slots, held
 
 CLEAR_EVERY = 512  # decode steps between returns of MLX's buffer cache to the system
-
-
-def slot_caches(model: Any) -> bool:
-    """Whether this loop can hold the model's caches (`storage.kinds`)."""
-    return kinds(model)
 
 
 # Families whose layers mlx-lm gets wrong when prompts are right-padded to one length in one
@@ -105,7 +99,7 @@ class SlotGenerator:
         self.slots = Slots.for_model(model, prefill_step_size)
         self.sampler = make_sampler(0.0)
         self.agree = agree
-        self.counters = Counters()
+        self.steps = 0  # decode steps run
         self._uids = itertools.count()
         self._waiting: deque[Row] = deque()
         self._reading: dict[int, Row] = {}  # uid -> row, in admission order
@@ -162,7 +156,7 @@ class SlotGenerator:
                 prompt=prompt,
                 history=done,
                 total=len(done) + len(prompt),
-                arrived=self.counters.steps,
+                arrived=self.steps,
                 sampler=(samplers[i] if samplers else None) or self.sampler,
                 processors=processors,
                 matcher=stops.matcher(),
@@ -232,11 +226,12 @@ class SlotGenerator:
         reading = [
             Reading(r.uid, len(r.prompt), len(r.starting), r.until) for r in self._reading.values()
         ]
+        # One step admits at most a group: the plan needs to see one more waiting, no more.
+        first = itertools.islice(self._waiting, self.limits.group + 1)
         waiting = [
-            Waiting(r.uid, len(r.prompt), r.arrived, len(r.starting), r.until)
-            for r in self._waiting
+            Waiting(r.uid, len(r.prompt), r.arrived, len(r.starting), r.until) for r in first
         ]
-        return plan(self.counters.steps, len(self._decoding), reading, waiting, self.limits)
+        return plan(self.steps, len(self._decoding), reading, waiting, self.limits)
 
     def _admit(self, uids: Sequence[int]) -> None:
         for _ in uids:
@@ -249,7 +244,6 @@ class SlotGenerator:
 
     def _step(self, chunks: Sequence[tuple[int, int]]) -> tuple[list[Read], list[Token]]:
         """A decode step of the running rows, `chunks` read in the same forward pass."""
-        tic = time.perf_counter()
         running = dict(self._decoding)
         slots = self._decode_slots()
         pending = self._pending
@@ -282,11 +276,8 @@ class SlotGenerator:
             for e, slot in enumerate(slots)
             if slot in running
         ]
-        c = self.counters
-        c.steps += 1
-        c.generation_tokens += len(out)
-        c.decode_time += time.perf_counter() - tic
-        if c.steps % CLEAR_EVERY == 0:
+        self.steps += 1
+        if self.steps % CLEAR_EVERY == 0:
             mx.clear_cache()
         return self._took(reading, counts), out
 
@@ -372,7 +363,6 @@ class SlotGenerator:
     def _read(self, chunks: Sequence[tuple[int, int]]) -> list[Read]:
         """One forward pass over the chunks alone (right-padded to the longest); prompts read
         to their end sample their first token and start decoding."""
-        tic = time.perf_counter()
         reading = [self._reading[uid] for uid, _ in chunks]
         counts = [n for _, n in chunks]
         width = max(counts)
@@ -392,7 +382,6 @@ class SlotGenerator:
             mx.async_eval(sampled, context, *arrays_of(scores), self.slots.arrays())
         else:
             mx.async_eval(self.slots.arrays())
-        self.counters.prompt_time += time.perf_counter() - tic
         return self._took(reading, counts)
 
     def _forward_chunks(
@@ -446,5 +435,4 @@ class SlotGenerator:
             if end:
                 del self._reading[row.uid]
                 self._decoding[row.slot] = row
-        self.counters.prompt_tokens += sum(counts)
         return out

@@ -20,8 +20,9 @@ import mlx.core as mx
 
 from ..spec.settings import EngineSettings
 from .batch import FastBatchGenerator
-from .generator import UNPADDED, SlotGenerator, family, slot_caches
+from .generator import UNPADDED, SlotGenerator, family
 from .mixed import MIXABLE
+from .storage import kinds
 
 log = logging.getLogger("mlxdeploy.engine")
 
@@ -37,7 +38,7 @@ class Loop:
     @classmethod
     def of(cls, model: Any, settings: EngineSettings, distributed: bool) -> Loop:
         name = family(model)
-        slotted = slot_caches(model)
+        slotted = kinds(model)
         # Ranks of a distributed model read prompts in calls of their own.
         mixes = slotted and not distributed and name in MIXABLE
         group = 1 if name in UNPADDED else settings.prefill_batch_size

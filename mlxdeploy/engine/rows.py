@@ -74,15 +74,6 @@ class Row:
 
 
 @dataclass
-class Counters:
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    steps: int = 0
-    prompt_time: float = 0.0
-    decode_time: float = 0.0
-
-
-@dataclass
 class Pending:
     """The tokens the next decode step reads, by slot, and their scores (lazy)."""
 

@@ -93,6 +93,9 @@ class Slots:
     free: list[int] = field(default_factory=list)  # a heap: the lowest free slot goes first
     caches: list[SlotCache] = field(default_factory=list)
     active: Planned | None = None  # what the next forward pass reads
+    # Some layer keeps a state that every token read changes: a decode step must not read a
+    # slot whose prompt is still being read.
+    stateful: bool = False
 
     @classmethod
     def for_model(cls, model: Any, chunk: int) -> Slots:
@@ -101,19 +104,14 @@ class Slots:
         beyond the window)."""
         slots = cls()
         slots.caches = [_slot_cache(slots, c, chunk) for c in make_prompt_cache(model)]
+        slots.stateful = any(_stateful(c) for c in slots.caches)
         return slots
 
     def empty(self) -> Slots:
         """The same caches with nothing in them."""
-        slots = Slots()
+        slots = Slots(stateful=self.stateful)
         slots.caches = [type(c).like(slots, c) for c in self.caches]
         return slots
-
-    @property
-    def stateful(self) -> bool:
-        """Whether some layer keeps a state that every token read changes (a decode step must
-        not read a slot whose prompt is still being read)."""
-        return any(_stateful(c) for c in self.caches)
 
     @property
     def used(self) -> int:
@@ -175,10 +173,6 @@ class Slots:
 
     def arrays(self) -> list[mx.array]:
         return [a for cache in self.caches for a in cache.arrays()]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays())
 
 
 class SlotCache:

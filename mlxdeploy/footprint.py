@@ -35,6 +35,25 @@ def machine_memory() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+# What mlx reports as the memory models may use: the working set Metal recommends on Apple
+# silicon, the GPU's memory on CUDA; a CPU reports neither.
+DEVICE_MEMORY_KEYS = ("max_recommended_working_set_size", "memory_size", "total_memory")
+
+
+def device_memory() -> int:
+    """The memory the device offers models: mlx's word for it, else the machine's RAM."""
+    if runs_on_cpu():
+        return machine_memory()
+    try:
+        import mlx.core as mx
+
+        info = mx.device_info()
+    except Exception:  # no usable device: the machine's RAM is the bound
+        return machine_memory()
+    sizes = [int(info[key]) for key in DEVICE_MEMORY_KEYS if isinstance(info.get(key), int)]
+    return sizes[0] if sizes else machine_memory()
+
+
 def safetensors_bytes(path: Path, float32: bool) -> int:
     """Bytes of the tensors a .safetensors file declares, read from its JSON header."""
     with path.open("rb") as f:
@@ -71,3 +90,8 @@ def estimate_bytes(files: Sequence[Path], on_cpu: bool | None = None) -> int:
 
 def gib(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB"
+
+
+def bytes_text(n: int) -> str:
+    """Bytes for people: GiB from 1 GiB up, MiB below."""
+    return gib(n) if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"

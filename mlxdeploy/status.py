@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from .api.status import ModelStatus, StatusReport
+from .footprint import bytes_text
 from .spec import routes
 
 KEY_HINT = "pass --api-key or set MLXDEPLOY_API_KEY"
@@ -76,6 +77,9 @@ def status_table(report: StatusReport, url: str) -> Table:
     title = f"{url}: {running} running, {queued} queued" + (
         " (draining)" if report.draining else ""
     )
+    if report.memory_budget_bytes:
+        used = bytes_text(report.memory_used_bytes or 0)
+        title += f"; weights in memory {used} of {bytes_text(report.memory_budget_bytes)}"
     table = Table(title=title, title_justify="left")
     table.add_column("model", no_wrap=True, min_width=5)
     table.add_column("request", overflow="fold")  # a long id folds; the numbers never do
@@ -88,8 +92,19 @@ def status_table(report: StatusReport, url: str) -> Table:
     return table
 
 
+def _label(model: ModelStatus) -> str:
+    """The model's id, with its state unless ready, its memory while it holds some, and
+    whether it is pinned."""
+    notes: list[str] = [] if model.state == "ready" else [model.state]
+    if model.memory_bytes and model.state in ("loading", "ready"):
+        notes.append(bytes_text(model.memory_bytes))
+    if model.pinned:
+        notes.append("pinned")
+    return f"{model.id} ({', '.join(notes)})" if notes else model.id
+
+
 def _add_model(table: Table, model: ModelStatus) -> None:
-    label = model.id if model.state == "ready" else f"{model.id} ({model.state})"
+    label = _label(model)
     if not model.requests:
         table.add_row(label, "-", "idle", "", "", "")
     for request in model.requests:

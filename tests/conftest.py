@@ -182,11 +182,13 @@ def mlx_engines(deployment: Deployment) -> Callable[[asyncio.AbstractEventLoop],
         from mlxdeploy.engine.engine import MLXEngine
 
         settings = deployment.spec.engine
-        engines = [MLXEngine(model, settings) for model in deployment.catalog.models]
-        for engine in engines:
-            engine.start(loop)
-        for engine in engines:
-            assert engine.wait_loaded(300) == "ready", engine.error
+        models = deployment.catalog.models
+        engines = [MLXEngine(model, settings) for model in models]
+        for model, engine in zip(models, engines, strict=True):
+            engine.start(loop, load=model.residency.load == "eager")
+        for model, engine in zip(models, engines, strict=True):
+            if model.residency.load == "eager":
+                assert engine.wait_loaded(300) == "ready", engine.error
         return engines
 
     return make

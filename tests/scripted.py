@@ -83,8 +83,37 @@ class ScriptedEngine:
     # A thinking model: these pieces of thinking come first (each counts as a token).
     thoughts: tuple[str, ...] = ()
     template_args: list[dict[str, Any]] = field(default_factory=list)  # each prepare's
+    # Loading and unloading (a model served on demand): how long a load takes, the bytes
+    # it then holds, and the error a load ends in (state failed) when set.
+    load_seconds: float = 0.0
+    weight_bytes: int = 1 << 20
+    load_error: str | None = None
+    resident_bytes: int | None = None
+    error: str | None = None
+    loaded: int = 0  # loads started
+    unloaded: int = 0  # unloads done
     _aborted: str | None = None
     _busy: int = 0
+
+    def __post_init__(self) -> None:
+        if self.state == "ready":
+            self.resident_bytes = self.weight_bytes
+
+    def load(self) -> None:
+        self.loaded += 1
+        self.state = "loading"
+        asyncio.get_running_loop().call_later(self.load_seconds, self._loaded)
+
+    def _loaded(self) -> None:
+        self.error = self.load_error
+        self.state = "failed" if self.load_error else "ready"
+        self.resident_bytes = None if self.load_error else self.weight_bytes
+
+    def unload(self) -> None:
+        assert not self.flights, "unloaded with requests in flight"
+        self.unloaded += 1
+        self.state = "unloaded"
+        self.resident_bytes = None
 
     def prepare(
         self,

@@ -313,6 +313,7 @@ def test_built_in_routes_are_the_ones_endpoints_may_not_take(root: Path) -> None
     assert {p for p in paths if p.startswith(BUILTIN_PREFIXES)} == {
         "/v1/models/<path:model_id>",
         "/v1/responses/<response_id>",
+        "/v1/admin/models/<path:model_id>/<action>",
     }
 
 

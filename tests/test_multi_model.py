@@ -86,7 +86,9 @@ def test_models_lists_both_models_and_the_preset(client: openai.OpenAI) -> None:
     cards = {m.id: m for m in client.models.list()}
     assert list(cards) == ["tiny-a", "tiny-b", "summarize"]
     preset = client.models.retrieve("summarize")
-    assert preset.model_extra == {"parent": "tiny-b", "description": "One-line summaries."}
+    extra = preset.model_extra or {}
+    assert (extra["parent"], extra["description"]) == ("tiny-b", "One-line summaries.")
+    assert (extra["state"], extra["load"], extra["pinned"]) == ("ready", "eager", False)  # tiny-b's
 
 
 def test_requests_route_by_model(

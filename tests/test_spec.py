@@ -718,6 +718,7 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "reasoning",
         "stop",
         "engine",
+        "memory",
         "auth",
         "cors",
         "limits",

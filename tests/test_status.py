@@ -208,7 +208,7 @@ def test_status_command_prints_a_table_of_requests(
     assert asked == ["http://server:8080/v1/status"] * 2
     (row,) = [line for line in result.output.splitlines() if "cli-req-1" in line]
     cells = [cell.strip() for cell in row.split("│")[1:-1]]
-    assert cells[0:3] == ["tiny", "cli-req-1", "decoding"]
+    assert cells[0:3] == ["tiny (1.0 MiB)", "cli-req-1", "decoding"]
     assert cells[4:] == [str(len("user:hello\n")), "1"]
     assert "1 running, 0 queued" in result.output
     report = json.loads(as_json.output)

@@ -75,6 +75,12 @@ class Unavailable(APIError):
     status = 503
     type = "server_error"
 
+    def __init__(
+        self, message: str, retry_after: int | None = None, code: str = "model_unavailable"
+    ):
+        headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+        super().__init__(message, code=code, headers=headers)
+
 
 class GenerationFailed(APIError):
     status = 500

@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map
 
 from ..engine.api import Engine, EngineState, EngineStats
+from ..engine.residency import Residents, Tenant
 from .asgi import ASGIApp
 
 PREFIX = "mlxdeploy"
@@ -31,7 +32,7 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 class Metrics:
     """The app's registry and the metrics the HTTP side records itself."""
 
-    def __init__(self, engines: Sequence[Engine]) -> None:
+    def __init__(self, engines: Sequence[Engine], residents: Residents | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             f"{PREFIX}_http_requests",
@@ -54,6 +55,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(EngineCollector(engines))
+        if residents is not None:
+            self.registry.register(ResidencyCollector(residents))
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
@@ -73,7 +76,7 @@ class EngineCollector(Collector):
     """Reads each engine's stats at scrape time, so no generation thread touches metrics.
     Every family has a `model` label: one sample per served model."""
 
-    def __init__(self, engines: Sequence[Engine]) -> None:
+    def __init__(self, engines: Sequence[Engine], residents: Residents | None = None) -> None:
         self._engines = list(engines)
 
     def collect(self) -> Iterator[Metric]:
@@ -118,6 +121,40 @@ def _engine_values(stats: EngineStats, state: EngineState) -> tuple[float, ...]:
         stats.prefix_cache_bytes,
         stats.prefix_cache_entries,
     )
+
+
+class ResidencyCollector(Collector):
+    """Loads, evictions and the memory of each model, read at scrape time."""
+
+    def __init__(self, residents: Residents) -> None:
+        self._residents = residents
+
+    def collect(self) -> Iterator[Metric]:
+        families = [_family(kind, name, help) for kind, name, help in _RESIDENCY_METRICS]
+        for tenant in self._residents:
+            for family, value in zip(families, _residency_values(tenant), strict=True):
+                family.add_metric([tenant.id], value)
+        yield from families
+        budget = GaugeMetricFamily(
+            f"{PREFIX}_memory_budget_bytes", "What the models' weights may take together."
+        )
+        budget.add_metric([], self._residents.budget)
+        yield budget
+
+
+_RESIDENCY_METRICS = (
+    ("counter", "model_loads", "Loads of the model on demand (after the start)."),
+    ("counter", "model_load_seconds", "Seconds spent loading the model on demand, all loads."),
+    ("counter", "model_evictions", "Unloads of the model to make room for another one."),
+    ("gauge", "model_resident_bytes", "Bytes the model's weights take in memory (0: unloaded)."),
+    ("gauge", "model_pinned", "1 when the model is pinned in memory."),
+)
+
+
+def _residency_values(tenant: Tenant) -> tuple[float, ...]:
+    """In the order of _RESIDENCY_METRICS."""
+    resident = tenant.size if tenant.resident else 0
+    return (tenant.loads, tenant.load_seconds, tenant.evictions, resident, tenant.pinned)
 
 
 class RequestMetrics:

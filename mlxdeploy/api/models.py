@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ..engine.api import Engine
+from ..engine.api import EngineState
+from ..engine.residency import Residents, Tenant, serving_state
 from ..spec.catalog import Catalog
 from .errors import ModelNotFound
 
@@ -19,6 +20,30 @@ class ModelCard(BaseModel):
     owned_by: str = "mlxdeploy"
     parent: str | None = None  # an endpoint preset's model, as vLLM names a LoRA's base model
     description: str | None = None
+    # Where the model is (a preset: its model's): unloaded, loading, ready, failed, stopped.
+    state: EngineState | None = None
+    memory_bytes: int | None = None  # its weights, measured once loaded, else estimated
+    context_length: int | None = None
+    pinned: bool | None = None
+    load: str | None = None  # eager or on_demand
+
+
+def placed(card: ModelCard, tenant: Tenant) -> ModelCard:
+    """The card with where its model is now."""
+    return card.model_copy(
+        update={
+            "state": tenant.engine.state,
+            "memory_bytes": tenant.size or None,
+            "context_length": tenant.context(),
+            "pinned": tenant.pinned,
+            "load": tenant.residency.load,
+        }
+    )
+
+
+def current_cards(cards: Sequence[ModelCard], residents: Residents) -> list[ModelCard]:
+    """Every card with its model's state now (a preset shows its model's)."""
+    return [placed(card, residents.tenant(card.parent or card.id)) for card in cards]
 
 
 class ModelList(BaseModel):
@@ -43,10 +68,14 @@ def find_card(cards: Sequence[ModelCard], model_id: str) -> ModelCard:
     return card
 
 
-def health_report(engines: Sequence[Engine], draining: bool) -> dict[str, Any]:
-    """`ok` only when every model is ready; otherwise the state that keeps it from being so."""
-    models = [{"id": e.model_id, "status": _status(e.state), "running": e.running} for e in engines]
-    states = {e.state for e in engines}
+def health_report(residents: Residents, draining: bool) -> dict[str, Any]:
+    """`ok` when every model loaded at start is ready; otherwise the state that keeps it from
+    being so. Models loaded on demand (or waiting to be) never do: they are served in turn."""
+    models = [
+        {"id": t.id, "status": _status(t.engine.state), "running": t.engine.running}
+        for t in residents
+    ]
+    states = {state for t in residents if (state := serving_state(t)) is not None}
     overall = next((s for s in ("failed", "loading", "stopped") if s in states), "ready")
     return {
         "status": "draining" if draining else _status(overall),

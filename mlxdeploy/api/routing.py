@@ -7,12 +7,16 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from quart import request
+
 from ..engine.api import Engine, RoleOverride, ToolUse, Turn, has_system_turn
+from ..engine.residency import NotResident, Residents
 from ..spec.catalog import Catalog, Preset
 from ..spec.formats import ResponseFormat
 from ..spec.reasoning import ReasoningSettings
 from ..spec.settings import EngineSettings, SamplingDefaults
 from ..spec.templates import TemplateProblem
+from .asgi import request_exit_stack
 from .errors import APIError, InvalidRequest, ModelNotFound, Unavailable
 from .guards.admission import Admission
 from .reasoning import Thinking, ThinkingAsk, resolve_thinking
@@ -59,11 +63,6 @@ class Target:
                 param=media,
             )
 
-    def check_ready(self) -> None:
-        state = self.engine.state
-        if state != "ready":
-            raise Unavailable(f"the model is not ready to serve requests (state: {state})")
-
     def turns(self, turns: Sequence[Turn], role_override: RoleOverride | None) -> list[Turn]:
         """The conversation as the engine should see it: the preset's system prompt first
         (unless the request brings its own, as a message or as `role_mapping.system_prompt`),
@@ -94,8 +93,13 @@ class Targets:
     """Every id the app serves, looked up by the request's `model`."""
 
     def __init__(
-        self, catalog: Catalog, engines: Mapping[str, Engine], settings: EngineSettings
+        self,
+        catalog: Catalog,
+        engines: Mapping[str, Engine],
+        settings: EngineSettings,
+        residents: Residents,
     ) -> None:
+        self.residents = residents
         self._by_id: dict[str, Target] = {}
         self.admissions: list[Admission] = []  # one per model; its presets share it
         unkeyed = Sealer()  # for models whose spec names no seal key: one per start
@@ -124,6 +128,17 @@ class Targets:
         target = self._by_id.get(requested)
         if target is None:
             raise ModelNotFound(requested)
+        return target
+
+    async def resolve(self, requested: str | None) -> Target:
+        """The target a request names, with its model loaded and held for the request (it
+        is not unloaded before the response ends); 503 + Retry-After when it cannot be."""
+        target = self.lookup(requested)
+        try:
+            lease = await self.residents.use(target.engine.model_id)
+        except NotResident as exc:
+            raise Unavailable(str(exc), exc.retry_after) from None
+        request_exit_stack(request.scope).callback(lease.release)
         return target
 
 

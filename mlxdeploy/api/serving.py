@@ -103,7 +103,6 @@ class Generation:
         deadline = Deadline.start(self.limits.request_timeout_seconds)
         check_max_tokens(body, self.limits, unused_fields())
         check_n(body, self.limits)
-        target.check_ready()
         slot = target.admission.enter()
         request_exit_stack(request.scope).callback(slot.release_unclaimed)
         prompt = await read_prompt(prepare, prompt_param)

@@ -5,13 +5,13 @@ gives the engine as the request's label."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel
 from quart import Response
 
-from ..engine.api import Engine, EngineState, RequestInfo, RequestState
+from ..engine.api import EngineState, RequestInfo, RequestState
+from ..engine.residency import Residents, Tenant
 from .errors import json_response
 from .guards.drain import Drain
 
@@ -31,15 +31,23 @@ class ModelStatus(BaseModel):
     running: int  # reading their prompt or decoding
     queued: int  # waiting for a batch slot
     requests: list[RequestStatus]  # oldest first
+    memory_bytes: int | None = None  # its weights: measured once loaded, else estimated
+    pinned: bool = False
+    load: str = "eager"  # eager or on_demand
+    loads: int = 0  # loads on demand since start
+    evictions: int = 0  # unloads to make room for another model
 
 
 class StatusReport(BaseModel):
     object: Literal["status"] = "status"
     draining: bool
     models: list[ModelStatus]
+    memory_budget_bytes: int | None = None
+    memory_used_bytes: int | None = None  # the weights of the models in memory
 
 
-def model_status(engine: Engine) -> ModelStatus:
+def model_status(tenant: Tenant) -> ModelStatus:
+    engine = tenant.engine
     requests = [request_status(info) for info in engine.requests()]
     queued = sum(1 for r in requests if r.state == "queued")
     return ModelStatus(
@@ -48,6 +56,11 @@ def model_status(engine: Engine) -> ModelStatus:
         running=len(requests) - queued,
         queued=queued,
         requests=requests,
+        memory_bytes=tenant.size or None,
+        pinned=tenant.pinned,
+        load=tenant.residency.load,
+        loads=tenant.loads,
+        evictions=tenant.evictions,
     )
 
 
@@ -62,6 +75,11 @@ def request_status(info: RequestInfo) -> RequestStatus:
     )
 
 
-async def status(engines: Sequence[Engine], drain: Drain) -> Response:
-    report = StatusReport(draining=drain.draining, models=[model_status(e) for e in engines])
+async def status(residents: Residents, drain: Drain) -> Response:
+    report = StatusReport(
+        draining=drain.draining,
+        models=[model_status(tenant) for tenant in residents],
+        memory_budget_bytes=residents.budget,
+        memory_used_bytes=residents.used,
+    )
     return json_response(report)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "tool_calls"]
-EngineState = Literal["loading", "ready", "failed", "stopped"]
+EngineState = Literal["unloaded", "loading", "ready", "failed", "stopped"]
 RequestState = Literal["queued", "prefill", "decoding"]
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 SYSTEM_ROLES = frozenset({"system", "developer"})
@@ -274,6 +274,26 @@ class Engine(Protocol):
     @property
     def running(self) -> int:
         """Requests admitted to the generation thread and not yet finished."""
+        ...
+
+    @property
+    def error(self) -> str | None:
+        """Why the model failed (state `failed`), or None."""
+        ...
+
+    @property
+    def resident_bytes(self) -> int | None:
+        """Bytes its weights take in memory while loaded; None when not loaded."""
+        ...
+
+    def load(self) -> None:
+        """Start loading the weights (state `unloaded` or `failed` -> `loading`); returns at
+        once. Called on the event loop."""
+        ...
+
+    def unload(self) -> None:
+        """Stop generating and let go of the weights (state -> `unloaded`); blocks until
+        done. Only for a model without requests in flight; called off the event loop."""
         ...
 
     @property

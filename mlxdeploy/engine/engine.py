@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -12,6 +13,9 @@ import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from ..spec.catalog import ServedModel
 from ..spec.settings import EngineSettings
@@ -79,6 +83,7 @@ class MLXEngine:
         self._live: set[Job] = set()  # requests being streamed; touched on the event loop only
         self._aborted: str | None = None
         self._peers = peers
+        self.resident_bytes: int | None = None  # the weights', once loaded
 
     @property
     def model_id(self) -> str:
@@ -119,12 +124,38 @@ class MLXEngine:
                 self._worker.cancel(job)
 
     # -- lifecycle --------------------------------------------------------------------
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop, load: bool = True) -> None:
+        """Deliver on `loop`; load the weights now, or (`load=False`) when `load` is called."""
         self._loop = loop
+        if load:
+            self.load()
+        else:
+            self._state = "unloaded"
+            self._loaded.set()
+
+    def load(self) -> None:
+        self._state = "loading"
+        self.error = None
+        self._aborted = None
+        self._loaded.clear()
+        self._stop_requested.clear()
         self._thread = threading.Thread(
             target=self._main, name=f"mlxdeploy-generation-{self.model.id}", daemon=True
         )
         self._thread.start()
+
+    def unload(self, timeout: float = 30.0) -> None:
+        """Stop the generation thread and drop every reference to the weights, so that MLX
+        can give their memory back; `load` reads them again."""
+        self.stop(timeout)
+        self._worker = None
+        self._tokenizer = None
+        self.formats = None
+        self._decode = str
+        self.resident_bytes = None
+        gc.collect()
+        mx.clear_cache()
+        self._state = "unloaded"
 
     def wait_loaded(self, timeout: float | None = None) -> EngineState:
         self._loaded.wait(timeout)
@@ -169,6 +200,7 @@ class MLXEngine:
             self._fail(str(exc))
             return
         self.context_length = _context_length(model)
+        self.resident_bytes = _weight_bytes(model)
         self.vocab_size = Vocabulary.of(model, self._tokenizer).size
         self._worker = self._new_worker(model, fault)
         try:
@@ -365,6 +397,12 @@ def _nowhere(items: list[tuple[Sink, Event]]) -> None:
 def _put_all(items: list[tuple[Sink, Event]]) -> None:
     for sink, event in items:
         sink.put_nowait(event)
+
+
+def _weight_bytes(model: Any) -> int:
+    arrays = tree_flatten(model.parameters())
+    assert isinstance(arrays, list)
+    return sum(int(array.nbytes) for _, array in arrays)
 
 
 def _context_length(model: Any) -> int | None:

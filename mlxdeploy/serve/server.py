@@ -19,8 +19,10 @@ from hypercorn.config import Sockets
 from ..api.app import create_app
 from ..api.guards.auth import ApiKeys
 from ..api.guards.drain import drain_of
+from ..engine.residency import residents_of
 from ..engine.weights.blas import load_fast_blas
 from ..engine.weights.progress import progress_for
+from ..footprint import device_memory
 from ..spec.deployment import Deployment
 from ..spec.settings import Spec
 from .gil import hand_back_the_gil_sooner
@@ -143,12 +145,13 @@ async def _serve_on(
         loop.add_signal_handler(signal.SIGTERM, lost.set)
     stop = signals.requested
     engines = start_engines(deployment, loop, peers)
+    residents = residents_of(deployment.catalog.models, engines, spec.memory, device_memory())
     ready_line = f"serving {', '.join(deployment.catalog.ids)} on http://{address(spec.host, port)}"
     if peers is not None:
         ready_line += f" ({peers.size} ranks, {peers.strategy} parallel)"
     stall = spec.distributed.stall_timeout_seconds if spec.distributed else None
     watcher = asyncio.create_task(_watch_load(engines, stop, ready_line, lost, stall))
-    app = create_app(deployment, engines, api_keys)
+    app = create_app(deployment, engines, api_keys, residents)
 
     async def drained() -> None:  # Hypercorn stops serving when this returns
         await stop.wait()
@@ -167,7 +170,10 @@ async def _serve_on(
         await stop_engines(
             engines, signals.forced, LOST_STOP_SECONDS if gone else STOP_TIMEOUT_SECONDS
         )
-    error = next((engine.error for engine in engines if engine.error), None) or stalled
+    # A model loaded on demand that failed has answered its requests with the failure.
+    eager = [e for m, e in zip(deployment.catalog.models, engines, strict=True)
+             if m.residency.load == "eager"]  # fmt: skip
+    error = next((engine.error for engine in eager if engine.error), None) or stalled
     if lost is not None and lost.is_set():
         error = error or LOST_RANK
     if error is None:
@@ -193,8 +199,8 @@ def start_engines(
         MLXEngine(model, spec.engine, load_lock=load_lock, progress=progress, peers=peers)
         for model in deployment.catalog.models
     ]
-    for engine in engines:
-        engine.start(loop)
+    for model, engine in zip(deployment.catalog.models, engines, strict=True):
+        engine.start(loop, load=model.residency.load == "eager")
     return engines
 
 

@@ -121,7 +121,7 @@ async def stop_engines(
         )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while running := [e.model_id for e in engines if e.state not in ("stopped", "failed")]:
+    while running := [e.model_id for e in engines if e.state in ("loading", "ready")]:
         still_loading = any(engine.state == "loading" for engine in engines)
         if loop.time() >= deadline or (forced.is_set() and still_loading):
             log.warning("stopping without waiting for %s", ", ".join(running))

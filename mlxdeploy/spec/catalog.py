@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from ..grammar import problem_of
 from .formats import ResponseFormat
+from .memory import Residency
 from .problems import FieldError
 from .reasoning import ReasoningSettings
 from .routes import BUILTIN_PATHS, BUILTIN_PREFIXES
@@ -61,6 +62,7 @@ class ServedModel:
     stop: tuple[str, ...]
     tool_parser: str | None = None  # None: inferred from the chat template
     reasoning: ReasoningSettings = field(default_factory=ReasoningSettings)
+    residency: Residency = field(default_factory=Residency)
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,7 @@ def _single(spec: Spec, files: Files) -> ServedModel | None:
         stop=tuple(spec.stop),
         tool_parser=spec.tool_parser,
         reasoning=spec.reasoning,
+        residency=Residency(idle_unload_seconds=spec.memory.idle_unload_seconds),
     )
 
 
@@ -200,6 +203,9 @@ def _entry(spec: Spec, index: int, entry: ModelEntry, files: Files) -> ServedMod
         stop=tuple(spec.stop if entry.stop is None else entry.stop),
         tool_parser=entry.tool_parser or spec.tool_parser,
         reasoning=overlay(spec.reasoning, entry.reasoning),
+        residency=Residency(
+            entry.load, entry.pin, entry.idle_unload_seconds or spec.memory.idle_unload_seconds
+        ),
     )
 
 

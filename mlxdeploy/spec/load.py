@@ -18,11 +18,12 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from ..footprint import estimate_bytes, gib, machine_memory
+from ..footprint import bytes_text, device_memory, estimate_bytes
 from ..gguf_header import GGUFError
 from ..sharding import model_config, model_problem
 from .catalog import Catalog, CatalogError, Files, build_catalog, read_files
 from .deployment import Deployment
+from .memory import MemorySettings
 from .placement import Layers, SpecFile, field_problem, validation_problem
 from .problems import FieldError, Problem, SpecError, dotted
 from .scale import DistributedSettings
@@ -66,7 +67,7 @@ def load_spec(path: Path, *, require_weights: bool = True, **overrides: Any) -> 
     )
     problems += [field_problem(error, layers) for error in file_errors]
     machines = spec.distributed.machines if spec is not None and spec.distributed else 1
-    _check_memory(referenced, merged, layers, problems, machines)
+    _check_memory(referenced, merged, layers, problems, spec, machines)
     catalog = None if spec is None else _check_catalog(spec, referenced, layers, problems)
     if spec is not None and spec.distributed is not None:
         _check_split(spec.distributed, referenced, layers, problems)
@@ -215,40 +216,107 @@ def _typed(text: str) -> Any:
     return value if isinstance(value, int | float | bool) else text
 
 
+@dataclass(frozen=True)
+class _Weights:
+    """One model's weights as `validate` sees them: where the spec names it, and their size."""
+
+    loc: tuple[str | int, ...]
+    label: str
+    size: int
+    eager: bool = True
+    pin: bool = False
+
+
 def _check_memory(
     files: Files,
     data: dict[str, Any],
     layers: Layers,
     problems: list[Problem],
+    spec: Spec | None,
     machines: float = 1,
 ) -> None:
-    """Weights that cannot fit this machine's memory together are a problem before anything
-    loads. Sizes come from file headers; no weights are read. A model split over several
-    `machines` (distributed hosts) needs its share on each."""
-    sizes: list[tuple[str, int]] = []
+    """Weights that cannot fit the memory budget are a problem before anything loads: the
+    models loaded at start together, the pinned ones together, and each model beside the
+    pinned ones. Sizes come from file headers; no weights are read. A model split over
+    several `machines` (distributed hosts) needs its share on each."""
+    weights = _measure(files, data, layers, problems, spec)
+    memory = spec.memory if spec is not None else MemorySettings()
+    budget = memory.bytes_of(device_memory()) * machines
+    limit = _limit_text(memory, budget, machines)
+    several = "models" in data
+    eager = [w for w in weights if w.eager]
+    if sum(w.size for w in eager) > budget:
+        subject = (
+            "the models' weights"
+            if len(eager) == len(weights)
+            else ("the weights of the models loaded at start")
+        )
+        message = _too_big(subject if several else "", eager, machines)
+        message += f", {limit}; use smaller or quantized models"
+        if several:
+            message += " or load some on demand (load: on_demand)"
+        where = ("models",) if several else ("model",)
+        problems.append(field_problem(FieldError(where, message), layers))
+        return
+    pinned = [w for w in weights if w.pin]
+    if sum(w.size for w in pinned) > budget:
+        message = _too_big("the pinned models' weights", pinned, machines) + f", {limit}"
+        problems.append(field_problem(FieldError(("models",), message), layers))
+        return
+    for alone in weights:
+        beside = [w for w in pinned if w is not alone]
+        if alone.size + sum(w.size for w in beside) > budget:
+            message = f"model '{alone.label}' needs about {bytes_text(alone.size)} of memory"
+            if beside:
+                message += f" beside the pinned models ({_sizes(beside)})"
+            message += f", {limit}: it can never be loaded"
+            problems.append(field_problem(FieldError(alone.loc, message), layers))
+
+
+def _measure(
+    files: Files, data: dict[str, Any], layers: Layers, problems: list[Problem], spec: Spec | None
+) -> list[_Weights]:
+    """The size of each model's weights that can be measured here (a hub model that is not
+    downloaded cannot)."""
+    weights: list[_Weights] = []
     for loc, source in files.sources.items():
         try:
-            weights = weight_files(source)
-            needed = None if weights is None else estimate_bytes(weights)
+            found = weight_files(source)
+            size = None if found is None else estimate_bytes(found)
         except (OSError, ValueError, KeyError, TypeError) as error:  # an unreadable header
             message = f"cannot read the size of the model's weights: {error}"
             problems.append(field_problem(FieldError(loc, message), layers))
             continue
-        if needed is not None:
-            sizes.append((_model_label(data, loc), needed))
-    needed, available = sum(size for _, size in sizes), machine_memory()
-    if needed <= available * machines:
-        return
-    if "models" in data:
-        parts = ", ".join(f"{label} {gib(size)}" for label, size in sizes)
-        message = f"the models' weights need about {gib(needed)} of memory together ({parts})"
+        if size is None:
+            continue
+        entry = None
+        if spec is not None and spec.models is not None and loc[0] == "models":
+            entry = spec.models[int(loc[1])]
+        eager = entry is None or entry.load == "eager"
+        pin = entry is not None and entry.pin
+        weights.append(_Weights(loc, _model_label(data, loc), size, eager, pin))
+    return weights
+
+
+def _too_big(what: str, weights: list[_Weights], machines: float) -> str:
+    needed = sum(w.size for w in weights)
+    if what:
+        message = f"{what} need about {bytes_text(needed)} of memory together ({_sizes(weights)})"
     else:
-        message = f"the model's weights need about {gib(needed)} of memory"
+        message = f"the model's weights need about {bytes_text(needed)} of memory"
     if machines > 1:
-        message += f", {gib(int(needed / machines))} on each of {machines:g} machines"
-    message += f", this machine has {gib(available)}; use smaller or quantized models"
-    where = ("models",) if "models" in data else ("model",)
-    problems.append(field_problem(FieldError(where, message), layers))
+        message += f", {bytes_text(int(needed / machines))} on each of {machines:g} machines"
+    return message
+
+
+def _sizes(weights: list[_Weights]) -> str:
+    return ", ".join(f"{w.label} {bytes_text(w.size)}" for w in weights)
+
+
+def _limit_text(memory: MemorySettings, budget: float, machines: float) -> str:
+    if memory.budget is None:
+        return f"this machine has {bytes_text(int(budget / machines))}"
+    return f"the memory budget is {bytes_text(int(budget / machines))} (memory.budget)"
 
 
 def _model_label(data: dict[str, Any], loc: tuple[str | int, ...]) -> str:

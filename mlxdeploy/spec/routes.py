@@ -26,6 +26,8 @@ MODEL = Route("GET", "/v1/models/<path:model_id>", "model")
 CHAT_COMPLETIONS = Route("POST", "/v1/chat/completions", "chat_completions")
 COMPLETIONS = Route("POST", "/v1/completions", "completions")
 STATUS = Route("GET", "/v1/status", "status")  # the requests in flight, per model
+# An operator's load, unload, pin and unpin of a model (api/admin.py).
+ADMIN_MODEL = Route("POST", "/v1/admin/models/<path:model_id>/<action>", "admin_model")
 RESPONSES = Route("POST", "/v1/responses", "responses")  # OpenAI's Responses API
 RESPONSE = Route("GET", "/v1/responses/<response_id>", "response")
 RESPONSE_DELETE = Route("DELETE", "/v1/responses/<response_id>", "response_delete")
@@ -42,7 +44,7 @@ API_ROUTES: dict[ApiName, tuple[Route, ...]] = {
     "responses": (RESPONSES, RESPONSE, RESPONSE_DELETE),
     "messages": (MESSAGES, COUNT_TOKENS),
 }
-ALWAYS = (HEALTH, METRICS, MODELS, MODEL, STATUS)  # served whatever the spec's `apis`
+ALWAYS = (HEALTH, METRICS, MODELS, MODEL, STATUS, ADMIN_MODEL)  # served whatever the spec's `apis`
 BUILTIN_ROUTES = ALWAYS + tuple(route for api in API_NAMES for route in API_ROUTES[api])
 # A preset's path may be none of these, nor start with a prefix that a built-in route matches.
 # The playground's `/` counts too: the app serves it where the spec turns it on.

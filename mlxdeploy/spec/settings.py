@@ -24,6 +24,7 @@ from pydantic_settings import (
 
 from ..tool_parsers import TOOL_PARSER_HELP, ToolParserName
 from .formats import ResponseFormat, Section
+from .memory import IDLE_HELP, LOAD_HELP, PIN_HELP, Load, MemorySettings
 from .problems import FieldError, show_value
 from .reasoning import ReasoningSettings
 from .routes import API_NAMES, ApiName
@@ -361,6 +362,9 @@ class ModelEntry(Section):
     reasoning: ReasoningSettings | None = Field(
         default=None, description="Keys set here replace the top level's reasoning keys."
     )
+    load: Load = Field(default="eager", description=LOAD_HELP)
+    pin: bool = Field(default=False, description=PIN_HELP)
+    idle_unload_seconds: float | None = Field(default=None, gt=0, description=IDLE_HELP)
 
 
 class Endpoint(Section):
@@ -486,6 +490,10 @@ class Spec(BaseSettings):
         default=EngineSettings(),
         description="Batching and prompt caching of each model's generation thread.",
     )
+    memory: MemorySettings = Field(
+        default=MemorySettings(),
+        description="The memory budget of the models' weights, and loading models on demand.",
+    )
     auth: AuthSettings = Field(default=AuthSettings(), description="API keys; off by default.")
     cors: CorsSettings = Field(default=CorsSettings(), description="Browser cross-origin access.")
     limits: LimitSettings = Field(default=LimitSettings(), description="Per-request bounds.")
@@ -544,6 +552,9 @@ class Spec(BaseSettings):
         if self.distributed is not None and self.models is not None and len(self.models) > 1:
             message = f"a distributed spec serves one model; this one lists {len(self.models)}"
             raise FieldError(("models",), message, at_key=True)
+        if self.distributed is not None and self.models and self.models[0].load != "eager":
+            message = "a distributed model loads at start, on every rank: use load: eager"
+            raise FieldError(("models", 0, "load"), message)
         return self
 
     @property

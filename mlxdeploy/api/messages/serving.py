@@ -46,7 +46,7 @@ from .wire import (
 
 async def create_message(generation: Generation, targets: Targets) -> Response:
     body = await parse_body(MessagesRequest)
-    target = targets.lookup(body.model)
+    target = await targets.resolve(body.model)
     turns = body.turns(target.sealer.open)
     tools = target.tool_use(body.tool_use(), turns)
     thinking = target.thinking(body.thinking_ask())
@@ -61,8 +61,7 @@ async def create_message(generation: Generation, targets: Targets) -> Response:
 
 async def count_tokens(targets: Targets) -> Response:
     body = await parse_body(Conversation)
-    target = targets.lookup(body.model)
-    target.check_ready()
+    target = await targets.resolve(body.model)
     thinking = target.thinking(body.thinking_ask())
     prepare = _preparer(target, body, body.tool_use(), thinking)
     prompt = await read_prompt(prepare, "messages")

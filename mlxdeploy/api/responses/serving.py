@@ -60,7 +60,7 @@ async def create_response(
     generation: Generation, targets: Targets, store: ResponseStore
 ) -> Response:
     body = await parse_body(ResponseRequest)
-    target = targets.lookup(body.model)
+    target = await targets.resolve(body.model)
     target.check_text_only(body.media())
     conversation = (*_history(store, body.previous_response_id), *body.items())
     turns = [Turn("system", body.instructions)] if body.instructions else []

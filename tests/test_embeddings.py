@@ -109,6 +109,16 @@ def test_a_batch_of_mixed_lengths_matches_each_input_alone(app: InProcessApp, di
     assert not np.allclose(batched[0], batched[2], atol=1e-3)  # the inputs do differ
 
 
+def test_concurrent_requests_each_get_their_own_vectors(app: InProcessApp, direct: Any) -> None:
+    texts = [f"{text} ({n})" for n in range(3) for text in TEXTS]
+    with ThreadPoolExecutor(len(texts)) as pool:
+        replies = list(pool.map(lambda text: post(app, input=[text, "Hi"]), texts))
+    for text, reply in zip(texts, replies, strict=True):
+        first, second = vectors(reply)
+        np.testing.assert_allclose(first, forward(direct, direct[1].encode(text)), atol=2e-6)
+        np.testing.assert_allclose(second, forward(direct, direct[1].encode("Hi")), atol=2e-6)
+
+
 def test_token_ids_are_read_as_given(app: InProcessApp, direct: Any) -> None:
     tokens = [direct[1].encode(text) for text in TEXTS]
     from_ids = vectors(post(app, input=tokens))

@@ -57,7 +57,9 @@ def served_table(deployment: Deployment) -> list[dict[str, Any]]:
     endpoint preset, the model it runs on and its own path."""
     catalog = deployment.catalog
     rows: list[dict[str, Any]] = [
-        {"id": m.id, "source": f"{m.source.kind}: {m.source}"} for m in catalog.models
+        {"id": m.id, "source": f"{m.source.kind}: {m.source}"}
+        | ({"task": m.task} if m.task != "generate" else {})
+        for m in catalog.models
     ]
     rows += [{"id": p.name, "endpoint_of": p.model_id, "path": p.path} for p in catalog.presets]
     return rows
@@ -84,11 +86,13 @@ def sampling_row(params: SamplingParams) -> dict[str, Any]:
 def sampling_table(deployment: Deployment) -> dict[str, dict[str, Any]]:
     """For each id clients may send as `model`: what a request that sets no sampling field
     runs with (its model's or preset's defaults, max_tokens capped by limits.max_tokens, the
-    stop words, a preset's response_format)."""
+    stop words, a preset's response_format). Embedding models sample nothing."""
     request = SamplingFields()
     spec, catalog = deployment.spec, deployment.catalog
     rows = {
-        m.id: request.to_sampling_params(m.defaults, m.stop, spec.limits) for m in catalog.models
+        m.id: request.to_sampling_params(m.defaults, m.stop, spec.limits)
+        for m in catalog.models
+        if m.task == "generate"
     }
     for p in catalog.presets:
         rows[p.name] = request.to_sampling_params(

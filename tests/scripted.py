@@ -4,6 +4,8 @@ only HTTP matters: it answers every prompt with the same pieces of text, one eve
 from __future__ import annotations
 
 import asyncio
+import math
+import struct
 import threading
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -11,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlxdeploy.engine.api import (
+    Embedding,
+    Embeddings,
     EngineState,
     EngineStats,
     Event,
@@ -92,6 +96,9 @@ class ScriptedEngine:
     error: str | None = None
     loaded: int = 0  # loads started
     unloaded: int = 0  # unloads done
+    # An embedding model (task: embed) when set: the length of its vectors.
+    embedding_size: int | None = None
+    embedded: list[list[list[int]]] = field(default_factory=list)  # each embed call's inputs
     _aborted: str | None = None
     _busy: int = 0
 
@@ -138,6 +145,24 @@ class ScriptedEngine:
         if not text:
             raise PromptRejected("the prompt is empty")
         return Prompt([ord(c) for c in text])
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return [[ord(c) for c in text] for text in texts]
+
+    async def embed(
+        self, inputs: Sequence[Sequence[int]], dimensions: int | None = None, label: str = ""
+    ) -> Embeddings:
+        """Each input's vector is a fixed function of its tokens: `scripted_vector`."""
+        assert self.embedding_size is not None, "a scripted generation model has no embeddings"
+        self.embedded.append([list(tokens) for tokens in inputs])
+        self.labels.append(label)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        size = dimensions or self.embedding_size
+        vectors = tuple(
+            Embedding(pack(scripted_vector(t, self.embedding_size)[:size])) for t in inputs
+        )
+        return Embeddings(vectors, sum(len(tokens) for tokens in inputs))
 
     async def generate(
         self, prompt: Prompt, params: SamplingParams, label: str = ""
@@ -231,3 +256,18 @@ class ScriptedEngine:
 
     def abort(self, message: str) -> None:
         self._aborted = message
+
+
+def scripted_vector(tokens: Sequence[int], size: int) -> list[float]:
+    """A scripted embedding: distinct for distinct token lists (before normalising)."""
+    return [float((sum(tokens) * (j + 1) + len(tokens) * 7 + j) % 101 + 1) for j in range(size)]
+
+
+def unit(values: Sequence[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in values))
+    return [v / norm for v in values]
+
+
+def pack(values: Sequence[float]) -> bytes:
+    """Unit length, as little-endian float32."""
+    return struct.pack(f"<{len(values)}f", *unit(values))

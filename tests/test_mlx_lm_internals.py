@@ -233,6 +233,7 @@ def _holders(model: Any, tokenizer: Any) -> dict[str, object]:
         "mlx_lm.models.cache.LRUPromptCache": LRUPromptCache(max_size=1),
         "mlx_lm.tokenizer_utils.TokenizerWrapper": tokenizer,
         "mlx_lm.tokenizer_utils": importlib.import_module("mlx_lm.tokenizer_utils"),
+        "mlx_lm.utils": importlib.import_module("mlx_lm.utils"),
     }
 
 

@@ -710,6 +710,7 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "host",
         "port",
         "playground",
+        "task",
         "prompt_format",
         "chat_template",
         "tool_parser",

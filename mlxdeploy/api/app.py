@@ -19,6 +19,7 @@ from .admin import admin_model
 from .asgi import RequestScope
 from .chat.serving import chat_completions, preset_chat
 from .completions.serving import completions
+from .embeddings.serving import create_embeddings
 from .errors import json_response, register_error_handlers
 from .guards.auth import ApiKeys, load_api_keys
 from .guards.body import install_body_reader
@@ -81,6 +82,7 @@ def create_app(
         routes.RESPONSE_DELETE: partial(delete_response, stored),
         routes.MESSAGES: partial(create_message, generation, targets),
         routes.COUNT_TOKENS: partial(count_tokens, targets),
+        routes.EMBEDDINGS: partial(create_embeddings, spec.limits, targets),
     }
     table = [(route, views[route]) for route in routes.served_routes(spec.apis)]
     table += [

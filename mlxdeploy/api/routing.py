@@ -14,7 +14,7 @@ from ..engine.residency import NotResident, Residents
 from ..spec.catalog import Catalog, Preset
 from ..spec.formats import ResponseFormat
 from ..spec.reasoning import ReasoningSettings
-from ..spec.settings import EngineSettings, SamplingDefaults
+from ..spec.settings import EngineSettings, SamplingDefaults, Task
 from ..spec.templates import TemplateProblem
 from .asgi import request_exit_stack
 from .errors import APIError, InvalidRequest, ModelNotFound, Unavailable
@@ -34,6 +34,7 @@ class Target:
     preset: Preset | None = None
     reasoning: ReasoningSettings = field(default_factory=ReasoningSettings)
     sealer: Sealer = field(default_factory=Sealer)  # seals the thinking given to clients
+    task: Task = "generate"  # embed: only the embeddings route serves it
 
     @property
     def response_format(self) -> ResponseFormat | None:
@@ -111,7 +112,7 @@ class Targets:
             sealer = unkeyed if key is None else Sealer(key.get_secret_value())
             self._by_id[model.id] = Target(
                 model.id, engine, admission, model.defaults, model.stop, None,
-                model.reasoning, sealer,
+                model.reasoning, sealer, model.task,
             )  # fmt: skip
         for preset in catalog.presets:
             base = self._by_id[preset.model_id]
@@ -119,27 +120,49 @@ class Targets:
                 preset.name, base.engine, base.admission, preset.defaults, preset.stop, preset,
                 base.reasoning, base.sealer,
             )  # fmt: skip
-        self.default = self._by_id[catalog.models[0].id]
+        self._first = {m.task: self._by_id[m.id] for m in reversed(catalog.models)}
 
-    def lookup(self, requested: str | None) -> Target:
-        """The target a request names; a request without `model` goes to the first model."""
-        if requested is None:
-            return self.default
-        target = self._by_id.get(requested)
-        if target is None:
+    def lookup(self, requested: str | None, task: Task = "generate") -> Target:
+        """The target a request names; a request without `model` goes to the first model of
+        the route's task. A model of the other task is a 400 that says which route serves it."""
+        target = self._first.get(task) if requested is None else self._by_id.get(requested)
+        if target is None and requested is not None:
             raise ModelNotFound(requested)
+        if target is None or target.task != task:
+            raise WrongTask(requested, task)
         return target
 
-    async def resolve(self, requested: str | None) -> Target:
+    async def resolve(self, requested: str | None, task: Task = "generate") -> Target:
         """The target a request names, with its model loaded and held for the request (it
         is not unloaded before the response ends); 503 + Retry-After when it cannot be."""
-        target = self.lookup(requested)
+        target = self.lookup(requested, task)
         try:
             lease = await self.residents.use(target.engine.model_id)
         except NotResident as exc:
             raise Unavailable(str(exc), exc.retry_after) from None
         request_exit_stack(request.scope).callback(lease.release)
         return target
+
+
+class WrongTask(InvalidRequest):
+    def __init__(self, model: str | None, task: Task) -> None:
+        if model is None:
+            message = (
+                "this deployment serves no embedding model (a spec marks one with task: embed)"
+                if task == "embed"
+                else "this deployment serves only embedding models: use POST /v1/embeddings"
+            )
+        elif task == "embed":
+            message = (
+                f"model '{model}' generates text and has no embeddings (a spec serves an "
+                "embedding model with task: embed)"
+            )
+        else:
+            message = (
+                f"model '{model}' is an embedding model (task: embed): it answers "
+                "POST /v1/embeddings only"
+            )
+        super().__init__(message, param="model", code="model_not_supported")
 
 
 def _after_tool_result(turns: Sequence[Turn]) -> bool:

@@ -182,6 +182,9 @@ MESSAGES: Mapping[str, Rule] = MappingProxyType(
 )
 """Rules for /v1/messages and /v1/messages/count_tokens (Anthropic's Messages API)."""
 
+EMBEDDINGS: Mapping[str, Rule] = METADATA
+"""Rules for /v1/embeddings: the labels (`user`) every route accepts."""
+
 Verdict = Literal["pass", "note", "refuse"]
 
 

@@ -8,6 +8,8 @@ HTTP.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -232,6 +234,35 @@ Event = (
 )
 
 
+class EmbeddingFailed(RuntimeError):
+    """An embedding model could not read a request's inputs; it keeps serving others."""
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One input's vector, of unit length: its values as little-endian float32 bytes (what
+    OpenAI's base64 encoding carries)."""
+
+    float32: bytes
+
+    def values(self) -> list[float]:
+        values = array("f", self.float32)
+        if sys.byteorder == "big":
+            values.byteswap()
+        return values.tolist()
+
+    def __len__(self) -> int:
+        return len(self.float32) // 4
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """An embedding request's answer: one vector per input, in the inputs' order."""
+
+    vectors: tuple[Embedding, ...]
+    prompt_tokens: int  # of every input together
+
+
 @dataclass(frozen=True)
 class EngineStats:
     """A snapshot of the generation thread, read at scrape time. Totals count since start."""
@@ -325,6 +356,27 @@ class Engine(Protocol):
 
     def prepare_text(self, text: str) -> Prompt:
         """Tokenize a plain-text prompt (with the tokenizer's own special tokens)."""
+        ...
+
+    @property
+    def embedding_size(self) -> int | None:
+        """Length of an embedding model's vectors (task: embed); None for a model that
+        generates, or before the model has loaded."""
+        ...
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids, with the tokenizer's own special tokens: how an embedding
+        model reads text (Qwen3-Embedding's tokenizer appends the <|endoftext|> its vectors
+        are pooled at). Cheap enough for a thread off the event loop."""
+        ...
+
+    async def embed(
+        self, inputs: Sequence[Sequence[int]], dimensions: int | None = None, label: str = ""
+    ) -> Embeddings:
+        """One unit vector per input (non-empty token ids that fit the context), each read
+        as if alone, whatever else shares its batch. `dimensions`: each vector's first that
+        many values, normalised again (Matryoshka). Cancelling the call drops what is not read
+        yet; raises EmbeddingFailed when the model cannot read them."""
         ...
 
     def generate(

@@ -20,6 +20,8 @@ from mlx.utils import tree_flatten
 from ..spec.catalog import ServedModel
 from ..spec.settings import EngineSettings
 from .api import (
+    EmbeddingFailed,
+    Embeddings,
     EngineState,
     EngineStats,
     Event,
@@ -34,6 +36,8 @@ from .api import (
     Turn,
 )
 from .choices import ChoiceSink, choice_params, request_info, take_ready
+from .embedding.checkpoints import embedding_classes
+from .embedding.embedder import Embedder
 from .faults import FaultPlan
 from .formats import Formats
 from .job import Job, Sink
@@ -80,10 +84,12 @@ class MLXEngine:
         self.formats: Formats | None = None  # once loaded
         self.context_length: int | None = None
         self.vocab_size: int | None = None
+        self.embedding_size: int | None = None  # an embedding model's vectors, once loaded
         self._live: set[Job] = set()  # requests being streamed; touched on the event loop only
         self._aborted: str | None = None
         self._peers = peers
         self.resident_bytes: int | None = None  # the weights', once loaded
+        self._embedder: Embedder | None = None  # an embedding model's, once loaded
 
     @property
     def model_id(self) -> str:
@@ -97,6 +103,8 @@ class MLXEngine:
 
     @property
     def running(self) -> int:
+        if self._embedder is not None:
+            return self._embedder.active
         return self._worker.active if self._worker is not None else 0
 
     def stalled_seconds(self) -> float:
@@ -105,9 +113,13 @@ class MLXEngine:
         return 0.0 if turned is None else time.monotonic() - turned
 
     def stats(self) -> EngineStats:
+        if self._embedder is not None:
+            return self._embedder.stats()
         return self._worker.stats() if self._worker is not None else EngineStats()
 
     def requests(self) -> list[RequestInfo]:
+        if self._embedder is not None:
+            return self._embedder.requests()
         by_request: dict[int, list[Job]] = {}  # a request's choices share their sink's queue
         for job in self._live:
             by_request.setdefault(id(job.sink.queue), []).append(job)
@@ -117,6 +129,8 @@ class MLXEngine:
 
     def abort(self, message: str) -> None:
         self._aborted = message
+        if self._embedder is not None:
+            self._embedder.fail_all(message)
         for job in self._live:
             job.sink.put_nowait(Failed(message))
             job.cancelled = True
@@ -149,6 +163,7 @@ class MLXEngine:
         can give their memory back; `load` reads them again."""
         self.stop(timeout)
         self._worker = None
+        self._embedder = None
         self._tokenizer = None
         self.formats = None
         self._decode = str
@@ -165,6 +180,8 @@ class MLXEngine:
         self._stop_requested.set()  # seen by a load still in progress
         if self._worker is not None:
             self._worker.stop()
+        if self._embedder is not None:
+            self._embedder.stop()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -181,8 +198,9 @@ class MLXEngine:
                     self._loaded.set()
                     return
                 shard = self._peers.shard if self._peers is not None else None
+                classes = embedding_classes if self.model.task == "embed" else None
                 model, self._tokenizer = load_model(
-                    self.model.source, self._cache_root, self._progress, shard
+                    self.model.source, self._cache_root, self._progress, shard, classes
                 )
         except ModelLoadError as exc:
             self._fail(str(exc))
@@ -190,6 +208,10 @@ class MLXEngine:
         except Exception as exc:  # anything else while loading is still a load failure
             log.exception("model load failed")
             self._fail(f"cannot load model '{self.model.model}': {exc}")
+            return
+        self.resident_bytes = _weight_bytes(model)
+        if self.model.task == "embed":
+            self._serve_embeddings(model)
             return
         if self.model.chat_template is not None:  # the spec's template wins
             self._tokenizer.chat_template = self.model.chat_template
@@ -200,7 +222,6 @@ class MLXEngine:
             self._fail(str(exc))
             return
         self.context_length = _context_length(model)
-        self.resident_bytes = _weight_bytes(model)
         self.vocab_size = Vocabulary.of(model, self._tokenizer).size
         self._worker = self._new_worker(model, fault)
         try:
@@ -223,6 +244,32 @@ class MLXEngine:
             log.exception("the generation thread died")
             self._state = "failed"
             self._worker.fail_all("the generation thread stopped; the server cannot generate")
+
+    def _serve_embeddings(self, model: Any) -> None:
+        """An embedding model's life on this thread: no generation loop, no generation
+        warm-up; batches of inputs read into vectors until it stops."""
+        try:
+            self._embedder = embedder = Embedder(model, self.settings)
+            if self.settings.warmup and not self._stop_requested.is_set():
+                embedder.warm_up()
+        except Exception as exc:
+            self._fail(f"model '{self.model.model}' cannot serve embeddings: {exc}")
+            return
+        self.context_length = _context_length(model)
+        self.vocab_size = Vocabulary.of(model, self._tokenizer).size
+        self.embedding_size = embedder.size
+        if self._stop_requested.is_set():
+            embedder.stop()
+        self._state = "ready"
+        self._loaded.set()
+        log.info("model %s ready (embeddings of %d dimensions)", self.model_id, embedder.size)
+        try:
+            embedder.run()
+            self._state = "stopped"
+        except BaseException:
+            log.exception("the embedding thread died")
+            self._state = "failed"
+            embedder.fail_all("the embedding thread stopped; the server cannot embed")
 
     def _get_ready(self, worker: Worker) -> None:
         if self._peers is not None:
@@ -315,6 +362,22 @@ class MLXEngine:
     def prepare_text(self, text: str) -> Prompt:
         assert self.formats is not None, "prompts are prepared once the model is loaded"
         return self.formats.prepare_text(text)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        assert self._tokenizer is not None, "texts are tokenized once the model is loaded"
+        return [list(self._tokenizer.encode(text)) for text in texts]
+
+    async def embed(
+        self, inputs: Sequence[Sequence[int]], dimensions: int | None = None, label: str = ""
+    ) -> Embeddings:
+        refusal = self._refusal()
+        if refusal is not None:
+            raise EmbeddingFailed(refusal)
+        if self._embedder is None:
+            state = self.state
+            why = "is not an embedding model" if state == "ready" else f"is {state}"
+            raise EmbeddingFailed(f"model '{self.model_id}' {why}")
+        return await self._embedder.embed(inputs, dimensions, label)
 
     async def generate(
         self, prompt: Prompt, params: SamplingParams, label: str = ""

@@ -14,6 +14,8 @@ where this module expects, and that no other module of mlxdeploy names one of th
   `LRUPromptCache`.
 - `wrapped_tokenizer`, `infer_tool_parser`: the Hugging Face tokenizer in mlx-lm's
   `TokenizerWrapper`, and mlx-lm's guess of a model's tool parser.
+- `model_classes`: the model and arguments classes mlx-lm builds for a config (the default
+  of `mlx_lm.utils.load_model`'s `get_model_classes`, for callers that wrap it).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ PRIVATE: dict[str, tuple[str, ...]] = {
     "mlx_lm.models.cache.LRUPromptCache": ("_trie",),
     "mlx_lm.tokenizer_utils.TokenizerWrapper": ("_tokenizer",),
     "mlx_lm.tokenizer_utils": ("_infer_tool_parser",),
+    "mlx_lm.utils": ("_get_classes",),
 }  # fmt: skip
 TRIE_ENTRY = "__value__"  # the key of a PromptTrie node's entry
 
@@ -122,3 +125,10 @@ def infer_tool_parser(tokenizer: Any) -> str | None:
     from mlx_lm.tokenizer_utils import _infer_tool_parser
 
     return _infer_tool_parser(tokenizer)  # type: ignore[no-any-return]
+
+
+def model_classes(config: dict[str, Any]) -> tuple[type[Any], type[Any]]:
+    """(model class, model args class) of an mlx-lm config, as mlx-lm's loader picks them."""
+    from mlx_lm.utils import _get_classes
+
+    return _get_classes(config)  # type: ignore[no-any-return]

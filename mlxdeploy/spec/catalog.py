@@ -30,6 +30,7 @@ from .settings import (
     RoleMapping,
     SamplingDefaults,
     Spec,
+    Task,
 )
 from .sources import ModelSource, parse_model_source
 from .templates import PromptTemplate, TemplateProblem, read_chat_template, read_prompt_template
@@ -63,6 +64,7 @@ class ServedModel:
     tool_parser: str | None = None  # None: inferred from the chat template
     reasoning: ReasoningSettings = field(default_factory=ReasoningSettings)
     residency: Residency = field(default_factory=Residency)
+    task: Task = "generate"  # embed: served on /v1/embeddings only
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ def build_catalog(spec: Spec, files: Files) -> Catalog:
         if (preset := _preset(spec, name, endpoint, by_id, files, errors)) is not None
     )
     _check_paths(presets, errors)
+    _check_tasks(spec, served, errors)
     if errors:
         raise CatalogError(errors)
     return Catalog(served, presets)
@@ -183,6 +186,7 @@ def _single(spec: Spec, files: Files) -> ServedModel | None:
         tool_parser=spec.tool_parser,
         reasoning=spec.reasoning,
         residency=Residency(idle_unload_seconds=spec.memory.idle_unload_seconds),
+        task=spec.task,
     )
 
 
@@ -206,6 +210,7 @@ def _entry(spec: Spec, index: int, entry: ModelEntry, files: Files) -> ServedMod
         residency=Residency(
             entry.load, entry.pin, entry.idle_unload_seconds or spec.memory.idle_unload_seconds
         ),
+        task=entry.task or spec.task,
     )
 
 
@@ -230,6 +235,10 @@ def _preset(
         return None
     model = models.get(model_id)
     if model is None:  # its weights could not be found: reported at its own `model` key
+        return None
+    if model.task == "embed":
+        message = f"'{model_id}' is an embedding model (task: embed); endpoints run chat requests"
+        errors.append(FieldError((*loc, "model"), message))
         return None
     if not _enforceable(endpoint.response_format, loc, errors):
         return None
@@ -284,6 +293,17 @@ def _check_unique_ids(spec: Spec, errors: list[FieldError]) -> None:
         if name in seen:
             message = f"'{name}' is already a model id; endpoints and models share one set of ids"
             errors.append(FieldError(("endpoints", name), message, at_key=True))
+
+
+def _check_tasks(spec: Spec, models: tuple[ServedModel, ...], errors: list[FieldError]) -> None:
+    """An embedding model needs the embeddings API, and runs on one process."""
+    embedders = [m.id for m in models if m.task == "embed"]
+    if embedders and "embeddings" not in spec.apis:
+        message = f"'{embedders[0]}' is an embedding model (task: embed): add embeddings to apis"
+        errors.append(FieldError(("apis",), message))
+    if embedders and spec.distributed is not None:
+        message = "a distributed spec serves a generation model, not an embedding model"
+        errors.append(FieldError(("distributed",), message, at_key=True))
 
 
 def _check_paths(presets: tuple[Preset, ...], errors: list[FieldError]) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-ApiName = Literal["chat", "completions", "responses", "messages"]
+ApiName = Literal["chat", "completions", "responses", "messages", "embeddings"]
 API_NAMES: tuple[ApiName, ...] = get_args(ApiName)
 
 
@@ -33,6 +33,7 @@ RESPONSE = Route("GET", "/v1/responses/<response_id>", "response")
 RESPONSE_DELETE = Route("DELETE", "/v1/responses/<response_id>", "response_delete")
 MESSAGES = Route("POST", "/v1/messages", "messages")  # Anthropic's Messages API
 COUNT_TOKENS = Route("POST", "/v1/messages/count_tokens", "count_tokens")
+EMBEDDINGS = Route("POST", "/v1/embeddings", "embeddings")  # models served with task: embed
 MESSAGES_PREFIX = "/v1/messages"  # where errors take Anthropic's shape
 # The chat page: served only where the spec turns the playground on (Spec.playground_enabled).
 PLAYGROUND = Route("GET", "/", "playground")
@@ -43,6 +44,7 @@ API_ROUTES: dict[ApiName, tuple[Route, ...]] = {
     "completions": (COMPLETIONS,),
     "responses": (RESPONSES, RESPONSE, RESPONSE_DELETE),
     "messages": (MESSAGES, COUNT_TOKENS),
+    "embeddings": (EMBEDDINGS,),
 }
 ALWAYS = (HEALTH, METRICS, MODELS, MODEL, STATUS, ADMIN_MODEL)  # served whatever the spec's `apis`
 BUILTIN_ROUTES = ALWAYS + tuple(route for api in API_NAMES for route in API_ROUTES[api])

@@ -33,6 +33,7 @@ from .scale import ClusterSettings, DistributedSettings
 ENV_PREFIX = "MLXDEPLOY_"
 ENV_DELIMITER = "__"
 PromptFormat = Literal["auto", "chat_template", "role_mapping"]
+Task = Literal["generate", "embed"]
 # OpenAI's bounds on logit_bias: entries per request, and the size of each bias.
 MAX_LOGIT_BIAS = 300
 LOGIT_BIAS_LIMIT = 100
@@ -192,6 +193,13 @@ class EngineSettings(Section):
         le=300,
         description="Idle seconds before a stream gets an SSE keep-alive comment.",
     )
+    embed_batch_tokens: int = Field(
+        default=8192,
+        ge=16,
+        description="Embedding models (task: embed): most tokens read in one forward pass, "
+        "padding included (max_batch_size bounds its inputs); a longer input is read alone, "
+        "prefill_step_size tokens at a time.",
+    )
     warmup: bool = Field(
         default=True,
         description="Before reporting ready, run a few short generations so that the first "
@@ -335,6 +343,11 @@ _CHAT_TEMPLATE_HELP = (
     "A Jinja2 chat template file (relative to the spec that names it) used instead of "
     "the tokenizer's own, e.g. templates/chatml.jinja; checked by validate."
 )
+_TASK_HELP = (
+    "generate: the model writes text (chat, completions, responses, messages); embed: it "
+    "answers POST /v1/embeddings with one vector per input (a decoder embedding model such "
+    "as Qwen3-Embedding: last-token pooled, L2-normalised) and no other route."
+)
 _PROMPT_FORMAT_HELP = (
     "auto: the tokenizer's chat template if it has one, else role_mapping; "
     "chat_template: require the tokenizer's template; role_mapping: always role_mapping."
@@ -347,6 +360,7 @@ class ModelEntry(Section):
 
     id: str = Field(min_length=1, description="The id clients send as `model`; unique.")
     model: str = Field(min_length=1, description=_SOURCE_HELP)
+    task: Task | None = Field(default=None, description=_TASK_HELP)
     prompt_format: PromptFormat | None = Field(default=None, description=_PROMPT_FORMAT_HELP)
     chat_template: str | None = Field(default=None, min_length=1, description=_CHAT_TEMPLATE_HELP)
     tool_parser: ToolParserName | None = Field(default=None, description=TOOL_PARSER_HELP)
@@ -458,7 +472,8 @@ class Spec(BaseSettings):
         min_length=1,
         description=(
             "The APIs served: chat (/v1/chat/completions), completions (/v1/completions), "
-            "responses (OpenAI's /v1/responses), messages (Anthropic's /v1/messages)."
+            "responses (OpenAI's /v1/responses), messages (Anthropic's /v1/messages), "
+            "embeddings (/v1/embeddings, for models with task: embed)."
         ),
     )
     host: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on.")
@@ -470,6 +485,7 @@ class Spec(BaseSettings):
             "(127.0.0.1, localhost, ::1), off otherwise."
         ),
     )
+    task: Task = Field(default="generate", description=_TASK_HELP)
     prompt_format: PromptFormat = Field(default="auto", description=_PROMPT_FORMAT_HELP)
     chat_template: str | None = Field(default=None, min_length=1, description=_CHAT_TEMPLATE_HELP)
     tool_parser: ToolParserName | None = Field(default=None, description=TOOL_PARSER_HELP)

@@ -94,21 +94,24 @@ def download_repo(repo: str, progress: Progress | None = None) -> Path:
         ) from None
 
 
+ModelClasses = Callable[[dict[str, Any]], tuple[type[nn.Module], type[Any]]]
+
+
 def load_model(
     source: ModelSource,
     cache_root: Path | None = None,
     progress: Progress | None = None,
     shard: Callable[[nn.Module], None] | None = None,
+    classes: ModelClasses | None = None,
 ) -> tuple[nn.Module, Any]:
     """`shard`: splits the lazily loaded model (a distributed model's rank), so that only its
-    own part of the weights is read."""
-    from mlx_lm.utils import load
-
+    own part of the weights is read. `classes`: the model classes for a config, in place of
+    mlx-lm's own choice (an embedding model's take headless checkpoints)."""
     progress = progress or LogProgress()
     quiet_length_warning()
     model_dir = resolve_model_dir(source, cache_root or default_cache_root(), progress)
     try:
-        model, tokenizer = load(str(model_dir), lazy=True)[:2]
+        model, tokenizer = _load(model_dir, classes)
         if shard is not None:
             shard(model)
         summary = summarize(model)
@@ -124,6 +127,18 @@ def load_model(
         use_cpu_quantized_matmul(model)
     log.info("%s", describe(summary, "float32" if cpu else None, cpu, swiglu))
     return model, tokenizer
+
+
+def _load(model_dir: Path, classes: ModelClasses | None) -> tuple[nn.Module, Any]:
+    """The lazily loaded model and its tokenizer, as `mlx_lm.utils.load` makes them."""
+    from mlx_lm.utils import load, load_tokenizer
+    from mlx_lm.utils import load_model as load_mlx_lm_model
+
+    if classes is None:
+        model, tokenizer = load(str(model_dir), lazy=True)[:2]
+        return model, tokenizer
+    model, config = load_mlx_lm_model(model_dir, lazy=True, get_model_classes=classes)
+    return model, load_tokenizer(model_dir, eos_token_ids=config.get("eos_token_id"))
 
 
 def read_weights(model: nn.Module, progress: Progress, label: str) -> None:

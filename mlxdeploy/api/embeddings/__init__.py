@@ -1,0 +1,1 @@
+"""POST /v1/embeddings: its wire models and how it is served."""

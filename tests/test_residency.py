@@ -207,6 +207,24 @@ def test_a_model_larger_than_its_files_said_makes_room_once_loaded() -> None:
     run(test)
 
 
+def test_the_requests_waiting_for_a_load_are_bounded() -> None:
+    async def test() -> None:
+        group = residents("a", load_seconds=0.3)
+        group.queue = 2
+        first = [asyncio.create_task(group.use("a")) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(NotResident, match="2 requests already wait for model 'a'"):
+            await group.use("a")
+        for lease in await asyncio.gather(*first):
+            lease.release()
+        held = [await group.use("a") for _ in range(3)]  # once loaded, the bound is admission's
+        assert group.tenant("a").uses == 3
+        for lease in held:
+            lease.release()
+
+    run(test)
+
+
 def test_a_model_loading_at_the_start_is_not_waited_for() -> None:
     async def test() -> None:
         group = residents("a")

@@ -51,7 +51,8 @@ def create_app(
     (None: under a budget of the machine's RAM)."""
     spec, catalog = deployment.spec, deployment.catalog
     if residents is None:
-        residents = residents_of(catalog.models, engines, spec.memory, machine_memory())
+        queue = spec.engine.max_batch_size + spec.engine.max_queue  # as each model admits
+        residents = residents_of(catalog.models, engines, spec.memory, machine_memory(), queue)
     app = Quart("mlxdeploy")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as generation does

@@ -51,6 +51,7 @@ class Tenant:
     estimate: int | None = None  # bytes, from its files' headers; None when not measured
     context_length: int | None = None  # from its config, until the engine knows
     uses: int = 0  # requests holding it (from their lookup to their response's end)
+    waiting: int = 0  # requests waiting for it to be loaded
     last_used: float = 0.0
     pinned: bool = False
     on_demand: bool = False  # its current load was started here (requests wait for it)
@@ -108,6 +109,7 @@ class Residents:
     tenants: Sequence[Tenant]
     budget: int  # bytes
     load_timeout: float  # seconds a request waits for its model
+    queue: int = 1 << 30  # most requests waiting for one model's load
     clock: Callable[[], float] = time.monotonic
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -126,6 +128,15 @@ class Residents:
         """Hold the model for a request, loading it first if needed (bounded by the load
         timeout). Raises NotResident when it cannot be served in time."""
         tenant = self.tenant(model_id)
+        if tenant.engine.state != "ready" and tenant.waiting >= self.queue:
+            raise NotResident(f"{tenant.waiting} requests already wait for model '{model_id}'")
+        tenant.waiting += 1
+        try:
+            return await self._hold(tenant)
+        finally:
+            tenant.waiting -= 1
+
+    async def _hold(self, tenant: Tenant) -> Lease:
         deadline = self.clock() + self.load_timeout
         while self.clock() < tenant.draining_until:  # it goes next: wait, then load it again
             if self.clock() >= deadline:
@@ -346,13 +357,18 @@ def serving_state(tenant: Tenant) -> EngineState | None:
 
 
 def residents_of(
-    models: Sequence[ServedModel], engines: Sequence[Engine], memory: MemorySettings, device: int
+    models: Sequence[ServedModel],
+    engines: Sequence[Engine],
+    memory: MemorySettings,
+    device: int,
+    queue: int = 1 << 30,
 ) -> Residents:
     """The residents of a server: each model with its engine and its measured files, under
-    `memory`'s budget on a device offering `device` bytes."""
+    `memory`'s budget on a device offering `device` bytes; at most `queue` requests wait for
+    one model's load."""
     by_id = {engine.model_id: engine for engine in engines}
     tenants = [Tenant(by_id[m.id], m.residency, *_measure(m)) for m in models]
-    return Residents(tenants, memory.bytes_of(device), memory.load_timeout_seconds)
+    return Residents(tenants, memory.bytes_of(device), memory.load_timeout_seconds, queue)
 
 
 def _measure(model: ServedModel) -> tuple[int | None, int | None]:

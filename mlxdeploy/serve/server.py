@@ -145,7 +145,10 @@ async def _serve_on(
         loop.add_signal_handler(signal.SIGTERM, lost.set)
     stop = signals.requested
     engines = start_engines(deployment, loop, peers)
-    residents = residents_of(deployment.catalog.models, engines, spec.memory, device_memory())
+    queue = spec.engine.max_batch_size + spec.engine.max_queue  # as each model admits
+    residents = residents_of(
+        deployment.catalog.models, engines, spec.memory, device_memory(), queue
+    )
     ready_line = f"serving {', '.join(deployment.catalog.ids)} on http://{address(spec.host, port)}"
     if peers is not None:
         ready_line += f" ({peers.size} ranks, {peers.strategy} parallel)"

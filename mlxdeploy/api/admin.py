@@ -11,25 +11,10 @@ from quart import Response
 
 from ..engine.residency import NotResident, Refused, Residents
 from ..spec.settings import LOOPBACK_HOSTS, Spec
-from .errors import APIError, InvalidRequest, Unavailable, json_response
+from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable, json_response
 from .models import ModelCard, find_card, placed
 
 ACTIONS = ("load", "unload", "pin", "unpin")
-
-
-class Conflict(APIError):
-    status = 409
-    type = "invalid_request_error"
-
-
-class UnknownAction(APIError):
-    status = 404
-    type = "invalid_request_error"
-
-
-class Forbidden(APIError):
-    status = 403
-    type = "permission_error"
 
 
 def check_admin_allowed(spec: Spec) -> None:
@@ -47,7 +32,7 @@ async def admin_model(
     """POST /v1/admin/models/<id>/<action>: the model's card once done."""
     check_admin_allowed(spec)
     if action not in ACTIONS:
-        raise UnknownAction(f"no admin action '{action}'; the actions: {', '.join(ACTIONS)}")
+        raise NotFound(f"no admin action '{action}'; the actions: {', '.join(ACTIONS)}")
     card = find_card(cards, model_id)
     if card.parent is not None:
         raise InvalidRequest(

@@ -66,6 +66,11 @@ class NotFound(APIError):
     type = "invalid_request_error"
 
 
+class Conflict(APIError):
+    status = 409
+    type = "invalid_request_error"
+
+
 class MethodNotAllowed(APIError):
     status = 405
     type = "invalid_request_error"

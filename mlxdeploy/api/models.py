@@ -27,8 +27,14 @@ class ModelList(BaseModel):
 
 
 def model_cards(catalog: Catalog, created: int) -> list[ModelCard]:
-    """What /v1/models lists: the models, then the presets with the model each runs on."""
+    """What /v1/models lists: the models, their adapters and the presets, each of those with
+    the model it runs on."""
     cards = [ModelCard(id=model.id, created=created) for model in catalog.models]
+    cards += [
+        ModelCard(id=a.id, created=created, parent=a.model_id, description=a.description)
+        for model in catalog.models
+        for a in model.adapters
+    ]
     cards += [
         ModelCard(id=p.name, created=created, parent=p.model_id, description=p.description)
         for p in catalog.presets

@@ -13,6 +13,7 @@ from ..spec.formats import ResponseFormat
 from ..spec.reasoning import ReasoningSettings
 from ..spec.settings import EngineSettings, SamplingDefaults
 from ..spec.templates import TemplateProblem
+from .adapters import AdapterTargets
 from .errors import APIError, InvalidRequest, ModelNotFound, Unavailable
 from .guards.admission import Admission
 from .reasoning import Thinking, ThinkingAsk, resolve_thinking
@@ -30,6 +31,7 @@ class Target:
     preset: Preset | None = None
     reasoning: ReasoningSettings = field(default_factory=ReasoningSettings)
     sealer: Sealer = field(default_factory=Sealer)  # seals the thinking given to clients
+    adapter: str | None = None  # the model's adapter that answers (None: its own weights)
 
     @property
     def response_format(self) -> ResponseFormat | None:
@@ -98,6 +100,7 @@ class Targets:
     ) -> None:
         self._by_id: dict[str, Target] = {}
         self.admissions: list[Admission] = []  # one per model; its presets share it
+        self._adapters = AdapterTargets()
         unkeyed = Sealer()  # for models whose spec names no seal key: one per start
         for model in catalog.models:
             admission = Admission(limit=settings.max_batch_size + settings.max_queue)
@@ -109,22 +112,31 @@ class Targets:
                 model.id, engine, admission, model.defaults, model.stop, None,
                 model.reasoning, sealer,
             )  # fmt: skip
+            for a in model.adapters:  # a fused one is in the weights: the model's own
+                self._by_id[a.id] = target = Target(
+                    a.id, engine, admission, a.defaults, a.stop, None, model.reasoning, sealer,
+                    adapter=None if a.fuse else a.id,
+                )  # fmt: skip
+                self._adapters.add(a, target)
         for preset in catalog.presets:
             base = self._by_id[preset.model_id]
             self._by_id[preset.name] = Target(
                 preset.name, base.engine, base.admission, preset.defaults, preset.stop, preset,
-                base.reasoning, base.sealer,
+                base.reasoning, base.sealer, base.adapter,
             )  # fmt: skip
         self.default = self._by_id[catalog.models[0].id]
 
-    def lookup(self, requested: str | None) -> Target:
-        """The target a request names; a request without `model` goes to the first model."""
+    def lookup(self, requested: str | None, adapters: str | None = None) -> Target:
+        """The target a request names; a request without `model` goes to the first model.
+        `adapters` (mlx_lm.server's field) names one of that model's adapters."""
         if requested is None:
-            return self.default
-        target = self._by_id.get(requested)
-        if target is None:
-            raise ModelNotFound(requested)
-        return target
+            target = self.default
+        else:
+            found = self._by_id.get(requested)
+            if found is None:
+                raise ModelNotFound(requested)
+            target = found
+        return target if adapters is None else self._adapters.apply(target, adapters)
 
 
 def _after_tool_result(turns: Sequence[Turn]) -> bool:

@@ -47,15 +47,17 @@ class ServedAdapter:
 
 def read_adapter_files(
     data: Mapping[str, Any], directory_for: Callable[[Loc], Path], require_files: bool
-) -> tuple[dict[Loc, AdapterFiles], list[FieldError]]:
+) -> tuple[dict[Loc, AdapterFiles | Path], list[FieldError]]:
     """Every adapter directory the (merged, unvalidated) spec names, read; keyed by the loc of
-    its entry. Without `require_files`, a directory that is not here is skipped."""
-    found: dict[Loc, AdapterFiles] = {}
+    its entry. Without `require_files`, a directory that is not here is checked for nothing
+    (its path stands for it)."""
+    found: dict[Loc, AdapterFiles | Path] = {}
     errors: list[FieldError] = []
     for loc, path in _named_paths(data):
         where = (*loc, "path")
         directory = directory_for(where) / path
         if not require_files and not directory.exists():
+            found[loc] = directory.resolve()
             continue
         try:
             found[loc] = read_adapter(directory.resolve())
@@ -117,7 +119,7 @@ def resolve(
     spec: Spec,
     loc: Loc,
     model: Any,  # the ServedModel the adapters run on
-    files: Mapping[Loc, AdapterFiles],
+    files: Mapping[Loc, AdapterFiles | Path],
     errors: list[FieldError],
 ) -> tuple[ServedAdapter, ...]:
     """The model's adapters, each checked against the model's own files."""
@@ -127,7 +129,10 @@ def resolve(
     for j, entry in enumerate(entries):
         where: Loc = (*loc, "adapters", j)
         adapter = files.get(where)
-        if adapter is None:  # unreadable (reported) or not on this machine (--no-weights)
+        if adapter is None:  # unreadable: reported where it was read
+            continue
+        if isinstance(adapter, Path):  # not on this machine (validate --no-weights)
+            served.append(_served(entry, model, adapter))
             continue
         if layout is None:
             try:

@@ -103,7 +103,8 @@ class Files:
     sources: dict[Loc, ModelSource] = field(default_factory=dict)
     chat_templates: dict[Loc, str] = field(default_factory=dict)
     prompt_templates: dict[Loc, PromptTemplate] = field(default_factory=dict)
-    adapters: dict[Loc, AdapterFiles] = field(default_factory=dict)  # keyed by their entry
+    # Keyed by their entry; a path alone where the files are not on this machine.
+    adapters: dict[Loc, AdapterFiles | Path] = field(default_factory=dict)
 
 
 def read_files(

@@ -5,6 +5,7 @@ DoRA magnitudes off the weights' own norms), so that an adapter really changes t
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,3 +68,16 @@ def _dims(layer: Any) -> tuple[int, int]:
     if hasattr(layer, "scales"):
         in_dims = in_dims * 32 // layer.bits
     return out_dims, in_dims
+
+
+def louder_copy(source: Path, out: Path) -> Path:
+    """A copy of the model directory `source` with louder weights: at their initial scale,
+    random weights give each prompt one token over and over, whatever an adapter adds."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.suffix != ".safetensors":
+            shutil.copy(path, out / path.name)
+    weights = mx.load(str(source / "model.safetensors"))
+    louder = {k: w if "norm" in k or w.ndim < 2 else w * 3 for k, w in weights.items()}
+    mx.save_safetensors(str(out / "model.safetensors"), louder)
+    return out

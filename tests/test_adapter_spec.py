@@ -187,7 +187,12 @@ def test_a_missing_adapter_is_a_problem_unless_weights_are_not_required(tmp_path
         f"{path}:8:15: models[0].adapters[0].path: no adapter directory at "
         f"{tmp_path / 'adapters' / 'support'}"
     )
-    assert load_spec(path, require_weights=False).catalog.ids == ["base", "support", "sql", "ticket"]
+    assert load_spec(path, require_weights=False).catalog.ids == [
+        "base",
+        "support",
+        "sql",
+        "ticket",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ fuses it."""
 from __future__ import annotations
 
 import random
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,23 +24,14 @@ from mlxdeploy.engine.generator import SlotGenerator
 from mlxdeploy.engine.mixed import MixedForward
 from mlxdeploy.engine.prefix_cache import Prefixes
 from mlxdeploy.engine.sampling import greedy
-from tests.adapters import ATTENTION, MIXED_KEYS, make_adapter
+from tests.adapters import ATTENTION, MIXED_KEYS, louder_copy, make_adapter
 
 TOKENS = 8
 
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny llama with louder weights: at their initial scale, random weights give each
-    prompt one token over and over, whatever an adapter adds."""
-    out = tmp_path_factory.mktemp("louder-llama")
-    for path in tiny_model_dir.iterdir():
-        if path.suffix != ".safetensors":
-            shutil.copy(path, out / path.name)
-    weights = mx.load(str(tiny_model_dir / "model.safetensors"))
-    louder = {k: w if "norm" in k or w.ndim < 2 else w * 3 for k, w in weights.items()}
-    mx.save_safetensors(str(out / "model.safetensors"), louder)
-    return out
+    return louder_copy(tiny_model_dir, tmp_path_factory.mktemp("louder-llama"))
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +134,7 @@ def test_two_adapters_and_the_base_share_batches_and_each_matches_mlx_lm_alone(
     assert bool(mixed) == mix
 
 
-def test_a_quantized_base_carries_adapters(
-    model_dir: Path, adapter_dirs: list[Path]
-) -> None:
+def test_a_quantized_base_carries_adapters(model_dir: Path, adapter_dirs: list[Path]) -> None:
     asked = prompts(2, seed=1)
     choices = [None, *adapter_dirs]
     expected = [single(alone(model_dir, choices[a], quantize=True), asked[a % 2])
@@ -200,7 +188,9 @@ def test_a_fused_adapter_is_mlx_lm_fuses_model(
         assert mine.keys() == other.keys()
         assert all(mx.array_equal(mine[k], other[k]).item() for k in mine)
         (prompt,) = prompts(1, seed=3)
-        assert single(ours, prompt) == single(theirs, prompt) != single(alone(model_dir, None), prompt)
+        assert (
+            single(ours, prompt) == single(theirs, prompt) != single(alone(model_dir, None), prompt)
+        )
 
 
 def test_an_adapter_for_another_shape_is_refused_naming_the_layer(

@@ -99,15 +99,17 @@ class MultiLoRALinear(nn.Module):
         dtype = _common_dtype(parts)
         rank = max(p.a.shape[1] for p in parts if p is not None)
         in_dims, out_dims = next((p.a.shape[0], p.b.shape[1]) for p in parts if p is not None)
-        self.lora_a = mx.stack([_padded(p and p.a, (in_dims, rank), dtype) for p in parts])
-        self.lora_b = mx.stack([_padded(p and p.b, (rank, out_dims), dtype) for p in parts])
+        self.lora_a = mx.stack([_padded(p, "a", (in_dims, rank), dtype) for p in parts])
+        self.lora_b = mx.stack([_padded(p, "b", (rank, out_dims), dtype) for p in parts])
         self.scales = mx.array([p.scale if p else 0.0 for p in parts], dtype=dtype)
         self.gains = mx.stack([_gain(p, out_dims) for p in parts])
         self.dora_rows = mx.array([p is not None and p.gain is not None for p in parts])
         # Plain attributes, not parameters: which adapters change this layer, which are DoRA.
         self.selection = selection
         self.targets = frozenset(k for k, p in enumerate(parts) if p is not None)
-        self.dora = frozenset(k for k, p in enumerate(parts) if p is not None and p.gain is not None)
+        self.dora = frozenset(
+            k for k, p in enumerate(parts) if p is not None and p.gain is not None
+        )
 
     def __call__(self, x: mx.array) -> mx.array:
         y = self.base(x)
@@ -175,11 +177,13 @@ def _gain(part: Part | None, out_dims: int) -> mx.array:
     return part.gain.astype(mx.float32)
 
 
-def _padded(array: mx.array | None, shape: tuple[int, int], dtype: mx.Dtype) -> mx.array:
-    """`array` in the top-left of zeros of `shape` (adapters of lower rank, or none)."""
+def _padded(part: Part | None, leaf: str, shape: tuple[int, int], dtype: mx.Dtype) -> mx.array:
+    """The part's A or B (`leaf`) in the top-left of zeros of `shape` (an adapter of lower
+    rank; none: zeros)."""
     out = mx.zeros(shape, dtype=dtype)
-    if array is None:
+    if part is None:
         return out
+    array = part.a if leaf == "a" else part.b
     rows, cols = array.shape
     out[:rows, :cols] = array.astype(dtype)
     return out
@@ -239,6 +243,7 @@ def attach(model: nn.Module, adapters: Sequence[tuple[str, Path]]) -> AdapterBan
     for k, adapter in enumerate(files, start=1):
         _check(model, adapter, modules)
         weights = mx.load(str(adapter.path / WEIGHTS))
+        assert isinstance(weights, dict)  # a safetensors file loads as a mapping
         for module in adapter.modules:
             layer = parts.setdefault(module.module, [None] * (len(files) + 1))
             layer[k] = _part(modules[module.module], weights, module.module, adapter)

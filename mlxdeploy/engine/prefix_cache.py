@@ -97,7 +97,9 @@ class Prefixes:
         """Entries held: prompts, answers and snapshots."""
         return len(self.cache)
 
-    def fetch(self, prompt: list[int], adapter: str | None = None) -> tuple[list[Any] | None, list[int]]:
+    def fetch(
+        self, prompt: list[int], adapter: str | None = None
+    ) -> tuple[list[Any] | None, list[int]]:
         """The cache of the longest cached start of `prompt` (None: none), and the tokens
         still to read (at least the last: its logits give the first token). Each adapter's
         prompts are apart: an adapter changes the keys and values of every token."""

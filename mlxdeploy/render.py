@@ -53,11 +53,17 @@ def route_table(deployment: Deployment) -> list[tuple[str, str]]:
 
 
 def served_table(deployment: Deployment) -> list[dict[str, Any]]:
-    """Each id clients may send as `model`: a model and where its weights come from, or an
-    endpoint preset, the model it runs on and its own path."""
+    """Each id clients may send as `model`: a model and where its weights come from, an
+    adapter, its model and its directory, or an endpoint preset, the model it runs on and its
+    own path."""
     catalog = deployment.catalog
     rows: list[dict[str, Any]] = [
         {"id": m.id, "source": f"{m.source.kind}: {m.source}"} for m in catalog.models
+    ]
+    rows += [
+        {"id": a.id, "adapter_of": a.model_id, "path": str(a.path), "fused": a.fuse}
+        for m in catalog.models
+        for a in m.adapters
     ]
     rows += [{"id": p.name, "endpoint_of": p.model_id, "path": p.path} for p in catalog.presets]
     return rows
@@ -65,7 +71,7 @@ def served_table(deployment: Deployment) -> list[dict[str, Any]]:
 
 # Only a request's own fields set these (a preset's response_format is shown as json_schema).
 NOT_SHOWN = frozenset(
-    {"seed", "constraint", "tools", "logprobs", "thinking_budget", "thinking_apart"}
+    {"seed", "constraint", "tools", "logprobs", "thinking_budget", "thinking_apart", "adapter"}
 )
 
 
@@ -90,6 +96,9 @@ def sampling_table(deployment: Deployment) -> dict[str, dict[str, Any]]:
     rows = {
         m.id: request.to_sampling_params(m.defaults, m.stop, spec.limits) for m in catalog.models
     }
+    for m in catalog.models:
+        for a in m.adapters:
+            rows[a.id] = request.to_sampling_params(a.defaults, a.stop, spec.limits)
     for p in catalog.presets:
         rows[p.name] = request.to_sampling_params(
             p.defaults, p.stop, spec.limits, p.response_format

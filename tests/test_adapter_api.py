@@ -6,6 +6,7 @@ prompts cached apart per adapter."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -193,3 +194,34 @@ def test_a_fused_adapter_is_served_by_its_model_and_its_own_id(
         assert text(app.http, model="base", adapters="support") == by_base
         assert text(app.http, model="plain") == plain
     assert by_base == by_id != plain
+
+
+def test_the_warm_up_runs_a_row_of_an_adapter_beside_the_models(
+    root: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[frozenset[int]] = []
+    original = Selection._set
+
+    def recorded(selection: Selection, adapters: Any, shape: Any) -> None:
+        original(selection, adapters, shape)
+        seen.append(selection.present)
+
+    monkeypatch.setattr(Selection, "_set", recorded)
+    monkeypatch.setenv("MLXDEPLOY_ENGINE__WARMUP", "true")
+    spec = write_spec(root, "warm.yaml", ADAPTERS)
+    with caplog.at_level(logging.INFO, logger="mlxdeploy.engine"), real_app(spec):
+        lines = [r.getMessage() for r in caplog.records if r.name == "mlxdeploy.engine"]
+    assert any(line.startswith("model base warmed up in") for line in lines), lines
+    assert not [line for line in lines if "warm-up" in line and "failed" in line]
+    assert any({0, 1} <= present for present in seen)  # a step mixed the model and an adapter
+
+
+def test_the_example_spec_serves_the_demo_model_with_its_adapters(
+    demo_dir: Path, cache_dir: Path
+) -> None:
+    spec = Path(__file__).parent.parent / "configs" / "adapters.yaml"
+    with real_app(spec) as app:
+        cards = [card["id"] for card in app.http.get("/v1/models").json()["data"]]
+        assert cards == ["smollm", "support", "sql", "ticket"]
+        answers = {name: text(app.http, model=name, max_tokens=16) for name in cards[:3]}
+    assert len(set(answers.values())) == 3, answers

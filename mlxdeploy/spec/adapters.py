@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..lora_format import (
     AdapterFiles,
@@ -27,6 +27,9 @@ from ..lora_format import (
 from .problems import FieldError
 from .settings import AdapterEntry, SamplingDefaults, Spec
 from .sources import ModelSource, config_file, weight_files
+
+if TYPE_CHECKING:
+    from .catalog import ServedModel
 
 Loc = tuple[str | int, ...]
 
@@ -118,7 +121,7 @@ def check_declarations(spec: Spec, errors: list[FieldError]) -> None:
 def resolve(
     spec: Spec,
     loc: Loc,
-    model: Any,  # the ServedModel the adapters run on
+    model: ServedModel,
     files: Mapping[Loc, AdapterFiles | Path],
     errors: list[FieldError],
 ) -> tuple[ServedAdapter, ...]:
@@ -152,7 +155,7 @@ def _entries_at(spec: Spec, loc: Loc) -> list[AdapterEntry]:
     return spec.models[loc[1]].adapters
 
 
-def _served(entry: AdapterEntry, model: Any, path: Path) -> ServedAdapter:
+def _served(entry: AdapterEntry, model: ServedModel, path: Path) -> ServedAdapter:
     defaults = model.defaults
     if entry.defaults is not None:
         defaults = defaults.model_copy(update=entry.defaults.model_dump(exclude_unset=True))

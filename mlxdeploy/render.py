@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -61,7 +62,7 @@ def served_table(deployment: Deployment) -> list[dict[str, Any]]:
         {"id": m.id, "source": f"{m.source.kind}: {m.source}"} for m in catalog.models
     ]
     rows += [
-        {"id": a.id, "adapter_of": a.model_id, "path": str(a.path), "fused": a.fuse}
+        {"id": a.id, "adapter_of": a.model_id, "directory": str(a.path), "fused": a.fuse}
         for m in catalog.models
         for a in m.adapters
     ]
@@ -71,7 +72,7 @@ def served_table(deployment: Deployment) -> list[dict[str, Any]]:
 
 # Only a request's own fields set these (a preset's response_format is shown as json_schema).
 NOT_SHOWN = frozenset(
-    {"seed", "constraint", "tools", "logprobs", "thinking_budget", "thinking_apart", "adapter"}
+    {"seed", "constraint", "tools", "logprobs", "thinking_budget", "thinking_apart"}
 )
 
 
@@ -96,14 +97,22 @@ def sampling_table(deployment: Deployment) -> dict[str, dict[str, Any]]:
     rows = {
         m.id: request.to_sampling_params(m.defaults, m.stop, spec.limits) for m in catalog.models
     }
-    for m in catalog.models:
-        for a in m.adapters:
-            rows[a.id] = request.to_sampling_params(a.defaults, a.stop, spec.limits)
+    adapters = {a.id: a for m in catalog.models for a in m.adapters}
+    for a in adapters.values():
+        rows[a.id] = request.to_sampling_params(a.defaults, a.stop, spec.limits)
     for p in catalog.presets:
         rows[p.name] = request.to_sampling_params(
             p.defaults, p.stop, spec.limits, p.response_format
         )
+    for key in rows:  # what runs on an adapter names it (a fused one is in the weights)
+        runs_on = adapters.get(key) or adapters.get(_preset_model(catalog.presets, key))
+        if runs_on is not None and not runs_on.fuse:
+            rows[key] = dataclasses.replace(rows[key], adapter=runs_on.id)
     return {key: sampling_row(params) for key, params in rows.items()}
+
+
+def _preset_model(presets: Sequence[Preset], name: str) -> str:
+    return next((p.model_id for p in presets if p.name == name), "")
 
 
 def resolved_entry(entry: dict[str, Any], spec: Spec, model: ServedModel) -> dict[str, Any]:

@@ -131,9 +131,7 @@ def test_text_completion_default_values_are_accepted(http: httpx.Client) -> None
 def test_the_official_client_sees_the_code_and_param(tiny_app: InProcessApp) -> None:
     client = tiny_app.openai(api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(
-            model="tiny", messages=USER, extra_body={"moderation": True}
-        )
+        client.chat.completions.create(model="tiny", messages=USER, extra_body={"moderation": True})
     assert (info.value.code, info.value.param) == ("unsupported_parameter", "moderation")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -53,13 +54,19 @@ def route_table(deployment: Deployment) -> list[tuple[str, str]]:
 
 
 def served_table(deployment: Deployment) -> list[dict[str, Any]]:
-    """Each id clients may send as `model`: a model and where its weights come from, or an
-    endpoint preset, the model it runs on and its own path."""
+    """Each id clients may send as `model`: a model and where its weights come from, an
+    adapter, its model and its directory, or an endpoint preset, the model it runs on and its
+    own path."""
     catalog = deployment.catalog
     rows: list[dict[str, Any]] = [
         {"id": m.id, "source": f"{m.source.kind}: {m.source}"}
         | ({"task": m.task} if m.task != "generate" else {})
         for m in catalog.models
+    ]
+    rows += [
+        {"id": a.id, "adapter_of": a.model_id, "directory": str(a.path), "fused": a.fuse}
+        for m in catalog.models
+        for a in m.adapters
     ]
     rows += [{"id": p.name, "endpoint_of": p.model_id, "path": p.path} for p in catalog.presets]
     return rows
@@ -94,11 +101,22 @@ def sampling_table(deployment: Deployment) -> dict[str, dict[str, Any]]:
         for m in catalog.models
         if m.task == "generate"
     }
+    adapters = {a.id: a for m in catalog.models for a in m.adapters}
+    for a in adapters.values():
+        rows[a.id] = request.to_sampling_params(a.defaults, a.stop, spec.limits)
     for p in catalog.presets:
         rows[p.name] = request.to_sampling_params(
             p.defaults, p.stop, spec.limits, p.response_format
         )
+    for key in rows:  # what runs on an adapter names it (a fused one is in the weights)
+        runs_on = adapters.get(key) or adapters.get(_preset_model(catalog.presets, key))
+        if runs_on is not None and not runs_on.fuse:
+            rows[key] = dataclasses.replace(rows[key], adapter=runs_on.id)
     return {key: sampling_row(params) for key, params in rows.items()}
+
+
+def _preset_model(presets: Sequence[Preset], name: str) -> str:
+    return next((p.model_id for p in presets if p.name == name), "")
 
 
 def resolved_entry(entry: dict[str, Any], spec: Spec, model: ServedModel) -> dict[str, Any]:

@@ -122,11 +122,13 @@ def check_sampling(path: Path) -> dict[str, Any]:
     catalog = load_spec(path).catalog
     with scripted_app(path) as served:
         engines = {e.model_id: e for e in served.engines}
+        model_of = {a.id: m.id for m in catalog.models for a in m.adapters}  # adapters run there
         for row in shown["served"]:
             if row.get("task") == "embed":  # it samples nothing: no row in the table
                 assert row["id"] not in shown["sampling"]
                 continue
-            engine = engines[row.get("endpoint_of", row["id"])]
+            runs_on = row.get("endpoint_of", row.get("adapter_of", row["id"]))
+            engine = engines[model_of.get(runs_on, runs_on)]
             assert isinstance(engine, ScriptedEngine)
             messages = [{"role": "user", "content": "Hi"}]
             sends = [

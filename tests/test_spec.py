@@ -704,6 +704,7 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "extends",
         "model",
         "name",
+        "adapters",
         "models",
         "endpoints",
         "apis",

@@ -46,8 +46,6 @@ REFUSED_CHAT: list[tuple[str, Any]] = [
     ("audio", {"voice": "alloy", "format": "wav"}),
     ("modalities", ["text", "audio"]),
     ("moderation", True),
-    # mlx_lm.server extensions this server does not implement
-    ("adapters", "adapters/"),
     # no one's field at all
     ("temprature", 0.5),
 ]
@@ -111,7 +109,6 @@ def test_labels_hints_and_default_values_are_accepted(http: httpx.Client) -> Non
         ("echo", True),
         ("best_of", 2),
         ("suffix", "end"),
-        ("adapters", "adapters/"),
         ("messages", USER),  # a chat field on the text route
     ],
 )
@@ -134,10 +131,21 @@ def test_text_completion_default_values_are_accepted(http: httpx.Client) -> None
 def test_the_official_client_sees_the_code_and_param(tiny_app: InProcessApp) -> None:
     client = tiny_app.openai(api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(
-            model="tiny", messages=USER, extra_body={"adapters": "adapters/"}
-        )
-    assert (info.value.code, info.value.param) == ("unsupported_parameter", "adapters")
+        client.chat.completions.create(model="tiny", messages=USER, extra_body={"moderation": True})
+    assert (info.value.code, info.value.param) == ("unsupported_parameter", "moderation")
+
+
+@pytest.mark.parametrize("path", [CHAT, TEXT])
+def test_an_adapter_the_spec_does_not_declare_is_400(http: httpx.Client, path: str) -> None:
+    """mlx_lm.server's `adapters` is implemented within what the spec declares (none here):
+    never loaded on request, never silently dropped."""
+    body = {"max_tokens": 1, "adapters": "adapters/", "prompt": "Once", "messages": USER}
+    body.pop("messages" if path == TEXT else "prompt")
+    response = http.post(path, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("adapters", "adapter_not_found")
+    assert "model 'tiny' has no adapter 'adapters/' (it declares no adapters)" in error["message"]
 
 
 @pytest.mark.parametrize(

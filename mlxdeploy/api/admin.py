@@ -36,7 +36,8 @@ async def admin_model(
     card = find_card(cards, model_id)
     if card.parent is not None:
         raise InvalidRequest(
-            f"'{model_id}' is an endpoint over model '{card.parent}'; {action} that model",
+            f"'{model_id}' runs on '{card.parent}' (an adapter or an endpoint); {action} "
+            "the model itself",
             param="model",
         )
     try:

@@ -42,8 +42,15 @@ def placed(card: ModelCard, tenant: Tenant) -> ModelCard:
 
 
 def current_cards(cards: Sequence[ModelCard], residents: Residents) -> list[ModelCard]:
-    """Every card with its model's state now (a preset shows its model's)."""
-    return [placed(card, residents.tenant(card.parent or card.id)) for card in cards]
+    """Every card with its model's state now (an adapter or a preset shows its model's)."""
+    parents = {card.id: card.parent for card in cards}
+
+    def model_of(card_id: str) -> str:  # a preset may run on an adapter of a model
+        while (parent := parents.get(card_id)) is not None:
+            card_id = parent
+        return card_id
+
+    return [placed(card, residents.tenant(model_of(card.id))) for card in cards]
 
 
 class ModelList(BaseModel):
@@ -52,8 +59,14 @@ class ModelList(BaseModel):
 
 
 def model_cards(catalog: Catalog, created: int) -> list[ModelCard]:
-    """What /v1/models lists: the models, then the presets with the model each runs on."""
+    """What /v1/models lists: the models, their adapters and the presets, each of those with
+    the model it runs on."""
     cards = [ModelCard(id=model.id, created=created) for model in catalog.models]
+    cards += [
+        ModelCard(id=a.id, created=created, parent=a.model_id, description=a.description)
+        for model in catalog.models
+        for a in model.adapters
+    ]
     cards += [
         ModelCard(id=p.name, created=created, parent=p.model_id, description=p.description)
         for p in catalog.presets

@@ -16,6 +16,7 @@ from ..spec.formats import ResponseFormat
 from ..spec.reasoning import ReasoningSettings
 from ..spec.settings import EngineSettings, SamplingDefaults, Task
 from ..spec.templates import TemplateProblem
+from .adapters import AdapterTargets
 from .asgi import request_exit_stack
 from .errors import APIError, InvalidRequest, ModelNotFound, Unavailable
 from .guards.admission import Admission
@@ -35,6 +36,7 @@ class Target:
     reasoning: ReasoningSettings = field(default_factory=ReasoningSettings)
     sealer: Sealer = field(default_factory=Sealer)  # seals the thinking given to clients
     task: Task = "generate"  # embed: only the embeddings route serves it
+    adapter: str | None = None  # the model's adapter that answers (None: its own weights)
 
     @property
     def response_format(self) -> ResponseFormat | None:
@@ -103,6 +105,7 @@ class Targets:
         self.residents = residents
         self._by_id: dict[str, Target] = {}
         self.admissions: list[Admission] = []  # one per model; its presets share it
+        self._adapters = AdapterTargets()
         unkeyed = Sealer()  # for models whose spec names no seal key: one per start
         for model in catalog.models:
             admission = Admission(limit=settings.max_batch_size + settings.max_queue)
@@ -114,28 +117,39 @@ class Targets:
                 model.id, engine, admission, model.defaults, model.stop, None,
                 model.reasoning, sealer, model.task,
             )  # fmt: skip
+            for a in model.adapters:  # a fused one is in the weights: the model's own
+                self._by_id[a.id] = target = Target(
+                    a.id, engine, admission, a.defaults, a.stop, None, model.reasoning, sealer,
+                    task=model.task, adapter=None if a.fuse else a.id,
+                )  # fmt: skip
+                self._adapters.add(a, target)
         for preset in catalog.presets:
             base = self._by_id[preset.model_id]
             self._by_id[preset.name] = Target(
                 preset.name, base.engine, base.admission, preset.defaults, preset.stop, preset,
-                base.reasoning, base.sealer,
+                base.reasoning, base.sealer, task=base.task, adapter=base.adapter,
             )  # fmt: skip
         self._first = {m.task: self._by_id[m.id] for m in reversed(catalog.models)}
 
-    def lookup(self, requested: str | None, task: Task = "generate") -> Target:
+    def lookup(
+        self, requested: str | None, task: Task = "generate", adapters: str | None = None
+    ) -> Target:
         """The target a request names; a request without `model` goes to the first model of
-        the route's task. A model of the other task is a 400 that says which route serves it."""
+        the route's task. A model of the other task is a 400 that says which route serves it.
+        `adapters` (mlx_lm.server's field) names one of that model's adapters."""
         target = self._first.get(task) if requested is None else self._by_id.get(requested)
         if target is None and requested is not None:
             raise ModelNotFound(requested)
         if target is None or target.task != task:
             raise WrongTask(requested, task)
-        return target
+        return target if adapters is None else self._adapters.apply(target, adapters)
 
-    async def resolve(self, requested: str | None, task: Task = "generate") -> Target:
+    async def resolve(
+        self, requested: str | None, task: Task = "generate", adapters: str | None = None
+    ) -> Target:
         """The target a request names, with its model loaded and held for the request (it
         is not unloaded before the response ends); 503 + Retry-After when it cannot be."""
-        target = self.lookup(requested, task)
+        target = self.lookup(requested, task, adapters)
         try:
             lease = await self.residents.use(target.engine.model_id)
         except NotResident as exc:

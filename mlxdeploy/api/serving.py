@@ -112,6 +112,8 @@ class Generation:
         )
         if thinking is not None and thinking.budget is not None:
             params = dataclasses.replace(params, thinking_budget=thinking.budget)
+        if target.adapter is not None:
+            params = dataclasses.replace(params, adapter=target.adapter)
         check_logit_bias(params, target.engine.vocab_size)
         observe = self.metrics.first_token_observer(target.engine.model_id)
         label = g.get("request_id", "")

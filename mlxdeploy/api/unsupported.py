@@ -103,7 +103,6 @@ _SHARED: Mapping[str, Rule] = MappingProxyType(
         **METADATA,
         # mlx_lm.server extensions this server does not implement. Speculative decoding only
         # makes generation faster (the draft's tokens are verified), so it is a hint.
-        "adapters": Rule(_nothing, "LoRA adapters are not supported"),
         "draft_model": _hint(SPECULATIVE),
         "num_draft_tokens": _hint(SPECULATIVE),
     }

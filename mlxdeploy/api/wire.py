@@ -78,6 +78,8 @@ class SamplingFields(WireModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     model: str | None = None
+    # mlx_lm.server's field: one of the model's adapters, by id or by the path the spec gives.
+    adapters: str | None = None
     response_format: ResponseFormat | None = None
     # A thinking model's thinking is an answer's own part (False: it stays in the text).
     THINKING_APART: ClassVar[bool] = True

@@ -11,6 +11,8 @@ import mlx.core as mx
 from mlx_lm.generate import StopSequences
 from mlx_lm.models.cache import make_prompt_cache
 
+from .adapters import AdapterError, bank_of
+from .api import PromptRejected
 from .constraints import Grammars
 from .job import Job
 from .loops import Generator
@@ -51,11 +53,13 @@ class Admission:
         self._thinking = thinking
         stops = set(tokenizer.eos_token_ids) | set(thinking.stops if thinking else ())
         self.stop_sequences = StopSequences([[t] for t in sorted(stops)])
+        self._bank = bank_of(model)
 
     def prepare(self, job: Job) -> tuple[Any, list[Any]]:
         """The job's sampler and logits processors; its thinking, guide and tool-call readers.
         Raises PromptRejected before anything is inserted."""
         p = job.params
+        self.adapter_args(job)  # an adapter the model does not serve is refused first
         sampler, processors = self._samplers.choose(p, self._vocabulary)
         fmt, gate = self._thinking, None
         if fmt is not None:
@@ -76,7 +80,7 @@ class Admission:
         p = job.params
         sampler, processors = self.prepare(job)
         if shared is None:
-            cache, rest = self.prefixes.fetch(job.prompt)
+            cache, rest = self.prefixes.fetch(job.prompt, p.adapter)
             job.cached_tokens = len(job.prompt) - len(rest)
         else:
             cache, rest = copy.deepcopy(shared), job.prompt[-1:]
@@ -89,13 +93,28 @@ class Admission:
             logits_processors=[processors],
             stop_sequences=[self.stop_sequences],
             logprobs=[p.logprobs],
+            **self.adapter_args(job),
         )
+
+    def adapter_args(self, job: Job, n: int = 1) -> dict[str, Any]:
+        """What tells the generator the adapter of the job's rows (nothing on a model without
+        adapters); PromptRejected for an adapter the model does not serve."""
+        name = job.params.adapter
+        if self._bank is None:
+            if name is not None:
+                raise PromptRejected(f"this model serves no adapters (asked: '{name}')")
+            return {}
+        try:
+            return {"adapters": [self._bank.index_of(name)] * n}
+        except AdapterError as error:
+            raise PromptRejected(str(error)) from None
 
     def insert_shared(self, generator: Generator, chosen: list[tuple[Job, Any, list[Any]]]) -> None:
         """Choices of one request (each with its prepared sampler and processors) whose prompt
         the generator reads once."""
-        prompt, n = chosen[0][0].prompt, len(chosen)
-        cache, rest = self.prefixes.fetch(prompt)
+        first, n = chosen[0][0], len(chosen)
+        prompt = first.prompt
+        cache, rest = self.prefixes.fetch(prompt, first.params.adapter)
         uids = generator.insert_segments(
             [[rest]] * n,
             max_tokens=[job.params.max_tokens for job, _, _ in chosen],
@@ -106,6 +125,7 @@ class Admission:
             stop_sequences=[self.stop_sequences] * n,
             logprobs=[job.params.logprobs for job, _, _ in chosen],
             shared=True,
+            **self.adapter_args(first, n),
         )
         for (job, _, _), uid in zip(chosen, uids, strict=True):
             job.uid, job.cached_tokens = uid, len(prompt) - len(rest)

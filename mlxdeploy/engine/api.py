@@ -124,6 +124,9 @@ class SamplingParams:
     thinking_budget: int | None = None
     # False: a thinking model's thinking stays in the text, tags included (a plain prompt).
     thinking_apart: bool = True
+    # The id of the model's adapter that answers (None: the model's own weights); rows of
+    # different adapters share the model's batches.
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)

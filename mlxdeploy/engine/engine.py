@@ -19,6 +19,8 @@ from mlx.utils import tree_flatten
 
 from ..spec.catalog import ServedModel
 from ..spec.settings import EngineSettings
+from .adapters import AdapterError
+from .adapters import prepare as prepare_adapters
 from .api import (
     EmbeddingFailed,
     Embeddings,
@@ -202,6 +204,10 @@ class MLXEngine:
                 model, self._tokenizer = load_model(
                     self.model.source, self._cache_root, self._progress, shard, classes
                 )
+                prepare_adapters(model, self.model.adapters, self._peers is not None)
+        except AdapterError as exc:
+            self._fail(f"cannot serve the adapters of model '{self.model.id}': {exc}")
+            return
         except ModelLoadError as exc:
             self._fail(str(exc))
             return
@@ -313,7 +319,9 @@ class MLXEngine:
         try:
             params = default_params(self.model.defaults, self.model.stop)
             short, longer = (self.prepare(turns, None) for turns in conversations())
-            plan = warmup_rounds(short, longer, params, self.settings.prefill_wait_steps)
+            batched = [a.id for a in self.model.adapters if not a.fuse]
+            wait = self.settings.prefill_wait_steps
+            plan = warmup_rounds(short, longer, params, wait, next(iter(batched), None))
             events = worker.warm_up([[self._warmup_job(*r) for r in jobs] for jobs in plan])
         except Exception as exc:  # serving still works; the first requests pay the cold start
             if self._peers is not None:  # but a rank that failed alone has left the others

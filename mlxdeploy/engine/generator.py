@@ -31,6 +31,7 @@ from mlx_lm.generate import StopSequences
 from mlx_lm.models.cache import TokenBuffer
 from mlx_lm.sample_utils import make_sampler
 
+from .adapters import bank_of
 from .constraints import Guide
 from .logprobs import RowScores, arrays_of
 from .mixed import MixedForward, Part
@@ -59,6 +60,7 @@ def _without(row: Row, gone: set[int]) -> Row | None:
     if lead is not row:
         lead.prompt, lead.history, lead.prefix = row.prompt, row.history, row.prefix
         lead.total, lead.cuts, lead.arrived = row.total, row.cuts, row.arrived
+        lead.adapter = row.adapter
     lead.followers = stay[1:]
     return lead
 
@@ -97,6 +99,8 @@ class SlotGenerator:
             wait_steps=prefill_wait_steps,
         )
         self.slots = Slots.for_model(model, prefill_step_size)
+        bank = bank_of(model)
+        self._selection = None if bank is None else bank.selection  # rows' adapters
         self.sampler = make_sampler(0.0)
         self.agree = agree
         self.steps = 0  # decode steps run
@@ -136,11 +140,13 @@ class SlotGenerator:
         stop_sequences: Sequence[StopSequences] | None = None,
         logprobs: Sequence[int | None] | None = None,
         shared: bool = False,
+        adapters: Sequence[int] | None = None,
     ) -> list[int]:
         """Each prompt (its segments, read one after the other) after the tokens already in
         its cache (`all_tokens`, `caches`); the rest as mlx-lm's BatchGenerator takes them.
         `shared`: the prompts are one request's choices, all the same: it is read once, and
-        each choice decodes from its own copy of its cache."""
+        each choice decodes from its own copy of its cache. `adapters`: the adapter of each
+        (its number in the model's `AdapterBank`; 0 or none given: the model's own weights)."""
         rows = []
         for i, parts in enumerate(segments):
             uid = next(self._uids)
@@ -164,6 +170,7 @@ class SlotGenerator:
                 logprobs=logprobs[i] if logprobs else None,
                 prefix=caches[i] if caches else None,
                 cuts=sorted({c for c in cuts[1:] if len(done) < c < len(done) + len(prompt)}),
+                adapter=adapters[i] if adapters else 0,
             )
             if any(not isinstance(p, Guide) for p in processors):
                 row.context = TokenBuffer(done + prompt[:-1])
@@ -256,7 +263,9 @@ class SlotGenerator:
             logits = self._forward_mixed(decode, inputs, reading, counts)
         else:
             self.slots.activate(decode)
+            self._select([0 if r is None else r.adapter for r in map(running.get, slots)])
             logits = self.model(inputs[:, None], cache=self.slots.caches)[:, -1, :]
+            self._select(())
         ends, last = self._split(ends)
         read = [inputs]
         if ends:
@@ -292,9 +301,12 @@ class SlotGenerator:
             self.slots.prepare([r.slot for r in reading], width),
             [r.prompt[:n] + [0] * (width - n) for r, n in zip(reading, counts, strict=True)],
             tuple(counts),
+            tuple(r.adapter for r in reading),
         )
         rows = len(decode.call.rows)
-        parts = [Part(decode, [], (1,) * rows), chunks]
+        running = [self._decoding.get(slot) for slot in decode.call.rows]
+        adapters = tuple(0 if r is None else r.adapter for r in running)
+        parts = [Part(decode, [], (1,) * rows, adapters), chunks]
         picked = list(range(rows))
         at = rows
         for row, n in zip(reading, counts, strict=True):
@@ -304,6 +316,11 @@ class SlotGenerator:
         logits = self._mixed(self.slots, parts, picked, inputs)
         assert logits is not None  # the decode rows are always picked
         return logits
+
+    def _select(self, adapters: Sequence[int]) -> None:
+        """The adapter each row of the next model call applies (none: the selection ends)."""
+        if self._selection is not None:
+            self._selection.rows(adapters)
 
     def _decode_slots(self) -> list[int]:
         """The slots a decode step reads: all up to the highest running one (free ones
@@ -372,7 +389,8 @@ class SlotGenerator:
         ]
         at = [e for e in ends for _ in reading[e].starting]  # a row per choice
         planned = self.slots.prepare([r.slot for r in reading], width, counts)
-        last = self._forward_chunks(planned, inputs, counts, at)
+        adapters = tuple(r.adapter for r in reading)
+        last = self._forward_chunks(planned, inputs, counts, at, adapters)
         if ends:
             rows, tokens = self._split([reading[e] for e in ends])
             read = mx.array(tokens, dtype=mx.uint32)
@@ -385,17 +403,25 @@ class SlotGenerator:
         return self._took(reading, counts)
 
     def _forward_chunks(
-        self, planned: Planned, inputs: list[list[int]], counts: list[int], at: list[int]
+        self,
+        planned: Planned,
+        inputs: list[list[int]],
+        counts: list[int],
+        at: list[int],
+        adapters: tuple[int, ...],
     ) -> mx.array | None:
         """The logits of each prompt's last token for the rows in `at` (None: no row), from
-        one pass over right-padded chunks; with a mixed forward only those positions go
-        through the vocabulary projection."""
+        one pass over right-padded chunks (each row applying its adapter); with a mixed
+        forward only those positions go through the vocabulary projection."""
         if self._mixed is not None:
             starts = list(itertools.accumulate(counts, initial=0))
             picked = [starts[e] + counts[e] - 1 for e in at]
-            return self._mixed(self.slots, [Part(planned, inputs, tuple(counts))], picked)
+            part = Part(planned, inputs, tuple(counts), adapters)
+            return self._mixed(self.slots, [part], picked)
         self.slots.activate(planned)
+        self._select(adapters)
         logits = self.model(mx.array(inputs), cache=self.slots.caches)
+        self._select(())
         if not at:
             return None
         if len(at) == 1:

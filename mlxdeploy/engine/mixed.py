@@ -16,6 +16,9 @@ whose attention modules do everything else themselves (rotary embeddings, q/k no
 latent attention). Each layer's cache gives each part its mask (a full-attention slot's, a
 sliding window's ring). Other families, and models split across ranks, read prompts in calls
 of their own (the log says so).
+
+On a model with adapters (`adapters.py`) each token applies its row's adapter: the dense work
+sees the tokens flattened, each attention call its part's rows.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.gemma3_text import clip_residual
 
+from .adapters import Selection, bank_of
 from .storage import Planned, Slots
 
 Attend = Callable[[mx.array], mx.array]
@@ -73,11 +77,21 @@ MIXABLE = frozenset(FORMS)
 @dataclass(frozen=True)
 class Part:
     """Rows of one attention call: `tokens` (rows, width), right-padded, `counts` real tokens
-    in each row, read into `planned`'s slots."""
+    in each row, read into `planned`'s slots; `adapters`: the adapter of each row (none
+    given: no adapter)."""
 
     planned: Planned
     tokens: list[list[int]]
     counts: tuple[int, ...]
+    adapters: tuple[int, ...] = ()
+
+    def row_adapters(self) -> list[int]:
+        return list(self.adapters) or [0] * len(self.counts)
+
+    def token_adapters(self) -> list[int]:
+        """The adapter of each real token, in the part's flattened order."""
+        rows = zip(self.row_adapters(), self.counts, strict=True)
+        return [adapter for adapter, n in rows for _ in range(n)]
 
     @property
     def width(self) -> int:
@@ -109,6 +123,8 @@ class MixedForward:
     def __init__(self, model: Any, form: Form):
         self.inner, self.form = model.model, form
         self.head = getattr(model, "lm_head", None) or self.inner.embed_tokens.as_linear
+        bank = bank_of(model)
+        self.selection: Selection | None = None if bank is None else bank.selection
 
     @classmethod
     def of(cls, model: Any, family: str) -> MixedForward | None:
@@ -141,19 +157,29 @@ class MixedForward:
             flat = mx.concatenate([first.reshape(-1), mx.array(rest, dtype=first.dtype)])
         h = self.form.embed(inner, inner.embed_tokens(flat[None]))
         layout = [(part, part.spread() if part.padded else None) for part in parts]
+        tokens = [a for part in parts for a in part.token_adapters()]
+        self._select(tokens)
         for layer, cache in zip(inner.layers, slots.caches, strict=True):
 
             def attend(x: mx.array, layer: Any = layer, cache: Any = cache) -> mx.array:
-                return self._attention(layer, x, cache, slots, layout, self.form.array_masks)
+                out = self._attention(layer, x, cache, slots, layout, self.form.array_masks)
+                self._select(tokens)  # the dense work again: tokens flattened
+                return out
 
             h = self.form.block(layer, h, attend)
+        self._select(None)
         if not picked:
             return None
         out = inner.norm(h[:, mx.array(list(picked))])
         return self.head(out)[0]
 
-    @staticmethod
+    def _select(self, tokens: list[int] | None) -> None:
+        """Each flattened token's adapter (None: the selection ends)."""
+        if self.selection is not None:
+            self.selection.tokens(tokens or ())
+
     def _attention(
+        self,
         layer: Any,
         x: mx.array,
         cache: Any,
@@ -168,6 +194,8 @@ class MixedForward:
             if spread is not None:
                 piece = piece[spread[0]]
             slots.activate(part.planned)
+            if self.selection is not None:
+                self.selection.rows(part.row_adapters())
             # The layer's own mask: a slot's, or a window's ring.
             mask = cache.make_mask(width, return_array=array_masks)
             out = layer.self_attn(piece.reshape(rows, width, -1), mask, cache)

@@ -97,12 +97,15 @@ class Prefixes:
         """Entries held: prompts, answers and snapshots."""
         return len(self.cache)
 
-    def fetch(self, prompt: list[int]) -> tuple[list[Any] | None, list[int]]:
+    def fetch(
+        self, prompt: list[int], adapter: str | None = None
+    ) -> tuple[list[Any] | None, list[int]]:
         """The cache of the longest cached start of `prompt` (None: none), and the tokens
-        still to read (at least the last: its logits give the first token)."""
+        still to read (at least the last: its logits give the first token). Each adapter's
+        prompts are apart: an adapter changes the keys and values of every token."""
         if self.budget <= 0:
             return None, prompt
-        cache, rest = self.cache.fetch_nearest_cache(0, prompt)
+        cache, rest = self.cache.fetch_nearest_cache(_key(adapter), prompt)
         if cache is None:
             return None, prompt
         if not rest:  # the whole prompt is cached: recompute its last token for the logits
@@ -112,9 +115,16 @@ class Prefixes:
             rest = prompt[-1:]
         return cache, rest
 
-    def store(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
+    def store(
+        self, tokens: list[int] | None, cache: list[Any] | None, adapter: str | None = None
+    ) -> None:
         if self.budget <= 0 or not tokens or cache is None:
             return
-        self.cache.insert_cache(0, list(tokens), cache)
+        self.cache.insert_cache(_key(adapter), list(tokens), cache)
         if self.bounded:
             self.cache.trim_to(n_bytes=self.budget)
+
+
+def _key(adapter: str | None) -> Any:
+    """The prefix cache's key of an adapter's prompts (0: the model's own weights)."""
+    return 0 if adapter is None else adapter

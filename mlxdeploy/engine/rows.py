@@ -54,6 +54,7 @@ class Row:
     context: TokenBuffer | None = None  # the processors' view of the tokens so far
     slot: int = -1
     generated: int = 0
+    adapter: int = 0  # the adapter its forward passes apply (0: none; `adapters.py`)
     # Where segments of the prompt end (tokens in the slot then), besides the prompt's end: a
     # chunk stops there, so that the cache at that point can be kept (the prefix cache's
     # snapshots).

@@ -10,6 +10,8 @@ render and llguidance's tokenizer (built on the first constrained request, ~0.3-
 
 One round of three requests together, on prompts of two lengths: one with the model's default
 sampling, one greedy with a JSON constraint, one with nucleus sampling (temperature and top_p).
+On a model with adapters the constrained one applies an adapter, so that steps mix rows of the
+model and of an adapter (`adapters.py`).
 The last two stop after their first token, while a second round's request waits: it then takes
 the slot of one of them (`storage.py`), its prompt read in a decode step where the family
 allows it (`mixed.py`), so a decode step reads slots at different lengths (a scattered write, a
@@ -58,13 +60,18 @@ def default_params(defaults: SamplingDefaults, stop: tuple[str, ...]) -> Samplin
 
 
 def rounds(
-    short: Prompt, longer: Prompt, params: SamplingParams, wait_steps: int
+    short: Prompt,
+    longer: Prompt,
+    params: SamplingParams,
+    wait_steps: int,
+    adapter: str | None = None,
 ) -> list[list[Request]]:
     """The warm-up's rounds of requests (the module docstring): `params` are the defaults;
     `wait_steps`, how long the second round's prompt may wait to be read (the first request
-    decodes until it has joined and ended)."""
+    decodes until it has joined and ended); `adapter`, one of the model's adapters."""
     quick = dataclasses.replace(params, max_tokens=BATCH_TOKENS)
     constrained, nucleus = others(quick)
+    constrained = dataclasses.replace(constrained, adapter=adapter)
     first = dataclasses.replace(params, max_tokens=params.max_tokens + wait_steps + BATCH_TOKENS)
     return [[(longer, first), (short, constrained), (short, nucleus)], [(short, quick)]]
 

@@ -341,7 +341,7 @@ class Worker:
         if found is not None:
             cache = found[0]
             mx.eval([c.state for c in cache])  # a copy of its own, not a view of the batch's
-            self.prefixes.store(job.prompt[:end], cache)
+            self.prefixes.store(job.prompt[:end], cache, job.params.adapter)
 
     def _take_cancelled(self) -> list[Job]:
         taken: list[Job] = []
@@ -389,7 +389,7 @@ class Worker:
                 if r.finish_reason is None:
                     finished_early.append(r.uid)
                 else:
-                    self.prefixes.store(r.all_tokens, r.prompt_cache)
+                    self.prefixes.store(r.all_tokens, r.prompt_cache, job.params.adapter)
         if finished_early:
             self._generator.remove(finished_early)
         if out:

@@ -9,6 +9,7 @@ keys (ids, endpoint models, paths). Both report each mistake as a `FieldError` a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from ..grammar import problem_of
+from ..lora_format import AdapterFiles
+from . import adapters as adapter_specs
+from .adapters import ServedAdapter
 from .formats import ResponseFormat
 from .memory import Residency
 from .problems import FieldError
@@ -65,6 +69,7 @@ class ServedModel:
     reasoning: ReasoningSettings = field(default_factory=ReasoningSettings)
     residency: Residency = field(default_factory=Residency)
     task: Task = "generate"  # embed: served on /v1/embeddings only
+    adapters: tuple[ServedAdapter, ...] = ()  # served in the model's batches
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,9 @@ class Catalog:
 
     @property
     def ids(self) -> list[str]:
-        """Every id a client may send as `model`: models first, then presets."""
-        return [m.id for m in self.models] + [p.name for p in self.presets]
+        """Every id a client may send as `model`: models first, their adapters, then presets."""
+        adapters = [a.id for m in self.models for a in m.adapters]
+        return [m.id for m in self.models] + adapters + [p.name for p in self.presets]
 
 
 @dataclass
@@ -101,6 +107,8 @@ class Files:
     sources: dict[Loc, ModelSource] = field(default_factory=dict)
     chat_templates: dict[Loc, str] = field(default_factory=dict)
     prompt_templates: dict[Loc, PromptTemplate] = field(default_factory=dict)
+    # Keyed by their entry; a path alone where the files are not on this machine.
+    adapters: dict[Loc, AdapterFiles | Path] = field(default_factory=dict)
 
 
 def read_files(
@@ -129,7 +137,10 @@ def read_files(
                 files.prompt_templates[where] = read_prompt_template(directory_for(where) / path)
             except TemplateProblem as error:
                 errors.append(FieldError(where, str(error)))
-    return files, errors
+    files.adapters, adapter_errors = adapter_specs.read_adapter_files(
+        data, directory_for, require_weights
+    )
+    return files, errors + adapter_errors
 
 
 def _named(data: Mapping[str, Any], *keys: str) -> Iterator[tuple[Loc, str]]:
@@ -154,9 +165,14 @@ def build_catalog(spec: Spec, files: Files) -> Catalog:
         models = [_single(spec, files)]
     else:
         models = [_entry(spec, i, entry, files) for i, entry in enumerate(spec.models)]
-    served = tuple(m for m in models if m is not None)
+    served = tuple(
+        _with_adapters(spec, () if spec.models is None else ("models", i), m, files, errors)
+        for i, m in enumerate(models)
+        if m is not None
+    )
     _check_unique_ids(spec, errors)
-    by_id = {m.id: m for m in served}
+    adapter_specs.check_declarations(spec, errors)
+    by_id = {m.id: m for m in served} | _adapter_views(served)
     presets = tuple(
         preset
         for name, endpoint in spec.endpoints.items()
@@ -167,6 +183,23 @@ def build_catalog(spec: Spec, files: Files) -> Catalog:
     if errors:
         raise CatalogError(errors)
     return Catalog(served, presets)
+
+
+def _with_adapters(
+    spec: Spec, loc: Loc, model: ServedModel, files: Files, errors: list[FieldError]
+) -> ServedModel:
+    """The model with the adapters declared at `loc` (its entry, or the top level)."""
+    adapters = adapter_specs.resolve(spec, loc, model, files.adapters, errors)
+    return dataclasses.replace(model, adapters=adapters) if adapters else model
+
+
+def _adapter_views(models: tuple[ServedModel, ...]) -> dict[str, ServedModel]:
+    """Each adapter as the model endpoints run on: its model with its own settings."""
+    return {
+        a.id: dataclasses.replace(m, id=a.id, defaults=a.defaults, stop=a.stop, adapters=())
+        for m in models
+        for a in m.adapters
+    }
 
 
 def _single(spec: Spec, files: Files) -> ServedModel | None:
@@ -277,9 +310,10 @@ def overlay(base: S, top: S | None) -> S:
 
 
 def _declared_ids(spec: Spec) -> list[str]:
+    """Model ids, then adapter ids: what an endpoint may run on."""
     if spec.models is not None:
-        return [entry.id for entry in spec.models]
-    return [spec.name or spec.model or ""]
+        return [entry.id for entry in spec.models] + adapter_specs.adapter_ids(spec)
+    return [spec.name or spec.model or ""] + adapter_specs.adapter_ids(spec)
 
 
 def _check_unique_ids(spec: Spec, errors: list[FieldError]) -> None:

@@ -354,6 +354,38 @@ _PROMPT_FORMAT_HELP = (
 )
 
 
+class AdapterEntry(Section):
+    """A fine-tuned LoRA or DoRA adapter of its model (a directory as `mlx_lm.lora` writes it),
+    served as a model id of its own. Requests for the model and its adapters share one batch."""
+
+    id: str = Field(min_length=1, description="The id clients send as `model`; unique.")
+    path: str = Field(
+        min_length=1,
+        description="The adapter's directory (adapter_config.json, adapters.safetensors), "
+        "relative to the spec that names it; checked against the model by validate.",
+    )
+    fuse: bool = Field(
+        default=False,
+        description="Merge this adapter into the model's weights at load (no per-step cost): "
+        "the model's own id then serves the fused weights too. Only for a model's one adapter.",
+    )
+    description: str | None = Field(
+        default=None, description="What the adapter is for; shown by /v1/models."
+    )
+    defaults: SamplingDefaults | None = Field(
+        default=None, description="Keys set here replace the model's defaults keys."
+    )
+    stop: StopWords | None = Field(
+        default=None, description="Replaces the model's stop words for this adapter."
+    )
+
+
+_ADAPTERS_HELP = (
+    "Fine-tuned adapters of this model, each served as a model id of its own; requests for the "
+    "model and its adapters are batched together."
+)
+
+
 class ModelEntry(Section):
     """One model of a `models:` list. Keys it leaves out come from the spec's top level;
     `role_mapping` and `defaults` merge key by key over the top level's."""
@@ -379,6 +411,7 @@ class ModelEntry(Section):
     load: Load = Field(default="eager", description=LOAD_HELP)
     pin: bool = Field(default=False, description=PIN_HELP)
     idle_unload_seconds: float | None = Field(default=None, gt=0, description=IDLE_HELP)
+    adapters: list[AdapterEntry] = Field(default=[], description=_ADAPTERS_HELP)
 
 
 class Endpoint(Section):
@@ -389,7 +422,7 @@ class Endpoint(Section):
     model: str | None = Field(
         default=None,
         min_length=1,
-        description="Id of the model it runs on; default: the spec's first model.",
+        description="Id of the model (or adapter) it runs on; default: the spec's first model.",
     )
     path: str | None = Field(
         default=None,
@@ -454,6 +487,9 @@ class Spec(BaseSettings):
         default=None,
         min_length=1,
         description="Model id that clients send as `model` and /v1/models lists; default: `model`.",
+    )
+    adapters: list[AdapterEntry] = Field(
+        default=[], description=_ADAPTERS_HELP + " With `models`, each entry lists its own."
     )
     models: list[ModelEntry] | None = Field(
         default=None,

@@ -34,7 +34,9 @@ from .wire import (
 
 async def chat_completions(generation: Generation, targets: Targets) -> Response:
     body = await parse_body(ChatCompletionRequest)
-    return await serve_chat(generation, body, await targets.resolve(body.model))
+    return await serve_chat(
+        generation, body, await targets.resolve(body.model, adapters=body.adapters)
+    )
 
 
 async def preset_chat(generation: Generation, targets: Targets, name: str) -> Response:
@@ -44,7 +46,7 @@ async def preset_chat(generation: Generation, targets: Targets, name: str) -> Re
         raise InvalidRequest(
             f"this endpoint serves '{name}'; leave out model or send '{name}'", param="model"
         )
-    return await serve_chat(generation, body, await targets.resolve(name))
+    return await serve_chat(generation, body, await targets.resolve(name, adapters=body.adapters))
 
 
 async def serve_chat(

@@ -21,7 +21,7 @@ from .wire import CompletionLogprobs, CompletionRequest, TextChoice, TextComplet
 
 async def completions(generation: Generation, targets: Targets) -> Response:
     body = await parse_body(CompletionRequest)
-    target = await targets.resolve(body.model)
+    target = await targets.resolve(body.model, adapters=body.adapters)
 
     def prepare() -> Prompt:  # in a thread, once admitted: presets render templates here
         return target.engine.prepare_text(target.prompt(body.prompt_text()))

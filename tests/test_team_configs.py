@@ -102,3 +102,26 @@ def test_the_gateway_serves_two_models_and_an_endpoint(gateway: InProcessApp) ->
     assert summary.model == "summarize"
     assert "Paris" in (summary.choices[0].message.content or "")
     assert summary.usage is not None and summary.usage.completion_tokens <= 96
+
+
+MACHINE = Path(__file__).parent.parent / "configs" / "machine" / "studio-64gb.yaml"
+
+
+def test_the_one_machine_example_validates_and_says_what_it_serves() -> None:
+    """A coder, a chat model with two adapters, a reasoner and an embedding model on one 64 GB
+    machine: its form validates (the models are on the Hub, the adapters the team's own), and
+    it names what stays in memory and what takes turns."""
+    result = CliRunner().invoke(app, ["validate", "--no-weights", str(MACHINE)])
+    assert result.exit_code == 0, result.output
+    deployment = load_spec(MACHINE, require_weights=False)
+    models = {m.id: m for m in deployment.catalog.models}
+    assert [a.id for a in models["chat"].adapters] == ["support", "sql"]
+    assert models["search"].task == "embed"
+    pinned = {i for i, m in models.items() if m.residency.pin}
+    on_demand = {i for i, m in models.items() if m.residency.load == "on_demand"}
+    assert (pinned, on_demand) == ({"chat", "search"}, {"coder", "reasoner"})
+    assert models["reasoner"].residency.idle_unload_seconds == 600
+    assert models["coder"].residency.idle_unload_seconds == 1800  # memory's, for the rest
+    assert deployment.spec.memory.budget == 0.6
+    missing = CliRunner().invoke(app, ["validate", str(MACHINE)])  # the adapters must exist
+    assert missing.exit_code == 1 and "no adapter directory at" in missing.output

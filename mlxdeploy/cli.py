@@ -122,8 +122,9 @@ def validate(
     """Check specs without loading any weights; exit 1 if any has a problem.
 
     Checks YAML, keys and types, extends layering, ${VAR}s, templates, tool parsers, response
-    schemas, model sources (GGUF and safetensors headers) and whether the weights fit in memory.
-    Each problem is printed once, however many of the specs extend the file it is in."""
+    schemas, model sources (GGUF and safetensors headers), adapters against their models, and
+    whether the weights fit the memory budget (the models loaded at start together, the pinned
+    ones, each model beside the pinned ones). Each problem is printed once, however many of the specs extend the file it is in."""
     from .spec.problems import unique
 
     problems: list[Problem] = []
@@ -285,7 +286,9 @@ def status(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server.")] = 10.0,
 ) -> None:
     """List the requests running and queued on each model of a running server: request id,
-    state (queued, prefill, decoding), age, prompt and completion tokens."""
+    state (queued, prefill, decoding), age, prompt and completion tokens; each model's state
+    (unloaded, loading, ready), its memory and whether it is pinned, and the weights in memory
+    against the budget."""
     from rich.console import Console
 
     from .status import StatusError, fetch_status, status_table

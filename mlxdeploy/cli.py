@@ -124,7 +124,8 @@ def validate(
     Checks YAML, keys and types, extends layering, ${VAR}s, templates, tool parsers, response
     schemas, model sources (GGUF and safetensors headers), adapters against their models, and
     whether the weights fit the memory budget (the models loaded at start together, the pinned
-    ones, each model beside the pinned ones). Each problem is printed once, however many of the specs extend the file it is in."""
+    ones, each model beside the pinned ones). Each problem is printed once, however many of the
+    specs extend the file it is in."""
     from .spec.problems import unique
 
     problems: list[Problem] = []

@@ -14,6 +14,7 @@ import struct
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 HALF = {"F16", "BF16"}
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4,
@@ -54,8 +55,9 @@ def device_memory() -> int:
     return sizes[0] if sizes else machine_memory()
 
 
-def safetensors_bytes(path: Path, float32: bool) -> int:
-    """Bytes of the tensors a .safetensors file declares, read from its JSON header."""
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The tensors a .safetensors file declares (name -> {dtype, shape, ...}), from its JSON
+    header; ValueError when it has none, OSError when it cannot be read."""
     with path.open("rb") as f:
         start = f.read(8)
         (size,) = struct.unpack("<Q", start) if len(start) == 8 else (-1,)
@@ -64,10 +66,13 @@ def safetensors_bytes(path: Path, float32: bool) -> int:
         header = json.loads(f.read(size))
     if not isinstance(header, dict):
         raise ValueError(f"{path.name} is not a safetensors file (its header is not a mapping)")
+    return {name: info for name, info in header.items() if name != "__metadata__"}
+
+
+def safetensors_bytes(path: Path, float32: bool) -> int:
+    """Bytes of the tensors a .safetensors file declares, read from its JSON header."""
     total = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
+    for info in safetensors_header(path).values():
         count = 1
         for dim in info["shape"]:
             count *= dim

@@ -15,13 +15,13 @@ same facts before it loads the tensors.
 from __future__ import annotations
 
 import json
-import os
 import re
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from .footprint import safetensors_header
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"
@@ -87,22 +87,14 @@ def _adapted(module: str, leaves: dict[str, tuple[int, ...]]) -> Adapted:
 def read_header(path: Path) -> dict[str, Tensor]:
     """The tensors a .safetensors file declares (name -> dtype and shape), from its header."""
     try:
-        with path.open("rb") as f:
-            start = f.read(8)
-            (size,) = struct.unpack("<Q", start) if len(start) == 8 else (-1,)
-            if not 0 < size <= os.fstat(f.fileno()).st_size - 8:
-                raise AdapterFormatError(f"{path.name} is not a safetensors file (no header)")
-            header = json.loads(f.read(size))
+        header = safetensors_header(path)
     except OSError as error:
         raise AdapterFormatError(f"cannot read {path}: {error.strerror or error}") from None
-    except ValueError as error:  # undecodable JSON
+    except ValueError as error:  # no header, or undecodable JSON
         raise AdapterFormatError(f"{path.name} has an unreadable header: {error}") from None
-    if not isinstance(header, dict):
-        raise AdapterFormatError(f"{path.name} is not a safetensors file (no header mapping)")
     return {
         name: Tensor(str(info["dtype"]), tuple(int(d) for d in info["shape"]))
         for name, info in header.items()
-        if name != "__metadata__"
     }
 
 

@@ -73,13 +73,13 @@ def test_rows_join_and_leave_through_their_own_slots_only(
     each takes the lowest free slot, and the stores grow only by whole blocks, never once per
     arrival or departure. Every request's tokens are its single-stream tokens."""
     grown: list[int] = []
-    grow = storage._grow
+    grow = storage.grow
 
     def counted(a: mx.array, axis: int, more: int) -> mx.array:
         grown.append(axis)
         return grow(a, axis, more)
 
-    monkeypatch.setattr(storage, "_grow", counted)
+    monkeypatch.setattr(storage, "grow", counted)
     generator = SlotGenerator(model, completion_batch_size=4, prefill_batch_size=2)
     batch = prompts(10, seed=1)
     lengths = [3 + (i * 5) % 9 for i in range(len(batch))]

@@ -36,6 +36,7 @@ from .constraints import Guide
 from .logprobs import RowScores, arrays_of
 from .mixed import MixedForward, Part
 from .picking import process_rows, sample_rows, score_asked
+from .quantized_slots import KVQuantization
 from .rows import Pending, Read, Row, Token
 from .sampling import SeededSampler
 from .schedule import Limits, Plan, Reading, Waiting, plan
@@ -84,11 +85,13 @@ class SlotGenerator:
         prefill_wait_steps: int = 0,
         agree: Callable[[mx.array], mx.array] | None = None,
         mix: bool = True,
+        kv: KVQuantization | None = None,
         **_: Any,
     ):
         """`mix`: read prompt chunks in the decode steps' forward passes where the model's
         family allows it (`mixed.py`); `agree`: the ranks of a distributed model take rank
-        0's sampled tokens (peers.py)."""
+        0's sampled tokens (peers.py); `kv`: keep full-attention keys and values quantized
+        (`quantized_slots.py`)."""
         self.model = model
         self._mixed = MixedForward.of(model, family(model)) if mix else None
         self.limits = Limits(
@@ -98,7 +101,7 @@ class SlotGenerator:
             budget=prefill_step_size * prefill_batch_size,
             wait_steps=prefill_wait_steps,
         )
-        self.slots = Slots.for_model(model, prefill_step_size)
+        self.slots = Slots.for_model(model, prefill_step_size, kv.holder if kv else None)
         bank = bank_of(model)
         self._selection = None if bank is None else bank.selection  # rows' adapters
         self.sampler = make_sampler(0.0)

@@ -22,6 +22,7 @@ from ..spec.settings import EngineSettings
 from .batch import FastBatchGenerator
 from .generator import UNPADDED, SlotGenerator, family
 from .mixed import MIXABLE
+from .quantized_slots import KVQuantization
 from .storage import kinds
 
 log = logging.getLogger("mlxdeploy.engine")
@@ -42,6 +43,12 @@ class Loop:
         # Ranks of a distributed model read prompts in calls of their own.
         mixes = slotted and not distributed and name in MIXABLE
         group = 1 if name in UNPADDED else settings.prefill_batch_size
+        if not slotted and settings.kv_bits is not None:
+            log.warning(
+                "%s keeps caches the engine's slots do not hold: engine.kv_bits does not apply "
+                "to it, its keys and values stay in full precision",
+                name,
+            )
         if not slotted:
             log.info(
                 "%s keeps caches the engine's slots do not hold: its batches run on mlx-lm's "
@@ -64,11 +71,18 @@ class Loop:
         schedule: dict[str, Any] = {
             "completion_batch_size": s.max_batch_size,
             "prefill_batch_size": self.prefill_group,
-            "prefill_step_size": s.prefill_step_size,
+            "prefill_step_size": s.prompt_chunk,
             "prefill_wait_steps": s.prefill_wait_steps,
             "agree": agree,
         }
         if self.slotted:
-            return SlotGenerator(model, mix=self.mixes, **schedule)
+            return SlotGenerator(model, mix=self.mixes, kv=kv_quantization(s), **schedule)
         stream = mx.default_stream(mx.default_device())
         return FastBatchGenerator(model, stream=stream, **schedule)
+
+
+def kv_quantization(settings: EngineSettings) -> KVQuantization | None:
+    """How the spec keeps a model's keys and values (None: full precision)."""
+    if settings.kv_bits is None:
+        return None
+    return KVQuantization(settings.kv_bits, settings.kv_group_size, settings.quantized_kv_start)

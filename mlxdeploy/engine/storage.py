@@ -22,7 +22,7 @@ Sliding-window layers get `SlotRingCache`: a ring per slot, a window and a chunk
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,12 +98,17 @@ class Slots:
     stateful: bool = False
 
     @classmethod
-    def for_model(cls, model: Any, chunk: int) -> Slots:
+    def for_model(
+        cls, model: Any, chunk: int, full: Callable[[Slots], SlotCache] | None = None
+    ) -> Slots:
         """Slot caches in place of the model's own (`kinds` says which it can have); `chunk`:
         the most tokens of one row a call reads (a sliding window's ring holds that many
-        beyond the window)."""
+        beyond the window); `full`: what holds a full-attention layer (default
+        `SlotKVCache`; `quantized_slots.py` keeps them quantized)."""
         slots = cls()
-        slots.caches = [_slot_cache(slots, c, chunk) for c in make_prompt_cache(model)]
+        make = full or SlotKVCache
+        caches = make_prompt_cache(model)
+        slots.caches = [_slot_cache(slots, c, chunk, make) for c in caches]
         slots.stateful = any(_stateful(c) for c in slots.caches)
         return slots
 
@@ -260,22 +265,9 @@ class SlotKVCache(SlotCache):
         call = self._active().call
         self._reserve(keys, values, max(call.rows) + 1, call.end)
         assert self.keys is not None and self.values is not None
-        span, end = call.span, call.end
-        if span is not None and call.uniform:  # one slice takes every write
-            a, b = span
-            p = call.starts[0]
-            self.keys[a:b, :, p:end, :] = keys
-            self.values[a:b, :, p:end, :] = values
-        else:
-            rows, positions = _scatter_index(call)
-            heads = mx.arange(keys.shape[1])[None, :]
-            self.keys[rows, heads, positions] = _by_token(keys)
-            self.values[rows, heads, positions] = _by_token(values)
-        if span is not None:
-            a, b = span
-            return self.keys[a:b, :, :end, :], self.values[a:b, :, :end, :]
-        index = mx.array(call.rows)
-        return self.keys[index, :, :end, :], self.values[index, :, :end, :]
+        write_rows(self.keys, call, keys)
+        write_rows(self.values, call, values)
+        return read_rows(self.keys, call), read_rows(self.values, call)
 
     def copy(self, slot: int, length: int) -> list[mx.array]:
         assert self.keys is not None and self.values is not None
@@ -296,19 +288,19 @@ class SlotKVCache(SlotCache):
     def _reserve(self, keys: mx.array, values: mx.array, rows: int, positions: int) -> None:
         """Room for `rows` slots of `positions` positions, grown by whole blocks."""
         if self.keys is None or self.values is None:
-            shape = (_round(rows, SLOT_BLOCK), keys.shape[1], _round(positions, BLOCK))
+            shape = (round_up(rows, SLOT_BLOCK), keys.shape[1], round_up(positions, BLOCK))
             self.keys = mx.zeros((*shape, keys.shape[3]), keys.dtype)
             self.values = mx.zeros((*shape, values.shape[3]), values.dtype)
             return
         have_rows, _, have_positions, _ = self.keys.shape
         if positions > have_positions:
-            more = _round(positions, BLOCK) - have_positions
-            self.keys = _grow(self.keys, 2, more)
-            self.values = _grow(self.values, 2, more)
+            more = round_up(positions, BLOCK) - have_positions
+            self.keys = grow(self.keys, 2, more)
+            self.values = grow(self.values, 2, more)
         if rows > have_rows:
-            more = _round(rows, SLOT_BLOCK) - have_rows
-            self.keys = _grow(self.keys, 0, more)
-            self.values = _grow(self.values, 0, more)
+            more = round_up(rows, SLOT_BLOCK) - have_rows
+            self.keys = grow(self.keys, 0, more)
+            self.values = grow(self.values, 0, more)
 
 
 class SlotRingCache(SlotKVCache):
@@ -334,10 +326,10 @@ class SlotRingCache(SlotKVCache):
         assert call.width <= self.ring - self.window, "a chunk longer than the ring allows"
         self._reserve(keys, values, max(call.rows) + 1, self.ring)
         assert self.keys is not None and self.values is not None
-        rows, positions = _scatter_index(call)
+        rows, positions = scatter_index(call)
         heads = mx.arange(keys.shape[1])[None, :]
-        self.keys[rows, heads, positions % self.ring] = _by_token(keys)
-        self.values[rows, heads, positions % self.ring] = _by_token(values)
+        self.keys[rows, heads, positions % self.ring] = by_token(keys)
+        self.values[rows, heads, positions % self.ring] = by_token(values)
         span, ring = call.span, self.ring
         if span is not None:
             a, b = span
@@ -477,10 +469,10 @@ class SlotArraysCache(SlotCache):
     def _reserve(self, index: int, value: mx.array, rows: int) -> None:
         store = self.store[index]
         if store is None:
-            shape = (_round(rows, SLOT_BLOCK), *value.shape[1:])
+            shape = (round_up(rows, SLOT_BLOCK), *value.shape[1:])
             self.store[index] = mx.zeros(shape, value.dtype)
         elif rows > store.shape[0]:
-            self.store[index] = _grow(store, 0, _round(rows, SLOT_BLOCK) - store.shape[0])
+            self.store[index] = grow(store, 0, round_up(rows, SLOT_BLOCK) - store.shape[0])
 
 
 class SlotCacheList(SlotCache):
@@ -528,7 +520,7 @@ def held(caches: Sequence[Any]) -> list[mx.array]:
             out.extend(held(cache.caches))
             continue
         parts = cache.cache if isinstance(cache, ArraysCache) else (cache.keys, cache.values)
-        out.extend(a for a in parts if a is not None)
+        out.extend(_arrays_in(parts))  # a quantized cache's keys: (data, scales, biases)
     return out
 
 
@@ -548,14 +540,17 @@ def _holds(cache: Any) -> bool:
     return type(cache) in (KVCache, ArraysCache)
 
 
-def _slot_cache(slots: Slots, cache: Any, chunk: int) -> SlotCache:
+def _slot_cache(
+    slots: Slots, cache: Any, chunk: int, full: Callable[[Slots], SlotCache]
+) -> SlotCache:
     if type(cache) is CacheList:
-        return SlotCacheList(slots, [_slot_cache(slots, c, chunk) for c in cache.caches])
+        parts = [_slot_cache(slots, c, chunk, full) for c in cache.caches]
+        return SlotCacheList(slots, parts)
     if type(cache) is ArraysCache:
         return SlotArraysCache(slots, len(cache.cache))
     if type(cache) is RotatingKVCache:
         return SlotRingCache(slots, int(cache.max_size), chunk)
-    return SlotKVCache(slots)
+    return full(slots)
 
 
 def _arrays_in(tree: Any) -> list[mx.array]:
@@ -572,23 +567,47 @@ def _stateful(cache: SlotCache) -> bool:
     return isinstance(cache, SlotArraysCache)
 
 
-def _round(n: int, block: int) -> int:
+def round_up(n: int, block: int) -> int:
     return max(block, -(-n // block) * block)
 
 
-def _grow(a: mx.array, axis: int, more: int) -> mx.array:
+def grow(a: mx.array, axis: int, more: int) -> mx.array:
     shape = list(a.shape)
     shape[axis] = more
     return mx.concatenate([a, mx.zeros(shape, a.dtype)], axis=axis)
 
 
-def _by_token(t: mx.array) -> mx.array:
+def write_rows(store: mx.array, call: Call, new: mx.array) -> None:
+    """`new` (rows, heads, width, dim) into `store` at each row's slot and positions, in
+    place."""
+    span, end = call.span, call.end
+    if span is not None and call.uniform:  # one slice takes every write
+        a, b = span
+        p = call.starts[0]
+        store[a:b, :, p:end, :] = new
+    else:
+        rows, positions = scatter_index(call)
+        heads = mx.arange(new.shape[1])[None, :]
+        store[rows, heads, positions] = by_token(new)
+
+
+def read_rows(store: mx.array, call: Call) -> mx.array:
+    """The call's rows of `store`, up to the end of its keys: a slice when they are
+    consecutive."""
+    span, end = call.span, call.end
+    if span is not None:
+        a, b = span
+        return store[a:b, :, :end, :]
+    return store[mx.array(call.rows), :, :end, :]
+
+
+def by_token(t: mx.array) -> mx.array:
     """(rows, heads, width, dim) as (rows * width, heads, dim): one entry per token."""
     rows, heads, width, dim = t.shape
     return t.transpose(0, 2, 1, 3).reshape(rows * width, heads, dim)
 
 
-def _scatter_index(call: Call) -> tuple[mx.array, mx.array]:
+def scatter_index(call: Call) -> tuple[mx.array, mx.array]:
     """Per token of the call, its slot and position, as (tokens, 1) columns."""
     steps = mx.arange(call.width)
     rows = mx.repeat(mx.array(call.rows), call.width)

@@ -91,7 +91,7 @@ class Worker:
             model,
             tokenizer,
             self.prefixes,
-            settings.prefill_step_size,
+            settings.prompt_chunk,
             tool_format,
             thinking,
             last_apart=self.loop.slotted,

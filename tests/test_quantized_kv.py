@@ -1,0 +1,189 @@
+"""Keys and values kept quantized in slots (`engine.kv_bits`): batched rows, arriving while
+others decode, yield mlx-lm's single-stream tokens on its own quantized cache; the prefix
+cache keeps and places quantized histories."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_map_with_path
+from mlx_lm.generate import generate_step
+from mlx_lm.models import llama
+from mlx_lm.models.cache import QuantizedKVCache, make_prompt_cache
+
+from mlxdeploy.engine.generator import SlotGenerator
+from mlxdeploy.engine.prefix_cache import Prefixes
+from mlxdeploy.engine.quantized_slots import KVQuantization, SlotQuantizedKVCache
+from mlxdeploy.engine.rows import Token
+from mlxdeploy.engine.sampling import greedy
+from mlxdeploy.spec import SpecError, load_spec
+from mlxdeploy.spec.settings import QUANTIZED_KV_CHUNK
+
+VOCAB = 512
+CHUNK = 16
+CONFIG = {
+    "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 3, "intermediate_size": 128,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": VOCAB,
+    "rms_norm_eps": 1e-6, "max_position_embeddings": 4096, "tie_word_embeddings": True,
+    "rope_theta": 10000.0,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    mx.random.seed(5)
+    model = llama.Model(llama.ModelArgs.from_dict(CONFIG))
+    # At their initial scale, random weights give each prompt one token over and over.
+    louder = lambda path, w: w if "norm" in path or w.ndim < 2 else w * 3  # noqa: E731
+    model.update(tree_map_with_path(louder, model.parameters()))
+    mx.eval(model.parameters())
+    return model
+
+
+def _single(model: Any, prompt: list[int], n: int, kv: KVQuantization) -> list[int]:
+    """mlx-lm's single stream: its own `QuantizedKVCache` from the first token (start 0), or
+    its `KVCache` quantized once it holds `start` tokens."""
+    args: dict[str, Any] = {"prefill_step_size": CHUNK}
+    if kv.start == 0:
+        args["prompt_cache"] = [
+            QuantizedKVCache(group_size=kv.group_size, bits=kv.bits)
+            for _ in make_prompt_cache(model)
+        ]
+    else:
+        args.update(kv_bits=kv.bits, kv_group_size=kv.group_size, quantized_kv_start=kv.start)
+    steps = generate_step(mx.array(prompt), model, max_tokens=n, sampler=greedy, **args)
+    return [int(token) for (token, _), _ in zip(steps, range(n), strict=False)]
+
+
+def _batched(
+    generator: SlotGenerator, prompts: list[list[int]], lengths: list[int]
+) -> list[list[int]]:
+    """Half the prompts at once, the rest while those decode."""
+    half = len(prompts) // 2
+    uids: list[int] = []
+    out: dict[int, list[int]] = {}
+    ended: set[int] = set()
+    steps = 0
+    while len(ended) < len(prompts):
+        if steps in (0, 3):
+            part = slice(0, half) if steps == 0 else slice(half, None)
+            batch = prompts[part]
+            new = generator.insert_segments(
+                [[p] for p in batch], max_tokens=lengths[part], samplers=[greedy] * len(batch)
+            )
+            uids += new
+            out.update({u: [] for u in new})
+        for r in generator.next()[1]:
+            out[r.uid].append(r.token)
+            if r.finish_reason is not None:
+                ended.add(r.uid)
+        steps += 1
+    return [out[u] for u in uids]
+
+
+def _prompts(seed: int, n: int = 10) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, VOCAB) for _ in range(rng.randrange(20, 45))] for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    "kv",
+    [KVQuantization(4, 32), KVQuantization(8, 32), KVQuantization(4, 32, start=CHUNK)],
+    ids=["4-bit", "8-bit", "4-bit-from-16"],
+)
+def test_batched_greedy_tokens_match_mlx_lm_quantized_stream(
+    model: Any, kv: KVQuantization
+) -> None:
+    """Rows read in pairs, then arriving in decode steps (mixed with them), batched on
+    quantized slots: each row's tokens are mlx-lm's on its own quantized cache. With a start
+    at a chunk's end, every row crosses it between calls, as a lone stream does."""
+    prompts = _prompts(kv.bits + kv.start)
+    lengths = [10 - (i % 3) * 3 for i in range(len(prompts))]
+    expected = [_single(model, p, n, kv) for p, n in zip(prompts, lengths, strict=True)]
+    assert len({t for tokens in expected for t in tokens}) > len(prompts), "tokens too uniform"
+    generator = SlotGenerator(
+        model, completion_batch_size=16, prefill_batch_size=2, prefill_step_size=CHUNK, kv=kv
+    )
+    assert all(isinstance(c, SlotQuantizedKVCache) for c in generator.slots.caches)
+    assert _batched(generator, prompts, lengths) == expected
+    cache = generator.slots.caches[0]
+    assert isinstance(cache, SlotQuantizedKVCache) and cache.keys is not None
+    assert cache.keys[0].dtype == mx.uint32  # packed: 32 // bits elements a word
+    assert cache.keys[0].shape[-1] == CONFIG["head_dim"] * kv.bits // 32
+
+
+def test_quantization_changes_tokens(model: Any) -> None:
+    """The comparison above is not vacuous: 4-bit keys change some of the tokens."""
+    prompts = _prompts(4)
+    plain = [
+        [
+            int(t)
+            for (t, _), _ in zip(
+                generate_step(mx.array(p), model, sampler=greedy), range(10), strict=False
+            )
+        ]
+        for p in prompts
+    ]
+    quantized = [_single(model, p, 10, KVQuantization(4, 32)) for p in prompts]
+    assert plain != quantized
+
+
+def test_a_slot_history_goes_through_the_prefix_cache_and_back(model: Any) -> None:
+    """A finished row's quantized cache (mlx-lm's `QuantizedKVCache`) kept by the prefix
+    cache, trimmed and written into a new slot: the follow-up prompt reads only its new
+    tokens and yields mlx-lm's tokens for the whole prompt."""
+    kv = KVQuantization(8, 32)
+    prefixes = Prefixes(model, entries=8, budget=1 << 30)
+    prompt = _prompts(11, 1)[0]
+    generator = SlotGenerator(model, prefill_step_size=CHUNK, kv=kv)
+    (uid,) = generator.insert([prompt], max_tokens=[6], samplers=[greedy])
+    done = _drain(generator, uid)
+    assert done.prompt_cache is not None and isinstance(done.prompt_cache[0], QuantizedKVCache)
+    assert done.all_tokens is not None
+    prefixes.store(done.all_tokens, done.prompt_cache)  # as the worker keeps an answer
+    follow = done.all_tokens + [7, 8, 9]
+    found, rest = prefixes.fetch(follow)
+    assert found is not None and isinstance(found[0], QuantizedKVCache) and len(rest) <= 4
+    history = follow[: len(follow) - len(rest)]
+    (uid,) = generator.insert(
+        [rest], max_tokens=[6], samplers=[greedy], caches=[found], all_tokens=[history]
+    )
+    tokens = _drain(generator, uid).all_tokens
+    assert tokens is not None and tokens[len(follow) :] == _single(model, follow, 6, kv)
+
+
+def _drain(generator: SlotGenerator, uid: int) -> Token:
+    while True:
+        for r in generator.next()[1]:
+            assert r.uid == uid
+            if r.finish_reason is not None:
+                return r
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_spec_problems_of_a_quantized_cache(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "model: owner/model\nengine:\n  kv_bits: 3\n  kv_group_size: 48\n  quantized_kv_start: -1\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}:3:12: engine.kv_bits: must be one of 4 or 8, got 3",
+        f"{path}:4:18: engine.kv_group_size: must be one of 32, 64 or 128, got 48",
+        f"{path}:5:23: engine.quantized_kv_start: must be >= 0, got -1",
+    ]
+    path.write_text("model: owner/model\nengine:\n  quantized_kv_start: 1024\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}:3:3: engine.quantized_kv_start: quantized_kv_start applies to a quantized "
+        "cache: set kv_bits (4 or 8) too"
+    ]
+    path.write_text("model: owner/model\nengine:\n  kv_bits: 4\n  prefill_step_size: 2048\n")
+    engine = load_spec(path).spec.engine
+    assert engine.kv_bits == 4 and engine.prompt_chunk == QUANTIZED_KV_CHUNK < 2048

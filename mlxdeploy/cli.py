@@ -18,6 +18,7 @@ import typer.core
 from .api.guards.auth import ApiKeys, AuthConfigError, load_api_keys
 from .serve.logs import configure_logging, exit_now
 from .spec import Deployment, Problem, SpecError, format_problems, load_spec, spec_json_schema
+from .spec.cache_size import kv_cache_notes
 
 if TYPE_CHECKING:
     from .serve.server import ServeResult
@@ -129,9 +130,10 @@ def validate(
     from .spec.problems import unique
 
     problems: list[Problem] = []
+    notes: list[str] = []
     for path in specs:
         try:
-            load_spec(path, require_weights=not no_weights)
+            notes += kv_cache_notes(load_spec(path, require_weights=not no_weights))
         except SpecError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -141,6 +143,8 @@ def validate(
     elif fmt is Format.text:
         note = " (model files not on this machine: form checked only)" if no_weights else ""
         typer.echo(f"{len(specs)} spec{'s' if len(specs) != 1 else ''} valid{note}")
+        for line in dict.fromkeys(notes):
+            typer.echo(line)
 
 
 @app.command(cls=Command)

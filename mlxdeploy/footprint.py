@@ -93,6 +93,24 @@ def estimate_bytes(files: Sequence[Path], on_cpu: bool | None = None) -> int:
     return total
 
 
+def kv_bytes_per_token(
+    config: dict[str, Any], kv_bits: int | None, group_size: int = 64, on_cpu: bool | None = None
+) -> int:
+    """Bytes of keys and values one token of context holds across a model's layers (from its
+    config.json; every layer counted as full attention, so sliding-window and linear-attention
+    layers make this an upper bound). Keys and values are 16-bit (32 on Linux CPUs), or
+    `kv_bits` per element plus a 16-bit (32) scale and bias per `group_size` elements."""
+    text = config.get("text_config", config)  # multimodal configs nest the language model's
+    heads = int(text["num_attention_heads"])
+    kv_heads = int(text.get("num_key_value_heads") or heads)
+    head_dim = int(text.get("head_dim") or int(text["hidden_size"]) // heads)
+    elements = 2 * int(text["num_hidden_layers"]) * kv_heads * head_dim  # keys and values
+    width = 4 if (runs_on_cpu() if on_cpu is None else on_cpu) else 2
+    if kv_bits is None:
+        return elements * width
+    return elements * kv_bits // 8 + elements // group_size * 2 * width
+
+
 def gib(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB"
 

@@ -14,12 +14,15 @@ from mlx.utils import tree_map_with_path
 from mlx_lm.generate import generate_step
 from mlx_lm.models import llama
 from mlx_lm.models.cache import QuantizedKVCache, make_prompt_cache
+from typer.testing import CliRunner
 
+from mlxdeploy.cli import app
 from mlxdeploy.engine.generator import SlotGenerator
 from mlxdeploy.engine.prefix_cache import Prefixes
 from mlxdeploy.engine.quantized_slots import KVQuantization, SlotQuantizedKVCache
 from mlxdeploy.engine.rows import Token
 from mlxdeploy.engine.sampling import greedy
+from mlxdeploy.footprint import kv_bytes_per_token
 from mlxdeploy.spec import SpecError, load_spec
 from mlxdeploy.spec.settings import QUANTIZED_KV_CHUNK
 
@@ -187,3 +190,26 @@ def test_spec_problems_of_a_quantized_cache(tmp_path: Path) -> None:
     path.write_text("model: owner/model\nengine:\n  kv_bits: 4\n  prefill_step_size: 2048\n")
     engine = load_spec(path).spec.engine
     assert engine.kv_bits == 4 and engine.prompt_chunk == QUANTIZED_KV_CHUNK < 2048
+
+
+def test_cache_bytes_per_token_of_a_config() -> None:
+    """4-bit keys and values take 4 bits an element and a scale and bias per group: 0.28x of
+    16 bits at groups of 64; 8-bit 0.53x."""
+    config = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "hidden_size": 4096}  # fmt: skip
+    full = kv_bytes_per_token(config, None, on_cpu=False)
+    assert full == 2 * 32 * 8 * 128 * 2  # 128 KiB a token: 4 GiB for 32k tokens
+    assert kv_bytes_per_token(config, 4, 64, on_cpu=False) / full == 0.28125
+    assert kv_bytes_per_token(config, 8, 64, on_cpu=False) / full == 0.53125
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_validate_counts_the_smaller_cache(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"model: {tiny_model_dir}\nname: tiny\nengine:\n  kv_bits: 4\n")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "1 spec valid"
+    assert lines[1].startswith("tiny: keys and values about ")
+    assert "per 1,000 tokens of context (4-bit; " in lines[1]

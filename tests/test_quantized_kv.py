@@ -213,3 +213,10 @@ def test_validate_counts_the_smaller_cache(tiny_model_dir: Path, tmp_path: Path)
     assert lines[0] == "1 spec valid"
     assert lines[1].startswith("tiny: keys and values about ")
     assert "per 1,000 tokens of context (4-bit; " in lines[1]
+
+
+def test_a_group_size_that_does_not_divide_the_head_says_so(model: Any) -> None:
+    generator = SlotGenerator(model, prefill_step_size=CHUNK, kv=KVQuantization(4, 64))
+    generator.insert(_prompts(1, 1), max_tokens=[2], samplers=[greedy])
+    with pytest.raises(ValueError, match="kv_group_size 64 does not divide the model's head"):
+        generator.next()

@@ -3,10 +3,11 @@
 Models whose every layer holds keys and values (full attention or a sliding window) or state
 arrays (convolutions, linear attention, SSMs), or a list of those, run on mlxdeploy's own loop
 (`generator.py`, slot storage, `storage.kinds`); where their family's decoder layers allow it,
-prompt chunks ride in the decode steps (`mixed.py`). Models with other caches (a window that
-keeps its first tokens, chunked attention, quantized keys and values) batch through mlx-lm's
-batch caches (`batch.py`), prompts read in calls of their own. The choice is logged once, when
-the model's generation thread starts.
+prompt chunks ride in the decode steps (`mixed.py`); with `engine.kv_bits` their
+full-attention layers keep keys and values quantized (`quantized_slots.py`). Models with other
+caches (a window that keeps its first tokens, chunked attention) batch through mlx-lm's batch
+caches (`batch.py`), prompts read in calls of their own, in full precision. The choice is
+logged once, when the model's generation thread starts.
 """
 
 from __future__ import annotations

@@ -61,6 +61,12 @@ class KVQuantization:
         return SlotQuantizedKVCache(slots, self)
 
     def quantize(self, a: mx.array) -> Quantized:
+        if a.shape[-1] % self.group_size:
+            message = (
+                f"engine.kv_group_size {self.group_size} does not divide the model's head size "
+                f"{a.shape[-1]}: use 32, 64 or 128, whichever divides it"
+            )
+            raise ValueError(message)
         return list(mx.quantize(a, group_size=self.group_size, bits=self.bits))
 
 

@@ -1,0 +1,136 @@
+"""Speculative decoding in the batch: a draft model guesses a few tokens of each speculating
+row, and one forward pass of the target model over (last token + guesses) of every row checks
+them all.
+
+The draft keeps slot caches of its own (`storage.Slots`), slot for slot with the target's, each
+holding a prefix of its row's tokens; before it drafts, a row's draft cache catches up on the
+tokens it has not read (its prompt, a plain step's tokens) in the same call. A guess is kept
+while it equals the token the target picks at its place (greedy rows), so the output is the
+target's own, token for token; the first one that differs is replaced by the target's, and
+when every guess is kept the target's next token comes free. Rejected positions are rolled
+back by setting the slots' lengths back, in both caches: only full-attention caches
+(mlx-lm's plain `KVCache` in every layer) can do that, so `Drafter.check` refuses the rest.
+
+The batch turns drafting down as it grows: one verification pass reads at most
+`DRAFT_BUDGET` guesses in all, so k = min(num_draft_tokens, DRAFT_BUDGET // rows), and at
+more than DRAFT_BUDGET speculating rows the step is a plain decode step. A large batch is
+compute-bound already; more guessed positions would cost more than they save.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+from .storage import Slots
+
+DRAFT_BUDGET = 32  # most guessed tokens one verification pass reads, over all its rows
+
+
+class SpeculationError(ValueError):
+    """A model pair that cannot speculate; the message says why."""
+
+
+@dataclass
+class DraftStats:
+    """Guesses made and kept since start: the acceptance rate is kept / drafted."""
+
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+def rollbackable(model: Any) -> bool:
+    """Whether every layer of the model keeps plain keys and values, which a slot rolls back
+    by its length alone (a ring or a state array cannot forget a token it read)."""
+    caches = make_prompt_cache(model)
+    return bool(caches) and all(type(c) is KVCache for c in caches)
+
+
+def depth(num_draft_tokens: int, rows: int) -> int:
+    """Guesses per row for a step with `rows` speculating rows (module docstring)."""
+    if rows == 0:
+        return 0
+    return max(0, min(num_draft_tokens, DRAFT_BUDGET // rows))
+
+
+@dataclass
+class Drafter:
+    """The draft model, its slot caches and which row each slot's cache belongs to."""
+
+    model: Any
+    num_draft_tokens: int
+    chunk: int
+    slots: Slots = field(init=False)
+    owners: dict[int, int] = field(default_factory=dict)  # slot -> uid its cache holds
+    stats: DraftStats = field(default_factory=DraftStats)
+
+    def __post_init__(self) -> None:
+        self.slots = Slots.for_model(self.model, self.chunk)
+
+    @staticmethod
+    def check(target: Any, draft: Any) -> None:
+        """SpeculationError unless both models' caches roll back."""
+        for name, model in (("the model", target), ("the draft model", draft)):
+            if not rollbackable(model):
+                family = str(type(model).__module__).rsplit(".", 1)[-1]
+                raise SpeculationError(
+                    f"{name} ({family}) keeps caches that cannot roll back rejected tokens "
+                    "(a sliding window or state arrays): speculative decoding needs full "
+                    "attention in every layer; remove draft_model"
+                )
+
+    def reset(self) -> None:
+        self.slots = self.slots.empty()
+        self.owners.clear()
+
+    def draft(self, rows: Sequence[tuple[int, int, list[int]]], k: int) -> mx.array:
+        """(rows, k) guesses, greedy: each row (slot, uid, its tokens so far, the last one
+        not yet in the target's cache) catches up and guesses k tokens."""
+        feeds = [self._unread(slot, uid, tokens) for slot, uid, tokens in rows]
+        slots = [slot for slot, _, _ in rows]
+        counts = [len(f) for f in feeds]
+        width = max(counts)
+        padded = [f + [0] * (width - len(f)) for f in feeds]
+        self.slots.plan(slots, width, counts)
+        logits = self.model(mx.array(padded), cache=self.slots.caches)
+        last = logits[mx.arange(len(rows)), mx.array(counts) - 1]
+        self.slots.advance(slots, counts)
+        guesses = [mx.argmax(last, axis=-1)]
+        for _ in range(k - 1):
+            self.slots.plan(slots, 1)
+            logits = self.model(guesses[-1][:, None], cache=self.slots.caches)[:, -1]
+            self.slots.advance(slots, [1] * len(slots))
+            guesses.append(mx.argmax(logits, axis=-1))
+        return mx.stack(guesses, axis=1)
+
+    def keep(self, slot: int, length: int) -> None:
+        """The slot's cache holds its row's first `length` tokens at most: later guesses
+        were rejected."""
+        self.slots.lengths[slot] = min(self.slots.lengths[slot], length)
+
+    def _unread(self, slot: int, uid: int, tokens: list[int]) -> list[int]:
+        """The row's tokens its draft cache has not read; a slot another row held starts
+        empty."""
+        lengths = self.slots.lengths
+        if len(lengths) <= slot:
+            lengths.extend([0] * (slot + 1 - len(lengths)))
+        if self.owners.get(slot) != uid:
+            self.owners[slot] = uid
+            lengths[slot] = 0
+        return tokens[lengths[slot] :]
+
+
+def accepted(guesses: list[int], picks: list[int], limit: int) -> int:
+    """How many leading guesses equal the target's picks at their places (at most `limit`)."""
+    n = 0
+    while n < min(limit, len(guesses)) and guesses[n] == picks[n]:
+        n += 1
+    return n

@@ -1,0 +1,149 @@
+"""Speculative decoding in the batch (`engine/speculative.py`): greedy rows that read a draft
+model's guesses yield the target's own greedy tokens, token for token, whatever the draft
+guesses, with rows that do not speculate in the same steps."""
+
+from __future__ import annotations
+
+import importlib
+import random
+from typing import Any
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_map_with_path
+from mlx_lm.generate import generate_step
+
+from mlxdeploy.engine.generator import SlotGenerator
+from mlxdeploy.engine.sampling import greedy
+from mlxdeploy.engine.speculative import (
+    DRAFT_BUDGET,
+    Drafter,
+    SpeculationError,
+    accepted,
+    depth,
+)
+
+VOCAB = 512
+CONFIG = {
+    "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": VOCAB,
+    "rms_norm_eps": 1e-6, "max_position_embeddings": 4096, "tie_word_embeddings": True,
+    "rope_theta": 10000.0,
+}  # fmt: skip
+MAX_TOKENS = 24
+
+
+def _model(seed: int, config: dict[str, Any] = CONFIG, noise: float = 0.0) -> Any:
+    module = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
+    mx.random.seed(seed)
+    model = module.Model(module.ModelArgs.from_dict(config))
+    model.update(tree_map_with_path(_louder, model.parameters()))
+    if noise:  # a copy of seed's model, slightly off: a draft that agrees often
+        model.update(tree_map_with_path(lambda _, w: w + noise * mx.random.normal(w.shape),
+                                        model.parameters()))  # fmt: skip
+    mx.eval(model.parameters())
+    return model
+
+
+def _louder(path: str, weight: mx.array) -> mx.array:
+    return weight if "norm" in path or weight.ndim < 2 else weight * 3
+
+
+def _single(model: Any, prompt: list[int], n: int) -> list[int]:
+    steps = generate_step(mx.array(prompt), model, max_tokens=n, sampler=greedy)
+    return [int(token) for (token, _), _ in zip(steps, range(n), strict=False)]
+
+
+def _batched(
+    generator: SlotGenerator, prompts: list[list[int]], lengths: list[int], **extra: Any
+) -> list[list[int]]:
+    """Half the prompts at once, the rest while those decode."""
+    half = len(prompts) // 2
+    uids: list[int] = []
+    out: dict[int, list[int]] = {}
+    ended: set[int] = set()
+    steps = 0
+    while len(ended) < len(prompts):
+        if steps in (0, 3):
+            part = slice(None, half) if steps == 0 else slice(half, None)
+            kwargs = {key: value[part] for key, value in extra.items()}
+            new = generator.insert_segments(
+                [[p] for p in prompts[part]], max_tokens=lengths[part],
+                samplers=[greedy] * len(prompts[part]), **kwargs,
+            )  # fmt: skip
+            uids += new
+            out.update({u: [] for u in new})
+        _, responses = generator.next()
+        for r in responses:
+            out[r.uid].append(r.token)
+            if r.finish_reason is not None:
+                ended.add(r.uid)
+        steps += 1
+    return [out[u] for u in uids]
+
+
+def _prompts(seed: int, n: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, VOCAB) for _ in range(rng.randrange(5, 30))] for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def target() -> Any:
+    return _model(3)
+
+
+@pytest.mark.parametrize("draft", ["itself", "perturbed", "unrelated"])
+def test_greedy_tokens_match_the_target_single_stream(target: Any, draft: str) -> None:
+    """Whatever the draft guesses (all, some, none right), the tokens are the target's."""
+    model = {"itself": target, "perturbed": _model(3, noise=0.02), "unrelated": _model(4)}[draft]
+    drafter = Drafter(model, num_draft_tokens=4, chunk=16)
+    generator = SlotGenerator(target, completion_batch_size=8, prefill_batch_size=2,
+                              prefill_step_size=16, drafter=drafter)  # fmt: skip
+    prompts = _prompts(7, 6)
+    lengths = [MAX_TOKENS - (i % 3) * 5 for i in range(len(prompts))]
+    expected = [_single(target, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    assert len({t for tokens in expected for t in tokens}) > len(prompts), "tokens too uniform"
+    assert _batched(generator, prompts, lengths) == expected
+    stats = drafter.stats
+    assert stats.drafted > 0
+    if draft == "itself":
+        assert stats.rate == 1.0
+    if draft == "perturbed":
+        assert 0.0 < stats.rate < 1.0, stats.rate
+
+
+def test_rows_that_do_not_speculate_share_the_steps(target: Any) -> None:
+    """Rows with logprobs asked or drafting turned off decode plainly beside guessing rows."""
+    drafter = Drafter(target, num_draft_tokens=3, chunk=16)
+    generator = SlotGenerator(target, completion_batch_size=8, prefill_batch_size=2,
+                              prefill_step_size=16, drafter=drafter)  # fmt: skip
+    prompts = _prompts(8, 6)
+    lengths = [MAX_TOKENS] * len(prompts)
+    expected = [_single(target, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    drafts = [None, 0, 2, None, 0, 1]
+    logprobs = [None, None, None, 2, None, None]
+    assert _batched(generator, prompts, lengths, drafts=drafts, logprobs=logprobs) == expected
+    assert drafter.stats.rate == 1.0
+
+
+def test_drafting_turns_down_as_the_batch_grows() -> None:
+    assert depth(4, 1) == 4
+    assert depth(4, 8) == 4
+    assert depth(4, 16) == 2
+    assert depth(4, DRAFT_BUDGET) == 1
+    assert depth(4, DRAFT_BUDGET + 1) == 0
+    assert depth(4, 0) == 0
+
+
+def test_accepted_counts_leading_agreement() -> None:
+    assert accepted([1, 2, 3], [1, 2, 4, 5], 3) == 2
+    assert accepted([1, 2, 3], [1, 2, 3, 5], 3) == 3
+    assert accepted([1, 2, 3], [1, 2, 3, 5], 1) == 1
+    assert accepted([9, 2, 3], [1, 2, 3, 5], 3) == 0
+
+
+def test_caches_that_cannot_roll_back_are_refused(target: Any) -> None:
+    windowed = _model(3, {**CONFIG, "model_type": "gemma3_text", "sliding_window": 8,
+                          "sliding_window_pattern": 2, "query_pre_attn_scalar": 16})  # fmt: skip
+    with pytest.raises(SpeculationError, match="cannot roll back"):
+        Drafter.check(windowed, target)

@@ -14,13 +14,14 @@ from mlx.utils import tree_map_with_path
 from mlx_lm.generate import generate_step
 
 from mlxdeploy.engine.generator import SlotGenerator
-from mlxdeploy.engine.sampling import greedy
+from mlxdeploy.engine.sampling import Tempered, greedy
 from mlxdeploy.engine.speculative import (
     DRAFT_BUDGET,
     Drafter,
     SpeculationError,
     accepted,
     depth,
+    verify,
 )
 
 VOCAB = 512
@@ -147,3 +148,58 @@ def test_caches_that_cannot_roll_back_are_refused(target: Any) -> None:
                           "sliding_window_pattern": 2, "query_pre_attn_scalar": 16})  # fmt: skip
     with pytest.raises(SpeculationError, match="cannot roll back"):
         Drafter.check(windowed, target)
+
+
+def _close(counts: list[int], p: list[float]) -> None:
+    """Empirical frequencies within 5 standard errors of `p` (the sample count sets it)."""
+    total = sum(counts)
+    for token, (c, q) in enumerate(zip(counts, p, strict=True)):
+        sigma = (q * (1 - q) / total) ** 0.5
+        assert abs(c / total - q) <= 5 * sigma + 1e-3, (token, c / total, q)
+
+
+def test_rejection_sampling_keeps_the_target_distribution() -> None:
+    """Guesses drawn from q, verified against p: the first token after them follows p at its
+    place, and the next one (where the first stood) follows p at its own."""
+    mx.random.seed(0)
+    rows, vocab, k = 20000, 6, 2
+    target = mx.random.normal((1, k + 1, vocab)) * 1.5
+    draft = mx.softmax(mx.random.normal((1, k, vocab)) * 1.5, axis=-1)
+    drawn = mx.broadcast_to(draft, (rows, k, vocab))
+    guesses = mx.random.categorical(mx.log(drawn))
+    logits = mx.broadcast_to(target, (rows, k + 1, vocab))
+    kept, nexts = verify(logits, guesses, drawn, [1.0] * rows, [k] * rows)
+    guessed = guesses.tolist()
+    first = [g[0] if n >= 1 else t for g, n, t in zip(guessed, kept, nexts, strict=True)]
+    second = [g[1] if n >= 2 else t for g, n, t in zip(guessed, kept, nexts, strict=True) if n >= 1]
+    p = mx.softmax(target[0], axis=-1).tolist()
+    _close([first.count(t) for t in range(vocab)], p[0])
+    _close([second.count(t) for t in range(vocab)], p[1])
+    assert 0 < sum(kept) < 2 * rows  # some guesses stand, some do not
+
+
+def test_sampled_tokens_follow_the_target_distribution() -> None:
+    """Through the generator: the second token of many sampled requests (drafted and verified,
+    the first comes from the prompt) follows the target's distribution, marginal over the
+    first; the draft is a perturbed copy that agrees often, not always."""
+    mx.random.seed(1)
+    small = {**CONFIG, "vocab_size": 16}
+    target, draft = _model(5, small), _model(5, small, noise=0.1)
+    prompt = [3, 1, 4, 1, 5]
+    p_first = mx.softmax(target(mx.array([prompt]))[0, -1], axis=-1)
+    following = target(mx.array([[*prompt, t] for t in range(16)]))[:, -1]
+    expected = (p_first[:, None] * mx.softmax(following, axis=-1)).sum(axis=0).tolist()
+    drafter = Drafter(draft, num_draft_tokens=2, chunk=16)
+    generator = SlotGenerator(target, completion_batch_size=16, prefill_batch_size=16,
+                              prefill_step_size=16, drafter=drafter)  # fmt: skip
+    sampler = Tempered(1.0)
+    seconds: list[int] = []
+    for _ in range(100):
+        uids = generator.insert([prompt] * 16, max_tokens=[2] * 16, samplers=[sampler] * 16)
+        out: dict[int, list[int]] = {u: [] for u in uids}
+        while generator.pending or generator.running:
+            for r in generator.next()[1]:
+                out[r.uid].append(r.token)
+        seconds += [tokens[1] for tokens in out.values()]
+    _close([seconds.count(t) for t in range(16)], expected)
+    assert 0.0 < drafter.stats.rate < 1.0

@@ -37,9 +37,9 @@ from .logprobs import RowScores, arrays_of
 from .mixed import MixedForward, Part
 from .picking import process_rows, sample_rows, score_asked
 from .rows import Pending, Read, Row, Token
-from .sampling import SeededSampler, greedy
+from .sampling import SeededSampler, Tempered, greedy
 from .schedule import Limits, Plan, Reading, Waiting, plan
-from .speculative import Drafter, accepted, depth
+from .speculative import Drafter, depth, verify
 from .storage import Planned, Slots, held
 
 CLEAR_EVERY = 512  # decode steps between returns of MLX's buffer cache to the system
@@ -64,6 +64,11 @@ def _without(row: Row, gone: set[int]) -> Row | None:
         lead.adapter = row.adapter
     lead.followers = stay[1:]
     return lead
+
+
+def _temperature(sampler: Any) -> float:
+    """A speculating row's temperature (0: greedy)."""
+    return sampler.temperature if isinstance(sampler, Tempered) else 0.0
 
 
 def family(model: Any) -> str:
@@ -303,14 +308,16 @@ class SlotGenerator:
         return self._took(reading, counts), out
 
     def _guessing(self) -> dict[int, int]:
-        """slot -> guesses this step, for each row that speculates: greedy, no processors,
-        no logprobs, the model's own weights (others decode plainly in the same pass)."""
+        """slot -> guesses this step, for each row that speculates: greedy or plain
+        temperature, no processors, no logprobs, the model's own weights (others decode
+        plainly in the same pass; a seeded row draws from its own key, which guesses would
+        not keep reproducible)."""
         if self.drafter is None:
             return {}
         rows = {
             s: r
             for s, r in self._decoding.items()
-            if r.sampler in (greedy, self.sampler)
+            if (r.sampler in (greedy, self.sampler) or isinstance(r.sampler, Tempered))
             and not r.processors
             and r.logprobs is None
             and r.adapter == 0
@@ -332,35 +339,37 @@ class SlotGenerator:
         spec = [e for e, s in enumerate(slots) if s in guessing]
         k = max(guessing.values())
         drafted = [(slots[e], rows[e].uid, rows[e].history + [first[e]]) for e in spec]
-        guesses: list[list[int]] = self.drafter.draft(drafted, k).tolist()  # type: ignore[assignment]
-        by_row = dict(zip(spec, guesses, strict=True))
-        feed = [[first[e], *by_row.get(e, [0] * k)] for e in range(len(slots))]
-        counts = [k + 1 if e in by_row else 1 for e in range(len(slots))]
+        temperatures = [_temperature(rows[e].sampler) for e in spec]
+        guesses, drawn = self.drafter.draft(drafted, k, temperatures)
+        feed = mx.concatenate([inputs[:, None], mx.zeros((len(slots), k), inputs.dtype)], 1)
+        feed[mx.array(spec), 1:] = guesses.astype(inputs.dtype)
+        counts = [k + 1 if s in guessing else 1 for s in slots]
         self.slots.activate(self.slots.prepare(slots, k + 1, counts))
         self._select([r.adapter for r in rows])
-        logits = self.model(mx.array(feed), cache=self.slots.caches)
+        logits = self.model(feed, cache=self.slots.caches)
         self._select(())
         sampled, scores, context = self._pick(logits[:, 0, :], inputs, rows)
-        picks = mx.argmax(logits, axis=-1)
-        mx.eval(sampled, picks, context, *arrays_of(scores))
+        limits = [guessing[slots[e]] for e in spec]
+        kept, nexts = verify(logits[mx.array(spec)], guesses, drawn, temperatures, limits)
+        mx.eval(sampled, context, *arrays_of(scores))
         chosen: list[int] = sampled.tolist()  # type: ignore[assignment]
-        targets: list[list[int]] = picks.tolist()  # type: ignore[assignment]
-        out, nexts = [], []
+        guessed: list[list[int]] = guesses.tolist()  # type: ignore[assignment]
+        by_row = {e: (guessed[i], kept[i], nexts[i]) for i, e in enumerate(spec)}
+        out = []
         for e, slot in enumerate(slots):
-            length, kept = self.slots.lengths[slot], []
+            length, emitted = self.slots.lengths[slot], [first[e]]
             if e in by_row:
-                n = accepted(by_row[e], targets[e], guessing[slot])
-                kept, chosen[e] = by_row[e][:n], targets[e][n]
+                guess, n, chosen[e] = by_row[e]
+                emitted += guess[:n]
                 self.drafter.keep(slot, length + 1 + n)
                 self.drafter.stats.drafted += guessing[slot]
                 self.drafter.stats.accepted += n
-            nexts.append(chosen[e])
-            for j, token in enumerate([first[e], *kept]):
+            for j, token in enumerate(emitted):
                 self.slots.lengths[slot] = length + j + 1
                 out.append(self._emit(slot, token, current[e] if j == 0 else None))
                 if out[-1].finish_reason is not None:
                     break
-        self._pending.set(slots, mx.array(nexts, dtype=mx.uint32), scores)
+        self._pending.set(slots, mx.array(chosen, dtype=mx.uint32), scores)
         self.steps += 1
         return out
 

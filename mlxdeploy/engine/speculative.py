@@ -91,9 +91,12 @@ class Drafter:
         self.slots = self.slots.empty()
         self.owners.clear()
 
-    def draft(self, rows: Sequence[tuple[int, int, list[int]]], k: int) -> mx.array:
-        """(rows, k) guesses, greedy: each row (slot, uid, its tokens so far, the last one
-        not yet in the target's cache) catches up and guesses k tokens."""
+    def draft(
+        self, rows: Sequence[tuple[int, int, list[int]]], k: int, temperatures: Sequence[float]
+    ) -> tuple[mx.array, mx.array | None]:
+        """(rows, k) guesses, and the distributions they were drawn from (None: every row is
+        greedy): each row (slot, uid, its tokens so far, the last one not yet in the target's
+        cache) catches up and guesses k tokens, greedy or at its temperature."""
         feeds = [self._unread(slot, uid, tokens) for slot, uid, tokens in rows]
         slots = [slot for slot, _, _ in rows]
         counts = [len(f) for f in feeds]
@@ -103,13 +106,19 @@ class Drafter:
         logits = self.model(mx.array(padded), cache=self.slots.caches)
         last = logits[mx.arange(len(rows)), mx.array(counts) - 1]
         self.slots.advance(slots, counts)
-        guesses = [mx.argmax(last, axis=-1)]
-        for _ in range(k - 1):
-            self.slots.plan(slots, 1)
-            logits = self.model(guesses[-1][:, None], cache=self.slots.caches)[:, -1]
-            self.slots.advance(slots, [1] * len(slots))
-            guesses.append(mx.argmax(logits, axis=-1))
-        return mx.stack(guesses, axis=1)
+        guesses: list[mx.array] = []
+        drawn: list[Any] = []
+        for i in range(k):
+            if i:
+                self.slots.plan(slots, 1)
+                last = self.model(guesses[-1][:, None], cache=self.slots.caches)[:, -1]
+                self.slots.advance(slots, [1] * len(slots))
+            guess, q = _guess(last, temperatures)
+            guesses.append(guess)
+            drawn.append(q)
+        if drawn[0] is None:
+            return mx.stack(guesses, axis=1), None
+        return mx.stack(guesses, axis=1), mx.stack(drawn, axis=1)
 
     def keep(self, slot: int, length: int) -> None:
         """The slot's cache holds its row's first `length` tokens at most: later guesses
@@ -132,5 +141,76 @@ def accepted(guesses: list[int], picks: list[int], limit: int) -> int:
     """How many leading guesses equal the target's picks at their places (at most `limit`)."""
     n = 0
     while n < min(limit, len(guesses)) and guesses[n] == picks[n]:
+        n += 1
+    return n
+
+
+def _scales(temperatures: Sequence[float]) -> mx.array:
+    """(rows, 1) factors of the logits: 1 / temperature, 1 for greedy rows."""
+    return mx.array([1.0 / t if t > 0 else 1.0 for t in temperatures])[:, None]
+
+
+def _guess(logits: mx.array, temperatures: Sequence[float]) -> tuple[mx.array, Any]:
+    """Each row's guess: greedy, or drawn at its temperature (then with the distribution q
+    it was drawn from, every row's: greedy rows' are unused)."""
+    picked = mx.argmax(logits, axis=-1)
+    if not any(t > 0 for t in temperatures):
+        return picked, None
+    scaled = logits * _scales(temperatures)
+    drawn = mx.random.categorical(scaled)
+    tempered = mx.array([t > 0 for t in temperatures])
+    return mx.where(tempered, drawn, picked), mx.softmax(scaled, axis=-1)
+
+
+def verify(
+    logits: mx.array,
+    guesses: mx.array,
+    drawn: mx.array | None,
+    temperatures: Sequence[float],
+    limits: Sequence[int],
+) -> tuple[list[int], list[int]]:
+    """Per row, how many of its guesses stand (at most its limit), and its next token.
+
+    `logits`: the target's (rows, k + 1, vocabulary) over (last token, guesses). A greedy row
+    keeps guesses while they equal the target's picks; its next token is the pick after them.
+    A tempered row keeps guess d drawn from q where the target gives p with probability
+    min(1, p(d) / q(d)); at the first one rejected, its next token is drawn from max(0, p - q)
+    normalized, and past its last guess from p: the tokens are distributed as the target's.
+    """
+    picks = mx.argmax(logits, axis=-1)
+    k = guesses.shape[1]
+    if drawn is None:
+        mx.eval(picks, guesses)
+        target: list[list[int]] = picks.tolist()  # type: ignore[assignment]
+        guessed: list[list[int]] = guesses.tolist()  # type: ignore[assignment]
+        kept = [accepted(g, t, n) for g, t, n in zip(guessed, target, limits, strict=True)]
+        return kept, [t[n] for t, n in zip(target, kept, strict=True)]
+    p = mx.softmax(logits * _scales(temperatures)[:, :, None], axis=-1)
+    at = guesses[..., None]
+    p_guess = mx.take_along_axis(p[:, :k], at, axis=-1)[..., 0]
+    q_guess = mx.take_along_axis(drawn, at, axis=-1)[..., 0]
+    stands = mx.random.uniform(shape=p_guess.shape) * q_guess < p_guess
+    stands = mx.where(
+        mx.array([t > 0 for t in temperatures])[:, None], stands, guesses == picks[:, :k]
+    )
+    mx.eval(stands, picks)
+    standing: list[list[bool]] = stands.tolist()  # type: ignore[assignment]
+    kept = [_leading(row, n) for row, n in zip(standing, limits, strict=True)]
+    rejected = mx.array([n < limit for n, limit in zip(kept, limits, strict=True)])
+    rows, where = mx.arange(len(kept)), mx.array(kept)
+    q = mx.concatenate([drawn, mx.zeros_like(drawn[:, :1])], axis=1)  # none past the guesses
+    p_next = p[rows, where]
+    rest = mx.maximum(p_next - q[rows, where], 0.0)
+    rest = mx.where((rejected & (rest.sum(axis=-1) > 0))[:, None], rest, p_next)
+    drawn_next = mx.random.categorical(mx.log(rest))
+    greedy_next = picks[rows, where]
+    tempered = mx.array([t > 0 for t in temperatures])
+    nexts: list[int] = mx.where(tempered, drawn_next, greedy_next).tolist()  # type: ignore[assignment]
+    return kept, nexts
+
+
+def _leading(stands: list[bool], limit: int) -> int:
+    n = 0
+    while n < limit and stands[n]:
         n += 1
     return n

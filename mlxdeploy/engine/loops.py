@@ -22,6 +22,7 @@ from ..spec.settings import EngineSettings
 from .batch import FastBatchGenerator
 from .generator import UNPADDED, SlotGenerator, family
 from .mixed import MIXABLE
+from .speculative import Drafter
 from .storage import kinds
 
 log = logging.getLogger("mlxdeploy.engine")
@@ -59,6 +60,7 @@ class Loop:
         model: Any,
         settings: EngineSettings,
         agree: Callable[[mx.array], mx.array] | None,
+        drafter: Drafter | None = None,
     ) -> Generator:
         s = settings
         schedule: dict[str, Any] = {
@@ -69,6 +71,6 @@ class Loop:
             "agree": agree,
         }
         if self.slotted:
-            return SlotGenerator(model, mix=self.mixes, **schedule)
+            return SlotGenerator(model, mix=self.mixes, drafter=drafter, **schedule)
         stream = mx.default_stream(mx.default_device())
         return FastBatchGenerator(model, stream=stream, **schedule)

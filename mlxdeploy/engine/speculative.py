@@ -61,6 +61,20 @@ def depth(num_draft_tokens: int, rows: int) -> int:
     return max(0, min(num_draft_tokens, DRAFT_BUDGET // rows))
 
 
+@dataclass(frozen=True)
+class DraftModel:
+    """A loaded draft model and the spec's guesses per step."""
+
+    model: Any
+    num_draft_tokens: int
+    width: int | None = None  # the model's logits (a draft's may be padded otherwise)
+
+
+def logits_width(model: Any) -> int:
+    """How many logits the model gives per token (its vocabulary, padded as it is)."""
+    return int(model(mx.array([[0]])).shape[-1])
+
+
 @dataclass
 class Drafter:
     """The draft model, its slot caches and which row each slot's cache belongs to."""
@@ -68,6 +82,7 @@ class Drafter:
     model: Any
     num_draft_tokens: int
     chunk: int
+    width: int | None = None  # the target's logits: the draft's are cut or padded to it
     slots: Slots = field(init=False)
     owners: dict[int, int] = field(default_factory=dict)  # slot -> uid its cache holds
     stats: DraftStats = field(default_factory=DraftStats)
@@ -113,7 +128,7 @@ class Drafter:
                 self.slots.plan(slots, 1)
                 last = self.model(guesses[-1][:, None], cache=self.slots.caches)[:, -1]
                 self.slots.advance(slots, [1] * len(slots))
-            guess, q = _guess(last, temperatures)
+            guess, q = _guess(_fit(last, self.width), temperatures)
             guesses.append(guess)
             drawn.append(q)
         if drawn[0] is None:
@@ -143,6 +158,17 @@ def accepted(guesses: list[int], picks: list[int], limit: int) -> int:
     while n < min(limit, len(guesses)) and guesses[n] == picks[n]:
         n += 1
     return n
+
+
+def _fit(logits: mx.array, width: int | None) -> mx.array:
+    """The draft's logits as wide as the target's: ids past the tokenizer's are padding."""
+    have = logits.shape[-1]
+    if width is None or width == have:
+        return logits
+    if width < have:
+        return logits[:, :width]
+    pad = mx.full((logits.shape[0], width - have), -mx.inf, dtype=logits.dtype)
+    return mx.concatenate([logits, pad], axis=-1)
 
 
 def _scales(temperatures: Sequence[float]) -> mx.array:

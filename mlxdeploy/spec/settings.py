@@ -380,6 +380,17 @@ class AdapterEntry(Section):
     )
 
 
+_DRAFT_HELP = (
+    "A smaller model with the same tokenizer (a source as for `model`) that guesses tokens "
+    "for the model to verify: speculative decoding, the same tokens (greedy) or the same "
+    "distribution (sampled), faster when the guesses are often right. Every layer of both "
+    "must be full attention (validate checks the vocabularies, the engine the layers)."
+)
+_NUM_DRAFT_HELP = (
+    "Tokens the draft model guesses per step for each request; a request may ask fewer "
+    "(0: none). Large batches guess fewer (at most 32 guesses per step over all requests)."
+)
+
 _ADAPTERS_HELP = (
     "Fine-tuned adapters of this model, each served as a model id of its own; requests for the "
     "model and its adapters are batched together."
@@ -412,6 +423,10 @@ class ModelEntry(Section):
     pin: bool = Field(default=False, description=PIN_HELP)
     idle_unload_seconds: float | None = Field(default=None, gt=0, description=IDLE_HELP)
     adapters: list[AdapterEntry] = Field(default=[], description=_ADAPTERS_HELP)
+    draft_model: str | None = Field(default=None, min_length=1, description=_DRAFT_HELP)
+    num_draft_tokens: int | None = Field(
+        default=None, ge=1, le=16, description=_NUM_DRAFT_HELP + " Default: the top level's."
+    )
 
 
 class Endpoint(Section):
@@ -491,6 +506,12 @@ class Spec(BaseSettings):
     adapters: list[AdapterEntry] = Field(
         default=[], description=_ADAPTERS_HELP + " With `models`, each entry lists its own."
     )
+    draft_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description=_DRAFT_HELP + " With `models`, each entry names its own.",
+    )
+    num_draft_tokens: int = Field(default=4, ge=1, le=16, description=_NUM_DRAFT_HELP)
     models: list[ModelEntry] | None = Field(
         default=None,
         min_length=1,

@@ -116,3 +116,18 @@ def test_validate_refuses_a_draft_of_another_vocabulary(root: Path) -> None:
     with pytest.raises(SpecError, match="draft model's vocabulary"):
         load_spec(write_spec(root, "other.yaml", "other-vocab"))
     load_spec(write_spec(root, "same.yaml", "base"))
+
+
+def test_validate_counts_the_draft_in_the_memory_budget(root: Path) -> None:
+    """A budget that holds the model alone but not the model and its draft is a problem."""
+    size = sum(p.stat().st_size for p in (root / "base").glob("*.safetensors"))
+    path = write_spec(root, "budget.yaml", "base")
+    spec = json.loads(path.read_text())
+    spec["memory"] = {"budget": int(size * 1.5)}
+    spec["models"] = spec["models"][:1]
+    path.write_text(json.dumps(spec))
+    with pytest.raises(SpecError, match="memory budget"):
+        load_spec(path)
+    del spec["models"][0]["draft_model"]
+    path.write_text(json.dumps(spec))
+    load_spec(path)

@@ -114,6 +114,7 @@ class Drafter:
         cache) catches up and guesses k tokens, greedy or at its temperature."""
         feeds = [self._unread(slot, uid, tokens) for slot, uid, tokens in rows]
         slots = [slot for slot, _, _ in rows]
+        feeds = self._catch_up(slots, feeds)
         counts = [len(f) for f in feeds]
         width = max(counts)
         padded = [f + [0] * (width - len(f)) for f in feeds]
@@ -134,6 +135,20 @@ class Drafter:
         if drawn[0] is None:
             return mx.stack(guesses, axis=1), None
         return mx.stack(guesses, axis=1), mx.stack(drawn, axis=1)
+
+    def _catch_up(self, slots: list[int], feeds: list[list[int]]) -> list[list[int]]:
+        """Reads all but the last `chunk` unread tokens of each row, `chunk` at a time (a
+        long prompt is read as the target reads it); the rest of each feed."""
+        chunk = self.chunk
+        while any(len(f) > chunk for f in feeds):
+            long = [i for i, f in enumerate(feeds) if len(f) > chunk]
+            rows = [slots[i] for i in long]
+            self.slots.plan(rows, chunk)
+            self.model(mx.array([feeds[i][:chunk] for i in long]), cache=self.slots.caches)
+            self.slots.advance(rows, [chunk] * len(rows))
+            mx.eval(self.slots.arrays())
+            feeds = [f[chunk:] if i in long else f for i, f in enumerate(feeds)]
+        return feeds
 
     def keep(self, slot: int, length: int) -> None:
         """The slot's cache holds its row's first `length` tokens at most: later guesses

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mlxdeploy.bench.report import acceptance, draft_counts
 from mlxdeploy.spec.load import load_spec
 from mlxdeploy.spec.problems import SpecError
 from tests.adapters import louder_copy
@@ -131,3 +132,11 @@ def test_validate_counts_the_draft_in_the_memory_budget(root: Path) -> None:
     del spec["models"][0]["draft_model"]
     path.write_text(json.dumps(spec))
     load_spec(path)
+
+
+def test_bench_reads_the_acceptance_from_metrics(http: httpx.Client) -> None:
+    before = draft_counts(http.get("/metrics").text)
+    text(http, model="fast")
+    after = draft_counts(http.get("/metrics").text)
+    assert after[0] > before[0] and acceptance(before, after) == 1.0
+    assert acceptance(after, after) is None

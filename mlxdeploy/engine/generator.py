@@ -354,23 +354,30 @@ class SlotGenerator:
         mx.eval(sampled, context, *arrays_of(scores))
         chosen: list[int] = sampled.tolist()  # type: ignore[assignment]
         guessed: list[list[int]] = guesses.tolist()  # type: ignore[assignment]
-        by_row = {e: (guessed[i], kept[i], nexts[i]) for i, e in enumerate(spec)}
-        out = []
+        out, at = [], {e: i for i, e in enumerate(spec)}
         for e, slot in enumerate(slots):
-            length, emitted = self.slots.lengths[slot], [first[e]]
-            if e in by_row:
-                guess, n, chosen[e] = by_row[e]
-                emitted += guess[:n]
-                self.drafter.keep(slot, length + 1 + n)
+            emitted = [first[e]]
+            if e in at:
+                i = at[e]
+                emitted += guessed[i][: kept[i]]
+                chosen[e] = nexts[i]
+                self.drafter.keep(slot, self.slots.lengths[slot] + 1 + kept[i])
                 self.drafter.stats.drafted += guessing[slot]
-                self.drafter.stats.accepted += n
-            for j, token in enumerate(emitted):
-                self.slots.lengths[slot] = length + j + 1
-                out.append(self._emit(slot, token, current[e] if j == 0 else None))
-                if out[-1].finish_reason is not None:
-                    break
+                self.drafter.stats.accepted += kept[i]
+            out += self._emit_all(slot, emitted, current[e])
         self._pending.set(slots, mx.array(chosen, dtype=mx.uint32), scores)
         self.steps += 1
+        return out
+
+    def _emit_all(self, slot: int, tokens: list[int], score: RowScores | None) -> list[Token]:
+        """Row `slot`'s tokens of one step (`score`: the first one's), its cache growing by
+        one for each, until one ends the row."""
+        out: list[Token] = []
+        for j, token in enumerate(tokens):
+            self.slots.lengths[slot] += 1
+            out.append(self._emit(slot, token, score if j == 0 else None))
+            if out[-1].finish_reason is not None:
+                break
         return out
 
     def _forward_mixed(

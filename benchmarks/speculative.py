@@ -68,6 +68,24 @@ def prompts(tokenizer: Any, n: int) -> list[list[int]]:
     return [tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in chats]
 
 
+def pass_ms(model: Any, width: int, context: int = 64) -> float:
+    """ms of one forward pass reading `width` tokens of one row after `context` tokens."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.zeros((1, context), mx.int32), cache=cache))
+    tokens = mx.zeros((1, width), mx.int32)
+    times = []
+    for _ in range(8):
+        start = time.perf_counter()
+        mx.eval(model(tokens, cache=cache))
+        times.append(time.perf_counter() - start)
+        for c in cache:
+            c.trim(width)
+    return statistics.median(times[2:]) * 1000
+
+
 def run(model: Any, drafter: Any, batch: list[list[int]], tokens: int) -> float:
     """Tokens/s of the batch's whole generation (prompts read first, then timed)."""
     from mlxdeploy.engine.generator import SlotGenerator
@@ -92,11 +110,16 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.05)
     parser.add_argument("--keep-q4", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--passes-only", action="store_true", help="the pass timings alone")
     args = parser.parse_args()
     print(load_fast_blas())
     from mlxdeploy.engine.speculative import Drafter
 
     model, tokenizer = load(args.keep_q4)
+    widths = ", ".join(f"{w}: {pass_ms(model, w):.0f} ms" for w in (1, 2, 5, 9))
+    print(f"one pass of the model by tokens read per row: {widths}")
+    if args.passes_only:
+        return
     noisy = load(args.keep_q4, args.noise)[0]
     drafts: dict[str, Any] = {"none": None, "itself": model, "noisy": noisy}
     for streams in args.streams:

@@ -5,6 +5,7 @@ acceptance rate shows in /metrics, and `validate` refuses a draft of another voc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import Iterator
@@ -15,10 +16,11 @@ import httpx
 import pytest
 
 from mlxdeploy.bench.report import acceptance, draft_counts
+from mlxdeploy.engine.engine import MLXEngine
 from mlxdeploy.spec.load import load_spec
 from mlxdeploy.spec.problems import SpecError
 from tests.adapters import louder_copy
-from tests.conftest import real_app
+from tests.conftest import TINY_CONFIG, make_tiny_model, real_app
 
 PROMPT = "Once upon a time, in a lighthouse by the sea,"
 
@@ -140,3 +142,45 @@ def test_bench_reads_the_acceptance_from_metrics(http: httpx.Client) -> None:
     after = draft_counts(http.get("/metrics").text)
     assert after[0] > before[0] and acceptance(before, after) == 1.0
     assert acceptance(after, after) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"draft_model": "base"}, "each entry names its own draft_model"),
+        ({"models": [{"id": "e", "model": "base", "task": "embed", "draft_model": "base"}],
+          "apis": ["embeddings"]}, "generates nothing to draft for"),
+    ],
+)  # fmt: skip
+def test_a_draft_where_it_cannot_run_is_a_spec_error(
+    root: Path, change: dict[str, Any], message: str
+) -> None:
+    path = write_spec(root, "misplaced.yaml", "base")
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(SpecError, match=message):
+        load_spec(path)
+
+
+def test_a_model_whose_caches_cannot_roll_back_refuses_its_draft(
+    root: Path, demo_dir: Path, cache_dir: Path
+) -> None:
+    """A sliding-window model fails to load with a draft, saying why; no request is served."""
+    windowed = {**TINY_CONFIG, "model_type": "gemma3_text", "sliding_window": 8, "head_dim": 16,
+                "sliding_window_pattern": 2, "query_pre_attn_scalar": 16}  # fmt: skip
+    out = root / "windowed"
+    out.mkdir(exist_ok=True)
+    make_tiny_model(out, demo_dir, seed=2, config=windowed)
+    path = root / "windowed.yaml"
+    path.write_text(json.dumps({"model": "windowed", "draft_model": "base"}))
+    loaded = load_spec(path)
+
+    async def load() -> tuple[str, str | None]:
+        engine = MLXEngine(loaded.catalog.models[0], loaded.spec.engine)
+        engine.start(asyncio.get_running_loop())
+        state = await asyncio.to_thread(engine.wait_loaded, 300)
+        await asyncio.to_thread(engine.stop)
+        return state, engine.error
+
+    state, error = asyncio.run(load())
+    assert state == "failed"
+    assert error is not None and "cannot roll back" in error and "gemma3_text" in error

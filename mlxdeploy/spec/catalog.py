@@ -190,6 +190,7 @@ def build_catalog(spec: Spec, files: Files) -> Catalog:
     )
     _check_paths(presets, errors)
     _check_tasks(spec, served, errors)
+    _check_drafts(spec, served, errors)
     if errors:
         raise CatalogError(errors)
     return Catalog(served, presets)
@@ -358,6 +359,21 @@ def _check_tasks(spec: Spec, models: tuple[ServedModel, ...], errors: list[Field
     if embedders and spec.distributed is not None:
         message = "a distributed spec serves a generation model, not an embedding model"
         errors.append(FieldError(("distributed",), message, at_key=True))
+
+
+def _check_drafts(spec: Spec, models: tuple[ServedModel, ...], errors: list[FieldError]) -> None:
+    """Where a draft model may be named, and for which models."""
+    if spec.models is not None and spec.draft_model is not None:
+        message = "with 'models', each entry names its own draft_model"
+        errors.append(FieldError(("draft_model",), message, at_key=True))
+    if spec.distributed is not None and any(m.draft is not None for m in models):
+        message = "a draft model does not run on a model split over ranks (distributed)"
+        errors.append(FieldError(("distributed",), message, at_key=True))
+    for i, model in enumerate(models):
+        if model.draft is not None and model.task == "embed":
+            loc: Loc = ("draft_model",) if spec.models is None else ("models", i, "draft_model")
+            message = "an embedding model (task: embed) generates nothing to draft for"
+            errors.append(FieldError(loc, message, at_key=True))
 
 
 def _check_paths(presets: tuple[Preset, ...], errors: list[FieldError]) -> None:

@@ -203,3 +203,27 @@ def test_sampled_tokens_follow_the_target_distribution() -> None:
         seconds += [tokens[1] for tokens in out.values()]
     _close([seconds.count(t) for t in range(16)], expected)
     assert 0.0 < drafter.stats.rate < 1.0
+
+
+def test_penalized_rows_beside_guessing_rows_are_unchanged(target: Any) -> None:
+    """Rows with logits processors (a repetition penalty) decode plainly in speculative steps:
+    the batch's tokens equal the same batch's without a draft."""
+    from mlx_lm.sample_utils import make_logits_processors
+
+    penalty = make_logits_processors(repetition_penalty=1.5, repetition_context_size=8)
+    prompts = _prompts(9, 6)
+    lengths = [MAX_TOKENS] * len(prompts)
+    processors = [penalty if i % 2 else None for i in range(len(prompts))]
+
+    def tokens(drafter: Drafter | None) -> list[list[int]]:
+        generator = SlotGenerator(target, completion_batch_size=8, prefill_batch_size=2,
+                                  prefill_step_size=16, drafter=drafter)  # fmt: skip
+        return _batched(generator, prompts, lengths, logits_processors=processors)
+
+    drafter = Drafter(target, num_draft_tokens=3, chunk=16)
+    plain = tokens(None)
+    assert tokens(drafter) == plain
+    assert drafter.stats.drafted > 0
+    unpenalized = [_single(target, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    assert plain[0::2] == unpenalized[0::2]
+    assert plain[1::2] != unpenalized[1::2]  # the penalty changes the penalized rows' tokens

@@ -37,7 +37,7 @@ from tests.servers import RunningServer
 LEVEL_FIELDS = {
     "concurrency", "requests", "completed", "errors", "error_pct", "error_types",
     "short_completions", "output_tokens", "wall_s", "throughput_tok_s", "ttft_p50_s",
-    "ttft_p99_s", "latency_p50_s", "latency_p99_s", "warmup_error",
+    "ttft_p99_s", "latency_p50_s", "latency_p99_s", "warmup_error", "draft_acceptance",
 }  # fmt: skip
 
 

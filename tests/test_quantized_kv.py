@@ -220,3 +220,15 @@ def test_a_group_size_that_does_not_divide_the_head_says_so(model: Any) -> None:
     generator.insert(_prompts(1, 1), max_tokens=[2], samplers=[greedy])
     with pytest.raises(ValueError, match="kv_group_size 64 does not divide the model's head"):
         generator.next()
+
+
+def test_a_draft_model_beside_quantized_keys_is_refused(tmp_path: Path) -> None:
+    """Rolling rejected guesses back is by slot length; a quantized history is not (yet)."""
+    spec = tmp_path / "both.yaml"
+    spec.write_text("model: a\ndraft_model: a\nengine:\n  kv_bits: 4\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.json").write_text("{}")
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec, require_weights=False)
+    (problem,) = [str(p) for p in caught.value.problems if "draft_model" in str(p)]
+    assert problem.startswith(f"{spec}:2:14: draft_model: a draft model does not run with ")

@@ -705,6 +705,8 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "model",
         "name",
         "adapters",
+        "draft_model",
+        "num_draft_tokens",
         "models",
         "endpoints",
         "apis",

@@ -77,8 +77,6 @@ ACCEPTED_CHAT: dict[str, Any] = {
     "prediction": {"type": "content", "content": "x"},
     "web_search_options": {},
     "verbosity": "low",
-    "draft_model": "some/draft",
-    "num_draft_tokens": 3,
     # values that mean what this server does anyway
     "n": 1,
     "logprobs": False,

@@ -99,6 +99,9 @@ _ENGINE_METRICS = (
     ("counter", "generation_step_failures", "Generation steps that failed their batch."),
     ("gauge", "prefix_cache_bytes", "Bytes the prefix cache holds (engine.prompt_cache_bytes)."),
     ("gauge", "prefix_cache_entries", "Prompts, answers and snapshots the prefix cache holds."),
+    ("counter", "draft_tokens", "Tokens the draft model guessed (speculative decoding)."),
+    ("counter", "draft_tokens_accepted", "Guessed tokens the model kept."),
+    ("gauge", "draft_acceptance_rate", "Kept guesses over all guesses since start (0: none)."),
 )
 
 
@@ -120,6 +123,9 @@ def _engine_values(stats: EngineStats, state: EngineState) -> tuple[float, ...]:
         stats.step_failures,
         stats.prefix_cache_bytes,
         stats.prefix_cache_entries,
+        stats.draft_tokens,
+        stats.draft_tokens_accepted,
+        stats.draft_tokens_accepted / stats.draft_tokens if stats.draft_tokens else 0.0,
     )
 
 

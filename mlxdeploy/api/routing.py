@@ -18,6 +18,7 @@ from ..spec.settings import EngineSettings, SamplingDefaults, Task
 from ..spec.templates import TemplateProblem
 from .adapters import AdapterTargets
 from .asgi import request_exit_stack
+from .drafting import Drafting
 from .errors import APIError, InvalidRequest, ModelNotFound, Unavailable
 from .guards.admission import Admission
 from .reasoning import Thinking, ThinkingAsk, resolve_thinking
@@ -37,6 +38,7 @@ class Target:
     sealer: Sealer = field(default_factory=Sealer)  # seals the thinking given to clients
     task: Task = "generate"  # embed: only the embeddings route serves it
     adapter: str | None = None  # the model's adapter that answers (None: its own weights)
+    drafting: Drafting = field(default_factory=lambda: Drafting())  # its model's draft
 
     @property
     def response_format(self) -> ResponseFormat | None:
@@ -113,14 +115,15 @@ class Targets:
             self.admissions.append(admission)
             key = model.reasoning.seal_key
             sealer = unkeyed if key is None else Sealer(key.get_secret_value())
+            drafting = Drafting(model.draft_model, model.num_draft_tokens)
             self._by_id[model.id] = Target(
                 model.id, engine, admission, model.defaults, model.stop, None,
-                model.reasoning, sealer, model.task,
+                model.reasoning, sealer, model.task, drafting=drafting,
             )  # fmt: skip
             for a in model.adapters:  # a fused one is in the weights: the model's own
                 self._by_id[a.id] = target = Target(
                     a.id, engine, admission, a.defaults, a.stop, None, model.reasoning, sealer,
-                    task=model.task, adapter=None if a.fuse else a.id,
+                    task=model.task, adapter=None if a.fuse else a.id, drafting=drafting,
                 )  # fmt: skip
                 self._adapters.add(a, target)
         for preset in catalog.presets:
@@ -128,6 +131,7 @@ class Targets:
             self._by_id[preset.name] = Target(
                 preset.name, base.engine, base.admission, preset.defaults, preset.stop, preset,
                 base.reasoning, base.sealer, task=base.task, adapter=base.adapter,
+                drafting=base.drafting,
             )  # fmt: skip
         self._first = {m.task: self._by_id[m.id] for m in reversed(catalog.models)}
 

@@ -114,6 +114,8 @@ class Generation:
             params = dataclasses.replace(params, thinking_budget=thinking.budget)
         if target.adapter is not None:
             params = dataclasses.replace(params, adapter=target.adapter)
+        drafts = target.drafting.asked(body.draft_model, body.num_draft_tokens)
+        params = dataclasses.replace(params, num_draft_tokens=drafts)
         check_logit_bias(params, target.engine.vocab_size)
         observe = self.metrics.first_token_observer(target.engine.model_id)
         label = g.get("request_id", "")

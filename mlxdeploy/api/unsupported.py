@@ -8,7 +8,7 @@ A request's field is one of five kinds:
   request on another service's side, and cannot change the text generated. Accepted and noted
   as unused;
 - a hint (`HINT` rules): a hint, or an offer the model may decline (`prediction`, `verbosity`,
-  a hosted search, speculative decoding). Values that mean what this server does anyway pass
+  a hosted search). Values that mean what this server does anyway pass
   (`truncation: "disabled"`); any other is accepted and noted as unused, or, under
   `limits.unused_fields: reject`, a 400 (the refusal says what is not supported);
 - changes the answer (`ANSWER` rules): accepted only with a value that means what this server
@@ -96,17 +96,7 @@ METADATA: Mapping[str, Rule] = MappingProxyType(
 
 LEGACY_FUNCTIONS = "the deprecated functions API is not supported; send tools and tool_choice"
 NOT_SUPPORTED = "this server has no such setting; leave it out"
-SPECULATIVE = "speculative decoding is not supported"
-
-_SHARED: Mapping[str, Rule] = MappingProxyType(
-    {
-        **METADATA,
-        # mlx_lm.server extensions this server does not implement. Speculative decoding only
-        # makes generation faster (the draft's tokens are verified), so it is a hint.
-        "draft_model": _hint(SPECULATIVE),
-        "num_draft_tokens": _hint(SPECULATIVE),
-    }
-)
+_SHARED: Mapping[str, Rule] = MappingProxyType({**METADATA})
 
 CHAT: Mapping[str, Rule] = MappingProxyType(
     {

@@ -80,6 +80,10 @@ class SamplingFields(WireModel):
     model: str | None = None
     # mlx_lm.server's field: one of the model's adapters, by id or by the path the spec gives.
     adapters: str | None = None
+    # mlx_lm.server's fields: the model's draft model (the one its spec names) and how many
+    # tokens it guesses per step (at most the spec's; 0: none).
+    draft_model: str | None = None
+    num_draft_tokens: Annotated[StrictInt, Field(ge=0, le=16)] | None = None
     response_format: ResponseFormat | None = None
     # A thinking model's thinking is an answer's own part (False: it stays in the text).
     THINKING_APART: ClassVar[bool] = True

@@ -63,6 +63,7 @@ class LevelStats:
     latency_p50_s: float | None
     latency_p99_s: float | None
     warmup_error: str | None = None
+    draft_acceptance: float | None = None  # guesses kept over guessed (speculative decoding)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -301,8 +302,29 @@ def render_table(report: BenchReport) -> Table:
     return table
 
 
+def draft_counts(metrics: str) -> tuple[float, float]:
+    """(guessed, kept) draft tokens of every model on a /metrics page."""
+    totals = {"mlxdeploy_draft_tokens_total": 0.0, "mlxdeploy_draft_tokens_accepted_total": 0.0}
+    for line in metrics.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals["mlxdeploy_draft_tokens_total"], totals["mlxdeploy_draft_tokens_accepted_total"]
+
+
+def acceptance(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    """Kept over guessed between two readings of `draft_counts` (None: nothing guessed)."""
+    guessed, kept = after[0] - before[0], after[1] - before[1]
+    return kept / guessed if guessed > 0 else None
+
+
 def _caption(report: BenchReport) -> str | None:
     lines = [f"ratio: {MLXDEPLOY} / {MLX_LM}"] if report.ratios else []
+    for server in report.servers:
+        rates = [(s.concurrency, s.draft_acceptance) for s in server.levels]
+        shown = ", ".join(f"{c} clients {r:.2f}" for c, r in rates if r is not None)
+        if shown:
+            lines.append(f"{server.name} draft acceptance: {shown}")
     if report.ceiling:
         lines.append(f"of engine, of decode: tok/s / {ENGINE} tok/s, / {DECODE_ONLY} tok/s")
     return "\n".join(lines) or None

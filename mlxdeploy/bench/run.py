@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -42,9 +43,11 @@ from .report import (
     LoadSettings,
     RequestResult,
     ServerReport,
+    acceptance,
     blas_line,
     ceiling_fractions,
     compare_levels,
+    draft_counts,
     machine_info,
     read_ceiling,
     render_table,
@@ -186,9 +189,22 @@ def bench_server(report: ServerReport, load: LoadSettings, progress: Progress) -
         def done(result: RequestResult, task: TaskID = task) -> None:
             progress.advance(task)
 
+        before = _draft_counts(report.url)
         stats = asyncio.run(run_level(report.url, level, load, done))
+        after = _draft_counts(report.url)
+        if before is not None and after is not None:
+            stats.draft_acceptance = acceptance(before, after)
         progress.update(task, total=stats.requests, completed=stats.requests)
         report.levels.append(stats)
+
+
+def _draft_counts(url: str) -> tuple[float, float] | None:
+    """The server's draft tokens so far (None: no mlxdeploy metrics there)."""
+    try:
+        response = httpx.get(f"{server_root(url)}/metrics", timeout=5)
+    except httpx.HTTPError:
+        return None
+    return draft_counts(response.text) if response.status_code == 200 else None
 
 
 def run_target(target: Target, options: BenchOptions, progress: Progress) -> ServerReport:

@@ -94,6 +94,7 @@ class Admission:
             stop_sequences=[self.stop_sequences],
             logprobs=[p.logprobs],
             **self.adapter_args(job),
+            **draft_args(job),
         )
 
     def adapter_args(self, job: Job, n: int = 1) -> dict[str, Any]:
@@ -126,6 +127,7 @@ class Admission:
             logprobs=[job.params.logprobs for job, _, _ in chosen],
             shared=True,
             **self.adapter_args(first, n),
+            **draft_args(first, n),
         )
         for (job, _, _), uid in zip(chosen, uids, strict=True):
             job.uid, job.cached_tokens = uid, len(prompt) - len(rest)
@@ -162,3 +164,10 @@ class Admission:
             at = cut
         tail = job.prompt[at:]
         return [*pieces, tail[:-1], tail[-1:]] if self.last_apart else [*pieces, tail]
+
+
+def draft_args(job: Job, n: int = 1) -> dict[str, Any]:
+    """What tells the generator how many tokens a draft guesses for the job's rows (nothing
+    when the request leaves it to the model)."""
+    asked = job.params.num_draft_tokens
+    return {} if asked is None else {"drafts": [asked] * n}

@@ -127,6 +127,9 @@ class SamplingParams:
     # The id of the model's adapter that answers (None: the model's own weights); rows of
     # different adapters share the model's batches.
     adapter: str | None = None
+    # Most tokens a draft model guesses per step for this request (None: the model's number;
+    # 0: no guessing). Only a model with a draft model guesses.
+    num_draft_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,8 @@ class EngineStats:
     step_failures: int = 0  # generation steps that raised (their requests failed)
     prefix_cache_bytes: int = 0  # bytes the prefix cache holds (bounded by its budget)
     prefix_cache_entries: int = 0  # prompts (and snapshots) it holds
+    draft_tokens: int = 0  # tokens a draft model guessed (speculative decoding)
+    draft_tokens_accepted: int = 0  # of those, the ones the model kept
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from .formats import Formats
 from .job import Job, Sink
 from .peers import LostRank, Order, Peers
 from .sampling import Vocabulary
+from .speculative import Drafter, DraftModel, SpeculationError, logits_width
 from .text import Decode, TextStream, fast_decode
 from .warmup import Discard, conversations, default_params
 from .warmup import rounds as warmup_rounds
@@ -205,6 +206,10 @@ class MLXEngine:
                     self.model.source, self._cache_root, self._progress, shard, classes
                 )
                 prepare_adapters(model, self.model.adapters, self._peers is not None)
+                draft = None if self.model.draft is None else self._load_draft(model)
+        except SpeculationError as exc:
+            self._fail(f"model '{self.model.id}' cannot speculate: {exc}")
+            return
         except AdapterError as exc:
             self._fail(f"cannot serve the adapters of model '{self.model.id}': {exc}")
             return
@@ -215,7 +220,9 @@ class MLXEngine:
             log.exception("model load failed")
             self._fail(f"cannot load model '{self.model.model}': {exc}")
             return
-        self.resident_bytes = _weight_bytes(model)
+        self.resident_bytes = _weight_bytes(model) + (
+            0 if draft is None else _weight_bytes(draft.model)
+        )
         if self.model.task == "embed":
             self._serve_embeddings(model)
             return
@@ -229,7 +236,7 @@ class MLXEngine:
             return
         self.context_length = _context_length(model)
         self.vocab_size = Vocabulary.of(model, self._tokenizer).size
-        self._worker = self._new_worker(model, fault)
+        self._worker = self._new_worker(model, fault, draft)
         try:
             self._get_ready(self._worker)
         except LostRank as exc:  # a rank that failed to load, or to warm up
@@ -287,13 +294,28 @@ class MLXEngine:
         if self.settings.warmup and (self._peers is not None or not stopped):
             self._warm_up(worker)
 
-    def _new_worker(self, model: Any, fault: FaultPlan | None) -> Worker:
+    def _load_draft(self, model: Any) -> DraftModel:
+        """The spec's draft model, checked against the model (SpeculationError says why it
+        cannot guess for it)."""
+        assert self.model.draft is not None
+        if self._peers is not None:
+            raise SpeculationError("a draft model does not run across distributed ranks")
+        draft, tokenizer = load_model(self.model.draft, self._cache_root, self._progress)
+        if tokenizer.get_vocab() != self._tokenizer.get_vocab():
+            raise SpeculationError(
+                f"the draft model {self.model.draft_model} has another vocabulary: "
+                "a draft needs the model's tokenizer"
+            )
+        Drafter.check(model, draft)
+        return DraftModel(draft, self.model.num_draft_tokens, logits_width(model))
+
+    def _new_worker(self, model: Any, fault: FaultPlan | None, draft: DraftModel | None) -> Worker:
         assert self.formats is not None
         peers, tools, thinking = self._peers, self.formats.tool_format, self.formats.thinking
         if peers is None or peers.leader:
             return Worker(
                 model, self._tokenizer, self.settings, self._deliver, fault, tools, peers,
-                thinking=thinking,
+                thinking=thinking, draft=draft,
             )  # fmt: skip
         follow = self._follower_job
         return Worker(

@@ -38,8 +38,9 @@ from .mixed import MixedForward, Part
 from .picking import process_rows, sample_rows, score_asked
 from .quantized_slots import KVQuantization
 from .rows import Pending, Read, Row, Token
-from .sampling import SeededSampler
+from .sampling import SeededSampler, Tempered, greedy
 from .schedule import Limits, Plan, Reading, Waiting, plan
+from .speculative import Drafter, depth, verify
 from .storage import Planned, Slots, held
 
 CLEAR_EVERY = 512  # decode steps between returns of MLX's buffer cache to the system
@@ -66,6 +67,11 @@ def _without(row: Row, gone: set[int]) -> Row | None:
     return lead
 
 
+def _temperature(sampler: Any) -> float:
+    """A speculating row's temperature (0: greedy)."""
+    return sampler.temperature if isinstance(sampler, Tempered) else 0.0
+
+
 def family(model: Any) -> str:
     """The mlx-lm model module's name: its architecture family."""
     return str(type(model).__module__).rsplit(".", 1)[-1]
@@ -86,13 +92,16 @@ class SlotGenerator:
         agree: Callable[[mx.array], mx.array] | None = None,
         mix: bool = True,
         kv: KVQuantization | None = None,
+        drafter: Drafter | None = None,
         **_: Any,
     ):
         """`mix`: read prompt chunks in the decode steps' forward passes where the model's
         family allows it (`mixed.py`); `agree`: the ranks of a distributed model take rank
         0's sampled tokens (peers.py); `kv`: keep full-attention keys and values quantized
-        (`quantized_slots.py`)."""
+        (`quantized_slots.py`); `drafter`: a draft model guesses tokens that decode steps
+        verify (`speculative.py`)."""
         self.model = model
+        self.drafter = drafter
         self._mixed = MixedForward.of(model, family(model)) if mix else None
         self.limits = Limits(
             rows=completion_batch_size,
@@ -144,12 +153,14 @@ class SlotGenerator:
         logprobs: Sequence[int | None] | None = None,
         shared: bool = False,
         adapters: Sequence[int] | None = None,
+        drafts: Sequence[int | None] | None = None,
     ) -> list[int]:
         """Each prompt (its segments, read one after the other) after the tokens already in
         its cache (`all_tokens`, `caches`); the rest as mlx-lm's BatchGenerator takes them.
         `shared`: the prompts are one request's choices, all the same: it is read once, and
         each choice decodes from its own copy of its cache. `adapters`: the adapter of each
-        (its number in the model's `AdapterBank`; 0 or none given: the model's own weights)."""
+        (its number in the model's `AdapterBank`; 0 or none given: the model's own weights).
+        `drafts`: each one's most guessed tokens per step (None: the drafter's own)."""
         rows = []
         for i, parts in enumerate(segments):
             uid = next(self._uids)
@@ -174,6 +185,7 @@ class SlotGenerator:
                 prefix=caches[i] if caches else None,
                 cuts=sorted({c for c in cuts[1:] if len(done) < c < len(done) + len(prompt)}),
                 adapter=adapters[i] if adapters else 0,
+                drafts=drafts[i] if drafts else None,
             )
             if any(not isinstance(p, Guide) for p in processors):
                 row.context = TokenBuffer(done + prompt[:-1])
@@ -191,6 +203,9 @@ class SlotGenerator:
         self._admit(step.admit)
         if not step.decode:
             return (self._read(step.chunks) if step.chunks else []), []
+        guessing = self._guessing() if not step.chunks else {}
+        if guessing:
+            return [], self._speculate(guessing)
         if step.chunks and self._mixed is not None:
             return self._step(step.chunks)
         tokens = self._step(())[1]
@@ -230,6 +245,8 @@ class SlotGenerator:
         self._decoding.clear()
         self.slots = self.slots.empty()
         self._pending = Pending()
+        if self.drafter is not None:
+            self.drafter.reset()
 
     # -- one step -------------------------------------------------------------------------
     def _plan(self) -> Plan:
@@ -292,6 +309,79 @@ class SlotGenerator:
         if self.steps % CLEAR_EVERY == 0:
             mx.clear_cache()
         return self._took(reading, counts), out
+
+    def _guessing(self) -> dict[int, int]:
+        """slot -> guesses this step, for each row that speculates: greedy or plain
+        temperature, no processors, no logprobs, the model's own weights (others decode
+        plainly in the same pass; a seeded row draws from its own key, which guesses would
+        not keep reproducible)."""
+        if self.drafter is None:
+            return {}
+        rows = {
+            s: r
+            for s, r in self._decoding.items()
+            if (r.sampler in (greedy, self.sampler) or isinstance(r.sampler, Tempered))
+            and not r.processors
+            and r.logprobs is None
+            and r.adapter == 0
+            and r.drafts != 0
+        }
+        k = depth(self.drafter.num_draft_tokens, len(rows))
+        limits = {s: k if r.drafts is None else min(k, r.drafts) for s, r in rows.items()}
+        return {s: n for s, n in limits.items() if n > 0}
+
+    def _speculate(self, guessing: dict[int, int]) -> list[Token]:
+        """A decode step whose speculating rows read their guesses too (`speculative.py`):
+        each row's pending token and guesses in one pass, accepted row by row."""
+        assert self.drafter is not None
+        slots = sorted(self._decoding)
+        rows = [self._decoding[s] for s in slots]
+        inputs, current = self._pending.take(slots)
+        mx.eval(inputs, *arrays_of(current))
+        first: list[int] = inputs.tolist()  # type: ignore[assignment]
+        spec = [e for e, s in enumerate(slots) if s in guessing]
+        k = max(guessing.values())
+        drafted = [(slots[e], rows[e].uid, rows[e].history + [first[e]]) for e in spec]
+        temperatures = [_temperature(rows[e].sampler) for e in spec]
+        guesses, drawn = self.drafter.draft(drafted, k, temperatures)
+        feed = mx.concatenate([inputs[:, None], mx.zeros((len(slots), k), inputs.dtype)], 1)
+        feed[mx.array(spec), 1:] = guesses.astype(inputs.dtype)
+        counts = [k + 1 if s in guessing else 1 for s in slots]
+        self.slots.activate(self.slots.prepare(slots, k + 1, counts))
+        self._select([r.adapter for r in rows])
+        logits = self.model(feed, cache=self.slots.caches)
+        self._select(())
+        sampled, scores, context = self._pick(logits[:, 0, :], inputs, rows)
+        limits = [guessing[slots[e]] for e in spec]
+        kept, nexts = verify(logits[mx.array(spec)], guesses, drawn, temperatures, limits)
+        mx.eval(sampled, context, *arrays_of(scores))
+        chosen: list[int] = sampled.tolist()  # type: ignore[assignment]
+        guessed: list[list[int]] = guesses.tolist()  # type: ignore[assignment]
+        out, at = [], {e: i for i, e in enumerate(spec)}
+        for e, slot in enumerate(slots):
+            emitted = [first[e]]
+            if e in at:
+                i = at[e]
+                emitted += guessed[i][: kept[i]]
+                chosen[e] = nexts[i]
+                self.drafter.keep(slot, self.slots.lengths[slot] + 1 + kept[i])
+                self.drafter.stats.drafted += guessing[slot]
+                self.drafter.stats.accepted += kept[i]
+            out += self._emit_all(slot, emitted, current[e])
+        self._pending.set(slots, mx.array(chosen, dtype=mx.uint32), scores)
+        self.steps += 1
+        return out
+
+    def _emit_all(self, slot: int, tokens: list[int], score: RowScores | None) -> list[Token]:
+        """Row `slot`'s tokens of one step (`score`: the first one's), its cache growing by
+        one for each, until one ends the row."""
+        out: list[Token] = []
+        for j, token in enumerate(tokens):
+            self.slots.lengths[slot] += 1
+            out.append(self._emit(slot, token, score if j == 0 else None))
+            if out[-1].finish_reason is not None:
+                break
+        return out
 
     def _forward_mixed(
         self, decode: Planned, inputs: mx.array, reading: list[Row], counts: list[int]

@@ -24,6 +24,7 @@ from .batch import FastBatchGenerator
 from .generator import UNPADDED, SlotGenerator, family
 from .mixed import MIXABLE
 from .quantized_slots import KVQuantization
+from .speculative import Drafter
 from .storage import kinds
 
 log = logging.getLogger("mlxdeploy.engine")
@@ -67,6 +68,7 @@ class Loop:
         model: Any,
         settings: EngineSettings,
         agree: Callable[[mx.array], mx.array] | None,
+        drafter: Drafter | None = None,
     ) -> Generator:
         s = settings
         schedule: dict[str, Any] = {
@@ -77,7 +79,8 @@ class Loop:
             "agree": agree,
         }
         if self.slotted:
-            return SlotGenerator(model, mix=self.mixes, kv=kv_quantization(s), **schedule)
+            kv = kv_quantization(s)
+            return SlotGenerator(model, mix=self.mixes, kv=kv, drafter=drafter, **schedule)
         stream = mx.default_stream(mx.default_device())
         return FastBatchGenerator(model, stream=stream, **schedule)
 

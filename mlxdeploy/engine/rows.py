@@ -55,6 +55,7 @@ class Row:
     slot: int = -1
     generated: int = 0
     adapter: int = 0  # the adapter its forward passes apply (0: none; `adapters.py`)
+    drafts: int | None = None  # most guessed tokens per step (None: the model's; 0: none)
     # Where segments of the prompt end (tokens in the slot then), besides the prompt's end: a
     # chunk stops there, so that the cache at that point can be kept (the prefix cache's
     # snapshots).

@@ -43,6 +43,17 @@ def greedy(logits: mx.array) -> mx.array:
 
 
 @dataclass(frozen=True)
+class Tempered:
+    """Plain temperature sampling, nothing filtered: a draft's guesses for it are verified by
+    rejection sampling (`speculative.py`), which needs the distribution it draws from."""
+
+    temperature: float
+
+    def __call__(self, logits: mx.array) -> mx.array:
+        return mx.random.categorical(logits * (1.0 / self.temperature))
+
+
+@dataclass(frozen=True)
 class SamplerKey:
     temperature: float
     top_p: float = 1.0
@@ -169,8 +180,7 @@ class SamplerCache:
         if key.temperature == 0:
             return greedy
         if key == SamplerKey(key.temperature):
-            scale = 1.0 / key.temperature
-            return lambda logits: mx.random.categorical(logits * scale)
+            return Tempered(key.temperature)
         chain = make_sampler(
             temp=key.temperature,
             top_p=key.top_p,

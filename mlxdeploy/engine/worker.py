@@ -35,6 +35,7 @@ from .loops import Generator, Loop
 from .peers import LostRank, Order, Peers, Tick
 from .prefix_cache import Prefixes
 from .reasoning import ThinkingFormat
+from .speculative import Drafter, DraftModel, DraftStats
 from .tool_formats import ToolFormat
 
 log = logging.getLogger("mlxdeploy.engine")
@@ -70,10 +71,13 @@ class Worker:
         peers: Peers | None = None,
         make_job: Callable[[Order], Job] | None = None,
         thinking: ThinkingFormat | None = None,
+        draft: DraftModel | None = None,
     ):
         """`peers`: the ranks of a distributed model; a follower (not rank 0) rebuilds the
         leader's requests with `make_job`. `thinking`: how a thinking model writes its
-        thinking."""
+        thinking. `draft`: a draft model that guesses tokens (speculative decoding)."""
+        self.draft = draft
+        self.draft_stats = DraftStats()  # kept across the generators the worker makes
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
@@ -131,6 +135,8 @@ class Worker:
             step_failures=c.step_failures,
             prefix_cache_bytes=self.prefixes.nbytes,
             prefix_cache_entries=self.prefixes.held,
+            draft_tokens=self.draft_stats.drafted,
+            draft_tokens_accepted=self.draft_stats.accepted,
         )
 
     # -- the generation thread -----------------------------------------------------------
@@ -209,7 +215,11 @@ class Worker:
 
     def _new_generator(self) -> Generator:
         agree = self._peers.agree if self._peers is not None else None
-        return self.loop.generator(self.model, self.settings, agree)
+        drafter = None
+        if self.draft is not None:
+            d, chunk = self.draft, self.settings.prefill_step_size
+            drafter = Drafter(d.model, d.num_draft_tokens, chunk, d.width, stats=self.draft_stats)
+        return self.loop.generator(self.model, self.settings, agree, drafter)
 
     def warm_up(self, rounds: list[list[Job]]) -> list[Event]:
         """Run the rounds' jobs to their end, before `run` (engine/warmup.py says why): each

@@ -22,6 +22,7 @@ from ..grammar import problem_of
 from ..lora_format import AdapterFiles
 from . import adapters as adapter_specs
 from .adapters import ServedAdapter
+from .drafts import vocabulary_problem
 from .formats import ResponseFormat
 from .memory import Residency
 from .problems import FieldError
@@ -70,6 +71,9 @@ class ServedModel:
     residency: Residency = field(default_factory=Residency)
     task: Task = "generate"  # embed: served on /v1/embeddings only
     adapters: tuple[ServedAdapter, ...] = ()  # served in the model's batches
+    draft: ModelSource | None = None  # guesses tokens the model verifies (speculative.py)
+    draft_model: str | None = None  # the draft as written in the spec
+    num_draft_tokens: int = 0  # guesses per step and request, at most
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class Files:
     prompt_templates: dict[Loc, PromptTemplate] = field(default_factory=dict)
     # Keyed by their entry; a path alone where the files are not on this machine.
     adapters: dict[Loc, AdapterFiles | Path] = field(default_factory=dict)
+    drafts: dict[Loc, ModelSource] = field(default_factory=dict)  # draft_model sources
 
 
 def read_files(
@@ -119,11 +124,11 @@ def read_files(
     type are skipped: validation reports those. Without `require_weights`, a source whose
     files are not on this machine is checked for its form only."""
     files, errors = Files(), list[FieldError]()
-    for loc, value in _named(data, "model", "chat_template"):
+    for loc, value in _named(data, "model", "chat_template", "draft_model"):
         try:
-            if loc[-1] == "model":
-                directory = directory_for(loc)
-                files.sources[loc] = parse_model_source(value, directory, require_weights)
+            if loc[-1] in ("model", "draft_model"):
+                source = parse_model_source(value, directory_for(loc), require_weights)
+                (files.sources if loc[-1] == "model" else files.drafts)[loc] = source
             else:
                 files.chat_templates[loc] = read_chat_template(directory_for(loc) / value)
         except ValueError as error:  # TemplateProblem is one
@@ -137,6 +142,11 @@ def read_files(
                 files.prompt_templates[where] = read_prompt_template(directory_for(where) / path)
             except TemplateProblem as error:
                 errors.append(FieldError(where, str(error)))
+    for loc, draft in files.drafts.items():
+        model = files.sources.get((*loc[:-1], "model"))
+        problem = None if model is None else vocabulary_problem(model, draft)
+        if problem is not None:
+            errors.append(FieldError(loc, problem))
     files.adapters, adapter_errors = adapter_specs.read_adapter_files(
         data, directory_for, require_weights
     )
@@ -180,6 +190,7 @@ def build_catalog(spec: Spec, files: Files) -> Catalog:
     )
     _check_paths(presets, errors)
     _check_tasks(spec, served, errors)
+    _check_drafts(spec, served, errors)
     if errors:
         raise CatalogError(errors)
     return Catalog(served, presets)
@@ -220,6 +231,7 @@ def _single(spec: Spec, files: Files) -> ServedModel | None:
         reasoning=spec.reasoning,
         residency=Residency(idle_unload_seconds=spec.memory.idle_unload_seconds),
         task=spec.task,
+        **_draft(files, (), spec.draft_model, spec.num_draft_tokens),
     )
 
 
@@ -244,7 +256,16 @@ def _entry(spec: Spec, index: int, entry: ModelEntry, files: Files) -> ServedMod
             entry.load, entry.pin, entry.idle_unload_seconds or spec.memory.idle_unload_seconds
         ),
         task=entry.task or spec.task,
+        **_draft(files, loc, entry.draft_model, entry.num_draft_tokens or spec.num_draft_tokens),
     )
+
+
+def _draft(files: Files, loc: Loc, written: str | None, tokens: int) -> dict[str, Any]:
+    """The ServedModel fields of a model's draft (none: no fields)."""
+    source = files.drafts.get((*loc, "draft_model"))
+    if written is None or source is None:
+        return {}
+    return {"draft": source, "draft_model": written, "num_draft_tokens": tokens}
 
 
 def _preset(
@@ -338,6 +359,21 @@ def _check_tasks(spec: Spec, models: tuple[ServedModel, ...], errors: list[Field
     if embedders and spec.distributed is not None:
         message = "a distributed spec serves a generation model, not an embedding model"
         errors.append(FieldError(("distributed",), message, at_key=True))
+
+
+def _check_drafts(spec: Spec, models: tuple[ServedModel, ...], errors: list[FieldError]) -> None:
+    """Where a draft model may be named, and for which models."""
+    if spec.models is not None and spec.draft_model is not None:
+        message = "with 'models', each entry names its own draft_model"
+        errors.append(FieldError(("draft_model",), message, at_key=True))
+    if spec.distributed is not None and any(m.draft is not None for m in models):
+        message = "a draft model does not run on a model split over ranks (distributed)"
+        errors.append(FieldError(("distributed",), message, at_key=True))
+    for i, model in enumerate(models):
+        if model.draft is not None and model.task == "embed":
+            loc: Loc = ("draft_model",) if spec.models is None else ("models", i, "draft_model")
+            message = "an embedding model (task: embed) generates nothing to draft for"
+            errors.append(FieldError(loc, message, at_key=True))
 
 
 def _check_paths(presets: tuple[Preset, ...], errors: list[FieldError]) -> None:

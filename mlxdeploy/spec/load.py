@@ -28,7 +28,7 @@ from .placement import Layers, SpecFile, field_problem, validation_problem
 from .problems import FieldError, Problem, SpecError, dotted
 from .scale import DistributedSettings
 from .settings import ENV_DELIMITER, ENV_PREFIX, EnvSource, Spec
-from .sources import config_file, weight_files
+from .sources import ModelSource, config_file, weight_files
 from .yaml_nodes import parse_yaml, position, read_text
 
 
@@ -273,22 +273,33 @@ def _check_memory(
             problems.append(field_problem(FieldError(alone.loc, message), layers))
 
 
+def _size(
+    loc: tuple[str | int, ...], source: ModelSource, layers: Layers, problems: list[Problem]
+) -> int | None:
+    """The bytes of the source's weights (None: not measurable here, or a problem added)."""
+    try:
+        found = weight_files(source)
+        return None if found is None else estimate_bytes(found)
+    except (OSError, ValueError, KeyError, TypeError) as error:  # an unreadable header
+        message = f"cannot read the size of the model's weights: {error}"
+        problems.append(field_problem(FieldError(loc, message), layers))
+        return None
+
+
 def _measure(
     files: Files, data: dict[str, Any], layers: Layers, problems: list[Problem], spec: Spec | None
 ) -> list[_Weights]:
     """The size of each model's weights that can be measured here (a hub model that is not
-    downloaded cannot)."""
+    downloaded cannot), its draft model's with them."""
     weights: list[_Weights] = []
     for loc, source in files.sources.items():
-        try:
-            found = weight_files(source)
-            size = None if found is None else estimate_bytes(found)
-        except (OSError, ValueError, KeyError, TypeError) as error:  # an unreadable header
-            message = f"cannot read the size of the model's weights: {error}"
-            problems.append(field_problem(FieldError(loc, message), layers))
-            continue
+        size = _size(loc, source, layers, problems)
+        draft_loc = (*loc[:-1], "draft_model")
+        draft = files.drafts.get(draft_loc)
         if size is None:
             continue
+        if draft is not None:
+            size += _size(draft_loc, draft, layers, problems) or 0
         entry = None
         if spec is not None and spec.models is not None and loc[0] == "models":
             entry = spec.models[int(loc[1])]

@@ -419,6 +419,17 @@ class AdapterEntry(Section):
     )
 
 
+_DRAFT_HELP = (
+    "A smaller model with the same tokenizer (a source as for `model`) that guesses tokens "
+    "for the model to verify: speculative decoding, the same tokens (greedy) or the same "
+    "distribution (sampled), faster when the guesses are often right. Every layer of both "
+    "must be full attention (validate checks the vocabularies, the engine the layers)."
+)
+_NUM_DRAFT_HELP = (
+    "Tokens the draft model guesses per step for each request; a request may ask fewer "
+    "(0: none). Large batches guess fewer (at most 32 guesses per step over all requests)."
+)
+
 _ADAPTERS_HELP = (
     "Fine-tuned adapters of this model, each served as a model id of its own; requests for the "
     "model and its adapters are batched together."
@@ -451,6 +462,10 @@ class ModelEntry(Section):
     pin: bool = Field(default=False, description=PIN_HELP)
     idle_unload_seconds: float | None = Field(default=None, gt=0, description=IDLE_HELP)
     adapters: list[AdapterEntry] = Field(default=[], description=_ADAPTERS_HELP)
+    draft_model: str | None = Field(default=None, min_length=1, description=_DRAFT_HELP)
+    num_draft_tokens: int | None = Field(
+        default=None, ge=1, le=16, description=_NUM_DRAFT_HELP + " Default: the top level's."
+    )
 
 
 class Endpoint(Section):
@@ -530,6 +545,12 @@ class Spec(BaseSettings):
     adapters: list[AdapterEntry] = Field(
         default=[], description=_ADAPTERS_HELP + " With `models`, each entry lists its own."
     )
+    draft_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description=_DRAFT_HELP + " With `models`, each entry names its own.",
+    )
+    num_draft_tokens: int = Field(default=4, ge=1, le=16, description=_NUM_DRAFT_HELP)
     models: list[ModelEntry] | None = Field(
         default=None,
         min_length=1,
@@ -646,6 +667,23 @@ class Spec(BaseSettings):
         if self.distributed is not None and self.models and self.models[0].load != "eager":
             message = "a distributed model loads at start, on every rank: use load: eager"
             raise FieldError(("models", 0, "load"), message)
+        return self
+
+    @model_validator(mode="after")
+    def _one_lever_of_the_cache(self) -> Spec:
+        """A draft rolls rejected guesses back by each slot's length; a quantized history
+        (quantized at once when it reaches quantized_kv_start) is not rolled back yet."""
+        if self.engine.kv_bits is None:
+            return self
+        drafts: list[tuple[str | int, ...]] = [("draft_model",)] if self.draft_model else []
+        drafts += [("models", i, "draft_model") for i, m in enumerate(self.models or ())
+                   if m.draft_model]  # fmt: skip
+        if drafts:
+            message = (
+                "a draft model does not run with quantized keys and values (engine.kv_bits) "
+                "yet: leave out one or the other"
+            )
+            raise FieldError(drafts[0], message)
         return self
 
     @property

@@ -1,0 +1,257 @@
+"""Speculative decoding in the batch: a draft model guesses a few tokens of each speculating
+row, and one forward pass of the target model over (last token + guesses) of every row checks
+them all.
+
+The draft keeps slot caches of its own (`storage.Slots`), slot for slot with the target's, each
+holding a prefix of its row's tokens; before it drafts, a row's draft cache catches up on the
+tokens it has not read (its prompt, a plain step's tokens) in the same call. A guess is kept
+while it equals the token the target picks at its place (greedy rows), so the output is the
+target's own, token for token; the first one that differs is replaced by the target's, and
+when every guess is kept the target's next token comes free. Rejected positions are rolled
+back by setting the slots' lengths back, in both caches: only full-attention caches
+(mlx-lm's plain `KVCache` in every layer) can do that, so `Drafter.check` refuses the rest.
+
+The batch turns drafting down as it grows: one verification pass reads at most
+`DRAFT_BUDGET` guesses in all, so k = min(num_draft_tokens, DRAFT_BUDGET // rows), and at
+more than DRAFT_BUDGET speculating rows the step is a plain decode step. A large batch is
+compute-bound already; more guessed positions would cost more than they save.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+from .storage import Slots
+
+DRAFT_BUDGET = 32  # most guessed tokens one verification pass reads, over all its rows
+
+
+class SpeculationError(ValueError):
+    """A model pair that cannot speculate; the message says why."""
+
+
+@dataclass
+class DraftStats:
+    """Guesses made and kept since start: the acceptance rate is kept / drafted."""
+
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+def rollbackable(model: Any) -> bool:
+    """Whether every layer of the model keeps plain keys and values, which a slot rolls back
+    by its length alone (a ring or a state array cannot forget a token it read)."""
+    caches = make_prompt_cache(model)
+    return bool(caches) and all(type(c) is KVCache for c in caches)
+
+
+def depth(num_draft_tokens: int, rows: int) -> int:
+    """Guesses per row for a step with `rows` speculating rows (module docstring)."""
+    if rows == 0:
+        return 0
+    return max(0, min(num_draft_tokens, DRAFT_BUDGET // rows))
+
+
+@dataclass(frozen=True)
+class DraftModel:
+    """A loaded draft model and the spec's guesses per step."""
+
+    model: Any
+    num_draft_tokens: int
+    width: int | None = None  # the model's logits (a draft's may be padded otherwise)
+
+
+def logits_width(model: Any) -> int:
+    """How many logits the model gives per token (its vocabulary, padded as it is)."""
+    return int(model(mx.array([[0]])).shape[-1])
+
+
+@dataclass
+class Drafter:
+    """The draft model, its slot caches and which row each slot's cache belongs to."""
+
+    model: Any
+    num_draft_tokens: int
+    chunk: int
+    width: int | None = None  # the target's logits: the draft's are cut or padded to it
+    slots: Slots = field(init=False)
+    owners: dict[int, int] = field(default_factory=dict)  # slot -> uid its cache holds
+    stats: DraftStats = field(default_factory=DraftStats)
+
+    def __post_init__(self) -> None:
+        self.slots = Slots.for_model(self.model, self.chunk)
+
+    @staticmethod
+    def check(target: Any, draft: Any) -> None:
+        """SpeculationError unless both models' caches roll back."""
+        for name, model in (("the model", target), ("the draft model", draft)):
+            if not rollbackable(model):
+                family = str(type(model).__module__).rsplit(".", 1)[-1]
+                raise SpeculationError(
+                    f"{name} ({family}) keeps caches that cannot roll back rejected tokens "
+                    "(a sliding window or state arrays): speculative decoding needs full "
+                    "attention in every layer; remove draft_model"
+                )
+
+    def reset(self) -> None:
+        self.slots = self.slots.empty()
+        self.owners.clear()
+
+    def draft(
+        self, rows: Sequence[tuple[int, int, list[int]]], k: int, temperatures: Sequence[float]
+    ) -> tuple[mx.array, mx.array | None]:
+        """(rows, k) guesses, and the distributions they were drawn from (None: every row is
+        greedy): each row (slot, uid, its tokens so far, the last one not yet in the target's
+        cache) catches up and guesses k tokens, greedy or at its temperature."""
+        feeds = [self._unread(slot, uid, tokens) for slot, uid, tokens in rows]
+        slots = [slot for slot, _, _ in rows]
+        feeds = self._catch_up(slots, feeds)
+        counts = [len(f) for f in feeds]
+        width = max(counts)
+        padded = [f + [0] * (width - len(f)) for f in feeds]
+        self.slots.plan(slots, width, counts)
+        logits = self.model(mx.array(padded), cache=self.slots.caches)
+        last = logits[mx.arange(len(rows)), mx.array(counts) - 1]
+        self.slots.advance(slots, counts)
+        guesses: list[mx.array] = []
+        drawn: list[Any] = []
+        for i in range(k):
+            if i:
+                self.slots.plan(slots, 1)
+                last = self.model(guesses[-1][:, None], cache=self.slots.caches)[:, -1]
+                self.slots.advance(slots, [1] * len(slots))
+            guess, q = _guess(_fit(last, self.width), temperatures)
+            guesses.append(guess)
+            drawn.append(q)
+        if drawn[0] is None:
+            return mx.stack(guesses, axis=1), None
+        return mx.stack(guesses, axis=1), mx.stack(drawn, axis=1)
+
+    def _catch_up(self, slots: list[int], feeds: list[list[int]]) -> list[list[int]]:
+        """Reads all but the last `chunk` unread tokens of each row, `chunk` at a time (a
+        long prompt is read as the target reads it); the rest of each feed."""
+        chunk = self.chunk
+        while any(len(f) > chunk for f in feeds):
+            long = [i for i, f in enumerate(feeds) if len(f) > chunk]
+            rows = [slots[i] for i in long]
+            self.slots.plan(rows, chunk)
+            self.model(mx.array([feeds[i][:chunk] for i in long]), cache=self.slots.caches)
+            self.slots.advance(rows, [chunk] * len(rows))
+            mx.eval(self.slots.arrays())
+            feeds = [f[chunk:] if i in long else f for i, f in enumerate(feeds)]
+        return feeds
+
+    def keep(self, slot: int, length: int) -> None:
+        """The slot's cache holds its row's first `length` tokens at most: later guesses
+        were rejected."""
+        self.slots.lengths[slot] = min(self.slots.lengths[slot], length)
+
+    def _unread(self, slot: int, uid: int, tokens: list[int]) -> list[int]:
+        """The row's tokens its draft cache has not read; a slot another row held starts
+        empty."""
+        lengths = self.slots.lengths
+        if len(lengths) <= slot:
+            lengths.extend([0] * (slot + 1 - len(lengths)))
+        if self.owners.get(slot) != uid:
+            self.owners[slot] = uid
+            lengths[slot] = 0
+        return tokens[lengths[slot] :]
+
+
+def accepted(guesses: list[int], picks: list[int], limit: int) -> int:
+    """How many leading guesses equal the target's picks at their places (at most `limit`)."""
+    n = 0
+    while n < min(limit, len(guesses)) and guesses[n] == picks[n]:
+        n += 1
+    return n
+
+
+def _fit(logits: mx.array, width: int | None) -> mx.array:
+    """The draft's logits as wide as the target's: ids past the tokenizer's are padding."""
+    have = logits.shape[-1]
+    if width is None or width == have:
+        return logits
+    if width < have:
+        return logits[:, :width]
+    pad = mx.full((logits.shape[0], width - have), -mx.inf, dtype=logits.dtype)
+    return mx.concatenate([logits, pad], axis=-1)
+
+
+def _scales(temperatures: Sequence[float]) -> mx.array:
+    """(rows, 1) factors of the logits: 1 / temperature, 1 for greedy rows."""
+    return mx.array([1.0 / t if t > 0 else 1.0 for t in temperatures])[:, None]
+
+
+def _guess(logits: mx.array, temperatures: Sequence[float]) -> tuple[mx.array, Any]:
+    """Each row's guess: greedy, or drawn at its temperature (then with the distribution q
+    it was drawn from, every row's: greedy rows' are unused)."""
+    picked = mx.argmax(logits, axis=-1)
+    if not any(t > 0 for t in temperatures):
+        return picked, None
+    scaled = logits * _scales(temperatures)
+    drawn = mx.random.categorical(scaled)
+    tempered = mx.array([t > 0 for t in temperatures])
+    return mx.where(tempered, drawn, picked), mx.softmax(scaled, axis=-1)
+
+
+def verify(
+    logits: mx.array,
+    guesses: mx.array,
+    drawn: mx.array | None,
+    temperatures: Sequence[float],
+    limits: Sequence[int],
+) -> tuple[list[int], list[int]]:
+    """Per row, how many of its guesses stand (at most its limit), and its next token.
+
+    `logits`: the target's (rows, k + 1, vocabulary) over (last token, guesses). A greedy row
+    keeps guesses while they equal the target's picks; its next token is the pick after them.
+    A tempered row keeps guess d drawn from q where the target gives p with probability
+    min(1, p(d) / q(d)); at the first one rejected, its next token is drawn from max(0, p - q)
+    normalized, and past its last guess from p: the tokens are distributed as the target's.
+    """
+    picks = mx.argmax(logits, axis=-1)
+    k = guesses.shape[1]
+    if drawn is None:
+        mx.eval(picks, guesses)
+        target: list[list[int]] = picks.tolist()  # type: ignore[assignment]
+        guessed: list[list[int]] = guesses.tolist()  # type: ignore[assignment]
+        kept = [accepted(g, t, n) for g, t, n in zip(guessed, target, limits, strict=True)]
+        return kept, [t[n] for t, n in zip(target, kept, strict=True)]
+    p = mx.softmax(logits * _scales(temperatures)[:, :, None], axis=-1)
+    at = guesses[..., None]
+    p_guess = mx.take_along_axis(p[:, :k], at, axis=-1)[..., 0]
+    q_guess = mx.take_along_axis(drawn, at, axis=-1)[..., 0]
+    stands = mx.random.uniform(shape=p_guess.shape) * q_guess < p_guess
+    stands = mx.where(
+        mx.array([t > 0 for t in temperatures])[:, None], stands, guesses == picks[:, :k]
+    )
+    mx.eval(stands, picks)
+    standing: list[list[bool]] = stands.tolist()  # type: ignore[assignment]
+    kept = [_leading(row, n) for row, n in zip(standing, limits, strict=True)]
+    rejected = mx.array([n < limit for n, limit in zip(kept, limits, strict=True)])
+    rows, where = mx.arange(len(kept)), mx.array(kept)
+    q = mx.concatenate([drawn, mx.zeros_like(drawn[:, :1])], axis=1)  # none past the guesses
+    p_next = p[rows, where]
+    rest = mx.maximum(p_next - q[rows, where], 0.0)
+    rest = mx.where((rejected & (rest.sum(axis=-1) > 0))[:, None], rest, p_next)
+    drawn_next = mx.random.categorical(mx.log(rest))
+    greedy_next = picks[rows, where]
+    tempered = mx.array([t > 0 for t in temperatures])
+    nexts: list[int] = mx.where(tempered, drawn_next, greedy_next).tolist()  # type: ignore[assignment]
+    return kept, nexts
+
+
+def _leading(stands: list[bool], limit: int) -> int:
+    n = 0
+    while n < limit and stands[n]:
+        n += 1
+    return n

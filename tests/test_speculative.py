@@ -1,0 +1,229 @@
+"""Speculative decoding in the batch (`engine/speculative.py`): greedy rows that read a draft
+model's guesses yield the target's own greedy tokens, token for token, whatever the draft
+guesses, with rows that do not speculate in the same steps."""
+
+from __future__ import annotations
+
+import importlib
+import random
+from typing import Any
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_map_with_path
+from mlx_lm.generate import generate_step
+
+from mlxdeploy.engine.generator import SlotGenerator
+from mlxdeploy.engine.sampling import Tempered, greedy
+from mlxdeploy.engine.speculative import (
+    DRAFT_BUDGET,
+    Drafter,
+    SpeculationError,
+    accepted,
+    depth,
+    verify,
+)
+
+VOCAB = 512
+CONFIG = {
+    "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": VOCAB,
+    "rms_norm_eps": 1e-6, "max_position_embeddings": 4096, "tie_word_embeddings": True,
+    "rope_theta": 10000.0,
+}  # fmt: skip
+MAX_TOKENS = 24
+
+
+def _model(seed: int, config: dict[str, Any] = CONFIG, noise: float = 0.0) -> Any:
+    module = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
+    mx.random.seed(seed)
+    model = module.Model(module.ModelArgs.from_dict(config))
+    model.update(tree_map_with_path(_louder, model.parameters()))
+    if noise:  # a copy of seed's model, slightly off: a draft that agrees often
+        model.update(tree_map_with_path(lambda _, w: w + noise * mx.random.normal(w.shape),
+                                        model.parameters()))  # fmt: skip
+    mx.eval(model.parameters())
+    return model
+
+
+def _louder(path: str, weight: mx.array) -> mx.array:
+    return weight if "norm" in path or weight.ndim < 2 else weight * 3
+
+
+def _single(model: Any, prompt: list[int], n: int) -> list[int]:
+    steps = generate_step(mx.array(prompt), model, max_tokens=n, sampler=greedy)
+    return [int(token) for (token, _), _ in zip(steps, range(n), strict=False)]
+
+
+def _batched(
+    generator: SlotGenerator, prompts: list[list[int]], lengths: list[int], **extra: Any
+) -> list[list[int]]:
+    """Half the prompts at once, the rest while those decode."""
+    half = len(prompts) // 2
+    uids: list[int] = []
+    out: dict[int, list[int]] = {}
+    ended: set[int] = set()
+    steps = 0
+    while len(ended) < len(prompts):
+        if steps in (0, 3):
+            part = slice(None, half) if steps == 0 else slice(half, None)
+            kwargs = {key: value[part] for key, value in extra.items()}
+            new = generator.insert_segments(
+                [[p] for p in prompts[part]], max_tokens=lengths[part],
+                samplers=[greedy] * len(prompts[part]), **kwargs,
+            )  # fmt: skip
+            uids += new
+            out.update({u: [] for u in new})
+        _, responses = generator.next()
+        for r in responses:
+            out[r.uid].append(r.token)
+            if r.finish_reason is not None:
+                ended.add(r.uid)
+        steps += 1
+    return [out[u] for u in uids]
+
+
+def _prompts(seed: int, n: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, VOCAB) for _ in range(rng.randrange(5, 30))] for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def target() -> Any:
+    return _model(3)
+
+
+@pytest.mark.parametrize("draft", ["itself", "perturbed", "unrelated"])
+def test_greedy_tokens_match_the_target_single_stream(target: Any, draft: str) -> None:
+    """Whatever the draft guesses (all, some, none right), the tokens are the target's."""
+    model = {"itself": target, "perturbed": _model(3, noise=0.02), "unrelated": _model(4)}[draft]
+    drafter = Drafter(model, num_draft_tokens=4, chunk=16)
+    generator = SlotGenerator(target, completion_batch_size=8, prefill_batch_size=2,
+                              prefill_step_size=16, drafter=drafter)  # fmt: skip
+    prompts = _prompts(7, 6)
+    lengths = [MAX_TOKENS - (i % 3) * 5 for i in range(len(prompts))]
+    expected = [_single(target, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    assert len({t for tokens in expected for t in tokens}) > len(prompts), "tokens too uniform"
+    assert _batched(generator, prompts, lengths) == expected
+    stats = drafter.stats
+    assert stats.drafted > 0
+    if draft == "itself":
+        assert stats.rate == 1.0
+    if draft == "perturbed":
+        assert 0.0 < stats.rate < 1.0, stats.rate
+
+
+def test_rows_that_do_not_speculate_share_the_steps(target: Any) -> None:
+    """Rows with logprobs asked or drafting turned off decode plainly beside guessing rows."""
+    drafter = Drafter(target, num_draft_tokens=3, chunk=16)
+    generator = SlotGenerator(target, completion_batch_size=8, prefill_batch_size=2,
+                              prefill_step_size=16, drafter=drafter)  # fmt: skip
+    prompts = _prompts(8, 6)
+    lengths = [MAX_TOKENS] * len(prompts)
+    expected = [_single(target, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    drafts = [None, 0, 2, None, 0, 1]
+    logprobs = [None, None, None, 2, None, None]
+    assert _batched(generator, prompts, lengths, drafts=drafts, logprobs=logprobs) == expected
+    assert drafter.stats.rate == 1.0
+
+
+def test_drafting_turns_down_as_the_batch_grows() -> None:
+    assert depth(4, 1) == 4
+    assert depth(4, 8) == 4
+    assert depth(4, 16) == 2
+    assert depth(4, DRAFT_BUDGET) == 1
+    assert depth(4, DRAFT_BUDGET + 1) == 0
+    assert depth(4, 0) == 0
+
+
+def test_accepted_counts_leading_agreement() -> None:
+    assert accepted([1, 2, 3], [1, 2, 4, 5], 3) == 2
+    assert accepted([1, 2, 3], [1, 2, 3, 5], 3) == 3
+    assert accepted([1, 2, 3], [1, 2, 3, 5], 1) == 1
+    assert accepted([9, 2, 3], [1, 2, 3, 5], 3) == 0
+
+
+def test_caches_that_cannot_roll_back_are_refused(target: Any) -> None:
+    windowed = _model(3, {**CONFIG, "model_type": "gemma3_text", "sliding_window": 8,
+                          "sliding_window_pattern": 2, "query_pre_attn_scalar": 16})  # fmt: skip
+    with pytest.raises(SpeculationError, match="cannot roll back"):
+        Drafter.check(windowed, target)
+
+
+def _close(counts: list[int], p: list[float]) -> None:
+    """Empirical frequencies within 5 standard errors of `p` (the sample count sets it)."""
+    total = sum(counts)
+    for token, (c, q) in enumerate(zip(counts, p, strict=True)):
+        sigma = (q * (1 - q) / total) ** 0.5
+        assert abs(c / total - q) <= 5 * sigma + 1e-3, (token, c / total, q)
+
+
+def test_rejection_sampling_keeps_the_target_distribution() -> None:
+    """Guesses drawn from q, verified against p: the first token after them follows p at its
+    place, and the next one (where the first stood) follows p at its own."""
+    mx.random.seed(0)
+    rows, vocab, k = 20000, 6, 2
+    target = mx.random.normal((1, k + 1, vocab)) * 1.5
+    draft = mx.softmax(mx.random.normal((1, k, vocab)) * 1.5, axis=-1)
+    drawn = mx.broadcast_to(draft, (rows, k, vocab))
+    guesses = mx.random.categorical(mx.log(drawn))
+    logits = mx.broadcast_to(target, (rows, k + 1, vocab))
+    kept, nexts = verify(logits, guesses, drawn, [1.0] * rows, [k] * rows)
+    guessed = guesses.tolist()
+    first = [g[0] if n >= 1 else t for g, n, t in zip(guessed, kept, nexts, strict=True)]
+    second = [g[1] if n >= 2 else t for g, n, t in zip(guessed, kept, nexts, strict=True) if n >= 1]
+    p = mx.softmax(target[0], axis=-1).tolist()
+    _close([first.count(t) for t in range(vocab)], p[0])
+    _close([second.count(t) for t in range(vocab)], p[1])
+    assert 0 < sum(kept) < 2 * rows  # some guesses stand, some do not
+
+
+def test_sampled_tokens_follow_the_target_distribution() -> None:
+    """Through the generator: the second token of many sampled requests (drafted and verified,
+    the first comes from the prompt) follows the target's distribution, marginal over the
+    first; the draft is a perturbed copy that agrees often, not always."""
+    mx.random.seed(1)
+    small = {**CONFIG, "vocab_size": 16}
+    target, draft = _model(5, small), _model(5, small, noise=0.1)
+    prompt = [3, 1, 4, 1, 5]
+    p_first = mx.softmax(target(mx.array([prompt]))[0, -1], axis=-1)
+    following = target(mx.array([[*prompt, t] for t in range(16)]))[:, -1]
+    expected = (p_first[:, None] * mx.softmax(following, axis=-1)).sum(axis=0).tolist()
+    drafter = Drafter(draft, num_draft_tokens=2, chunk=16)
+    generator = SlotGenerator(target, completion_batch_size=16, prefill_batch_size=16,
+                              prefill_step_size=16, drafter=drafter)  # fmt: skip
+    sampler = Tempered(1.0)
+    seconds: list[int] = []
+    for _ in range(100):
+        uids = generator.insert([prompt] * 16, max_tokens=[2] * 16, samplers=[sampler] * 16)
+        out: dict[int, list[int]] = {u: [] for u in uids}
+        while generator.pending or generator.running:
+            for r in generator.next()[1]:
+                out[r.uid].append(r.token)
+        seconds += [tokens[1] for tokens in out.values()]
+    _close([seconds.count(t) for t in range(16)], expected)
+    assert 0.0 < drafter.stats.rate < 1.0
+
+
+def test_penalized_rows_beside_guessing_rows_are_unchanged(target: Any) -> None:
+    """Rows with logits processors (a repetition penalty) decode plainly in speculative steps:
+    the batch's tokens equal the same batch's without a draft."""
+    from mlx_lm.sample_utils import make_logits_processors
+
+    penalty = make_logits_processors(repetition_penalty=1.5, repetition_context_size=8)
+    prompts = _prompts(9, 6)
+    lengths = [MAX_TOKENS] * len(prompts)
+    processors = [penalty if i % 2 else None for i in range(len(prompts))]
+
+    def tokens(drafter: Drafter | None) -> list[list[int]]:
+        generator = SlotGenerator(target, completion_batch_size=8, prefill_batch_size=2,
+                                  prefill_step_size=16, drafter=drafter)  # fmt: skip
+        return _batched(generator, prompts, lengths, logits_processors=processors)
+
+    drafter = Drafter(target, num_draft_tokens=3, chunk=16)
+    plain = tokens(None)
+    assert tokens(drafter) == plain
+    assert drafter.stats.drafted > 0
+    unpenalized = [_single(target, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    assert plain[0::2] == unpenalized[0::2]
+    assert plain[1::2] != unpenalized[1::2]  # the penalty changes the penalized rows' tokens

@@ -232,3 +232,42 @@ def test_a_draft_model_beside_quantized_keys_is_refused(tmp_path: Path) -> None:
         load_spec(spec, require_weights=False)
     (problem,) = [str(p) for p in caught.value.problems if "draft_model" in str(p)]
     assert problem.startswith(f"{spec}:2:14: draft_model: a draft model does not run with ")
+
+
+def test_quantized_keys_on_a_model_with_attention_sinks_are_refused_at_load() -> None:
+    """mlx-lm's attention on quantized keys takes no sinks (gpt-oss): the model does not load,
+    with the reason, instead of failing every request."""
+    from mlxdeploy.engine.loops import Loop
+    from mlxdeploy.spec.settings import EngineSettings
+    from tests.test_families import _model
+
+    settings = EngineSettings(kv_bits=4)
+    with pytest.raises(ValueError, match="gpt_oss attends with sinks.*leave out engine.kv_bits"):
+        Loop.of(_model("gpt_oss"), settings, distributed=False)
+    assert Loop.of(_model("llama"), settings, distributed=False).slotted  # no sinks: it runs
+
+
+def test_a_model_that_cannot_run_as_the_spec_asks_fails_its_load_with_the_reason(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from mlxdeploy.engine.engine import MLXEngine
+    from tests.conftest import make_tiny_model, write_spec
+    from tests.test_families import BASE, FAMILIES
+
+    config = {**BASE, **FAMILIES["gpt_oss"], "model_type": "gpt_oss", "vocab_size": 49152}
+    (tmp_path / "gpt-oss").mkdir()
+    model_dir = make_tiny_model(tmp_path / "gpt-oss", demo_dir, seed=0, config=config)
+    spec = write_spec(tmp_path / "spec.yaml", model_dir, engine={"kv_bits": 4, "warmup": False})
+    deployment = load_spec(spec)
+    engine = MLXEngine(deployment.catalog.models[0], deployment.spec.engine)
+    loop = asyncio.new_event_loop()
+    try:
+        engine.start(loop)
+        assert engine.wait_loaded(120) == "failed"
+        assert engine.error is not None
+        assert engine.error.startswith(f"model '{engine.model_id}' cannot be served: gpt_oss ")
+    finally:
+        engine.stop()
+        loop.close()

@@ -236,7 +236,11 @@ class MLXEngine:
             return
         self.context_length = _context_length(model)
         self.vocab_size = Vocabulary.of(model, self._tokenizer).size
-        self._worker = self._new_worker(model, fault, draft)
+        try:
+            self._worker = self._new_worker(model, fault, draft)
+        except ValueError as exc:  # the spec asks of the model what it cannot do
+            self._fail(f"model '{self.model_id}' cannot be served: {exc}")
+            return
         try:
             self._get_ready(self._worker)
         except LostRank as exc:  # a rank that failed to load, or to warm up

@@ -45,6 +45,11 @@ class Loop:
         # Ranks of a distributed model read prompts in calls of their own.
         mixes = slotted and not distributed and name in MIXABLE
         group = 1 if name in UNPADDED else settings.prefill_batch_size
+        if settings.kv_bits is not None and _has_sinks(model):
+            raise ValueError(
+                f"{name} attends with sinks, which mlx-lm's attention on quantized keys does "
+                "not take: leave out engine.kv_bits for this model"
+            )
         if not slotted and settings.kv_bits is not None:
             log.warning(
                 "%s keeps caches the engine's slots do not hold: engine.kv_bits does not apply "
@@ -83,6 +88,11 @@ class Loop:
             return SlotGenerator(model, mix=self.mixes, kv=kv, drafter=drafter, **schedule)
         stream = mx.default_stream(mx.default_device())
         return FastBatchGenerator(model, stream=stream, **schedule)
+
+
+def _has_sinks(model: Any) -> bool:
+    """Whether any attention layer keeps attention sinks (gpt-oss)."""
+    return any(getattr(module, "sinks", None) is not None for _, module in model.named_modules())
 
 
 def kv_quantization(settings: EngineSettings) -> KVQuantization | None:

@@ -36,6 +36,7 @@ from .storage import (
     SLOT_BLOCK,
     Call,
     SlotCache,
+    SlotKeysCache,
     SlotKVCache,
     Slots,
     grow,
@@ -70,7 +71,7 @@ class KVQuantization:
         return list(mx.quantize(a, group_size=self.group_size, bits=self.bits))
 
 
-class SlotQuantizedKVCache(SlotCache):
+class SlotQuantizedKVCache(SlotKeysCache):
     """One layer's keys and values, quantized slot by slot (module docstring)."""
 
     def __init__(self, slots: Slots, quantization: KVQuantization):
@@ -94,17 +95,6 @@ class SlotQuantizedKVCache(SlotCache):
         if not self._is_quantized(self._active().call):
             raise AttributeError("bits")
         return self.quantization.bits
-
-    @property
-    def offset(self) -> Any:
-        return self._active().offset
-
-    @property
-    def state(self) -> tuple[Any, Any]:
-        return self.keys, self.values
-
-    def is_trimmable(self) -> bool:
-        return False
 
     def make_mask(self, n: int, return_array: bool = False, **kwargs: Any) -> Any:
         return self.full.make_mask(n, return_array=return_array, **kwargs)

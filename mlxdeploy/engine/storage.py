@@ -219,7 +219,26 @@ class SlotCache:
         raise NotImplementedError
 
 
-class SlotKVCache(SlotCache):
+class SlotKeysCache(SlotCache):
+    """What every cache of keys and values answers mlx-lm's attention modules alike."""
+
+    keys: Any
+    values: Any
+
+    @property
+    def offset(self) -> Any:
+        """Where each row's new tokens go: rotary embeddings start there."""
+        return self._active().offset
+
+    @property
+    def state(self) -> tuple[Any, Any]:
+        return self.keys, self.values
+
+    def is_trimmable(self) -> bool:
+        return False
+
+
+class SlotKVCache(SlotKeysCache):
     """One layer's keys and values, slot by slot (module docstring)."""
 
     def __init__(self, slots: Slots):
@@ -238,18 +257,6 @@ class SlotKVCache(SlotCache):
 
     def parts_of(self, cache: Any, length: int) -> list[mx.array]:
         return [cache.keys[..., :length, :], cache.values[..., :length, :]]
-
-    @property
-    def offset(self) -> Any:
-        """Where each row's new tokens go: rotary embeddings start there."""
-        return self._active().offset
-
-    @property
-    def state(self) -> tuple[Any, Any]:
-        return self.keys, self.values
-
-    def is_trimmable(self) -> bool:
-        return False
 
     def make_mask(self, n: int, return_array: bool = False, **kwargs: Any) -> Any:
         active = self._active()

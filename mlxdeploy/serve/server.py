@@ -19,10 +19,10 @@ from hypercorn.config import Sockets
 from ..api.app import create_app
 from ..api.guards.auth import ApiKeys
 from ..api.guards.drain import drain_of
+from ..device import device_memory
 from ..engine.residency import residents_of
 from ..engine.weights.blas import load_fast_blas
 from ..engine.weights.progress import progress_for
-from ..footprint import device_memory
 from ..spec.deployment import Deployment
 from ..spec.settings import Spec
 from .gil import hand_back_the_gil_sooner

@@ -18,7 +18,8 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from ..footprint import bytes_text, device_memory, estimate_bytes
+from ..device import device_memory
+from ..footprint import bytes_text, estimate_bytes
 from ..gguf_header import GGUFError
 from ..sharding import model_config, model_problem
 from .catalog import Catalog, CatalogError, Files, build_catalog, read_files

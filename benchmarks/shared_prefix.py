@@ -120,7 +120,7 @@ async def run(model_dir: Path, cache_bytes: int, args: argparse.Namespace) -> di
     engine_settings = {"warmup": False, "prompt_cache_bytes": cache_bytes}
     spec.write_text(json.dumps({"model": str(model_dir), "engine": engine_settings}))
     deployment = load_spec(spec)
-    engine = MLXEngine(deployment.catalog.models[0], deployment.spec.engine)
+    engine = MLXEngine(deployment.catalog.models[0])
     engine.start(asyncio.get_running_loop())
     assert await asyncio.to_thread(engine.wait_loaded, 600) == "ready", engine.error
     try:

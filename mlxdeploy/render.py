@@ -120,7 +120,9 @@ def _preset_model(presets: Sequence[Preset], name: str) -> str:
 
 
 def resolved_entry(entry: dict[str, Any], spec: Spec, model: ServedModel) -> dict[str, Any]:
-    """A `models:` entry with what it inherits from the top level filled in."""
+    """A `models:` entry with what it inherits from the top level filled in; its `engine`
+    only when it sets keys of its own (the top level's applies otherwise)."""
+    own_engine = entry.pop("engine", None) is not None
     return {
         **entry,
         "prompt_format": model.prompt_format,
@@ -129,6 +131,7 @@ def resolved_entry(entry: dict[str, Any], spec: Spec, model: ServedModel) -> dic
         "role_mapping": model.role_mapping.model_dump(mode="json"),
         "defaults": model.defaults.model_dump(mode="json"),
         "stop": list(model.stop),
+        **({"engine": model.engine.model_dump(mode="json")} if own_engine else {}),
     }
 
 

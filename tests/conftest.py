@@ -181,9 +181,8 @@ def mlx_engines(deployment: Deployment) -> Callable[[asyncio.AbstractEventLoop],
     def make(loop: asyncio.AbstractEventLoop) -> list[Any]:
         from mlxdeploy.engine.engine import MLXEngine
 
-        settings = deployment.spec.engine
         models = deployment.catalog.models
-        engines = [MLXEngine(model, settings) for model in models]
+        engines = [MLXEngine(model) for model in models]
         for model, engine in zip(models, engines, strict=True):
             engine.start(loop, load=model.residency.load == "eager")
         for model, engine in zip(models, engines, strict=True):

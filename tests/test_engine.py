@@ -23,7 +23,7 @@ def test_a_stopped_engine_fails_a_request_at_once(tiny_spec: Path) -> None:
     loaded = load_spec(tiny_spec, engine={"heartbeat_seconds": 0.1})
 
     async def first_events() -> list[object]:
-        engine = MLXEngine(loaded.catalog.models[0], loaded.spec.engine)
+        engine = MLXEngine(loaded.catalog.models[0])
         engine.start(asyncio.get_running_loop())
         assert await asyncio.to_thread(engine.wait_loaded, 300) == "ready"
         prompt = engine.prepare([Turn("user", "hi")], None)
@@ -73,7 +73,7 @@ def test_a_slow_reader_gets_fewer_pieces_of_the_same_text(tiny_spec: Path) -> No
     )  # fmt: skip
 
     async def pieces(delay: float) -> list[str]:
-        engine = MLXEngine(loaded.catalog.models[0], loaded.spec.engine)
+        engine = MLXEngine(loaded.catalog.models[0])
         engine.start(asyncio.get_running_loop())
         assert await asyncio.to_thread(engine.wait_loaded, 300) == "ready"
         prompt = engine.prepare([Turn("user", "Tell me a story")], None)

@@ -261,7 +261,7 @@ def test_a_model_that_cannot_run_as_the_spec_asks_fails_its_load_with_the_reason
     model_dir = make_tiny_model(tmp_path / "gpt-oss", demo_dir, seed=0, config=config)
     spec = write_spec(tmp_path / "spec.yaml", model_dir, engine={"kv_bits": 4, "warmup": False})
     deployment = load_spec(spec)
-    engine = MLXEngine(deployment.catalog.models[0], deployment.spec.engine)
+    engine = MLXEngine(deployment.catalog.models[0])
     loop = asyncio.new_event_loop()
     try:
         engine.start(loop)
@@ -271,3 +271,92 @@ def test_a_model_that_cannot_run_as_the_spec_asks_fails_its_load_with_the_reason
     finally:
         engine.stop()
         loop.close()
+
+
+PER_MODEL = """\
+models:
+  - {id: full, model: MODEL}
+  - id: small
+    model: MODEL
+    engine: {kv_bits: 4, kv_group_size: 32}
+engine: {warmup: false}
+"""
+
+
+def _greedy_text(model: Any, prompt: str, n: int = 32) -> str:
+    """A greedy answer of an engine built as `up` builds one for this served model."""
+    import asyncio
+
+    from mlxdeploy.engine.api import SamplingParams, Text, Turn
+    from mlxdeploy.engine.engine import MLXEngine
+
+    params = SamplingParams(
+        max_tokens=n, temperature=0.0, top_p=1.0, repetition_penalty=1.0,
+        repetition_context_size=20, stop=(),
+    )  # fmt: skip
+
+    async def answer() -> str:
+        engine = MLXEngine(model)
+        engine.start(asyncio.get_running_loop())
+        try:
+            assert await asyncio.to_thread(engine.wait_loaded, 300) == "ready", engine.error
+            turns = engine.prepare([Turn("user", prompt)], None)
+            events = [e async for e in engine.generate(turns, params)]
+        finally:
+            await asyncio.to_thread(engine.stop)
+        return "".join(e.text for e in events if isinstance(e, Text))
+
+    return asyncio.run(answer())
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_each_model_keeps_its_cache_as_its_entry_says(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A model's own `engine` keys: one model of the spec quantizes its keys and values and
+    answers as a spec quantizing every model's would; its neighbour keeps full precision and
+    answers as a spec without kv_bits."""
+    path = tmp_path / "two.yaml"
+    path.write_text(PER_MODEL.replace("MODEL", str(tiny_model_dir)))
+    full, small = load_spec(path).catalog.models
+    assert (full.engine.kv_bits, small.engine.kv_bits, small.engine.kv_group_size) == (None, 4, 32)
+    alone = tmp_path / "alone.yaml"
+    alone.write_text(
+        f"model: {tiny_model_dir}\nengine: {{warmup: false, kv_bits: 4, kv_group_size: 32}}\n"
+    )
+    (quantized,) = load_spec(alone).catalog.models
+    prompt = "Write a long story about the sea, the wind and a small boat."
+    answers = {name: _greedy_text(m, prompt) for name, m in
+               [("full", full), ("small", small), ("quantized", quantized)]}  # fmt: skip
+    assert answers["small"] == answers["quantized"]
+    assert answers["full"] != answers["small"], "4-bit keys changed nothing: the test is vacuous"
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_engine_keys_of_a_model_entry(tmp_path: Path) -> None:
+    """An entry's keys replace the top level's; kv shape keys need kv_bits where they apply."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "engine: {kv_bits: 8, max_batch_size: 4}\nmodels:\n"
+        "  - {id: a, model: owner/a}\n"
+        "  - {id: b, model: owner/b, engine: {kv_bits: null, max_batch_size: 2}}\n"
+        "  - {id: c, model: owner/c, engine: {quantized_kv_start: 512}}\n"
+    )
+    a, b, c = load_spec(path, require_weights=False).catalog.models
+    assert (a.engine.kv_bits, a.engine.max_batch_size, a.engine.quantized_kv_start) == (8, 4, 0)
+    assert (b.engine.kv_bits, b.engine.max_batch_size, b.engine.admits) == (None, 2, 2 + 1024)
+    assert (c.engine.kv_bits, c.engine.quantized_kv_start) == (8, 512)
+    path.write_text(
+        "engine: {kv_group_size: 32}\nmodels:\n"
+        "  - {id: a, model: owner/a, engine: {kv_bits: 4}}\n"
+        "  - {id: b, model: owner/b}\n"
+    )
+    a, b = load_spec(path, require_weights=False).catalog.models
+    assert (a.engine.kv_bits, a.engine.kv_group_size, b.engine.kv_bits) == (4, 32, None)
+    path.write_text(
+        "models:\n  - id: a\n    model: owner/a\n    engine:\n      kv_group_size: 32\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec(path, require_weights=False)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}:5:7: models[0].engine.kv_group_size: kv_group_size applies to a quantized "
+        "cache: set kv_bits (4 or 8) too"
+    ]

@@ -85,7 +85,7 @@ def test_the_split_is_exact(thinking_model_dir: Path, tmp_path: Path) -> None:
 
 
 async def both_ways(deployment: Deployment) -> tuple[list[Event], list[Event]]:
-    engine = MLXEngine(deployment.catalog.models[0], deployment.spec.engine)
+    engine = MLXEngine(deployment.catalog.models[0])
     engine.start(asyncio.get_running_loop())
     assert await asyncio.to_thread(engine.wait_loaded, 300) == "ready"
     try:

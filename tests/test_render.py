@@ -402,3 +402,17 @@ def test_render_lists_the_routes_of_the_apis_the_spec_serves(tmp_path: Path) -> 
     assert "/v1/messages" in served and "/v1/messages/count_tokens" in served
     assert not served & {"/v1/chat/completions", "/v1/completions", "/v1/responses"}
     assert "/health" in served and "/v1/models" in served  # always served
+
+
+def test_a_model_entry_shows_the_engine_keys_it_runs_with(tmp_path: Path) -> None:
+    """An entry with engine keys of its own shows them over the top level's; one without
+    shows none (the top level's apply)."""
+    path = tmp_path / "engines.yaml"
+    path.write_text(
+        "engine: {max_batch_size: 4}\nmodels:\n"
+        "  - {id: a, model: owner/a, engine: {kv_bits: 4}}\n"
+        "  - {id: b, model: owner/b}\n"
+    )
+    a, b = rendered(path)["models"]
+    assert (a["engine"]["kv_bits"], a["engine"]["max_batch_size"]) == (4, 4)
+    assert "engine" not in b

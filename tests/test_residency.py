@@ -210,7 +210,7 @@ def test_a_model_larger_than_its_files_said_makes_room_once_loaded() -> None:
 def test_the_requests_waiting_for_a_load_are_bounded() -> None:
     async def test() -> None:
         group = residents("a", load_seconds=0.3)
-        group.queue = 2
+        group.tenant("a").queue = 2
         first = [asyncio.create_task(group.use("a")) for _ in range(2)]
         await asyncio.sleep(0.05)
         with pytest.raises(NotResident, match="2 requests already wait for model 'a'"):

@@ -266,7 +266,7 @@ def test_unloading_gives_the_memory_back(tiny_model_dir: Path, tmp_path: Path) -
 
     spec = rotation_spec(tmp_path / "s.yaml", [tiny_model_dir], 1.5, "engine: {warmup: false}")
     model = load_spec(spec).catalog.models[0]
-    engine = MLXEngine(model, load_spec(spec).spec.engine)
+    engine = MLXEngine(model)
     loop = asyncio.new_event_loop()
     try:
         engine.start(loop, load=False)

@@ -175,7 +175,7 @@ def test_a_model_whose_caches_cannot_roll_back_refuses_its_draft(
     loaded = load_spec(path)
 
     async def load() -> tuple[str, str | None]:
-        engine = MLXEngine(loaded.catalog.models[0], loaded.spec.engine)
+        engine = MLXEngine(loaded.catalog.models[0])
         engine.start(asyncio.get_running_loop())
         state = await asyncio.to_thread(engine.wait_loaded, 300)
         await asyncio.to_thread(engine.stop)

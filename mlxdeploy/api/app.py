@@ -51,8 +51,7 @@ def create_app(
     (None: under a budget of the machine's RAM)."""
     spec, catalog = deployment.spec, deployment.catalog
     if residents is None:
-        queue = spec.engine.max_batch_size + spec.engine.max_queue  # as each model admits
-        residents = residents_of(catalog.models, engines, spec.memory, machine_memory(), queue)
+        residents = residents_of(catalog.models, engines, spec.memory, machine_memory())
     app = Quart("mlxdeploy")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as generation does
@@ -62,7 +61,7 @@ def create_app(
     )
     metrics = Metrics(engines, residents)
     by_id = {engine.model_id: engine for engine in engines}
-    targets = Targets(catalog, by_id, spec.engine, residents)
+    targets = Targets(catalog, by_id, residents)
     generation = Generation(spec.limits, metrics)
     drain = install_drain(app, targets.admissions)
     install_body_reader(app)  # before the gate's hooks: a 401 must not leave a body unread

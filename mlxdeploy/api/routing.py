@@ -14,7 +14,7 @@ from ..engine.residency import NotResident, Residents
 from ..spec.catalog import Catalog, Preset
 from ..spec.formats import ResponseFormat
 from ..spec.reasoning import ReasoningSettings
-from ..spec.settings import EngineSettings, SamplingDefaults, Task
+from ..spec.settings import SamplingDefaults, Task
 from ..spec.templates import TemplateProblem
 from .adapters import AdapterTargets
 from .asgi import request_exit_stack
@@ -101,7 +101,6 @@ class Targets:
         self,
         catalog: Catalog,
         engines: Mapping[str, Engine],
-        settings: EngineSettings,
         residents: Residents,
     ) -> None:
         self.residents = residents
@@ -110,7 +109,7 @@ class Targets:
         self._adapters = AdapterTargets()
         unkeyed = Sealer()  # for models whose spec names no seal key: one per start
         for model in catalog.models:
-            admission = Admission(limit=settings.max_batch_size + settings.max_queue)
+            admission = Admission(limit=model.engine.admits)
             engine = engines[model.id]
             self.admissions.append(admission)
             key = model.reasoning.seal_key

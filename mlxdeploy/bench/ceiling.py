@@ -170,7 +170,7 @@ async def decode_only(bench: Bench, level: int) -> DecodeRate:
     """`level` requests (at most the engine's batch) at once; the completion-token counter
     over the window where exactly these all decode, for `steps` steps or until one ends."""
     engine = bench.engine
-    batch = min(level, bench.deployment.spec.engine.max_batch_size)
+    batch = min(level, bench.deployment.catalog.models[0].engine.max_batch_size)
     steps = max(bench.load.max_tokens, DECODE_MIN_STEPS)
     chats = [
         ChatCompletionRequest.model_validate(
@@ -260,8 +260,8 @@ async def measure(
     """Build and load the engine as `up` does, then both measurements at each level."""
     from ..engine.engine import MLXEngine  # after load_fast_blas, as in the server
 
-    model, settings = deployment.catalog.models[0], deployment.spec.engine
-    engine = MLXEngine(model, settings, load_lock=threading.Lock())
+    model = deployment.catalog.models[0]
+    engine = MLXEngine(model, load_lock=threading.Lock())
     engine.start(asyncio.get_running_loop())
     try:
         state = await asyncio.to_thread(engine.wait_loaded, LOAD_TIMEOUT_S)

@@ -165,7 +165,8 @@ def planned_targets(options: BenchOptions) -> list[Target]:
     if options.compare:
         model_dir = resolve_model_dir(options.deployment)
         port = free_port()
-        command = mlx_lm_command(model_dir, options.deployment.spec, options.load, port)
+        engine = options.deployment.catalog.models[0].engine
+        command = mlx_lm_command(model_dir, engine, options.load, port)
         targets.append(Target(MLX_LM, f"http://{LOCALHOST}:{port}", command))
     return targets
 

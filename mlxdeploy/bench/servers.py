@@ -22,7 +22,8 @@ from types import FrameType
 
 import httpx
 
-from ..spec import Deployment, Spec
+from ..spec import Deployment
+from ..spec.settings import EngineSettings
 from . import BenchError
 from .report import LoadSettings
 
@@ -63,9 +64,11 @@ def mlxdeploy_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mlxdeploy", *args]
 
 
-def mlx_lm_command(model_dir: Path, spec: Spec, load: LoadSettings, port: int) -> list[str]:
-    """mlx_lm.server with the spec's batch sizes and prefill step (its defaults are 32, 8, 2048)."""
-    engine = spec.engine
+def mlx_lm_command(
+    model_dir: Path, engine: EngineSettings, load: LoadSettings, port: int
+) -> list[str]:
+    """mlx_lm.server with the model's batch sizes and prefill step (its defaults are 32, 8,
+    2048)."""
     return [
         sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir),
         "--host", LOCALHOST, "--port", str(port),

@@ -18,7 +18,6 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..spec.catalog import ServedModel
-from ..spec.settings import EngineSettings
 from .adapters import AdapterError
 from .adapters import prepare as prepare_adapters
 from .api import (
@@ -60,7 +59,6 @@ class MLXEngine:
     def __init__(
         self,
         model: ServedModel,
-        settings: EngineSettings,
         cache_root: Path | None = None,
         load_lock: threading.Lock | None = None,
         progress: Progress | None = None,
@@ -71,7 +69,7 @@ class MLXEngine:
         None); `peers`: the ranks of a distributed model, this engine being one of them (on
         rank 0 it serves; on the others `follow` runs it)."""
         self.model = model
-        self.settings = settings
+        self.settings = model.engine
         self._load_lock = load_lock or threading.Lock()
         self._progress = progress
         self._cache_root = cache_root

@@ -50,6 +50,7 @@ class Tenant:
     residency: Residency
     estimate: int | None = None  # bytes, from its files' headers; None when not measured
     context_length: int | None = None  # from its config, until the engine knows
+    queue: int = 1 << 30  # most requests waiting for its load
     uses: int = 0  # requests holding it (from their lookup to their response's end)
     waiting: int = 0  # requests waiting for it to be loaded
     last_used: float = 0.0
@@ -109,7 +110,6 @@ class Residents:
     tenants: Sequence[Tenant]
     budget: int  # bytes
     load_timeout: float  # seconds a request waits for its model
-    queue: int = 1 << 30  # most requests waiting for one model's load
     clock: Callable[[], float] = time.monotonic
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -128,7 +128,7 @@ class Residents:
         """Hold the model for a request, loading it first if needed (bounded by the load
         timeout). Raises NotResident when it cannot be served in time."""
         tenant = self.tenant(model_id)
-        if tenant.engine.state != "ready" and tenant.waiting >= self.queue:
+        if tenant.engine.state != "ready" and tenant.waiting >= tenant.queue:
             raise NotResident(f"{tenant.waiting} requests already wait for model '{model_id}'")
         tenant.waiting += 1
         try:
@@ -361,14 +361,15 @@ def residents_of(
     engines: Sequence[Engine],
     memory: MemorySettings,
     device: int,
-    queue: int = 1 << 30,
 ) -> Residents:
     """The residents of a server: each model with its engine and its measured files, under
-    `memory`'s budget on a device offering `device` bytes; at most `queue` requests wait for
-    one model's load."""
+    `memory`'s budget on a device offering `device` bytes; as many requests wait for a
+    model's load as its engine admits (max_batch_size + max_queue)."""
     by_id = {engine.model_id: engine for engine in engines}
-    tenants = [Tenant(by_id[m.id], m.residency, *_measure(m)) for m in models]
-    return Residents(tenants, memory.bytes_of(device), memory.load_timeout_seconds, queue)
+    tenants = [
+        Tenant(by_id[m.id], m.residency, *_measure(m), queue=m.engine.admits) for m in models
+    ]
+    return Residents(tenants, memory.bytes_of(device), memory.load_timeout_seconds)
 
 
 def _measure(model: ServedModel) -> tuple[int | None, int | None]:

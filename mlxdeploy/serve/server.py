@@ -145,10 +145,7 @@ async def _serve_on(
         loop.add_signal_handler(signal.SIGTERM, lost.set)
     stop = signals.requested
     engines = start_engines(deployment, loop, peers)
-    queue = spec.engine.max_batch_size + spec.engine.max_queue  # as each model admits
-    residents = residents_of(
-        deployment.catalog.models, engines, spec.memory, device_memory(), queue
-    )
+    residents = residents_of(deployment.catalog.models, engines, spec.memory, device_memory())
     ready_line = f"serving {', '.join(deployment.catalog.ids)} on http://{address(spec.host, port)}"
     if peers is not None:
         ready_line += f" ({peers.size} ranks, {peers.strategy} parallel)"
@@ -199,7 +196,7 @@ def start_engines(
     spec = deployment.spec
     progress = progress_for(spec.server.log_format)  # bars on a terminal, else log lines
     engines = [
-        MLXEngine(model, spec.engine, load_lock=load_lock, progress=progress, peers=peers)
+        MLXEngine(model, load_lock=load_lock, progress=progress, peers=peers)
         for model in deployment.catalog.models
     ]
     for model, engine in zip(deployment.catalog.models, engines, strict=True):

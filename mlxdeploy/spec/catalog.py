@@ -30,6 +30,7 @@ from .reasoning import ReasoningSettings
 from .routes import BUILTIN_PATHS, BUILTIN_PREFIXES
 from .settings import (
     Endpoint,
+    EngineSettings,
     ModelEntry,
     PromptFormat,
     RoleMapping,
@@ -74,6 +75,7 @@ class ServedModel:
     draft: ModelSource | None = None  # guesses tokens the model verifies (speculative.py)
     draft_model: str | None = None  # the draft as written in the spec
     num_draft_tokens: int = 0  # guesses per step and request, at most
+    engine: EngineSettings = field(default_factory=EngineSettings)  # its generation thread
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,7 @@ def _single(spec: Spec, files: Files) -> ServedModel | None:
         reasoning=spec.reasoning,
         residency=Residency(idle_unload_seconds=spec.memory.idle_unload_seconds),
         task=spec.task,
+        engine=spec.engine,
         **_draft(files, (), spec.draft_model, spec.num_draft_tokens),
     )
 
@@ -256,6 +259,7 @@ def _entry(spec: Spec, index: int, entry: ModelEntry, files: Files) -> ServedMod
             entry.load, entry.pin, entry.idle_unload_seconds or spec.memory.idle_unload_seconds
         ),
         task=entry.task or spec.task,
+        engine=overlay(spec.engine, entry.engine),
         **_draft(files, loc, entry.draft_model, entry.num_draft_tokens or spec.num_draft_tokens),
     )
 

@@ -228,14 +228,10 @@ class EngineSettings(Section):
         "this many tokens, then quantized whole.",
     )
 
-    @model_validator(mode="after")
-    def _kv_keys_need_bits(self) -> EngineSettings:
-        if self.kv_bits is None:
-            for key in ("kv_group_size", "quantized_kv_start"):
-                if key in self.model_fields_set:
-                    message = f"{key} applies to a quantized cache: set kv_bits (4 or 8) too"
-                    raise FieldError(("engine", key), message, at_key=True)
-        return self
+    @property
+    def admits(self) -> int:
+        """Requests a model takes at once: its batch and its queue; more get 429."""
+        return self.max_batch_size + self.max_queue
 
     @property
     def prompt_chunk(self) -> int:
@@ -466,6 +462,11 @@ class ModelEntry(Section):
     num_draft_tokens: int | None = Field(
         default=None, ge=1, le=16, description=_NUM_DRAFT_HELP + " Default: the top level's."
     )
+    engine: EngineSettings | None = Field(
+        default=None,
+        description="Keys set here replace the top level's engine keys for this model (its "
+        "batch, its prompt cache, its keys and values: e.g. kv_bits for a long-context model).",
+    )
 
 
 class Endpoint(Section):
@@ -670,6 +671,22 @@ class Spec(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _kv_keys_need_bits(self) -> Spec:
+        """kv_group_size and quantized_kv_start shape a quantized cache: some model they apply
+        to must set kv_bits (the top level's keys apply to every model, an entry's to its own)."""
+        entries = [(("models", i), m.engine) for i, m in enumerate(self.models or ()) if m.engine]
+        quantizing = self.engine.kv_bits is not None or any(
+            e.kv_bits is not None for _, e in entries
+        )
+        if not quantizing:
+            _no_kv_shape_keys(("engine",), self.engine)
+        for loc, engine in entries:
+            own = "kv_bits" in engine.model_fields_set
+            if (engine.kv_bits if own else self.engine.kv_bits) is None:
+                _no_kv_shape_keys((*loc, "engine"), engine)
+        return self
+
+    @model_validator(mode="after")
     def _one_lever_of_the_cache(self) -> Spec:
         """A draft rolls rejected guesses back by each slot's length; a quantized history
         (quantized at once when it reaches quantized_kv_start) is not rolled back yet."""
@@ -692,6 +709,13 @@ class Spec(BaseSettings):
         if self.playground is not None:
             return self.playground
         return self.host in LOOPBACK_HOSTS
+
+
+def _no_kv_shape_keys(loc: tuple[str | int, ...], engine: EngineSettings) -> None:
+    for key in ("kv_group_size", "quantized_kv_start"):
+        if key in engine.model_fields_set:
+            message = f"{key} applies to a quantized cache: set kv_bits (4 or 8) too"
+            raise FieldError((*loc, key), message, at_key=True)
 
 
 def spec_json_schema() -> dict[str, Any]:

@@ -124,7 +124,7 @@ def follow(deployment: Deployment, peers: Peers) -> int:
     from ...engine.engine import MLXEngine
 
     (model,) = deployment.catalog.models  # the spec's validation allows one model
-    state = MLXEngine(model, deployment.spec.engine, peers=peers).follow()
+    state = MLXEngine(model, peers=peers).follow()
     return 0 if state == "stopped" else 1
 
 

@@ -145,6 +145,20 @@ def make_tiny_model(
     return out
 
 
+def make_wide_model(out: Path, demo_dir: Path) -> Path:
+    """The tiny model's shape with heads of 32 (the smallest group `mx.quantize` takes, for
+    engine.kv_bits) and its weights 3x louder, so that greedy answers vary from token to token
+    (at their initial scale a prompt's answer is one token over and over)."""
+    import mlx.core as mx
+
+    make_tiny_model(out, demo_dir, seed=0, config={**TINY_CONFIG, "head_dim": 32})
+    weights = mx.load(str(out / "model.safetensors"))
+    assert isinstance(weights, dict)
+    louder = {k: w if "norm" in k or w.ndim < 2 else w * 3 for k, w in weights.items()}
+    mx.save_safetensors(str(out / "model.safetensors"), louder)
+    return out
+
+
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Specs must not pick up MLXDEPLOY_* variables from the developer's shell or CI."""

@@ -216,6 +216,13 @@ def test_validate_counts_the_smaller_cache(tiny_model_dir: Path, tmp_path: Path)
 
 
 def test_a_group_size_that_does_not_divide_the_head_says_so(model: Any) -> None:
+    """At load (the loop's choice), and at the first write for a generator built directly."""
+    from mlxdeploy.engine.loops import Loop
+    from mlxdeploy.spec.settings import EngineSettings
+
+    with pytest.raises(ValueError, match="kv_group_size 64 does not divide the model's head"):
+        Loop.of(model, EngineSettings(kv_bits=4, kv_group_size=64), distributed=False)
+    assert Loop.of(model, EngineSettings(kv_bits=4, kv_group_size=32), distributed=False)
     generator = SlotGenerator(model, prefill_step_size=CHUNK, kv=KVQuantization(4, 64))
     generator.insert(_prompts(1, 1), max_tokens=[2], samplers=[greedy])
     with pytest.raises(ValueError, match="kv_group_size 64 does not divide the model's head"):
@@ -244,7 +251,9 @@ def test_quantized_keys_on_a_model_with_attention_sinks_are_refused_at_load() ->
     settings = EngineSettings(kv_bits=4)
     with pytest.raises(ValueError, match="gpt_oss attends with sinks.*leave out engine.kv_bits"):
         Loop.of(_model("gpt_oss"), settings, distributed=False)
-    assert Loop.of(_model("llama"), settings, distributed=False).slotted  # no sinks: it runs
+    # No sinks: only the next check speaks (the test models' heads of 16 take no group).
+    with pytest.raises(ValueError, match="kv_group_size 64 does not divide the model's head"):
+        Loop.of(_model("llama"), settings, distributed=False)
 
 
 def test_a_model_that_cannot_run_as_the_spec_asks_fails_its_load_with_the_reason(
@@ -287,7 +296,7 @@ def _greedy_text(model: Any, prompt: str, n: int = 32) -> str:
     """A greedy answer of an engine built as `up` builds one for this served model."""
     import asyncio
 
-    from mlxdeploy.engine.api import SamplingParams, Text, Turn
+    from mlxdeploy.engine.api import Failed, SamplingParams, Text, Turn
     from mlxdeploy.engine.engine import MLXEngine
 
     params = SamplingParams(
@@ -304,23 +313,31 @@ def _greedy_text(model: Any, prompt: str, n: int = 32) -> str:
             events = [e async for e in engine.generate(turns, params)]
         finally:
             await asyncio.to_thread(engine.stop)
+        assert not [e for e in events if isinstance(e, Failed)], events
         return "".join(e.text for e in events if isinstance(e, Text))
 
     return asyncio.run(answer())
 
 
+@pytest.fixture(scope="module")
+def wide_model_dir(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import make_wide_model
+
+    return make_wide_model(tmp_path_factory.mktemp("wide-heads"), demo_dir)
+
+
 @pytest.mark.usefixtures("clean_env")
-def test_each_model_keeps_its_cache_as_its_entry_says(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_each_model_keeps_its_cache_as_its_entry_says(wide_model_dir: Path, tmp_path: Path) -> None:
     """A model's own `engine` keys: one model of the spec quantizes its keys and values and
     answers as a spec quantizing every model's would; its neighbour keeps full precision and
     answers as a spec without kv_bits."""
     path = tmp_path / "two.yaml"
-    path.write_text(PER_MODEL.replace("MODEL", str(tiny_model_dir)))
+    path.write_text(PER_MODEL.replace("MODEL", str(wide_model_dir)))
     full, small = load_spec(path).catalog.models
     assert (full.engine.kv_bits, small.engine.kv_bits, small.engine.kv_group_size) == (None, 4, 32)
     alone = tmp_path / "alone.yaml"
     alone.write_text(
-        f"model: {tiny_model_dir}\nengine: {{warmup: false, kv_bits: 4, kv_group_size: 32}}\n"
+        f"model: {wide_model_dir}\nengine: {{warmup: false, kv_bits: 4, kv_group_size: 32}}\n"
     )
     (quantized,) = load_spec(alone).catalog.models
     prompt = "Write a long story about the sea, the wind and a small boat."

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlxdeploy.cli import app
-from tests.conftest import DEMO_MODEL, TINY_CONFIG, make_tiny_model, write_spec
+from tests.conftest import DEMO_MODEL, TINY_CONFIG, make_tiny_model, make_wide_model, write_spec
 from tests.processes import alive, descendants
 from tests.servers import RunningServer, start_server, stop_server
 
@@ -315,3 +315,30 @@ def test_validate_accepts_the_sharded_spec(tiny_model_dir: Path, tmp_path: Path)
         app, ["validate", str(write_sharded_spec(tmp_path, tiny_model_dir))]
     )
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.process
+def test_quantized_keys_on_ranks_equal_one_process(
+    demo_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`engine.kv_bits` on a split model: each rank keeps its heads' keys and values
+    quantized, and the answers, one at a time and batched, are one process's with the same
+    kv_bits (which are not its full-precision answers)."""
+    spec_dir = tmp_path_factory.mktemp("quantized-ranks")
+    (spec_dir / "model").mkdir()
+    model = make_wide_model(spec_dir / "model", demo_dir)
+    engine = {"kv_bits": 4, "kv_group_size": 32}
+    plain = write_spec(spec_dir / "plain.yaml", model, name="tiny", defaults={"max_tokens": 16})
+    single = write_spec(
+        spec_dir / "one.yaml", model, name="tiny", defaults={"max_tokens": 16}, engine=engine
+    )
+    split = write_sharded_spec(spec_dir, model, engine=engine)
+    with start_server(single) as one, start_server(split) as two:
+        assert_same_answers(client_of(one), client_of(two))
+        expected = [greedy(client_of(one), prompt)[0] for prompt in PROMPTS]
+        with ThreadPoolExecutor(len(PROMPTS)) as pool:
+            got = list(pool.map(lambda prompt: streamed(client_of(two), prompt), PROMPTS * 2))
+        assert got == expected * 2
+    with start_server(plain) as full:
+        unquantized = [greedy(client_of(full), prompt)[0] for prompt in PROMPTS]
+    assert unquantized != expected, "4-bit keys changed no answer: the comparison is vacuous"

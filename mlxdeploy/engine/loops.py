@@ -50,6 +50,9 @@ class Loop:
                 f"{name} attends with sinks, which mlx-lm's attention on quantized keys does "
                 "not take: leave out engine.kv_bits for this model"
             )
+        quantization = kv_quantization(settings)
+        if slotted and quantization is not None:
+            quantization.check(model)
         if not slotted and settings.kv_bits is not None:
             log.warning(
                 "%s keeps caches the engine's slots do not hold: engine.kv_bits does not apply "

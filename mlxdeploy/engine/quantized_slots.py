@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, QuantizedKVCache
+from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
 
 from .storage import (
     BLOCK,
@@ -61,14 +61,44 @@ class KVQuantization:
         """What `Slots.for_model` puts in each full-attention layer."""
         return SlotQuantizedKVCache(slots, self)
 
+    def check(self, model: Any) -> None:
+        """Raise ValueError, saying why, when the model's heads cannot be kept this way: at
+        load, instead of at a request."""
+        for width in sorted(head_sizes(model)):
+            self._check_width(width)
+
     def quantize(self, a: mx.array) -> Quantized:
-        if a.shape[-1] % self.group_size:
+        self._check_width(a.shape[-1])
+        return list(mx.quantize(a, group_size=self.group_size, bits=self.bits))
+
+    def _check_width(self, width: int) -> None:
+        if width % self.group_size:
             message = (
                 f"engine.kv_group_size {self.group_size} does not divide the model's head size "
-                f"{a.shape[-1]}: use 32, 64 or 128, whichever divides it"
+                f"{width}: use 32, 64 or 128, whichever divides it"
             )
             raise ValueError(message)
-        return list(mx.quantize(a, group_size=self.group_size, bits=self.bits))
+
+
+class _Widths(KVCache):
+    """A `KVCache` that notes the widths of the keys and values written to it."""
+
+    def __init__(self, widths: set[int]):
+        super().__init__()
+        self.widths = widths
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        self.widths.update((keys.shape[-1], values.shape[-1]))
+        return super().update_and_fetch(keys, values)
+
+
+def head_sizes(model: Any) -> set[int]:
+    """The widths of the keys and values the model's full-attention layers keep, from a
+    one-token call that is built, never evaluated (shapes are known without computing)."""
+    widths: set[int] = set()
+    caches = [_Widths(widths) if type(c) is KVCache else c for c in make_prompt_cache(model)]
+    model(mx.array([[0]]), cache=caches)
+    return widths
 
 
 class SlotQuantizedKVCache(SlotKeysCache):

@@ -102,6 +102,7 @@ class SlotGenerator:
         verify (`speculative.py`)."""
         self.model = model
         self.drafter = drafter
+        self.kv = kv
         self._mixed = MixedForward.of(model, family(model)) if mix else None
         self.limits = Limits(
             rows=completion_batch_size,
@@ -328,7 +329,20 @@ class SlotGenerator:
         }
         k = depth(self.drafter.num_draft_tokens, len(rows))
         limits = {s: k if r.drafts is None else min(k, r.drafts) for s, r in rows.items()}
+        if self.kv is not None:
+            limits = {s: self._below_start(s, n) for s, n in limits.items()}
         return {s: n for s, n in limits.items() if n > 0}
+
+    def _below_start(self, slot: int, limit: int) -> int:
+        """At most `limit` guesses of row `slot` on a cache quantized from `kv.start` on.
+        While a row's history is below `start`, its verification pass reads it in full
+        precision (a slot is quantized whole by the first call starting at `start` or
+        later), which only the positions below `start` would in plain steps: the row keeps
+        no guess whose logits come from a position at or past `start`, and the step that
+        starts there quantizes its history, as a plain step does (`quantized_slots.py`)."""
+        assert self.kv is not None
+        length = self.slots.lengths[slot]
+        return limit if length >= self.kv.start else min(limit, self.kv.start - 1 - length)
 
     def _speculate(self, guessing: dict[int, int]) -> list[Token]:
         """A decode step whose speculating rows read their guesses too (`speculative.py`):

@@ -11,6 +11,31 @@ when every guess is kept the target's next token comes free. Rejected positions 
 back by setting the slots' lengths back, in both caches: only full-attention caches
 (mlx-lm's plain `KVCache` in every layer) can do that, so `Drafter.check` refuses the rest.
 
+On quantized keys and values (`engine.kv_bits`, `quantized_slots.py`) the target's slots roll
+back the same way. A pass that verifies k guesses writes k + 1 positions where a plain step
+writes one: in a quantized slot each is quantized as it is written (groups run along the head
+dimension, so a position's codes do not depend on its neighbours) and query i of the pass
+attends to the same quantized keys 0..i as the plain step at its position would, so greedy
+rows yield the tokens of plain steps on the same cache. Setting a length back leaves the
+rejected positions in the store (full precision below `quantized_kv_start`, quantized past
+it): they are finite, past every later query's position (masked: weight 0) until a later call
+overwrites them, and a history quantized whole copies its first `length` positions only. The
+one place a pass reads differently from plain steps is a slot still below `start`: the pass
+reads it in full precision throughout, where plain steps would quantize it at `start`; so a
+row there keeps no guess whose logits come from `start` or later
+(`SlotGenerator._below_start`), and the step that starts at `start` quantizes it whole, as a
+plain step does. (Its pass may still write past `start` when a neighbour's guesses set the
+width; those positions are rolled back.) What holds, then: a row's greedy tokens are the plain
+steps' on the same quantized cache wherever those do not depend on its neighbours (a row below
+`start` sharing a quantized call with rows past it reads its keys quantized early, with or
+without a draft: `quantized_slots.py`), which are mlx-lm's single stream on its quantized
+cache. A pass reads at most 1 + 16 tokens a row, well under the quantized prompt chunk.
+
+The draft's own slots stay in full precision: a draft is small, so its cache is a fraction of
+the target's and quantizing it saves little; its k steps a pass run one after the other, where
+fused full-precision attention is faster than the unfused quantized one; and its precision
+only changes how often guesses stand, never which tokens the target gives.
+
 The batch turns drafting down as it grows: one verification pass reads at most
 `DRAFT_BUDGET` guesses in all, so k = min(num_draft_tokens, DRAFT_BUDGET // rows), and at
 more than DRAFT_BUDGET speculating rows the step is a plain decode step. A large batch is

@@ -38,7 +38,7 @@ from .mixed import MixedForward, Part
 from .picking import process_rows, sample_rows, score_asked
 from .quantized_slots import KVQuantization
 from .rows import Pending, Read, Row, Token
-from .sampling import SeededSampler, Tempered, greedy
+from .sampling import Filtered, SeededSampler, Tempered, greedy
 from .schedule import Limits, Plan, Reading, Waiting, plan
 from .speculative import Drafter, depth, verify
 from .storage import Planned, Slots, held
@@ -67,9 +67,10 @@ def _without(row: Row, gone: set[int]) -> Row | None:
     return lead
 
 
-def _temperature(sampler: Any) -> float:
-    """A speculating row's temperature (0: greedy)."""
-    return sampler.temperature if isinstance(sampler, Tempered) else 0.0
+def _drawn(sampler: Any) -> Tempered | Filtered | None:
+    """A speculating row's sampler, whose distribution its guesses are verified against
+    (None: greedy)."""
+    return sampler if isinstance(sampler, Tempered | Filtered) else None
 
 
 def family(model: Any) -> str:
@@ -312,16 +313,17 @@ class SlotGenerator:
         return self._took(reading, counts), out
 
     def _guessing(self) -> dict[int, int]:
-        """slot -> guesses this step, for each row that speculates: greedy or plain
-        temperature, no processors, no logprobs, the model's own weights (others decode
-        plainly in the same pass; a seeded row draws from its own key, which guesses would
-        not keep reproducible)."""
+        """slot -> guesses this step, for each row that speculates: greedy, temperature alone
+        or with top-p, top-k and min-p filters (not XTC, whose coin is no distribution of the
+        logits), no processors, no logprobs, the model's own weights (others decode plainly
+        in the same pass; a seeded row draws from its own key, which guesses would not keep
+        reproducible)."""
         if self.drafter is None:
             return {}
         rows = {
             s: r
             for s, r in self._decoding.items()
-            if (r.sampler in (greedy, self.sampler) or isinstance(r.sampler, Tempered))
+            if (r.sampler in (greedy, self.sampler) or _drawn(r.sampler) is not None)
             and not r.processors
             and r.logprobs is None
             and r.adapter == 0
@@ -356,8 +358,8 @@ class SlotGenerator:
         spec = [e for e, s in enumerate(slots) if s in guessing]
         k = max(guessing.values())
         drafted = [(slots[e], rows[e].uid, rows[e].history + [first[e]]) for e in spec]
-        temperatures = [_temperature(rows[e].sampler) for e in spec]
-        guesses, drawn = self.drafter.draft(drafted, k, temperatures)
+        samplers = [_drawn(rows[e].sampler) for e in spec]
+        guesses, drawn = self.drafter.draft(drafted, k, samplers)
         feed = mx.concatenate([inputs[:, None], mx.zeros((len(slots), k), inputs.dtype)], 1)
         feed[mx.array(spec), 1:] = guesses.astype(inputs.dtype)
         counts = [k + 1 if s in guessing else 1 for s in slots]
@@ -367,7 +369,7 @@ class SlotGenerator:
         self._select(())
         sampled, scores, context = self._pick(logits[:, 0, :], inputs, rows)
         limits = [guessing[slots[e]] for e in spec]
-        kept, nexts = verify(logits[mx.array(spec)], guesses, drawn, temperatures, limits)
+        kept, nexts = verify(logits[mx.array(spec)], guesses, drawn, samplers, limits)
         mx.eval(sampled, context, *arrays_of(scores))
         chosen: list[int] = sampled.tolist()  # type: ignore[assignment]
         guessed: list[list[int]] = guesses.tolist()  # type: ignore[assignment]

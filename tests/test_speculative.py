@@ -14,13 +14,14 @@ from mlx.utils import tree_map_with_path
 from mlx_lm.generate import generate_step
 
 from mlxdeploy.engine.generator import SlotGenerator
-from mlxdeploy.engine.sampling import Tempered, greedy
+from mlxdeploy.engine.sampling import Filtered, Tempered, greedy
 from mlxdeploy.engine.speculative import (
     DRAFT_BUDGET,
     Drafter,
     SpeculationError,
     accepted,
     depth,
+    distributions,
     verify,
 )
 
@@ -158,41 +159,58 @@ def _close(counts: list[int], p: list[float]) -> None:
         assert abs(c / total - q) <= 5 * sigma + 1e-3, (token, c / total, q)
 
 
-def test_rejection_sampling_keeps_the_target_distribution() -> None:
-    """Guesses drawn from q, verified against p: the first token after them follows p at its
-    place, and the next one (where the first stood) follows p at its own."""
+SAMPLERS = {
+    "temperature": Tempered(1.0),
+    "top-p": Filtered(0.8, top_p=0.7),
+    "top-k": Filtered(1.0, top_k=3),
+    "min-p": Filtered(1.2, min_p=0.1),
+    "top-k-top-p": Filtered(0.9, top_p=0.9, top_k=4),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_rejection_sampling_keeps_the_target_distribution(name: str) -> None:
+    """Guesses drawn from the draft's q (the row's filters and temperature on the draft's
+    logits), verified against p (the same on the target's): the first token after them
+    follows p at its place, and the next one (where the first stood) follows p at its own."""
     mx.random.seed(0)
-    rows, vocab, k = 20000, 6, 2
+    sampler = SAMPLERS[name]
+    rows, vocab, k = 20000, 8, 2
     target = mx.random.normal((1, k + 1, vocab)) * 1.5
-    draft = mx.softmax(mx.random.normal((1, k, vocab)) * 1.5, axis=-1)
+    draft = distributions(mx.random.normal((1, k, vocab)) * 1.5, [sampler])
     drawn = mx.broadcast_to(draft, (rows, k, vocab))
     guesses = mx.random.categorical(mx.log(drawn))
     logits = mx.broadcast_to(target, (rows, k + 1, vocab))
-    kept, nexts = verify(logits, guesses, drawn, [1.0] * rows, [k] * rows)
+    kept, nexts = verify(logits, guesses, drawn, [sampler] * rows, [k] * rows)
     guessed = guesses.tolist()
     first = [g[0] if n >= 1 else t for g, n, t in zip(guessed, kept, nexts, strict=True)]
     second = [g[1] if n >= 2 else t for g, n, t in zip(guessed, kept, nexts, strict=True) if n >= 1]
-    p = mx.softmax(target[0], axis=-1).tolist()
+    p = sampler.probabilities(target[0]).tolist()
+    if name != "temperature":  # the filters remove tokens, from p and from q
+        assert 0 < sum(x == 0 for x in p[0]) < vocab
+        assert sum(x == 0 for x in draft[0, 0].tolist()) > 0
     _close([first.count(t) for t in range(vocab)], p[0])
     _close([second.count(t) for t in range(vocab)], p[1])
     assert 0 < sum(kept) < 2 * rows  # some guesses stand, some do not
 
 
-def test_sampled_tokens_follow_the_target_distribution() -> None:
+@pytest.mark.parametrize("name", ["temperature", "top-p", "top-k"])
+def test_sampled_tokens_follow_the_target_distribution(name: str) -> None:
     """Through the generator: the second token of many sampled requests (drafted and verified,
-    the first comes from the prompt) follows the target's distribution, marginal over the
-    first; the draft is a perturbed copy that agrees often, not always."""
+    the first comes from the prompt) follows the sampler's distribution on the target's
+    logits, marginal over the first; the draft is a perturbed copy that agrees often, not
+    always."""
     mx.random.seed(1)
+    sampler = SAMPLERS[name]
     small = {**CONFIG, "vocab_size": 16}
     target, draft = _model(5, small), _model(5, small, noise=0.1)
     prompt = [3, 1, 4, 1, 5]
-    p_first = mx.softmax(target(mx.array([prompt]))[0, -1], axis=-1)
+    p_first = sampler.probabilities(target(mx.array([prompt]))[:, -1])[0]
     following = target(mx.array([[*prompt, t] for t in range(16)]))[:, -1]
-    expected = (p_first[:, None] * mx.softmax(following, axis=-1)).sum(axis=0).tolist()
+    expected = (p_first[:, None] * sampler.probabilities(following)).sum(axis=0).tolist()
     drafter = Drafter(draft, num_draft_tokens=2, chunk=16)
     generator = SlotGenerator(target, completion_batch_size=16, prefill_batch_size=16,
                               prefill_step_size=16, drafter=drafter)  # fmt: skip
-    sampler = Tempered(1.0)
     seconds: list[int] = []
     for _ in range(100):
         uids = generator.insert([prompt] * 16, max_tokens=[2] * 16, samplers=[sampler] * 16)
@@ -227,3 +245,29 @@ def test_penalized_rows_beside_guessing_rows_are_unchanged(target: Any) -> None:
     unpenalized = [_single(target, p, n) for p, n in zip(prompts, lengths, strict=True)]
     assert plain[0::2] == unpenalized[0::2]
     assert plain[1::2] != unpenalized[1::2]  # the penalty changes the penalized rows' tokens
+
+
+def test_filtered_rows_speculate_beside_exact_greedy_rows(target: Any) -> None:
+    """Rows with top-p, top-k or min-p (and temperature) read guesses too: the draft's tokens
+    are counted for them; the greedy rows beside them keep the target's own tokens."""
+    mx.random.seed(2)
+    filtered = [SAMPLERS["top-p"], SAMPLERS["top-k"], SAMPLERS["min-p"]]
+    prompts = _prompts(10, 6)
+    samplers = [greedy, filtered[0], greedy, filtered[1], greedy, filtered[2]]
+    drafter = Drafter(_model(3, noise=0.02), num_draft_tokens=3, chunk=16)
+    generator = SlotGenerator(target, completion_batch_size=8, prefill_batch_size=6,
+                              prefill_step_size=16, drafter=drafter)  # fmt: skip
+    uids = generator.insert(prompts, max_tokens=[MAX_TOKENS] * 6, samplers=samplers)
+    out: dict[int, list[int]] = {u: [] for u in uids}
+    while generator.pending or generator.running:
+        for r in generator.next()[1]:
+            out[r.uid].append(r.token)
+    tokens = [out[u] for u in uids]
+    assert tokens[0::2] == [_single(target, p, MAX_TOKENS) for p in prompts[0::2]]
+    assert all(len(t) == MAX_TOKENS for t in tokens)
+    only = SlotGenerator(target, prefill_step_size=16, drafter=Drafter(target, 3, chunk=16))
+    assert only.drafter is not None
+    only.insert(prompts[1::2], max_tokens=[8] * 3, samplers=filtered)
+    while only.pending or only.running:
+        only.next()
+    assert only.drafter.stats.drafted > 0 and only.drafter.stats.accepted > 0

@@ -38,7 +38,7 @@ from .mixed import MixedForward, Part
 from .picking import process_rows, sample_rows, score_asked
 from .quantized_slots import KVQuantization
 from .rows import Pending, Read, Row, Token
-from .sampling import SeededSampler, Tempered, greedy
+from .sampling import Filtered, SeededSampler, Tempered, greedy
 from .schedule import Limits, Plan, Reading, Waiting, plan
 from .speculative import Drafter, depth, verify
 from .storage import Planned, Slots, held
@@ -67,9 +67,10 @@ def _without(row: Row, gone: set[int]) -> Row | None:
     return lead
 
 
-def _temperature(sampler: Any) -> float:
-    """A speculating row's temperature (0: greedy)."""
-    return sampler.temperature if isinstance(sampler, Tempered) else 0.0
+def _drawn(sampler: Any) -> Tempered | Filtered | None:
+    """A speculating row's sampler, whose distribution its guesses are verified against
+    (None: greedy)."""
+    return sampler if isinstance(sampler, Tempered | Filtered) else None
 
 
 def family(model: Any) -> str:
@@ -102,6 +103,7 @@ class SlotGenerator:
         verify (`speculative.py`)."""
         self.model = model
         self.drafter = drafter
+        self.kv = kv
         self._mixed = MixedForward.of(model, family(model)) if mix else None
         self.limits = Limits(
             rows=completion_batch_size,
@@ -311,16 +313,17 @@ class SlotGenerator:
         return self._took(reading, counts), out
 
     def _guessing(self) -> dict[int, int]:
-        """slot -> guesses this step, for each row that speculates: greedy or plain
-        temperature, no processors, no logprobs, the model's own weights (others decode
-        plainly in the same pass; a seeded row draws from its own key, which guesses would
-        not keep reproducible)."""
+        """slot -> guesses this step, for each row that speculates: greedy, temperature alone
+        or with top-p, top-k and min-p filters (not XTC, whose coin is no distribution of the
+        logits), no processors, no logprobs, the model's own weights (others decode plainly
+        in the same pass; a seeded row draws from its own key, which guesses would not keep
+        reproducible)."""
         if self.drafter is None:
             return {}
         rows = {
             s: r
             for s, r in self._decoding.items()
-            if (r.sampler in (greedy, self.sampler) or isinstance(r.sampler, Tempered))
+            if (r.sampler in (greedy, self.sampler) or _drawn(r.sampler) is not None)
             and not r.processors
             and r.logprobs is None
             and r.adapter == 0
@@ -328,7 +331,20 @@ class SlotGenerator:
         }
         k = depth(self.drafter.num_draft_tokens, len(rows))
         limits = {s: k if r.drafts is None else min(k, r.drafts) for s, r in rows.items()}
+        if self.kv is not None:
+            limits = {s: self._below_start(s, n) for s, n in limits.items()}
         return {s: n for s, n in limits.items() if n > 0}
+
+    def _below_start(self, slot: int, limit: int) -> int:
+        """At most `limit` guesses of row `slot` on a cache quantized from `kv.start` on.
+        While a row's history is below `start`, its verification pass reads it in full
+        precision (a slot is quantized whole by the first call starting at `start` or
+        later), which only the positions below `start` would in plain steps: the row keeps
+        no guess whose logits come from a position at or past `start`, and the step that
+        starts there quantizes its history, as a plain step does (`quantized_slots.py`)."""
+        assert self.kv is not None
+        length = self.slots.lengths[slot]
+        return limit if length >= self.kv.start else min(limit, self.kv.start - 1 - length)
 
     def _speculate(self, guessing: dict[int, int]) -> list[Token]:
         """A decode step whose speculating rows read their guesses too (`speculative.py`):
@@ -342,8 +358,8 @@ class SlotGenerator:
         spec = [e for e, s in enumerate(slots) if s in guessing]
         k = max(guessing.values())
         drafted = [(slots[e], rows[e].uid, rows[e].history + [first[e]]) for e in spec]
-        temperatures = [_temperature(rows[e].sampler) for e in spec]
-        guesses, drawn = self.drafter.draft(drafted, k, temperatures)
+        samplers = [_drawn(rows[e].sampler) for e in spec]
+        guesses, drawn = self.drafter.draft(drafted, k, samplers)
         feed = mx.concatenate([inputs[:, None], mx.zeros((len(slots), k), inputs.dtype)], 1)
         feed[mx.array(spec), 1:] = guesses.astype(inputs.dtype)
         counts = [k + 1 if s in guessing else 1 for s in slots]
@@ -353,7 +369,7 @@ class SlotGenerator:
         self._select(())
         sampled, scores, context = self._pick(logits[:, 0, :], inputs, rows)
         limits = [guessing[slots[e]] for e in spec]
-        kept, nexts = verify(logits[mx.array(spec)], guesses, drawn, temperatures, limits)
+        kept, nexts = verify(logits[mx.array(spec)], guesses, drawn, samplers, limits)
         mx.eval(sampled, context, *arrays_of(scores))
         chosen: list[int] = sampled.tolist()  # type: ignore[assignment]
         guessed: list[list[int]] = guesses.tolist()  # type: ignore[assignment]

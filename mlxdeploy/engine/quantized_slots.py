@@ -19,8 +19,12 @@ through a quantized copy (a decode step also reads the free and prompt-reading s
 highest row, unread: their histories must not change kind because of it). So a row's stored
 cache never depends on its neighbours; its tokens do only when a real row below `start` shares
 a call with rows past it (a prompt read beside a longer one), where its keys are read
-quantized a little early. Sliding-window layers keep full precision (their ring is bounded
-anyway; mlx-lm cannot quantize them at all).
+quantized a little early. A slot's length may go back (speculative decoding rolls back rejected
+guesses, `speculative.py`): positions past it stay in either store until overwritten, never
+attended to (a query sees keys up to its own position), and converting a history reads its
+first `length` positions only. A length never goes back past the start of the call that wrote
+beyond it, so a slot converted by a call stays at or past `start`. Sliding-window layers keep
+full precision (their ring is bounded anyway; mlx-lm cannot quantize them at all).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ object, so equal settings must map to one object: settings are normalized (an op
 off has one spelling) and cached. Samplers take raw logits (see batch.py): greedy, plain
 temperature, top-k, min-p and XTC do not depend on normalization (each either ranks tokens,
 compares logit differences or takes its own softmax); nucleus sampling exponentiates the values
-it gets, so it normalizes first. Requests that use none of these pay nothing for them.
+it gets, so it normalizes first (`Filtered`, the filters without XTC, always does). Requests
+that use none of these pay nothing for them.
 
 A request with a `seed` is the exception: it gets a `SeededSampler` of its own, never shared,
 whose draws come from its own key instead of the global generator, so what it generates does
@@ -51,6 +52,41 @@ class Tempered:
 
     def __call__(self, logits: mx.array) -> mx.array:
         return mx.random.categorical(logits * (1.0 / self.temperature))
+
+    def probabilities(self, logits: mx.array) -> mx.array:
+        """The distribution a call draws from, per row of `logits` (rows, vocabulary)."""
+        return mx.softmax(logits * (1.0 / self.temperature), axis=-1)
+
+
+@dataclass(frozen=True)
+class Filtered:
+    """Temperature sampling after mlx-lm's filters, in its order (top-p, min-p, top-k; an
+    option that is off is skipped), on normalized logits: the distribution it draws from is
+    a function of the logits alone (`probabilities`), so a draft's guesses for it are verified
+    by rejection sampling as `Tempered`'s are, with the filters applied to both models'."""
+
+    temperature: float
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+
+    def filter(self, logits: mx.array) -> mx.array:
+        """Log-probabilities, -inf where a filter removes the token."""
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        if 0 < self.top_p < 1.0:
+            logprobs = apply_top_p(logprobs, self.top_p)
+        if self.min_p != 0:
+            logprobs = apply_min_p(logprobs, self.min_p)
+        if self.top_k > 0:
+            logprobs = apply_top_k(logprobs, self.top_k)
+        return logprobs
+
+    def __call__(self, logits: mx.array) -> mx.array:
+        return mx.random.categorical(self.filter(logits) * (1.0 / self.temperature))
+
+    def probabilities(self, logits: mx.array) -> mx.array:
+        """The distribution a call draws from, per row of `logits` (rows, vocabulary)."""
+        return mx.softmax(self.filter(logits) * (1.0 / self.temperature), axis=-1)
 
 
 @dataclass(frozen=True)
@@ -181,6 +217,8 @@ class SamplerCache:
             return greedy
         if key == SamplerKey(key.temperature):
             return Tempered(key.temperature)
+        if key.xtc_probability == 0:
+            return Filtered(key.temperature, key.top_p, key.top_k, key.min_p)
         chain = make_sampler(
             temp=key.temperature,
             top_p=key.top_p,

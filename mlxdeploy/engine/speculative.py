@@ -7,9 +7,38 @@ holding a prefix of its row's tokens; before it drafts, a row's draft cache catc
 tokens it has not read (its prompt, a plain step's tokens) in the same call. A guess is kept
 while it equals the token the target picks at its place (greedy rows), so the output is the
 target's own, token for token; the first one that differs is replaced by the target's, and
-when every guess is kept the target's next token comes free. Rejected positions are rolled
-back by setting the slots' lengths back, in both caches: only full-attention caches
+when every guess is kept the target's next token comes free. A sampled row (temperature,
+alone or after top-p, top-k and min-p filters: `sampling.Tempered`, `sampling.Filtered`)
+draws its guesses from its sampler's distribution on the draft's logits and verifies them by
+rejection sampling against the same filters and temperature on the target's (`verify`), so its
+tokens follow the distribution the sampler draws from the target's logits. Rejected positions
+are rolled back by setting the slots' lengths back, in both caches: only full-attention caches
 (mlx-lm's plain `KVCache` in every layer) can do that, so `Drafter.check` refuses the rest.
+
+On quantized keys and values (`engine.kv_bits`, `quantized_slots.py`) the target's slots roll
+back the same way. A pass that verifies k guesses writes k + 1 positions where a plain step
+writes one: in a quantized slot each is quantized as it is written (groups run along the head
+dimension, so a position's codes do not depend on its neighbours) and query i of the pass
+attends to the same quantized keys 0..i as the plain step at its position would, so greedy
+rows yield the tokens of plain steps on the same cache. Setting a length back leaves the
+rejected positions in the store (full precision below `quantized_kv_start`, quantized past
+it): they are finite, past every later query's position (masked: weight 0) until a later call
+overwrites them, and a history quantized whole copies its first `length` positions only. The
+one place a pass reads differently from plain steps is a slot still below `start`: the pass
+reads it in full precision throughout, where plain steps would quantize it at `start`; so a
+row there keeps no guess whose logits come from `start` or later
+(`SlotGenerator._below_start`), and the step that starts at `start` quantizes it whole, as a
+plain step does. (Its pass may still write past `start` when a neighbour's guesses set the
+width; those positions are rolled back.) What holds, then: a row's greedy tokens are the plain
+steps' on the same quantized cache wherever those do not depend on its neighbours (a row below
+`start` sharing a quantized call with rows past it reads its keys quantized early, with or
+without a draft: `quantized_slots.py`), which are mlx-lm's single stream on its quantized
+cache. A pass reads at most 1 + 16 tokens a row, well under the quantized prompt chunk.
+
+The draft's own slots stay in full precision: a draft is small, so its cache is a fraction of
+the target's and quantizing it saves little; its k steps a pass run one after the other, where
+fused full-precision attention is faster than the unfused quantized one; and its precision
+only changes how often guesses stand, never which tokens the target gives.
 
 The batch turns drafting down as it grows: one verification pass reads at most
 `DRAFT_BUDGET` guesses in all, so k = min(num_draft_tokens, DRAFT_BUDGET // rows), and at
@@ -107,11 +136,12 @@ class Drafter:
         self.owners.clear()
 
     def draft(
-        self, rows: Sequence[tuple[int, int, list[int]]], k: int, temperatures: Sequence[float]
+        self, rows: Sequence[tuple[int, int, list[int]]], k: int, samplers: Sequence[Any]
     ) -> tuple[mx.array, mx.array | None]:
         """(rows, k) guesses, and the distributions they were drawn from (None: every row is
         greedy): each row (slot, uid, its tokens so far, the last one not yet in the target's
-        cache) catches up and guesses k tokens, greedy or at its temperature."""
+        cache) catches up and guesses k tokens, greedy (sampler None) or drawn from its
+        sampler's distribution (`Tempered` or `Filtered`) on the draft's logits."""
         feeds = [self._unread(slot, uid, tokens) for slot, uid, tokens in rows]
         slots = [slot for slot, _, _ in rows]
         feeds = self._catch_up(slots, feeds)
@@ -129,7 +159,7 @@ class Drafter:
                 self.slots.plan(slots, 1)
                 last = self.model(guesses[-1][:, None], cache=self.slots.caches)[:, -1]
                 self.slots.advance(slots, [1] * len(slots))
-            guess, q = _guess(_fit(last, self.width), temperatures)
+            guess, q = _guess(_fit(last, self.width), samplers)
             guesses.append(guess)
             drawn.append(q)
         if drawn[0] is None:
@@ -186,37 +216,49 @@ def _fit(logits: mx.array, width: int | None) -> mx.array:
     return mx.concatenate([logits, pad], axis=-1)
 
 
-def _scales(temperatures: Sequence[float]) -> mx.array:
-    """(rows, 1) factors of the logits: 1 / temperature, 1 for greedy rows."""
-    return mx.array([1.0 / t if t > 0 else 1.0 for t in temperatures])[:, None]
+def distributions(logits: mx.array, samplers: Sequence[Any]) -> mx.array:
+    """What each row's sampler draws from at each of its positions: `logits` (rows, vocab) or
+    (rows, positions, vocab), one sampler a row (None: greedy, its row unused), each sampler
+    once over all its rows' positions."""
+    shape = logits.shape
+    flat = logits.reshape(-1, shape[-1])
+    per = flat.shape[0] // len(samplers)  # positions a row
+    out = mx.softmax(flat, axis=-1)
+    for sampler in {s for s in samplers if s is not None}:
+        rows = [i for i, s in enumerate(samplers) if s == sampler]
+        index = mx.array([r * per + j for r in rows for j in range(per)])
+        out[index] = sampler.probabilities(flat[index])
+    return out.reshape(shape)
 
 
-def _guess(logits: mx.array, temperatures: Sequence[float]) -> tuple[mx.array, Any]:
-    """Each row's guess: greedy, or drawn at its temperature (then with the distribution q
-    it was drawn from, every row's: greedy rows' are unused)."""
+def _guess(logits: mx.array, samplers: Sequence[Any]) -> tuple[mx.array, Any]:
+    """Each row's guess: greedy, or drawn from its sampler's distribution (then with the
+    distribution q it was drawn from, every row's: greedy rows' are unused)."""
     picked = mx.argmax(logits, axis=-1)
-    if not any(t > 0 for t in temperatures):
+    if all(s is None for s in samplers):
         return picked, None
-    scaled = logits * _scales(temperatures)
-    drawn = mx.random.categorical(scaled)
-    tempered = mx.array([t > 0 for t in temperatures])
-    return mx.where(tempered, drawn, picked), mx.softmax(scaled, axis=-1)
+    q = distributions(logits, samplers)
+    drawn = mx.random.categorical(mx.log(q))
+    sampled = mx.array([s is not None for s in samplers])
+    return mx.where(sampled, drawn, picked), q
 
 
 def verify(
     logits: mx.array,
     guesses: mx.array,
     drawn: mx.array | None,
-    temperatures: Sequence[float],
+    samplers: Sequence[Any],
     limits: Sequence[int],
 ) -> tuple[list[int], list[int]]:
     """Per row, how many of its guesses stand (at most its limit), and its next token.
 
     `logits`: the target's (rows, k + 1, vocabulary) over (last token, guesses). A greedy row
     keeps guesses while they equal the target's picks; its next token is the pick after them.
-    A tempered row keeps guess d drawn from q where the target gives p with probability
+    A sampled row (its sampler's distribution: temperature, and filters for `Filtered`, on the
+    draft's logits for q and the target's for p) keeps guess d drawn from q with probability
     min(1, p(d) / q(d)); at the first one rejected, its next token is drawn from max(0, p - q)
-    normalized, and past its last guess from p: the tokens are distributed as the target's.
+    normalized, and past its last guess from p: the tokens are distributed as the sampler
+    draws them from the target's logits.
     """
     picks = mx.argmax(logits, axis=-1)
     k = guesses.shape[1]
@@ -226,14 +268,13 @@ def verify(
         guessed: list[list[int]] = guesses.tolist()  # type: ignore[assignment]
         kept = [accepted(g, t, n) for g, t, n in zip(guessed, target, limits, strict=True)]
         return kept, [t[n] for t, n in zip(target, kept, strict=True)]
-    p = mx.softmax(logits * _scales(temperatures)[:, :, None], axis=-1)
+    p = distributions(logits, samplers)
     at = guesses[..., None]
     p_guess = mx.take_along_axis(p[:, :k], at, axis=-1)[..., 0]
     q_guess = mx.take_along_axis(drawn, at, axis=-1)[..., 0]
     stands = mx.random.uniform(shape=p_guess.shape) * q_guess < p_guess
-    stands = mx.where(
-        mx.array([t > 0 for t in temperatures])[:, None], stands, guesses == picks[:, :k]
-    )
+    sampled = mx.array([s is not None for s in samplers])
+    stands = mx.where(sampled[:, None], stands, guesses == picks[:, :k])
     mx.eval(stands, picks)
     standing: list[list[bool]] = stands.tolist()  # type: ignore[assignment]
     kept = [_leading(row, n) for row, n in zip(standing, limits, strict=True)]
@@ -245,8 +286,7 @@ def verify(
     rest = mx.where((rejected & (rest.sum(axis=-1) > 0))[:, None], rest, p_next)
     drawn_next = mx.random.categorical(mx.log(rest))
     greedy_next = picks[rows, where]
-    tempered = mx.array([t > 0 for t in temperatures])
-    nexts: list[int] = mx.where(tempered, drawn_next, greedy_next).tolist()  # type: ignore[assignment]
+    nexts: list[int] = mx.where(sampled, drawn_next, greedy_next).tolist()  # type: ignore[assignment]
     return kept, nexts
 
 

@@ -686,23 +686,6 @@ class Spec(BaseSettings):
                 _no_kv_shape_keys((*loc, "engine"), engine)
         return self
 
-    @model_validator(mode="after")
-    def _one_lever_of_the_cache(self) -> Spec:
-        """A draft rolls rejected guesses back by each slot's length; a quantized history
-        (quantized at once when it reaches quantized_kv_start) is not rolled back yet."""
-        if self.engine.kv_bits is None:
-            return self
-        drafts: list[tuple[str | int, ...]] = [("draft_model",)] if self.draft_model else []
-        drafts += [("models", i, "draft_model") for i, m in enumerate(self.models or ())
-                   if m.draft_model]  # fmt: skip
-        if drafts:
-            message = (
-                "a draft model does not run with quantized keys and values (engine.kv_bits) "
-                "yet: leave out one or the other"
-            )
-            raise FieldError(drafts[0], message)
-        return self
-
     @property
     def playground_enabled(self) -> bool:
         """Whether GET / serves the chat page: `playground` when set, else only on loopback."""

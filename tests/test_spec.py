@@ -707,6 +707,7 @@ def test_json_schema_describes_fields_and_forbids_extras() -> None:
         "adapters",
         "draft_model",
         "num_draft_tokens",
+        "draft_depth",
         "models",
         "endpoints",
         "apis",

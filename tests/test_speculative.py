@@ -13,6 +13,7 @@ import pytest
 from mlx.utils import tree_map_with_path
 from mlx_lm.generate import generate_step
 
+from mlxdeploy.engine.draft_depth import PROBE, draft_cost
 from mlxdeploy.engine.generator import SlotGenerator
 from mlxdeploy.engine.sampling import Filtered, Tempered, greedy
 from mlxdeploy.engine.speculative import (
@@ -112,6 +113,40 @@ def test_greedy_tokens_match_the_target_single_stream(target: Any, draft: str) -
         assert stats.rate == 1.0
     if draft == "perturbed":
         assert 0.0 < stats.rate < 1.0, stats.rate
+
+
+@pytest.mark.parametrize("draft", ["itself", "unrelated"])
+def test_adaptive_depth_guesses_where_guesses_stand(target: Any, draft: str) -> None:
+    """With a draft pass costing a tenth of the model's (`Drafter.cost`), rows guess as
+    deep as they may while their guesses stand (the model drafting for itself), and stop
+    guessing but for a probe now and then when none stand (an unrelated model); the tokens
+    are the target's either way."""
+    model = {"itself": target, "unrelated": _model(4)}[draft]
+    prompts = _prompts(9, 4)
+    lengths = [3 * PROBE] * len(prompts)
+    expected = [_single(target, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    drafted = {}
+    for cost in (None, 0.1):
+        drafter = Drafter(model, num_draft_tokens=4, chunk=16, cost=cost)
+        generator = SlotGenerator(target, completion_batch_size=8, prefill_batch_size=4,
+                                  prefill_step_size=16, drafter=drafter)  # fmt: skip
+        assert _batched(generator, prompts, lengths) == expected
+        drafted[cost] = drafter.stats.drafted
+    if draft == "itself":
+        assert drafted[0.1] >= 0.9 * drafted[None]
+    else:
+        assert 0 < drafted[0.1] < drafted[None] / 4
+
+
+def test_a_draft_as_large_as_its_model_guesses_only_to_probe(target: Any) -> None:
+    """The spec's draft costs what the model costs: no depth pays, even when every guess
+    stands."""
+    drafter = Drafter(target, num_draft_tokens=4, chunk=16, cost=draft_cost(10, 10))
+    generator = SlotGenerator(target, completion_batch_size=8, prefill_step_size=16,
+                              drafter=drafter)  # fmt: skip
+    prompts = _prompts(10, 1)
+    assert _batched(generator, prompts, [2 * PROBE]) == [_single(target, prompts[0], 2 * PROBE)]
+    assert drafter.stats.drafted <= 2 and drafter.stats.rate == 1.0
 
 
 def test_rows_that_do_not_speculate_share_the_steps(target: Any) -> None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from mlxdeploy.bench.report import acceptance, draft_counts
+from mlxdeploy.engine.draft_depth import PROBE
 from mlxdeploy.engine.engine import MLXEngine
 from mlxdeploy.spec.load import load_spec
 from mlxdeploy.spec.problems import SpecError
@@ -35,8 +36,17 @@ def root(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def write_spec(root: Path, name: str, draft: str) -> Path:
     spec = {
         "models": [
-            {"id": "fast", "model": "base", "draft_model": draft, "num_draft_tokens": 3},
+            # Drafting for itself, every guess stands; a draft this large never pays, so
+            # `fast` guesses at a fixed depth (whether it pays or not) and `auto` only probes.
+            {
+                "id": "fast",
+                "model": "base",
+                "draft_model": draft,
+                "num_draft_tokens": 3,
+                "draft_depth": "fixed",
+            },
             {"id": "plain", "model": "base"},
+            {"id": "auto", "model": "base", "draft_model": draft},
         ],
         "defaults": {"max_tokens": 20, "temperature": 0.0},
     }
@@ -66,6 +76,14 @@ def metric(http: httpx.Client, name: str, model: str) -> float:
         if line.startswith(f'mlxdeploy_{name}{{model="{model}"}}'):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no {name} for {model}")
+
+
+def test_an_adaptive_draft_as_large_as_its_model_only_probes(http: httpx.Client) -> None:
+    """A draft pass costs what a pass of the model costs: no depth pays, so each request
+    guesses one token every PROBE steps at most, and its text is the model's."""
+    assert text(http, model="auto") == text(http, model="plain")
+    assert 0 < metric(http, "draft_tokens_total", "auto") <= 20 // PROBE
+    assert metric(http, "draft_acceptance_rate", "auto") == 1.0
 
 
 def test_drafted_text_is_the_models_own(http: httpx.Client) -> None:

@@ -37,6 +37,7 @@ from .api import (
     Turn,
 )
 from .choices import ChoiceSink, choice_params, request_info, take_ready
+from .draft_depth import draft_cost
 from .embedding.checkpoints import embedding_classes
 from .embedding.embedder import Embedder
 from .faults import FaultPlan
@@ -309,7 +310,10 @@ class MLXEngine:
                 "a draft needs the model's tokenizer"
             )
         Drafter.check(model, draft)
-        return DraftModel(draft, self.model.num_draft_tokens, logits_width(model))
+        cost = None
+        if self.model.draft_depth == "adaptive":
+            cost = draft_cost(_weight_bytes(draft), _weight_bytes(model))
+        return DraftModel(draft, self.model.num_draft_tokens, logits_width(model), cost)
 
     def _new_worker(self, model: Any, fault: FaultPlan | None, draft: DraftModel | None) -> Worker:
         assert self.formats is not None

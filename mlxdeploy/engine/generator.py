@@ -333,6 +333,8 @@ class SlotGenerator:
         limits = {s: k if r.drafts is None else min(k, r.drafts) for s, r in rows.items()}
         if self.kv is not None:
             limits = {s: self._below_start(s, n) for s, n in limits.items()}
+        self.drafter.forget({r.uid for r in self._decoding.values()})
+        limits = {s: self.drafter.depth_of(rows[s].uid, n) for s, n in limits.items()}
         return {s: n for s, n in limits.items() if n > 0}
 
     def _below_start(self, slot: int, limit: int) -> int:
@@ -381,8 +383,7 @@ class SlotGenerator:
                 emitted += guessed[i][: kept[i]]
                 chosen[e] = nexts[i]
                 self.drafter.keep(slot, self.slots.lengths[slot] + 1 + kept[i])
-                self.drafter.stats.drafted += guessing[slot]
-                self.drafter.stats.accepted += kept[i]
+                self.drafter.record(rows[e].uid, guessing[slot], kept[i])
             out += self._emit_all(slot, emitted, current[e])
         self._pending.set(slots, mx.array(chosen, dtype=mx.uint32), scores)
         self.steps += 1

@@ -55,6 +55,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
+from .draft_depth import FIRST_RATE, Acceptance
 from .storage import Slots
 
 DRAFT_BUDGET = 32  # most guessed tokens one verification pass reads, over all its rows
@@ -97,6 +98,7 @@ class DraftModel:
     model: Any
     num_draft_tokens: int
     width: int | None = None  # the model's logits (a draft's may be padded otherwise)
+    cost: float | None = None  # a draft pass in passes of the model; None: fixed depth
 
 
 def logits_width(model: Any) -> int:
@@ -115,9 +117,35 @@ class Drafter:
     slots: Slots = field(init=False)
     owners: dict[int, int] = field(default_factory=dict)  # slot -> uid its cache holds
     stats: DraftStats = field(default_factory=DraftStats)
+    # A draft pass's time in passes of the model (`draft_depth.py`): each row guesses as
+    # many tokens as pay; None: every row guesses as many as it may.
+    cost: float | None = None
+    acceptance: dict[int, Acceptance] = field(default_factory=dict)  # uid -> its guesses
 
     def __post_init__(self) -> None:
         self.slots = Slots.for_model(self.model, self.chunk)
+
+    def depth_of(self, uid: int, limit: int) -> int:
+        """Guesses for row `uid` this step, at most `limit`."""
+        if self.cost is None or limit == 0:
+            return limit
+        row = self.acceptance.get(uid)
+        if row is None:
+            rate = self.stats.rate if self.stats.drafted else FIRST_RATE
+            row = self.acceptance[uid] = Acceptance.starting(rate)
+        return row.depth(self.cost, limit)
+
+    def record(self, uid: int, guessed: int, kept: int) -> None:
+        """Row `uid` guessed `guessed` tokens this step, of which its first `kept` stood."""
+        self.stats.drafted += guessed
+        self.stats.accepted += kept
+        if uid in self.acceptance:
+            self.acceptance[uid].record(guessed, kept)
+
+    def forget(self, live: set[int]) -> None:
+        """Drop the estimates of rows that are gone."""
+        for uid in self.acceptance.keys() - live:
+            del self.acceptance[uid]
 
     @staticmethod
     def check(target: Any, draft: Any) -> None:
@@ -134,6 +162,7 @@ class Drafter:
     def reset(self) -> None:
         self.slots = self.slots.empty()
         self.owners.clear()
+        self.acceptance.clear()
 
     def draft(
         self, rows: Sequence[tuple[int, int, list[int]]], k: int, samplers: Sequence[Any]

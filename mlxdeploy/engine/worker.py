@@ -218,7 +218,9 @@ class Worker:
         drafter = None
         if self.draft is not None:
             d, chunk = self.draft, self.settings.prefill_step_size
-            drafter = Drafter(d.model, d.num_draft_tokens, chunk, d.width, stats=self.draft_stats)
+            drafter = Drafter(
+                d.model, d.num_draft_tokens, chunk, d.width, stats=self.draft_stats, cost=d.cost
+            )
         return self.loop.generator(self.model, self.settings, agree, drafter)
 
     def warm_up(self, rounds: list[list[Job]]) -> list[Event]:

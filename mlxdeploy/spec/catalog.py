@@ -29,6 +29,7 @@ from .problems import FieldError
 from .reasoning import ReasoningSettings
 from .routes import BUILTIN_PATHS, BUILTIN_PREFIXES
 from .settings import (
+    DraftDepth,
     Endpoint,
     EngineSettings,
     ModelEntry,
@@ -75,6 +76,7 @@ class ServedModel:
     draft: ModelSource | None = None  # guesses tokens the model verifies (speculative.py)
     draft_model: str | None = None  # the draft as written in the spec
     num_draft_tokens: int = 0  # guesses per step and request, at most
+    draft_depth: DraftDepth = "adaptive"  # how many of those a request guesses
     engine: EngineSettings = field(default_factory=EngineSettings)  # its generation thread
 
 
@@ -234,7 +236,7 @@ def _single(spec: Spec, files: Files) -> ServedModel | None:
         residency=Residency(idle_unload_seconds=spec.memory.idle_unload_seconds),
         task=spec.task,
         engine=spec.engine,
-        **_draft(files, (), spec.draft_model, spec.num_draft_tokens),
+        **_draft(files, (), spec.draft_model, spec.num_draft_tokens, spec.draft_depth),
     )
 
 
@@ -260,16 +262,25 @@ def _entry(spec: Spec, index: int, entry: ModelEntry, files: Files) -> ServedMod
         ),
         task=entry.task or spec.task,
         engine=overlay(spec.engine, entry.engine),
-        **_draft(files, loc, entry.draft_model, entry.num_draft_tokens or spec.num_draft_tokens),
+        **_draft(
+            files,
+            loc,
+            entry.draft_model,
+            entry.num_draft_tokens or spec.num_draft_tokens,
+            entry.draft_depth or spec.draft_depth,
+        ),
     )
 
 
-def _draft(files: Files, loc: Loc, written: str | None, tokens: int) -> dict[str, Any]:
+def _draft(
+    files: Files, loc: Loc, written: str | None, tokens: int, depth: DraftDepth
+) -> dict[str, Any]:
     """The ServedModel fields of a model's draft (none: no fields)."""
     source = files.drafts.get((*loc, "draft_model"))
     if written is None or source is None:
         return {}
-    return {"draft": source, "draft_model": written, "num_draft_tokens": tokens}
+    return {"draft": source, "draft_model": written, "num_draft_tokens": tokens,
+            "draft_depth": depth}  # fmt: skip
 
 
 def _preset(

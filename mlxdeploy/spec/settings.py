@@ -426,6 +426,13 @@ _NUM_DRAFT_HELP = (
     "(0: none). Large batches guess fewer (at most 32 guesses per step over all requests)."
 )
 
+_DRAFT_DEPTH_HELP = (
+    "adaptive: each request guesses as many tokens (up to num_draft_tokens) as pay for "
+    "themselves, from how often its guesses stand and the draft's size against the model's, "
+    "and none while none pay; fixed: always num_draft_tokens (within the batch's budget)."
+)
+DraftDepth = Literal["adaptive", "fixed"]
+
 _ADAPTERS_HELP = (
     "Fine-tuned adapters of this model, each served as a model id of its own; requests for the "
     "model and its adapters are batched together."
@@ -461,6 +468,9 @@ class ModelEntry(Section):
     draft_model: str | None = Field(default=None, min_length=1, description=_DRAFT_HELP)
     num_draft_tokens: int | None = Field(
         default=None, ge=1, le=16, description=_NUM_DRAFT_HELP + " Default: the top level's."
+    )
+    draft_depth: DraftDepth | None = Field(
+        default=None, description=_DRAFT_DEPTH_HELP + " Default: the top level's."
     )
     engine: EngineSettings | None = Field(
         default=None,
@@ -552,6 +562,7 @@ class Spec(BaseSettings):
         description=_DRAFT_HELP + " With `models`, each entry names its own.",
     )
     num_draft_tokens: int = Field(default=4, ge=1, le=16, description=_NUM_DRAFT_HELP)
+    draft_depth: DraftDepth = Field(default="adaptive", description=_DRAFT_DEPTH_HELP)
     models: list[ModelEntry] | None = Field(
         default=None,
         min_length=1,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from typing import Any
 
 from mlxdeploy.engine.weights.blas import load_fast_blas
 
@@ -65,7 +66,7 @@ def single_stream_ms(model: object, sampler: object) -> float:
     return (time.perf_counter() - start) / n * 1000
 
 
-def prefill_tok_s(model: object, batch: int = 8, length: int = 128) -> float:
+def prefill_tok_s(model: Any, batch: int = 8, length: int = 128) -> float:
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 

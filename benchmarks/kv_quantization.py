@@ -94,13 +94,13 @@ def logprobs(model: Any, cache: list[Any], prompt: list[int], follow: list[int])
 
 def divergence(model: Any, kv: KVQuantization, batch: list[list[int]], full: list) -> list:
     """KL(full || quantized) per token, each prompt followed by full precision's tokens."""
-    kls = []
+    kls: list[float] = []
     for prompt, follow in zip(batch, full, strict=True):
         plain = logprobs(model, [KVCache() for _ in make_prompt_cache(model)], prompt, follow)
         caches = [QuantizedKVCache(kv.group_size, kv.bits) for _ in make_prompt_cache(model)]
         small = logprobs(model, caches, prompt, follow)
         kl = (mx.exp(plain) * (plain - small)).sum(axis=-1)
-        kls.extend(kl.tolist())
+        kls.extend(kl.tolist())  # type: ignore[arg-type]
     return kls
 
 

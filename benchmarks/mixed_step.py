@@ -143,7 +143,7 @@ def measure(model: Any, batch: int, size: int, context: int, repeat: int) -> dic
     together = mixed()
     gap = mx.abs(apart.astype(mx.float32) - together.astype(mx.float32)).max().item()
     same = (apart.argmax(-1) == together.argmax(-1)).all().item()
-    row = {"batch": batch, "chunk": size, "context": context}
+    row: dict[str, Any] = {"batch": batch, "chunk": size, "context": context}
     for name, run in (
         ("decode", decode),
         ("prefill", prefill),
@@ -153,7 +153,7 @@ def measure(model: Any, batch: int, size: int, context: int, repeat: int) -> dic
         row[f"{name}_ms"] = round(timed(run, repeat), 2)
     row["separate_ms"] = round(row["decode_ms"] + row["prefill_last_ms"], 2)
     row["mixed_over_separate"] = round(row["mixed_ms"] / row["separate_ms"], 3)
-    row["max_logit_gap"], row["same_argmax"] = round(gap, 4), bool(same)
+    row["max_logit_gap"], row["same_argmax"] = round(gap, 4), bool(same)  # type: ignore[arg-type]
     return row
 
 
@@ -166,8 +166,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
-    model, _ = load(args.model)
-    print(f"device {mx.default_device()}, mlx {mx.__version__}")
+    model = load(args.model)[0]
+    print(f"device {mx.default_device()}, mlx {mx.__version__}")  # type: ignore[attr-defined]
     rows = []
     for batch in args.batch:
         for size in args.chunk:

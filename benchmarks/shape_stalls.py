@@ -15,6 +15,7 @@ import argparse
 import random
 import statistics
 import time
+from typing import Any
 
 from mlxdeploy.engine.weights.blas import load_fast_blas
 
@@ -45,7 +46,7 @@ def decode_sweep(model: object, batch: int) -> dict[int, float]:
     return times
 
 
-def prefill_sweep(model: object, lengths: list[int]) -> dict[tuple[int, int], float]:
+def prefill_sweep(model: Any, lengths: list[int]) -> dict[tuple[int, int], float]:
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 

@@ -14,16 +14,29 @@ real chat prompts, greedy. Drafts:
   added: a pair that agrees often but not always. No smaller model of the same tokenizer is at
   hand offline, so this draft costs what the model costs: it measures acceptance and the cost
   of rejected guesses, not a speed-up.
+- `--early-exit DIR`: a draft that is really smaller and agrees often (`early_exit.py`): a
+  random llama of `--layers` layers whose layers from `--draft-layers` on have their output
+  projections scaled by `--tail-scale` (0: they add nothing, at full cost), drafted for by its
+  first `--draft-layers` layers. The pairs are written under DIR (reused when there):
+
+    python benchmarks/speculative.py --early-exit /tmp/ee --hidden 1024 --layers 16 \
+        --intermediate 4096 --draft-layers 2 --tail-scale 0 0.05 --streams 1 8 --mlx-lm
+
+  `none` is the tail-scale-0 target decoding plainly; `--mlx-lm` adds mlx_lm's single stream
+  (`stream_generate`, plain and speculative with the same pair) at one stream.
 Each case runs `--rounds` times, interleaved; the median is printed (the machine is shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from early_exit import add_shape_args, draft_dir, ensure_pair, target_dir
 
 from mlxdeploy.engine.weights.blas import load_fast_blas
 
@@ -61,6 +74,14 @@ def load(quantized: bool, noise: float = 0.0) -> tuple[Any, Any]:
         model.update(tree_map(noisy, model.parameters()))
     mx.eval(model.parameters())
     return model, tokenizer
+
+
+def load_dir(path: Path) -> tuple[Any, Any]:
+    """(model, tokenizer) of a model directory, as mlx_lm loads it."""
+    from mlx_lm.utils import load as load_mlx_lm
+
+    loaded: Any = load_mlx_lm(str(path))
+    return loaded[0], loaded[1]
 
 
 def prompts(tokenizer: Any, n: int) -> list[list[int]]:
@@ -102,6 +123,98 @@ def run(model: Any, drafter: Any, batch: list[list[int]], tokens: int) -> float:
     return made / (time.perf_counter() - start)
 
 
+Case = tuple[str, Any, Any]  # (name, target, draft: None decodes plainly)
+
+
+def demo_cases(args: argparse.Namespace) -> tuple[Any, list[Case]]:
+    """The demo model with no draft, drafting for itself and for its noisy copy."""
+    model, tokenizer = load(args.keep_q4)
+    widths = ", ".join(f"{w}: {pass_ms(model, w):.0f} ms" for w in (1, 2, 5, 9))
+    print(f"one pass of the model by tokens read per row: {widths}")
+    if args.passes_only:
+        return tokenizer, []
+    noisy = load(args.keep_q4, args.noise)[0]
+    return tokenizer, [("none", model, None), ("itself", model, model), ("noisy", model, noisy)]
+
+
+def early_exit_cases(args: argparse.Namespace) -> tuple[Any, list[Case]]:
+    """The early-exit pairs under `--early-exit` (written there first if missing): the
+    tail-scale-0 target with no draft, then each tail scale's target with the draft."""
+    out: Path = args.early_exit
+    ensure_pair(out, args)
+    targets = [target_dir(out, s) for s in args.tail_scale]
+    draft = load_dir(draft_dir(out))[0]
+    loaded = [load_dir(t) for t in targets]
+    model, tokenizer = loaded[0]
+    for name, m in (("target", model), ("draft", draft)):
+        widths = ", ".join(f"{w}: {pass_ms(m, w):.1f} ms" for w in (1, 2, 5))
+        print(f"one pass of the {name} by tokens read per row: {widths}")
+    if args.passes_only:
+        return tokenizer, []
+    cases: list[Case] = [("none", model, None)]
+    for scale, (target, _) in zip(args.tail_scale, loaded, strict=True):
+        cases.append((f"exit tail {scale:g}", target, draft))
+    return tokenizer, cases
+
+
+def mlx_lm_tok_s(model: Any, tokenizer: Any, prompt: list[int], args: argparse.Namespace,
+                 draft: Any = None) -> tuple[float, float]:  # fmt: skip
+    """mlx_lm's single stream (`stream_generate`, speculative with a draft): tokens/s after
+    the first token, and the share of tokens that came from the draft."""
+    from mlx_lm.generate import stream_generate
+
+    extra = {} if draft is None else {"draft_model": draft, "num_draft_tokens": args.draft_tokens}
+    times, from_draft = [], 0
+    for response in stream_generate(model, tokenizer, prompt, args.tokens + 1, **extra):
+        times.append(time.perf_counter())
+        from_draft += bool(response.from_draft)
+    return (len(times) - 1) / (times[-1] - times[0]), from_draft / len(times)
+
+
+def measure(args: argparse.Namespace, tokenizer: Any, cases: list[Case], streams: int) -> dict:
+    """Median tokens/s of each case at `streams` streams over interleaved rounds (with
+    mlx_lm's single stream beside the engine's at one stream), and acceptance rates."""
+    from mlxdeploy.engine.speculative import Drafter
+
+    batch = prompts(tokenizer, streams)
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    kept: dict[str, float] = {}
+    lm = args.mlx_lm and streams == 1
+    lm_cases = [("mlx_lm " + n, t, d) for n, t, d in cases if n != "itself"] if lm else []
+    rates |= {name: [] for name, _, _ in lm_cases}
+    run(cases[0][1], None, batch, 8)  # warm-up
+    for _ in range(args.rounds):
+        for name, target, draft in cases:
+            drafter = None if draft is None else Drafter(draft, args.draft_tokens, 512)
+            rates[name].append(run(target, drafter, batch, args.tokens))
+            if drafter is not None:
+                kept[name] = drafter.stats.rate
+        for name, target, draft in lm_cases:
+            rate, share = mlx_lm_tok_s(target, tokenizer, batch[0], args, draft)
+            rates[name].append(rate)
+            if draft is not None:
+                kept[name] = share
+    return {
+        name: {"tok_s": statistics.median(got), "rounds": got, "acceptance": kept.get(name)}
+        for name, got in rates.items()
+    }
+
+
+def report(streams: int, results: dict) -> None:
+    """One line per case: tokens/s, against the engine without a draft (and mlx_lm's plain
+    single stream, where measured), and the acceptance rate."""
+    base = results["none"]["tok_s"]
+    lm = results.get("mlx_lm none", {}).get("tok_s")
+    for name, got in results.items():
+        rate = got["tok_s"]
+        line = f"{streams} streams, {name:22s}: {rate:7.1f} tok/s {rate / base:5.2f}x"
+        line += f" ({rate / lm:5.2f}x mlx_lm)" if lm else ""
+        if got["acceptance"] is not None:
+            kind = "from draft" if name.startswith("mlx_lm") else "acceptance"
+            line += f"  {kind} {got['acceptance']:.2f}"
+        print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
@@ -111,35 +224,19 @@ def main() -> None:
     parser.add_argument("--keep-q4", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--passes-only", action="store_true", help="the pass timings alone")
+    parser.add_argument("--early-exit", type=Path, help="the early-exit pairs' directory")
+    parser.add_argument("--mlx-lm", action="store_true", help="mlx_lm's single stream beside")
+    parser.add_argument("--json", type=Path, help="write the results there too")
+    add_shape_args(parser)
     args = parser.parse_args()
     print(load_fast_blas())
-    from mlxdeploy.engine.speculative import Drafter
-
-    model, tokenizer = load(args.keep_q4)
-    widths = ", ".join(f"{w}: {pass_ms(model, w):.0f} ms" for w in (1, 2, 5, 9))
-    print(f"one pass of the model by tokens read per row: {widths}")
-    if args.passes_only:
-        return
-    noisy = load(args.keep_q4, args.noise)[0]
-    drafts: dict[str, Any] = {"none": None, "itself": model, "noisy": noisy}
-    for streams in args.streams:
-        batch = prompts(tokenizer, streams)
-        rates: dict[str, list[float]] = {name: [] for name in drafts}
-        kept: dict[str, float] = {}
-        run(model, None, batch, 8)  # warm-up
-        for _ in range(args.rounds):
-            for name, draft in drafts.items():
-                drafter = None if draft is None else Drafter(draft, args.draft_tokens, 512)
-                rates[name].append(run(model, drafter, batch, args.tokens))
-                if drafter is not None:
-                    kept[name] = drafter.stats.rate
-        base = statistics.median(rates["none"])
-        for name, got in rates.items():
-            rate = statistics.median(got)
-            accept = f"  acceptance {kept[name]:.2f}" if name in kept else ""
-            print(
-                f"{streams} streams, draft {name:6s}: {rate:6.1f} tok/s {rate / base:5.2f}x{accept}"
-            )
+    tokenizer, cases = early_exit_cases(args) if args.early_exit else demo_cases(args)
+    results = {}
+    for streams in args.streams if cases else []:
+        results[streams] = measure(args, tokenizer, cases, streams)
+        report(streams, results[streams])
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args), "results": results}, default=str))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 # The GPU run behind "Speculative decoding with an early-exit draft" in BENCHMARKS.md: an
 # 8B-shaped bf16 target and its early-exit draft (its first 4 of 32 layers, benchmarks/early_exit.py),
-# the engine's loop with and without the draft at 1, 8 and 64 streams beside mlx_lm's single
-# stream (in-process, then `mlx_lm generate` with and without --draft-model), and quantized keys
-# and values on the 8B model at 1, 8 and 32 streams. Run on the GPU machine from the project root,
+# the engine's loop without the draft and with it (fixed and adaptive depth) at 1, 8 and 64
+# streams beside mlx_lm's single stream (in-process, then `mlx_lm generate` with and without
+# --draft-model), and quantized keys and values on the 8B model at 1, 8 and 32 streams. Run on the GPU machine from the project root,
 # after the mlx-cuda wheels are installed (../shared/gpu/README.md) and with the demo's tokenizer
 # files in $TOK (default .gputok/); writes JSON and logs under $OUT, ~10 minutes.
 #   bash benchmarks/gpu_drafts.sh
@@ -25,6 +25,7 @@ python3 benchmarks/early_exit.py "$PAIR" --preset "$PRESET" ${LAYERS:+--layers $
   --draft-layers "${DRAFT_LAYERS:-4}" --tail-scale $SCALES $TOKFLAG 2>&1 | tee "$OUT/pair.txt"
 python3 benchmarks/speculative.py --early-exit "$PAIR" --tail-scale $SCALES \
   --streams ${STREAMS:-1 8 64} --tokens "$TOKENS" --draft-tokens 4 --rounds 3 --mlx-lm \
+  --depths fixed adaptive \
   --json "$OUT/speculative.json" 2>&1 | tee "$OUT/speculative.txt"
 # mlx_lm.generate's own command, single stream, without and with the draft.
 for draft in "" "--draft-model $PAIR/draft --num-draft-tokens 4"; do

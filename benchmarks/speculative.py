@@ -24,6 +24,9 @@ real chat prompts, greedy. Drafts:
 
   `none` is the tail-scale-0 target decoding plainly; `--mlx-lm` adds mlx_lm's single stream
   (`stream_generate`, plain and speculative with the same pair) at one stream.
+`--depths fixed adaptive` runs each drafting case with both draft_depth rules (fixed: always
+`--draft-tokens`; adaptive: as many as pay, priced by the two models' weight bytes as the
+engine prices them, `engine/draft_depth.py`).
 Each case runs `--rounds` times, interleaved; the median is printed (the machine is shared).
 """
 
@@ -171,11 +174,35 @@ def mlx_lm_tok_s(model: Any, tokenizer: Any, prompt: list[int], args: argparse.N
     return (len(times) - 1) / (times[-1] - times[0]), from_draft / len(times)
 
 
+def with_depths(cases: list[Case], depths: list[str]) -> list[Case]:
+    """Each drafting case once per depth rule; an adaptive one is named so."""
+    out: list[Case] = []
+    for name, target, draft in cases:
+        for depth in depths if draft is not None else ["fixed"]:
+            out.append((name if depth == "fixed" else f"{name} adaptive", target, draft))
+    return out
+
+
+def drafter_of(name: str, target: Any, draft: Any, args: argparse.Namespace) -> Any:
+    """The engine's drafter for a case: a fixed depth, or the adaptive one priced by the two
+    models' weight bytes as the engine prices it."""
+    from mlx.utils import tree_flatten
+
+    from mlxdeploy.engine.draft_depth import draft_cost
+    from mlxdeploy.engine.speculative import Drafter
+
+    cost = None
+    if name.endswith(" adaptive"):
+        size = {
+            id(m): sum(a.nbytes for _, a in tree_flatten(m.parameters())) for m in (target, draft)
+        }
+        cost = draft_cost(size[id(draft)], size[id(target)])
+    return Drafter(draft, args.draft_tokens, 512, cost=cost)
+
+
 def measure(args: argparse.Namespace, tokenizer: Any, cases: list[Case], streams: int) -> dict:
     """Median tokens/s of each case at `streams` streams over interleaved rounds (with
     mlx_lm's single stream beside the engine's at one stream), and acceptance rates."""
-    from mlxdeploy.engine.speculative import Drafter
-
     batch = prompts(tokenizer, streams)
     rates: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     kept: dict[str, float] = {}
@@ -185,7 +212,7 @@ def measure(args: argparse.Namespace, tokenizer: Any, cases: list[Case], streams
     run(cases[0][1], None, batch, 8)  # warm-up
     for _ in range(args.rounds):
         for name, target, draft in cases:
-            drafter = None if draft is None else Drafter(draft, args.draft_tokens, 512)
+            drafter = None if draft is None else drafter_of(name, target, draft, args)
             rates[name].append(run(target, drafter, batch, args.tokens))
             if drafter is not None:
                 kept[name] = drafter.stats.rate
@@ -227,10 +254,18 @@ def main() -> None:
     parser.add_argument("--early-exit", type=Path, help="the early-exit pairs' directory")
     parser.add_argument("--mlx-lm", action="store_true", help="mlx_lm's single stream beside")
     parser.add_argument("--json", type=Path, help="write the results there too")
+    parser.add_argument(
+        "--depths",
+        nargs="+",
+        choices=["fixed", "adaptive"],
+        default=["fixed"],
+        help="draft_depth rules to run each drafting case with",
+    )
     add_shape_args(parser)
     args = parser.parse_args()
     print(load_fast_blas())
     tokenizer, cases = early_exit_cases(args) if args.early_exit else demo_cases(args)
+    cases = with_depths(cases, args.depths)
     results = {}
     for streams in args.streams if cases else []:
         results[streams] = measure(args, tokenizer, cases, streams)

@@ -11,10 +11,12 @@ from mlxdeploy.engine.draft_depth import (
     GAIN,
     PROBE,
     Acceptance,
+    batch_depth,
     best_depth,
     draft_cost,
     tokens_per_time,
 )
+from mlxdeploy.engine.speculative import Drafter, DraftStats
 
 
 def test_tokens_per_time_is_the_expected_run_of_kept_guesses() -> None:
@@ -52,17 +54,32 @@ def test_a_row_estimate_follows_its_guesses() -> None:
     assert row.rate == 0.5
     for _ in range(30):
         row.record(guessed=4, kept=4)
-    assert row.rate > 0.95 and row.depth(cost=0.1, limit=4) == 4
+    assert row.rate > 0.95 and best_depth(row.rate, cost=0.1, limit=4) == 4
     for _ in range(30):
         row.record(guessed=4, kept=0)
     assert row.rate < 0.2  # a miss is one trial, however many guesses it ends
-
-
-def test_a_row_no_depth_pays_for_still_probes_now_and_then() -> None:
-    row = Acceptance.starting(0.0)
-    depths = [row.depth(cost=0.1, limit=4) for _ in range(3 * PROBE)]
-    assert depths.count(1) == 3 * PROBE - PROBE + 1  # once idle PROBE steps, it probes each step
-    row.record(guessed=1, kept=0)  # a probe that missed: idle again
-    assert [row.depth(cost=0.1, limit=4) for _ in range(PROBE - 1)] == [0] * (PROBE - 1)
-    assert row.depth(cost=0.1, limit=4) == 1
     assert draft_cost(1, 10) == 0.1 and draft_cost(1, 1000) > 0  # a floor for tiny drafts
+
+
+def test_the_whole_batch_waits_for_the_draft() -> None:
+    """Rows that do not guess still wait for the draft passes: the more of them, the less
+    the guessing rows may guess; a batch of good guessers guesses as one row would."""
+    assert batch_depth([0.8] * 8, plain=0, cost=0.1, limit=4) == best_depth(0.8, 0.1, 4) == 4
+    depths = [batch_depth([0.6], plain=n, cost=0.2, limit=4) for n in (0, 1, 3, 7)]
+    assert depths == sorted(depths, reverse=True) and depths[0] > 0 and depths[-1] == 0
+    assert batch_depth([0.9, 0.1, 0.1, 0.1], 0, cost=0.25, limit=4) < best_depth(0.9, 0.25, 4)
+    assert batch_depth([], plain=8, cost=0.1, limit=4) == 0
+
+
+def test_rows_no_depth_pays_for_guess_one_token_every_probe_steps() -> None:
+    drafter = Drafter.__new__(Drafter)  # the depth rule alone: no model, no slots
+    drafter.cost, drafter.idle, drafter.acceptance = 0.1, 0, {}
+    drafter.stats = DraftStats(drafted=100, accepted=0)  # new rows start from rate 0
+    asked = {0: (10, 4), 1: (11, 2)}
+    steps = [drafter.depths(asked, rows=3) for _ in range(2 * PROBE)]
+    assert [i for i, d in enumerate(steps) if d] == [PROBE - 1, 2 * PROBE - 1]
+    assert steps[PROBE - 1] == {0: 1, 1: 1}
+    drafter.stats = DraftStats(drafted=100, accepted=100)  # a new row starts from rate 1
+    assert drafter.depths({2: (12, 4)}, rows=1) == {2: 4}
+    drafter.cost = None  # a fixed depth: every row its most
+    assert drafter.depths(asked, rows=3) == {0: 4, 1: 2}

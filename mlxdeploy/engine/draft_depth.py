@@ -1,12 +1,18 @@
-"""How many tokens to guess for a speculating row: as many as pay for themselves.
+"""How many tokens the speculating rows of a step guess: as many as pay for themselves.
 
 A guess costs one pass of the draft, `cost` of a pass of the model (the draft's weight bytes
 over the model's, with a floor for a pass's fixed overhead: decode reads the weights), and
-each guess stands with probability `a`, the row's acceptance so far. k guesses give
-(1 - a^(k+1)) / (1 - a) tokens, on average, for the time of 1 + k * cost passes: the depth
-with the most tokens per unit of time is taken, within the batch's budget
-(`speculative.depth`), and 0 unless it beats plain decoding by `GAIN`. A row for which no
-depth pays guesses one token every `PROBE` steps, so that its estimate follows its text.
+each guess of a row stands with probability `a`, the row's acceptance so far. k guesses give
+the row (1 - a^(k+1)) / (1 - a) tokens on average, where a plain step gives 1; and the whole
+batch waits for the k draft passes, rows that do not guess included. So the step's depth is
+the k with the most tokens per unit of time over every row of the batch,
+
+    (sum over guessing rows of (1 - a^(k+1)) / (1 - a) + rows not guessing) / (rows (1 + k cost)),
+
+within the batch's budget (`speculative.depth`), and 0 (a plain step) unless that beats plain
+decoding by `GAIN`. Rows whose own guesses do not pay even alone (`best_depth` 0) do not
+guess. While no depth pays, every `PROBE` steps the rows guess one token each, so that their
+estimates follow their text.
 
 Acceptance is estimated row by row, since it follows what the row writes (code and quoted
 text are guessed far better than prose): a verification of k guesses of which m stand is m
@@ -17,31 +23,48 @@ before any).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 GAIN = 1.05  # tokens per unit of time over plain decoding that drafting must promise
-PROBE = 16  # steps between single guesses of a row no depth pays for
+PROBE = 16  # steps between single guesses while no depth pays
 DECAY = 0.9  # weight of past trials per verification
 PRIOR = 4.0  # trials a new row starts with, at the model's acceptance so far
 FIRST_RATE = 0.6  # the rate a row starts from before the model has verified guesses
 MIN_COST = 0.05  # a draft pass's cost, at least (launch and sampling overhead)
 
 
-def tokens_per_time(acceptance: float, k: int, cost: float) -> float:
-    """Tokens a row gets per plain pass's time with k guesses (module docstring)."""
+def expected_tokens(acceptance: float, k: int) -> float:
+    """Tokens a row gets from a step with k guesses: its kept run plus the model's own."""
     if acceptance >= 1.0:
-        expected = k + 1.0
-    else:
-        expected = (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
-    return expected / (1.0 + k * cost)
+        return k + 1.0
+    return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
+
+
+def tokens_per_time(acceptance: float, k: int, cost: float) -> float:
+    """Tokens a row alone gets per plain pass's time with k guesses."""
+    return expected_tokens(acceptance, k) / (1.0 + k * cost)
 
 
 def best_depth(acceptance: float, cost: float, limit: int) -> int:
-    """The depth up to `limit` with the most tokens per unit of time; 0 (plain decoding)
-    unless that beats plain by GAIN."""
-    rates = [tokens_per_time(acceptance, k, cost) for k in range(limit + 1)]
-    best = max(range(limit + 1), key=lambda k: (rates[k], -k))
-    return best if rates[best] >= GAIN else 0
+    """The depth up to `limit` with the most tokens per unit of time for a row alone; 0
+    (plain decoding) unless that beats plain by GAIN."""
+    return batch_depth([acceptance], 0, cost, limit)
+
+
+def batch_depth(rates: Sequence[float], plain: int, cost: float, limit: int) -> int:
+    """The depth for rows guessing with acceptances `rates` beside `plain` rows that do not
+    (module docstring); 0 unless it beats a plain step by GAIN."""
+    rows = len(rates) + plain
+    if not rates or limit <= 0:
+        return 0
+
+    def speed(k: int) -> float:
+        made = sum(expected_tokens(a, k) for a in rates) + plain
+        return made / (rows * (1.0 + k * cost))
+
+    best = max(range(limit + 1), key=lambda k: (speed(k), -k))
+    return best if speed(best) >= GAIN else 0
 
 
 @dataclass
@@ -50,7 +73,6 @@ class Acceptance:
 
     stood: float
     fell: float
-    idle: int = 0  # steps since this row last guessed
 
     @classmethod
     def starting(cls, rate: float) -> Acceptance:
@@ -64,16 +86,6 @@ class Acceptance:
     def record(self, guessed: int, kept: int) -> None:
         self.stood = self.stood * DECAY + kept
         self.fell = self.fell * DECAY + (1 if kept < guessed else 0)
-        self.idle = 0
-
-    def depth(self, cost: float, limit: int) -> int:
-        """Guesses for this row's next step: the best depth, or a probe now and then."""
-        k = best_depth(self.rate, cost, limit)
-        if k == 0 and limit > 0:
-            self.idle += 1
-            if self.idle >= PROBE:
-                return 1
-        return k
 
 
 def draft_cost(draft_bytes: int, model_bytes: int) -> float:

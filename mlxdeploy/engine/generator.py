@@ -334,8 +334,9 @@ class SlotGenerator:
         if self.kv is not None:
             limits = {s: self._below_start(s, n) for s, n in limits.items()}
         self.drafter.forget({r.uid for r in self._decoding.values()})
-        limits = {s: self.drafter.depth_of(rows[s].uid, n) for s, n in limits.items()}
-        return {s: n for s, n in limits.items() if n > 0}
+        asked = {s: (rows[s].uid, n) for s, n in limits.items() if n > 0}
+        guesses = self.drafter.depths(asked, len(self._decoding))
+        return {s: n for s, n in guesses.items() if n > 0}
 
     def _below_start(self, slot: int, limit: int) -> int:
         """At most `limit` guesses of row `slot` on a cache quantized from `kv.start` on.

@@ -48,14 +48,14 @@ compute-bound already; more guessed positions would cost more than they save.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-from .draft_depth import FIRST_RATE, Acceptance
+from .draft_depth import FIRST_RATE, PROBE, Acceptance, batch_depth, best_depth
 from .storage import Slots
 
 DRAFT_BUDGET = 32  # most guessed tokens one verification pass reads, over all its rows
@@ -121,19 +121,38 @@ class Drafter:
     # many tokens as pay; None: every row guesses as many as it may.
     cost: float | None = None
     acceptance: dict[int, Acceptance] = field(default_factory=dict)  # uid -> its guesses
+    idle: int = 0  # steps since the rows last guessed (adaptive depth)
 
     def __post_init__(self) -> None:
         self.slots = Slots.for_model(self.model, self.chunk)
 
-    def depth_of(self, uid: int, limit: int) -> int:
-        """Guesses for row `uid` this step, at most `limit`."""
-        if self.cost is None or limit == 0:
-            return limit
+    def depths(self, limits: Mapping[int, tuple[int, int]], rows: int) -> dict[int, int]:
+        """slot -> guesses this step for the rows that may guess (slot -> (uid, most
+        guesses)) in a batch of `rows` decoding rows: each its most at a fixed depth, else
+        the depth that pays over the batch (`draft_depth.py`)."""
+        if self.cost is None:
+            return {slot: limit for slot, (_, limit) in limits.items()}
+        rates = {slot: self._rate(uid) for slot, (uid, _) in limits.items()}
+        cost = self.cost
+        guessing = {s: limit for s, (_, limit) in limits.items()
+                    if best_depth(rates[s], cost, limit) > 0}  # fmt: skip
+        most = max(guessing.values(), default=0)
+        k = batch_depth([rates[s] for s in guessing], rows - len(guessing), cost, most)
+        if k > 0:
+            self.idle = 0
+            return {s: min(k, limit) for s, limit in guessing.items()}
+        self.idle += 1
+        if self.idle < PROBE:
+            return {}
+        self.idle = 0
+        return {slot: min(1, limit) for slot, (_, limit) in limits.items()}
+
+    def _rate(self, uid: int) -> float:
         row = self.acceptance.get(uid)
         if row is None:
             rate = self.stats.rate if self.stats.drafted else FIRST_RATE
             row = self.acceptance[uid] = Acceptance.starting(rate)
-        return row.depth(self.cost, limit)
+        return row.rate
 
     def record(self, uid: int, guessed: int, kept: int) -> None:
         """Row `uid` guessed `guessed` tokens this step, of which its first `kept` stood."""

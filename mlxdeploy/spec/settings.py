@@ -427,9 +427,10 @@ _NUM_DRAFT_HELP = (
 )
 
 _DRAFT_DEPTH_HELP = (
-    "adaptive: each request guesses as many tokens (up to num_draft_tokens) as pay for "
-    "themselves, from how often its guesses stand and the draft's size against the model's, "
-    "and none while none pay; fixed: always num_draft_tokens (within the batch's budget)."
+    "adaptive: each step guesses as many tokens (up to num_draft_tokens) as pay for "
+    "themselves over the batch, from how often each request's guesses stand and the draft's "
+    "size against the model's, and none while none pay; fixed: always num_draft_tokens "
+    "(within the batch's budget)."
 )
 DraftDepth = Literal["adaptive", "fixed"]
 

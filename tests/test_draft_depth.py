@@ -11,12 +11,12 @@ from mlxdeploy.engine.draft_depth import (
     GAIN,
     PROBE,
     Acceptance,
+    DepthRule,
     batch_depth,
     best_depth,
     draft_cost,
     tokens_per_time,
 )
-from mlxdeploy.engine.speculative import Drafter, DraftStats
 
 
 def test_tokens_per_time_is_the_expected_run_of_kept_guesses() -> None:
@@ -72,14 +72,14 @@ def test_the_whole_batch_waits_for_the_draft() -> None:
 
 
 def test_rows_no_depth_pays_for_guess_one_token_every_probe_steps() -> None:
-    drafter = Drafter.__new__(Drafter)  # the depth rule alone: no model, no slots
-    drafter.cost, drafter.idle, drafter.acceptance = 0.1, 0, {}
-    drafter.stats = DraftStats(drafted=100, accepted=0)  # new rows start from rate 0
+    rule = DepthRule(cost=0.1)
     asked = {0: (10, 4), 1: (11, 2)}
-    steps = [drafter.depths(asked, rows=3) for _ in range(2 * PROBE)]
+    steps = [rule.depths(asked, batch=3, prior=0.0) for _ in range(2 * PROBE)]
     assert [i for i, d in enumerate(steps) if d] == [PROBE - 1, 2 * PROBE - 1]
     assert steps[PROBE - 1] == {0: 1, 1: 1}
-    drafter.stats = DraftStats(drafted=100, accepted=100)  # a new row starts from rate 1
-    assert drafter.depths({2: (12, 4)}, rows=1) == {2: 4}
-    drafter.cost = None  # a fixed depth: every row its most
-    assert drafter.depths(asked, rows=3) == {0: 4, 1: 2}
+    assert rule.depths({2: (12, 4)}, batch=1, prior=1.0) == {2: 4}  # a new row, at the prior
+    rule.record(12, guessed=4, kept=0)
+    rule.forget({10, 11, 12})
+    assert set(rule.rows) == {10, 11, 12} and rule.rows[12].rate < 1.0
+    rule.forget({12})
+    assert set(rule.rows) == {12}

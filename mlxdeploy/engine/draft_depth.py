@@ -23,8 +23,8 @@ before any).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 GAIN = 1.05  # tokens per unit of time over plain decoding that drafting must promise
 PROBE = 16  # steps between single guesses while no depth pays
@@ -86,6 +86,50 @@ class Acceptance:
     def record(self, guessed: int, kept: int) -> None:
         self.stood = self.stood * DECAY + kept
         self.fell = self.fell * DECAY + (1 if kept < guessed else 0)
+
+
+@dataclass
+class DepthRule:
+    """The adaptive depth of one model's drafting: its rows' estimates and the batch's
+    probes (module docstring)."""
+
+    cost: float  # a draft pass in passes of the model
+    rows: dict[int, Acceptance] = field(default_factory=dict)  # uid -> its guesses
+    idle: int = 0  # steps since the rows last guessed
+
+    def depths(
+        self, limits: Mapping[int, tuple[int, int]], batch: int, prior: float
+    ) -> dict[int, int]:
+        """slot -> guesses this step for the rows that may guess (slot -> (uid, most
+        guesses)) in a batch of `batch` decoding rows; `prior`: a new row's acceptance."""
+        rates = {slot: self._rate(uid, prior) for slot, (uid, _) in limits.items()}
+        guessing = {s: limit for s, (_, limit) in limits.items()
+                    if best_depth(rates[s], self.cost, limit) > 0}  # fmt: skip
+        most = max(guessing.values(), default=0)
+        k = batch_depth([rates[s] for s in guessing], batch - len(guessing), self.cost, most)
+        if k > 0:
+            self.idle = 0
+            return {s: min(k, limit) for s, limit in guessing.items()}
+        self.idle += 1
+        if self.idle < PROBE:
+            return {}
+        self.idle = 0
+        return {slot: min(1, limit) for slot, (_, limit) in limits.items()}
+
+    def record(self, uid: int, guessed: int, kept: int) -> None:
+        if uid in self.rows:
+            self.rows[uid].record(guessed, kept)
+
+    def forget(self, live: set[int]) -> None:
+        """Drop the estimates of rows that are gone."""
+        for uid in self.rows.keys() - live:
+            del self.rows[uid]
+
+    def _rate(self, uid: int, prior: float) -> float:
+        row = self.rows.get(uid)
+        if row is None:
+            row = self.rows[uid] = Acceptance.starting(prior)
+        return row.rate
 
 
 def draft_cost(draft_bytes: int, model_bytes: int) -> float:

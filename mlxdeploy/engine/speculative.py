@@ -55,7 +55,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-from .draft_depth import FIRST_RATE, PROBE, Acceptance, batch_depth, best_depth
+from .draft_depth import FIRST_RATE, DepthRule
 from .storage import Slots
 
 DRAFT_BUDGET = 32  # most guessed tokens one verification pass reads, over all its rows
@@ -117,54 +117,34 @@ class Drafter:
     slots: Slots = field(init=False)
     owners: dict[int, int] = field(default_factory=dict)  # slot -> uid its cache holds
     stats: DraftStats = field(default_factory=DraftStats)
-    # A draft pass's time in passes of the model (`draft_depth.py`): each row guesses as
-    # many tokens as pay; None: every row guesses as many as it may.
+    # A draft pass's time in passes of the model (`draft_depth.py`): each step guesses as
+    # deep as pays; None: every row guesses as many as it may.
     cost: float | None = None
-    acceptance: dict[int, Acceptance] = field(default_factory=dict)  # uid -> its guesses
-    idle: int = 0  # steps since the rows last guessed (adaptive depth)
+    rule: DepthRule | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.slots = Slots.for_model(self.model, self.chunk)
+        self.rule = None if self.cost is None else DepthRule(self.cost)
 
     def depths(self, limits: Mapping[int, tuple[int, int]], rows: int) -> dict[int, int]:
         """slot -> guesses this step for the rows that may guess (slot -> (uid, most
-        guesses)) in a batch of `rows` decoding rows: each its most at a fixed depth, else
-        the depth that pays over the batch (`draft_depth.py`)."""
-        if self.cost is None:
+        guesses)) in a batch of `rows` decoding rows."""
+        if self.rule is None:
             return {slot: limit for slot, (_, limit) in limits.items()}
-        rates = {slot: self._rate(uid) for slot, (uid, _) in limits.items()}
-        cost = self.cost
-        guessing = {s: limit for s, (_, limit) in limits.items()
-                    if best_depth(rates[s], cost, limit) > 0}  # fmt: skip
-        most = max(guessing.values(), default=0)
-        k = batch_depth([rates[s] for s in guessing], rows - len(guessing), cost, most)
-        if k > 0:
-            self.idle = 0
-            return {s: min(k, limit) for s, limit in guessing.items()}
-        self.idle += 1
-        if self.idle < PROBE:
-            return {}
-        self.idle = 0
-        return {slot: min(1, limit) for slot, (_, limit) in limits.items()}
-
-    def _rate(self, uid: int) -> float:
-        row = self.acceptance.get(uid)
-        if row is None:
-            rate = self.stats.rate if self.stats.drafted else FIRST_RATE
-            row = self.acceptance[uid] = Acceptance.starting(rate)
-        return row.rate
+        prior = self.stats.rate if self.stats.drafted else FIRST_RATE
+        return self.rule.depths(limits, rows, prior)
 
     def record(self, uid: int, guessed: int, kept: int) -> None:
         """Row `uid` guessed `guessed` tokens this step, of which its first `kept` stood."""
         self.stats.drafted += guessed
         self.stats.accepted += kept
-        if uid in self.acceptance:
-            self.acceptance[uid].record(guessed, kept)
+        if self.rule is not None:
+            self.rule.record(uid, guessed, kept)
 
     def forget(self, live: set[int]) -> None:
-        """Drop the estimates of rows that are gone."""
-        for uid in self.acceptance.keys() - live:
-            del self.acceptance[uid]
+        """Drop what is kept of rows that are gone."""
+        if self.rule is not None:
+            self.rule.forget(live)
 
     @staticmethod
     def check(target: Any, draft: Any) -> None:
@@ -181,7 +161,8 @@ class Drafter:
     def reset(self) -> None:
         self.slots = self.slots.empty()
         self.owners.clear()
-        self.acceptance.clear()
+        if self.rule is not None:
+            self.rule = DepthRule(self.rule.cost)
 
     def draft(
         self, rows: Sequence[tuple[int, int, list[int]]], k: int, samplers: Sequence[Any]

@@ -119,6 +119,26 @@ def test_batched_greedy_tokens_match_mlx_lm_quantized_stream(
     assert cache.keys[0].shape[-1] == CONFIG["head_dim"] * kv.bits // 32
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_attention_on_dequantized_reads_gives_the_same_tokens(model: Any, bits: int) -> None:
+    """`on_read` (mlx's CUDA backend, which lacks quantized matmuls of prompt shapes): the
+    slots hold the same quantized data and attention reads it dequantized through the fused
+    kernel; the batched greedy tokens are the quantized path's."""
+    prompts = _prompts(20 + bits)
+    lengths = [10 - (i % 3) * 3 for i in range(len(prompts))]
+    tokens = []
+    for on_read in (False, True):
+        kv = KVQuantization(bits, 32, on_read=on_read)
+        generator = SlotGenerator(
+            model, completion_batch_size=16, prefill_batch_size=2, prefill_step_size=CHUNK, kv=kv
+        )
+        tokens.append(_batched(generator, prompts, lengths))
+        cache = generator.slots.caches[0]
+        assert isinstance(cache, SlotQuantizedKVCache) and cache.keys is not None
+        assert cache.keys[0].dtype == mx.uint32  # kept quantized either way
+    assert tokens[0] == tokens[1]
+
+
 def test_quantization_changes_tokens(model: Any) -> None:
     """The comparison above is not vacuous: 4-bit keys change some of the tokens."""
     prompts = _prompts(4)

@@ -29,7 +29,8 @@ full precision (their ring is bounded anyway; mlx-lm cannot quantize them at all
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
@@ -55,11 +56,15 @@ Quantized = list[mx.array]  # (data, scales, biases)
 @dataclass(frozen=True)
 class KVQuantization:
     """How a model's keys and values are kept: `bits` per element in groups of
-    `group_size`, from token position `start` on."""
+    `group_size`, from token position `start` on. `on_read`: attention reads them
+    dequantized (a transient full-precision copy per layer and call, through the fused
+    kernel) instead of through `mx.quantized_matmul`, which mlx's CUDA backend lacks for
+    prompt-shaped calls; the cache stays quantized either way."""
 
     bits: int
     group_size: int = 64
     start: int = 0
+    on_read: bool = field(default_factory=lambda: cuda_backend())
 
     def holder(self, slots: Slots) -> SlotQuantizedKVCache:
         """What `Slots.for_model` puts in each full-attention layer."""
@@ -70,6 +75,10 @@ class KVQuantization:
         load, instead of at a request."""
         for width in sorted(head_sizes(model)):
             self._check_width(width)
+
+    def dequantize(self, parts: Sequence[mx.array]) -> mx.array:
+        data, scales, biases = parts
+        return mx.dequantize(data, scales, biases, group_size=self.group_size, bits=self.bits)
 
     def quantize(self, a: mx.array) -> Quantized:
         self._check_width(a.shape[-1])
@@ -105,6 +114,11 @@ def head_sizes(model: Any) -> set[int]:
     return widths
 
 
+def cuda_backend() -> bool:
+    """Whether MLX runs on its CUDA backend (a GPU that is not Metal's)."""
+    return bool(mx.default_device() == mx.gpu and not mx.metal.is_available())
+
+
 class SlotQuantizedKVCache(SlotKeysCache):
     """One layer's keys and values, quantized slot by slot (module docstring)."""
 
@@ -126,7 +140,7 @@ class SlotQuantizedKVCache(SlotKeysCache):
     def bits(self) -> int:
         """Present only while the planned call reads quantized keys: mlx-lm's attention
         checks `hasattr(cache, "bits")` to take its quantized path."""
-        if not self._is_quantized(self._active().call):
+        if self.quantization.on_read or not self._is_quantized(self._active().call):
             raise AttributeError("bits")
         return self.quantization.bits
 
@@ -160,7 +174,11 @@ class SlotQuantizedKVCache(SlotKeysCache):
         for i in lagging:
             row, length = call.rows[i], call.starts[i]
             self._lag(row, length, keys[i : i + 1], values[i : i + 1])
-        return _read(self.keys, call), _read(self.values, call)
+        read_keys, read_values = _read(self.keys, call), _read(self.values, call)
+        if self.quantization.on_read:
+            q = self.quantization
+            return q.dequantize(read_keys), q.dequantize(read_values)
+        return read_keys, read_values
 
     def _lag(self, slot: int, length: int, keys: mx.array, values: mx.array) -> None:
         """A row below `start` in a quantized call: its new keys join its full-precision

@@ -20,7 +20,8 @@ from mlxdeploy.engine.quantized_slots import KVQuantization, SlotQuantizedKVCach
 from mlxdeploy.engine.sampling import greedy
 from mlxdeploy.engine.speculative import Drafter
 from mlxdeploy.engine.storage import Call, Slots
-from tests.test_quantized_kv import CONFIG, VOCAB, _batched, _single
+from tests.batched import batched as _batched
+from tests.test_quantized_kv import CONFIG, VOCAB, _single
 
 CHUNK = 16
 

@@ -25,6 +25,7 @@ from mlxdeploy.engine.sampling import greedy
 from mlxdeploy.footprint import kv_bytes_per_token
 from mlxdeploy.spec import SpecError, load_spec
 from mlxdeploy.spec.settings import QUANTIZED_KV_CHUNK
+from tests.batched import batched as _batched
 
 VOCAB = 512
 CHUNK = 16
@@ -60,32 +61,6 @@ def _single(model: Any, prompt: list[int], n: int, kv: KVQuantization) -> list[i
         args.update(kv_bits=kv.bits, kv_group_size=kv.group_size, quantized_kv_start=kv.start)
     steps = generate_step(mx.array(prompt), model, max_tokens=n, sampler=greedy, **args)
     return [int(token) for (token, _), _ in zip(steps, range(n), strict=False)]
-
-
-def _batched(
-    generator: SlotGenerator, prompts: list[list[int]], lengths: list[int]
-) -> list[list[int]]:
-    """Half the prompts at once, the rest while those decode."""
-    half = len(prompts) // 2
-    uids: list[int] = []
-    out: dict[int, list[int]] = {}
-    ended: set[int] = set()
-    steps = 0
-    while len(ended) < len(prompts):
-        if steps in (0, 3):
-            part = slice(0, half) if steps == 0 else slice(half, None)
-            batch = prompts[part]
-            new = generator.insert_segments(
-                [[p] for p in batch], max_tokens=lengths[part], samplers=[greedy] * len(batch)
-            )
-            uids += new
-            out.update({u: [] for u in new})
-        for r in generator.next()[1]:
-            out[r.uid].append(r.token)
-            if r.finish_reason is not None:
-                ended.add(r.uid)
-        steps += 1
-    return [out[u] for u in uids]
 
 
 def _prompts(seed: int, n: int = 10) -> list[list[int]]:

@@ -25,6 +25,7 @@ from mlxdeploy.engine.speculative import (
     distributions,
     verify,
 )
+from tests.batched import batched as _batched
 
 VOCAB = 512
 CONFIG = {
@@ -55,34 +56,6 @@ def _louder(path: str, weight: mx.array) -> mx.array:
 def _single(model: Any, prompt: list[int], n: int) -> list[int]:
     steps = generate_step(mx.array(prompt), model, max_tokens=n, sampler=greedy)
     return [int(token) for (token, _), _ in zip(steps, range(n), strict=False)]
-
-
-def _batched(
-    generator: SlotGenerator, prompts: list[list[int]], lengths: list[int], **extra: Any
-) -> list[list[int]]:
-    """Half the prompts at once, the rest while those decode."""
-    half = len(prompts) // 2
-    uids: list[int] = []
-    out: dict[int, list[int]] = {}
-    ended: set[int] = set()
-    steps = 0
-    while len(ended) < len(prompts):
-        if steps in (0, 3):
-            part = slice(None, half) if steps == 0 else slice(half, None)
-            kwargs = {key: value[part] for key, value in extra.items()}
-            new = generator.insert_segments(
-                [[p] for p in prompts[part]], max_tokens=lengths[part],
-                samplers=[greedy] * len(prompts[part]), **kwargs,
-            )  # fmt: skip
-            uids += new
-            out.update({u: [] for u in new})
-        _, responses = generator.next()
-        for r in responses:
-            out[r.uid].append(r.token)
-            if r.finish_reason is not None:
-                ended.add(r.uid)
-        steps += 1
-    return [out[u] for u in uids]
 
 
 def _prompts(seed: int, n: int) -> list[list[int]]:

@@ -53,6 +53,11 @@ from .storage import (
 Quantized = list[mx.array]  # (data, scales, biases)
 
 
+def cuda_backend() -> bool:
+    """Whether MLX runs on its CUDA backend (a GPU that is not Metal's)."""
+    return bool(mx.default_device() == mx.gpu and not mx.metal.is_available())
+
+
 @dataclass(frozen=True)
 class KVQuantization:
     """How a model's keys and values are kept: `bits` per element in groups of
@@ -64,7 +69,7 @@ class KVQuantization:
     bits: int
     group_size: int = 64
     start: int = 0
-    on_read: bool = field(default_factory=lambda: cuda_backend())
+    on_read: bool = field(default_factory=cuda_backend)
 
     def holder(self, slots: Slots) -> SlotQuantizedKVCache:
         """What `Slots.for_model` puts in each full-attention layer."""
@@ -112,11 +117,6 @@ def head_sizes(model: Any) -> set[int]:
     caches = [_Widths(widths) if type(c) is KVCache else c for c in make_prompt_cache(model)]
     model(mx.array([[0]]), cache=caches)
     return widths
-
-
-def cuda_backend() -> bool:
-    """Whether MLX runs on its CUDA backend (a GPU that is not Metal's)."""
-    return bool(mx.default_device() == mx.gpu and not mx.metal.is_available())
 
 
 class SlotQuantizedKVCache(SlotKeysCache):

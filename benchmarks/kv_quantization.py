@@ -92,13 +92,34 @@ def logprobs(model: Any, cache: list[Any], prompt: list[int], follow: list[int])
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
+class RoundTrip(KVCache):
+    """Keys and values stored as their quantized codes read back: what attention reads from
+    a quantized cache through dequantized reads (mlx's CUDA backend, where mlx-lm's
+    `QuantizedKVCache` fails on prompt-shaped calls)."""
+
+    def __init__(self, kv: KVQuantization):
+        super().__init__()
+        self.kv = kv
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        kv = self.kv
+        return super().update_and_fetch(
+            kv.dequantize(kv.quantize(keys)), kv.dequantize(kv.quantize(values))
+        )
+
+
+def quantized_caches(model: Any, kv: KVQuantization) -> list[Any]:
+    if kv.on_read:
+        return [RoundTrip(kv) for _ in make_prompt_cache(model)]
+    return [QuantizedKVCache(kv.group_size, kv.bits) for _ in make_prompt_cache(model)]
+
+
 def divergence(model: Any, kv: KVQuantization, batch: list[list[int]], full: list) -> list:
     """KL(full || quantized) per token, each prompt followed by full precision's tokens."""
     kls: list[float] = []
     for prompt, follow in zip(batch, full, strict=True):
         plain = logprobs(model, [KVCache() for _ in make_prompt_cache(model)], prompt, follow)
-        caches = [QuantizedKVCache(kv.group_size, kv.bits) for _ in make_prompt_cache(model)]
-        small = logprobs(model, caches, prompt, follow)
+        small = logprobs(model, quantized_caches(model, kv), prompt, follow)
         kl = (mx.exp(plain) * (plain - small)).sum(axis=-1)
         kls.extend(kl.tolist())  # type: ignore[arg-type]
     return kls

@@ -189,6 +189,8 @@ class Drafter:
                 last = self.model(guesses[-1][:, None], cache=self.slots.caches)[:, -1]
                 self.slots.advance(slots, [1] * len(slots))
             guess, q = _guess(_fit(last, self.width), samplers)
+            # Queued at once: the device runs this pass while the next one is built.
+            mx.async_eval(guess, *(() if q is None else (q,)))
             guesses.append(guess)
             drawn.append(q)
         if drawn[0] is None:

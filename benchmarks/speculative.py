@@ -25,8 +25,8 @@ real chat prompts, greedy. Drafts:
   `none` is the tail-scale-0 target decoding plainly; `--mlx-lm` adds mlx_lm's single stream
   (`stream_generate`, plain and speculative with the same pair) at one stream.
 `--depths fixed adaptive` runs each drafting case with both draft_depth rules (fixed: always
-`--draft-tokens`; adaptive: as many as pay, priced by the two models' weight bytes as the
-engine prices them, `engine/draft_depth.py`).
+`--draft-tokens`; adaptive: as many as pay, priced by timing both models' passes as the
+engine does at load, `engine/draft_prices.py`).
 Each case runs once untimed (a GPU compiles kernels for each new shape on first use), then
 `--rounds` times, interleaved; the median is printed (the machine is shared).
 """
@@ -187,20 +187,23 @@ def with_depths(cases: list[Case], depths: list[str]) -> list[Case]:
 
 
 def drafter_of(name: str, target: Any, draft: Any, args: argparse.Namespace) -> Any:
-    """The engine's drafter for a case: a fixed depth, or the adaptive one priced by the two
-    models' weight bytes as the engine prices it."""
+    """The engine's drafter for a case: a fixed depth, or the adaptive one priced as the
+    engine prices it (both models' passes timed, `engine/draft_prices.py`)."""
     from mlx.utils import tree_flatten
 
     from mlxdeploy.engine.draft_depth import draft_cost
+    from mlxdeploy.engine.draft_prices import describe, measure
     from mlxdeploy.engine.speculative import Drafter
 
-    cost = None
+    pricing = None
     if name.endswith(" adaptive"):
         size = {
             id(m): sum(a.nbytes for _, a in tree_flatten(m.parameters())) for m in (target, draft)
         }
-        cost = draft_cost(size[id(draft)], size[id(target)])
-    return Drafter(draft, args.draft_tokens, 512, cost=cost)
+        floor = draft_cost(size[id(draft)], size[id(target)])
+        pricing = measure(target, draft, args.draft_tokens, floor)
+        print(f"{name}: {describe(pricing)}", flush=True)
+    return Drafter(draft, args.draft_tokens, 512, pricing=pricing)
 
 
 def measure(args: argparse.Namespace, tokenizer: Any, cases: list[Case], streams: int) -> dict:

@@ -13,7 +13,8 @@ import pytest
 from mlx.utils import tree_map_with_path
 from mlx_lm.generate import generate_step
 
-from mlxdeploy.engine.draft_depth import PROBE, draft_cost
+from mlxdeploy.engine.draft_depth import PROBE, ByWeights, draft_cost
+from mlxdeploy.engine.draft_prices import measure
 from mlxdeploy.engine.generator import SlotGenerator
 from mlxdeploy.engine.sampling import Filtered, Tempered, greedy
 from mlxdeploy.engine.speculative import (
@@ -90,7 +91,7 @@ def test_greedy_tokens_match_the_target_single_stream(target: Any, draft: str) -
 
 @pytest.mark.parametrize("draft", ["itself", "unrelated"])
 def test_adaptive_depth_guesses_where_guesses_stand(target: Any, draft: str) -> None:
-    """With a draft pass costing a tenth of the model's (`Drafter.cost`), rows guess as
+    """With a draft pass costing a tenth of the model's (`ByWeights`), rows guess as
     deep as they may while their guesses stand (the model drafting for itself), and stop
     guessing but for a probe now and then when none stand (an unrelated model); the tokens
     are the target's either way."""
@@ -100,13 +101,18 @@ def test_adaptive_depth_guesses_where_guesses_stand(target: Any, draft: str) -> 
     expected = [_single(target, p, n) for p, n in zip(prompts, lengths, strict=True)]
     drafted = {}
     for cost in (None, 0.1):
-        drafter = Drafter(model, num_draft_tokens=4, chunk=16, cost=cost)
+        pricing = None if cost is None else ByWeights(cost)
+        drafter = Drafter(model, num_draft_tokens=4, chunk=16, pricing=pricing)
         generator = SlotGenerator(target, completion_batch_size=8, prefill_batch_size=4,
                                   prefill_step_size=16, drafter=drafter)  # fmt: skip
         assert _batched(generator, prompts, lengths) == expected
         drafted[cost] = drafter.stats.drafted
+    assert drafter.rule is not None
+    learned = drafter.rule.pricing
+    assert learned.plain  # plain steps were timed: the drafting ones are priced against them
     if draft == "itself":
         assert drafted[0.1] >= 0.9 * drafted[None]
+        assert learned.extra != 0.0  # and its drafting steps were timed
     else:
         assert 0 < drafted[0.1] < drafted[None] / 4
 
@@ -114,12 +120,31 @@ def test_adaptive_depth_guesses_where_guesses_stand(target: Any, draft: str) -> 
 def test_a_draft_as_large_as_its_model_guesses_only_to_probe(target: Any) -> None:
     """The spec's draft costs what the model costs: no depth pays, even when every guess
     stands."""
-    drafter = Drafter(target, num_draft_tokens=4, chunk=16, cost=draft_cost(10, 10))
+    drafter = Drafter(target, num_draft_tokens=4, chunk=16, pricing=ByWeights(draft_cost(10, 10)))
     generator = SlotGenerator(target, completion_batch_size=8, prefill_step_size=16,
                               drafter=drafter)  # fmt: skip
     prompts = _prompts(10, 1)
     assert _batched(generator, prompts, [2 * PROBE]) == [_single(target, prompts[0], 2 * PROBE)]
     assert drafter.stats.drafted <= 2 and drafter.stats.rate == 1.0
+
+
+def test_prices_are_timed_on_both_models_for_every_depth_a_batch_may_guess(target: Any) -> None:
+    """Each timed batch gets a verification price for every depth its budget allows, from 1
+    (a plain pass) up, never falling as it reads more; a draft pass costs at least the floor
+    its weights set; and a measured draft as costly as its model guesses only to probe."""
+    prices = measure(target, _model(4), most=8, floor=0.5)
+    assert prices.rows == (1, 4, 16)
+    assert [len(v) for v in prices.verify] == [9, 9, 1 + DRAFT_BUDGET // 16]
+    for prices_k in prices.verify:
+        assert prices_k[0] == 1.0 and list(prices_k) == sorted(prices_k)
+    assert all(d >= 0.5 for d in prices.draft)
+    same = measure(target, target, most=4, floor=draft_cost(10, 10))
+    drafter = Drafter(target, num_draft_tokens=4, chunk=16, pricing=same)
+    generator = SlotGenerator(target, completion_batch_size=8, prefill_step_size=16,
+                              drafter=drafter)  # fmt: skip
+    prompts = _prompts(11, 1)
+    assert _batched(generator, prompts, [2 * PROBE]) == [_single(target, prompts[0], 2 * PROBE)]
+    assert drafter.stats.drafted <= 2
 
 
 def test_rows_that_do_not_speculate_share_the_steps(target: Any) -> None:

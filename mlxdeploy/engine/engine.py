@@ -38,6 +38,8 @@ from .api import (
 )
 from .choices import ChoiceSink, choice_params, request_info, take_ready
 from .draft_depth import draft_cost
+from .draft_prices import describe as describe_prices
+from .draft_prices import measure as measure_prices
 from .embedding.checkpoints import embedding_classes
 from .embedding.embedder import Embedder
 from .faults import FaultPlan
@@ -310,10 +312,12 @@ class MLXEngine:
                 "a draft needs the model's tokenizer"
             )
         Drafter.check(model, draft)
-        cost = None
+        pricing = None
         if self.model.draft_depth == "adaptive":
-            cost = draft_cost(_weight_bytes(draft), _weight_bytes(model))
-        return DraftModel(draft, self.model.num_draft_tokens, logits_width(model), cost)
+            floor = draft_cost(_weight_bytes(draft), _weight_bytes(model))
+            pricing = measure_prices(model, draft, self.model.num_draft_tokens, floor)
+            log.info("model %s: %s", self.model_id, describe_prices(pricing))
+        return DraftModel(draft, self.model.num_draft_tokens, logits_width(model), pricing)
 
     def _new_worker(self, model: Any, fault: FaultPlan | None, draft: DraftModel | None) -> Worker:
         assert self.formats is not None

@@ -22,6 +22,7 @@ offsets. A prompt given in segments stops a chunk at each segment's end and repo
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -123,6 +124,9 @@ class SlotGenerator:
         self._reading: dict[int, Row] = {}  # uid -> row, in admission order
         self._decoding: dict[int, Row] = {}  # slot -> row
         self._pending = Pending()
+        # The depth of the last step if it decoded alone (no prompt chunks; 0: plain), and
+        # when it returned: steps are timed for the draft's prices (`_timed_step`).
+        self._ended: tuple[int, float] | None = None
 
     # -- the worker's view ------------------------------------------------------------------
     @property
@@ -203,15 +207,30 @@ class SlotGenerator:
         """One step: (the prompt chunks read, the tokens of the running rows)."""
         step = self._plan()
         self._admit(step.admit)
+        ended, self._ended = self._ended, None
         if not step.decode:
             return (self._read(step.chunks) if step.chunks else []), []
         guessing = self._guessing() if not step.chunks else {}
         if guessing:
-            return [], self._speculate(guessing)
+            return [], self._speculate(guessing, ended)
         if step.chunks and self._mixed is not None:
             return self._step(step.chunks)
+        if step.chunks:
+            tokens = self._step(())[1]
+            return self._read(step.chunks), tokens
+        return [], self._timed_step(ended)
+
+    def _timed_step(self, ended: tuple[int, float] | None) -> list[Token]:
+        """A decode step alone, timed for the draft's prices from the end of the decode step
+        alone before it (`ended`: its depth and end) when that was a plain one too: a plain
+        step's time is what it costs running a step ahead of Python."""
+        rows = len(self._decoding)
         tokens = self._step(())[1]
-        return (self._read(step.chunks) if step.chunks else []), tokens
+        now = time.perf_counter()
+        if ended is not None and ended[0] == 0 and self.drafter is not None:
+            self.drafter.timed(0, rows, now - ended[1])
+        self._ended = (0, now)
+        return tokens
 
     def remove(self, uids: Sequence[int], return_prompt_caches: bool = False) -> Any:
         """Requests that leave, wherever they are; their slots are free at once."""
@@ -349,14 +368,17 @@ class SlotGenerator:
         length = self.slots.lengths[slot]
         return limit if length >= self.kv.start else min(limit, self.kv.start - 1 - length)
 
-    def _speculate(self, guessing: dict[int, int]) -> list[Token]:
+    def _speculate(self, guessing: dict[int, int], ended: tuple[int, float] | None) -> list[Token]:
         """A decode step whose speculating rows read their guesses too (`speculative.py`):
-        each row's pending token and guesses in one pass, accepted row by row."""
+        each row's pending token and guesses in one pass, accepted row by row. Timed from
+        the end of the step before it if that one was speculative too (it left the device
+        idle), else from when the device is done with it."""
         assert self.drafter is not None
         slots = sorted(self._decoding)
         rows = [self._decoding[s] for s in slots]
         inputs, current = self._pending.take(slots)
         mx.eval(inputs, *arrays_of(current))
+        started = ended[1] if ended is not None and ended[0] else time.perf_counter()
         first: list[int] = inputs.tolist()  # type: ignore[assignment]
         spec = [e for e, s in enumerate(slots) if s in guessing]
         k = max(guessing.values())
@@ -388,6 +410,9 @@ class SlotGenerator:
             out += self._emit_all(slot, emitted, current[e])
         self._pending.set(slots, mx.array(chosen, dtype=mx.uint32), scores)
         self.steps += 1
+        now = time.perf_counter()
+        self.drafter.timed(k, len(rows), now - started)
+        self._ended = (k, now)
         return out
 
     def _emit_all(self, slot: int, tokens: list[int], score: RowScores | None) -> list[Token]:

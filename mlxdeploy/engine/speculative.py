@@ -55,7 +55,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-from .draft_depth import FIRST_RATE, DepthRule
+from .draft_depth import FIRST_RATE, DepthRule, Pricing
 from .storage import Slots
 
 DRAFT_BUDGET = 32  # most guessed tokens one verification pass reads, over all its rows
@@ -98,7 +98,7 @@ class DraftModel:
     model: Any
     num_draft_tokens: int
     width: int | None = None  # the model's logits (a draft's may be padded otherwise)
-    cost: float | None = None  # a draft pass in passes of the model; None: fixed depth
+    pricing: Pricing | None = None  # what guessing costs (`draft_depth.py`); None: fixed depth
 
 
 def logits_width(model: Any) -> int:
@@ -117,14 +117,15 @@ class Drafter:
     slots: Slots = field(init=False)
     owners: dict[int, int] = field(default_factory=dict)  # slot -> uid its cache holds
     stats: DraftStats = field(default_factory=DraftStats)
-    # A draft pass's time in passes of the model (`draft_depth.py`): each step guesses as
+    # What a step guessing k tokens a row costs (`draft_depth.py`): each step guesses as
     # deep as pays; None: every row guesses as many as it may.
-    cost: float | None = None
+    pricing: Pricing | None = None
     rule: DepthRule | None = field(init=False)
+    caught_up: int = field(init=False, default=0)  # most tokens a row read to draft last
 
     def __post_init__(self) -> None:
         self.slots = Slots.for_model(self.model, self.chunk)
-        self.rule = None if self.cost is None else DepthRule(self.cost)
+        self.rule = None if self.pricing is None else DepthRule.priced(self.pricing)
 
     def depths(self, limits: Mapping[int, tuple[int, int]], rows: int) -> dict[int, int]:
         """slot -> guesses this step for the rows that may guess (slot -> (uid, most
@@ -140,6 +141,18 @@ class Drafter:
         self.stats.accepted += kept
         if self.rule is not None:
             self.rule.record(uid, guessed, kept)
+
+    def timed(self, k: int, rows: int, seconds: float) -> None:
+        """A decode step of `rows` rows guessing k tokens a row (0: a plain step, timed from
+        the end of the plain step before it) took `seconds`. A drafting step whose draft
+        caught up on more than a drafting step leaves (its last guess and the model's token)
+        is not counted: reading what plain steps wrote is paid once, not every step."""
+        if self.rule is None:
+            return
+        if not k:
+            self.rule.pricing.plain_step(rows, seconds)
+        elif self.caught_up <= 2:
+            self.rule.pricing.speculative_step(k, rows, seconds)
 
     def forget(self, live: set[int]) -> None:
         """Drop what is kept of rows that are gone."""
@@ -162,7 +175,7 @@ class Drafter:
         self.slots = self.slots.empty()
         self.owners.clear()
         if self.rule is not None:
-            self.rule = DepthRule(self.rule.cost)
+            self.rule = DepthRule(self.rule.pricing)
 
     def draft(
         self, rows: Sequence[tuple[int, int, list[int]]], k: int, samplers: Sequence[Any]
@@ -175,7 +188,7 @@ class Drafter:
         slots = [slot for slot, _, _ in rows]
         feeds = self._catch_up(slots, feeds)
         counts = [len(f) for f in feeds]
-        width = max(counts)
+        width = self.caught_up = max(counts)
         padded = [f + [0] * (width - len(f)) for f in feeds]
         self.slots.plan(slots, width, counts)
         logits = self.model(mx.array(padded), cache=self.slots.caches)

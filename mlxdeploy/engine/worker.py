@@ -219,7 +219,12 @@ class Worker:
         if self.draft is not None:
             d, chunk = self.draft, self.settings.prefill_step_size
             drafter = Drafter(
-                d.model, d.num_draft_tokens, chunk, d.width, stats=self.draft_stats, cost=d.cost
+                d.model,
+                d.num_draft_tokens,
+                chunk,
+                d.width,
+                stats=self.draft_stats,
+                pricing=d.pricing,
             )
         return self.loop.generator(self.model, self.settings, agree, drafter)
 

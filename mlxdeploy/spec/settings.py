@@ -428,8 +428,9 @@ _NUM_DRAFT_HELP = (
 
 _DRAFT_DEPTH_HELP = (
     "adaptive: each step guesses as many tokens (up to num_draft_tokens) as pay for "
-    "themselves over the batch, from how often each request's guesses stand and the draft's "
-    "size against the model's, and none while none pay; fixed: always num_draft_tokens "
+    "themselves over the batch, from how often each request's guesses stand and what both "
+    "models' passes take on this machine (timed at load, corrected by the steps' own times), "
+    "and none while none pay; fixed: always num_draft_tokens "
     "(within the batch's budget)."
 )
 DraftDepth = Literal["adaptive", "fixed"]

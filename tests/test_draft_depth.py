@@ -186,3 +186,19 @@ def test_step_times_teach_what_drafting_costs_beyond_its_price() -> None:
     assert pricing.plain_near(8) is None and pricing.plain_near(1) == 0.010
     pricing.plain_step(6, 0.02)
     assert pricing.plain_near(8) == 0.02 and pricing.plain_near(4) == 0.02  # within 1.5x
+
+
+def test_new_rows_start_from_what_the_rows_before_them_ended_with() -> None:
+    """The model's rate counts only guesses made, where they were expected to stand; a new
+    row starts from the estimates its predecessors ended with instead, once there are any."""
+    rule = DepthRule.priced(ByWeights(0.1))
+    rule.pricing.plain_step(1, 0.01)  # (no plain steps to time first)
+    rule.depths({0: (1, 4)}, batch=1, prior=0.9)
+    assert rule.rows[1].rate == pytest.approx(0.9)  # none ended yet: the model's rate
+    for _ in range(20):
+        rule.record(1, guessed=1, kept=0)
+    low = rule.rows[1].rate
+    rule.forget(set())
+    assert rule.ended == low < 0.2
+    rule.depths({0: (2, 4)}, batch=1, prior=0.9)
+    assert rule.rows[2].rate == pytest.approx(low)

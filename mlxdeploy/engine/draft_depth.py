@@ -31,8 +31,10 @@ plain steps first (unless a plain time near its size is known), then every `REFR
 Acceptance is estimated row by row, since it follows what the row writes (code and quoted
 text are guessed far better than prose): a verification of k guesses of which m stand is m
 trials that stood and, when m < k, one that did not; old trials fade by `DECAY` per
-verification, and a row starts from `PRIOR` trials at the model's rate so far (FIRST_RATE
-before any).
+verification, and a row starts from `PRIOR` trials at the rate its predecessors ended with
+(the estimates of rows gone, `LEARN` each; before any, the model's rate so far, and FIRST_RATE
+before that). Not the model's rate alone: that counts only the guesses made, and they are made
+where they were expected to stand, so it stays high where most rows soon stop guessing.
 """
 
 from __future__ import annotations
@@ -204,6 +206,7 @@ class DepthRule:
     # While plain steps are being timed: how many the pricing had timed when they began,
     # and the steps since (at most TIMING, should prompt chunks keep interrupting them).
     timing: tuple[int, int] | None = None
+    ended: float | None = None  # the estimate rows that are gone ended with, recent ones most
 
     @classmethod
     def priced(cls, pricing: Pricing) -> DepthRule:
@@ -254,19 +257,29 @@ class DepthRule:
         self.timing = (before, steps + 1)
         return True
 
+    def restart(self) -> None:
+        """A new batch: no rows; what was learned of the pair (prices, how rows end, how
+        rarely to probe) stays."""
+        self.rows.clear()
+        self.idle, self.timing = 0, None
+
     def record(self, uid: int, guessed: int, kept: int) -> None:
         if uid in self.rows:
             self.rows[uid].record(guessed, kept)
 
     def forget(self, live: set[int]) -> None:
-        """Drop the estimates of rows that are gone."""
+        """Drop the estimates of rows that are gone; what they ended with is the next rows'
+        start."""
         for uid in self.rows.keys() - live:
-            del self.rows[uid]
+            rate = self.rows.pop(uid).rate
+            old = self.ended
+            self.ended = rate if old is None else old + LEARN * (rate - old)
 
     def _rate(self, uid: int, prior: float) -> float:
         row = self.rows.get(uid)
         if row is None:
-            row = self.rows[uid] = Acceptance.starting(prior)
+            start = prior if self.ended is None else self.ended
+            row = self.rows[uid] = Acceptance.starting(start)
         return row.rate
 
 

@@ -175,7 +175,7 @@ class Drafter:
         self.slots = self.slots.empty()
         self.owners.clear()
         if self.rule is not None:
-            self.rule = DepthRule(self.rule.pricing)
+            self.rule.restart()
 
     def draft(
         self, rows: Sequence[tuple[int, int, list[int]]], k: int, samplers: Sequence[Any]

@@ -35,7 +35,7 @@ from mlx_lm.sample_utils import make_sampler
 from .adapters import bank_of
 from .constraints import Guide
 from .logprobs import RowScores, arrays_of
-from .mixed import MixedForward, Part
+from .mixed import MixedForward, Part, family
 from .picking import process_rows, sample_rows, score_asked
 from .quantized_slots import KVQuantization
 from .rows import Pending, Read, Row, Token
@@ -72,11 +72,6 @@ def _drawn(sampler: Any) -> Tempered | Filtered | None:
     """A speculating row's sampler, whose distribution its guesses are verified against
     (None: greedy)."""
     return sampler if isinstance(sampler, Tempered | Filtered) else None
-
-
-def family(model: Any) -> str:
-    """The mlx-lm model module's name: its architecture family."""
-    return str(type(model).__module__).rsplit(".", 1)[-1]
 
 
 class SlotGenerator:

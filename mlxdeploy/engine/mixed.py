@@ -36,6 +36,11 @@ from .storage import Planned, Slots
 Attend = Callable[[mx.array], mx.array]
 
 
+def family(model: Any) -> str:
+    """The mlx-lm model module's name: its architecture family."""
+    return str(type(model).__module__).rsplit(".", 1)[-1]
+
+
 def _llama_block(layer: Any, x: mx.array, attend: Attend) -> mx.array:
     h = x + attend(layer.input_layernorm(x))
     return h + layer.mlp(layer.post_attention_layernorm(h))

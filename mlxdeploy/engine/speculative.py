@@ -48,6 +48,7 @@ compute-bound already; more guessed positions would cost more than they save.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from .draft_depth import FIRST_RATE, DepthRule, Pricing
+from .mixed import MixedForward, Part, family
 from .storage import Slots
 
 DRAFT_BUDGET = 32  # most guessed tokens one verification pass reads, over all its rows
@@ -122,9 +124,11 @@ class Drafter:
     pricing: Pricing | None = None
     rule: DepthRule | None = field(init=False)
     caught_up: int = field(init=False, default=0)  # most tokens a row read to draft last
+    _mixed: MixedForward | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.slots = Slots.for_model(self.model, self.chunk)
+        self._mixed = MixedForward.of(self.model, family(self.model))
         self.rule = None if self.pricing is None else DepthRule.priced(self.pricing)
 
     def depths(self, limits: Mapping[int, tuple[int, int]], rows: int) -> dict[int, int]:
@@ -188,12 +192,9 @@ class Drafter:
         slots = [slot for slot, _, _ in rows]
         feeds = self._catch_up(slots, feeds)
         counts = [len(f) for f in feeds]
-        width = self.caught_up = max(counts)
-        padded = [f + [0] * (width - len(f)) for f in feeds]
-        self.slots.plan(slots, width, counts)
-        logits = self.model(mx.array(padded), cache=self.slots.caches)
-        last = logits[mx.arange(len(rows)), mx.array(counts) - 1]
-        self.slots.advance(slots, counts)
+        self.caught_up = max(counts)
+        last = self._read(slots, feeds, last=True)
+        assert last is not None
         guesses: list[mx.array] = []
         drawn: list[Any] = []
         for i in range(k):
@@ -216,13 +217,30 @@ class Drafter:
         chunk = self.chunk
         while any(len(f) > chunk for f in feeds):
             long = [i for i, f in enumerate(feeds) if len(f) > chunk]
-            rows = [slots[i] for i in long]
-            self.slots.plan(rows, chunk)
-            self.model(mx.array([feeds[i][:chunk] for i in long]), cache=self.slots.caches)
-            self.slots.advance(rows, [chunk] * len(rows))
+            self._read([slots[i] for i in long], [feeds[i][:chunk] for i in long], last=False)
             mx.eval(self.slots.arrays())
             feeds = [f[chunk:] if i in long else f for i, f in enumerate(feeds)]
         return feeds
+
+    def _read(self, slots: list[int], feeds: list[list[int]], last: bool) -> mx.array | None:
+        """One pass of the draft over each slot's feed (right-padded to the longest): the
+        logits of each feed's last token (`last`), else none. Where the draft's family allows
+        (`mixed.py`) only those positions go through the vocabulary projection, which in a
+        small draft of a large vocabulary costs as much as its layers."""
+        counts = [len(f) for f in feeds]
+        width = max(counts)
+        padded = [f + [0] * (width - len(f)) for f in feeds]
+        planned = self.slots.prepare(slots, width, counts)
+        if self._mixed is not None:
+            ends = list(itertools.accumulate(counts))
+            picked = [end - 1 for end in ends] if last else []
+            out = self._mixed(self.slots, [Part(planned, padded, tuple(counts))], picked)
+        else:
+            self.slots.activate(planned)
+            logits = self.model(mx.array(padded), cache=self.slots.caches)
+            out = logits[mx.arange(len(feeds)), mx.array(counts) - 1] if last else None
+        self.slots.advance(slots, counts)
+        return out
 
     def keep(self, slot: int, length: int) -> None:
         """The slot's cache holds its row's first `length` tokens at most: later guesses

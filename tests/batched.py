@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlxdeploy.engine.batch import FastBatchGenerator
 from mlxdeploy.engine.generator import SlotGenerator
 from mlxdeploy.engine.sampling import greedy
 
 
 def batched(
-    generator: SlotGenerator, prompts: list[list[int]], lengths: list[int], **extra: Any
+    generator: SlotGenerator | FastBatchGenerator,
+    prompts: list[list[int]],
+    lengths: list[int],
+    **extra: Any,
 ) -> list[list[int]]:
     """Half the prompts at once, the rest while those decode."""
     half = len(prompts) // 2

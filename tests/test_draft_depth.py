@@ -15,7 +15,6 @@ from mlxdeploy.engine.draft_depth import (
     REFRESH,
     TIMING,
     Acceptance,
-    ByWeights,
     DepthRule,
     Learned,
     Measured,
@@ -24,6 +23,7 @@ from mlxdeploy.engine.draft_depth import (
     draft_cost,
     tokens_per_time,
 )
+from tests.pricing import ByWeights
 
 
 def test_tokens_per_time_is_the_expected_run_of_kept_guesses() -> None:

@@ -20,6 +20,7 @@ from mlxdeploy.engine.generator import UNPADDED, SlotGenerator
 from mlxdeploy.engine.mixed import MIXABLE, MixedForward
 from mlxdeploy.engine.sampling import greedy
 from mlxdeploy.engine.storage import kinds
+from tests.batched import batched
 
 VOCAB = 512
 BASE = {
@@ -105,26 +106,7 @@ def _batched(
     generator = kind(
         model, completion_batch_size=16, prefill_batch_size=group, prefill_step_size=16
     )
-    half = len(prompts) // 2
-    uids: list[int] = []
-    out: dict[int, list[int]] = {}
-    ended: set[int] = set()
-    steps = 0
-    while len(ended) < len(prompts):
-        if steps in (0, 3):
-            batch = prompts[:half] if steps == 0 else prompts[half:]
-            counts = lengths[:half] if steps == 0 else lengths[half:]
-            new = generator.insert_segments([[p] for p in batch], max_tokens=counts,
-                                            samplers=[greedy] * len(batch))  # fmt: skip
-            uids += new
-            out.update({u: [] for u in new})
-        _, responses = generator.next()
-        for r in responses:
-            out[r.uid].append(r.token)
-            if r.finish_reason is not None:
-                ended.add(r.uid)
-        steps += 1
-    return [out[u] for u in uids]
+    return batched(generator, prompts, lengths)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

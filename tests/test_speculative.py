@@ -13,7 +13,7 @@ import pytest
 from mlx.utils import tree_map_with_path
 from mlx_lm.generate import generate_step
 
-from mlxdeploy.engine.draft_depth import PROBE, ByWeights, draft_cost
+from mlxdeploy.engine.draft_depth import PROBE, draft_cost
 from mlxdeploy.engine.draft_prices import measure
 from mlxdeploy.engine.generator import SlotGenerator
 from mlxdeploy.engine.sampling import Filtered, Tempered, greedy
@@ -27,6 +27,7 @@ from mlxdeploy.engine.speculative import (
     verify,
 )
 from tests.batched import batched as _batched
+from tests.pricing import ByWeights
 
 VOCAB = 512
 CONFIG = {

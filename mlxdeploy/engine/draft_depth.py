@@ -4,8 +4,8 @@ A step of a batch of B rows guessing k tokens each costs `price(k, B)` plain ste
 rows: k passes of the draft and one pass of the model reading k + 1 tokens a row. The engine
 times both models' passes at load (`draft_prices.py`, `Measured`: a pass reading several
 tokens costs more than one reading a token, the more so the larger the batch, as the model
-turns compute-bound); `ByWeights` prices a draft pass as the draft's weight bytes over the
-model's and a verification pass as a plain one. Each guess of a row stands with probability
+turns compute-bound; a draft pass never below its weight bytes' share of the model's pass,
+`draft_cost`). Each guess of a row stands with probability
 `a`, the row's acceptance so far. k guesses give the row (1 - a^(k+1)) / (1 - a) tokens on
 average, where a plain step gives 1; and the whole batch waits for the k draft passes, rows
 that do not guess included. So the step's depth is the k with the most tokens per unit of time
@@ -67,17 +67,6 @@ class Pricing(Protocol):
     def price(self, k: int, rows: int) -> float:
         """A step of `rows` rows guessing k tokens each, in plain steps of those rows."""
         ...
-
-
-@dataclass(frozen=True)
-class ByWeights:
-    """A draft pass costs `draft` passes of the model (its weight bytes over the model's,
-    `draft_cost`); a verification pass costs a plain one."""
-
-    draft: float
-
-    def price(self, k: int, rows: int) -> float:
-        return 1.0 + k * self.draft
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from mlx_lm.sample_utils import make_sampler
 from .adapters import bank_of
 from .constraints import Guide
 from .logprobs import RowScores, arrays_of
-from .mixed import MixedForward, Part, family
+from .mixed import MixedForward, Part, family, read_part
 from .picking import process_rows, sample_rows, score_asked
 from .quantized_slots import KVQuantization
 from .rows import Pending, Read, Row, Token
@@ -521,7 +521,8 @@ class SlotGenerator:
         at = [e for e in ends for _ in reading[e].starting]  # a row per choice
         planned = self.slots.prepare([r.slot for r in reading], width, counts)
         adapters = tuple(r.adapter for r in reading)
-        last = self._forward_chunks(planned, inputs, counts, at, adapters)
+        part = Part(planned, inputs, tuple(counts), adapters)
+        last = read_part(self.model, self._mixed, self.slots, part, at)
         if ends:
             rows, tokens = self._split([reading[e] for e in ends])
             read = mx.array(tokens, dtype=mx.uint32)
@@ -532,32 +533,6 @@ class SlotGenerator:
         else:
             mx.async_eval(self.slots.arrays())
         return self._took(reading, counts)
-
-    def _forward_chunks(
-        self,
-        planned: Planned,
-        inputs: list[list[int]],
-        counts: list[int],
-        at: list[int],
-        adapters: tuple[int, ...],
-    ) -> mx.array | None:
-        """The logits of each prompt's last token for the rows in `at` (None: no row), from
-        one pass over right-padded chunks (each row applying its adapter); with a mixed
-        forward only those positions go through the vocabulary projection."""
-        if self._mixed is not None:
-            starts = list(itertools.accumulate(counts, initial=0))
-            picked = [starts[e] + counts[e] - 1 for e in at]
-            part = Part(planned, inputs, tuple(counts), adapters)
-            return self._mixed(self.slots, [part], picked)
-        self.slots.activate(planned)
-        self._select(adapters)
-        logits = self.model(mx.array(inputs), cache=self.slots.caches)
-        self._select(())
-        if not at:
-            return None
-        if len(at) == 1:
-            return logits[at[0], counts[at[0]] - 1][None]
-        return logits[mx.array(at), mx.array([counts[e] - 1 for e in at])]
 
     def _split(self, ends: list[Row]) -> tuple[list[Row], list[int]]:
         """Rows whose prompts the pass just built reads to their end, each followed by its

@@ -23,6 +23,7 @@ sees the tokens flattened, each attention call its part's rows.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -208,3 +209,28 @@ class MixedForward:
             outs.append(out[spread[1]] if spread is not None else out)
             at += size
         return mx.concatenate(outs)[None]
+
+
+def read_part(
+    model: Any, mixed: MixedForward | None, slots: Slots, part: Part, at: Sequence[int]
+) -> mx.array | None:
+    """The logits of the last real token of each row of `part` in `at` (None: no row), from
+    one pass of `model` reading the part into `slots`, each row applying its adapter; through
+    `mixed` where the family allows it, so that only those positions go through the
+    vocabulary projection."""
+    counts = part.counts
+    if mixed is not None:
+        starts = list(itertools.accumulate(counts, initial=0))
+        return mixed(slots, [part], [starts[e] + counts[e] - 1 for e in at])
+    slots.activate(part.planned)
+    bank = bank_of(model)
+    if bank is not None:
+        bank.selection.rows(part.row_adapters())
+    logits = model(mx.array(part.tokens), cache=slots.caches)
+    if bank is not None:
+        bank.selection.rows(())
+    if not at:
+        return None
+    if len(at) == 1:
+        return logits[at[0], counts[at[0]] - 1][None]
+    return logits[mx.array(list(at)), mx.array([counts[e] - 1 for e in at])]

@@ -48,7 +48,6 @@ compute-bound already; more guessed positions would cost more than they save.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +56,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from .draft_depth import FIRST_RATE, DepthRule, Pricing
-from .mixed import MixedForward, Part, family
+from .mixed import MixedForward, Part, family, read_part
 from .storage import Slots
 
 DRAFT_BUDGET = 32  # most guessed tokens one verification pass reads, over all its rows
@@ -224,21 +223,14 @@ class Drafter:
 
     def _read(self, slots: list[int], feeds: list[list[int]], last: bool) -> mx.array | None:
         """One pass of the draft over each slot's feed (right-padded to the longest): the
-        logits of each feed's last token (`last`), else none. Where the draft's family allows
-        (`mixed.py`) only those positions go through the vocabulary projection, which in a
-        small draft of a large vocabulary costs as much as its layers."""
+        logits of each feed's last token (`last`), else none (`mixed.read_part`: in a small
+        draft of a large vocabulary the vocabulary projection costs as much as its layers)."""
         counts = [len(f) for f in feeds]
         width = max(counts)
         padded = [f + [0] * (width - len(f)) for f in feeds]
-        planned = self.slots.prepare(slots, width, counts)
-        if self._mixed is not None:
-            ends = list(itertools.accumulate(counts))
-            picked = [end - 1 for end in ends] if last else []
-            out = self._mixed(self.slots, [Part(planned, padded, tuple(counts))], picked)
-        else:
-            self.slots.activate(planned)
-            logits = self.model(mx.array(padded), cache=self.slots.caches)
-            out = logits[mx.arange(len(feeds)), mx.array(counts) - 1] if last else None
+        part = Part(self.slots.prepare(slots, width, counts), padded, tuple(counts))
+        at = range(len(feeds)) if last else []
+        out = read_part(self.model, self._mixed, self.slots, part, at)
         self.slots.advance(slots, counts)
         return out
 
